@@ -1,0 +1,802 @@
+//! The driver handle: backend choice, the bound on operations in flight, and the primitive
+//! operations that [`File`] and the path operations are built from.
+//!
+//! Invariants:
+//! 1. Every operation holds a [`Ticket`] from submission until the kernel or the pool thread is done
+//!    with it — not until its future is dropped. `in_flight` counts the tickets alive.
+//! 2. There are never more tickets' permits than `queue_depth`, so neither the ring's submission
+//!    queue nor the pool's queue can overflow.
+
+use std::ffi::CString;
+use std::fmt;
+use std::fs::FileType;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::file::{File, FileState, OpenOptions};
+use crate::pool::Pool;
+use crate::sys::{self, SyncKind};
+use crate::{BACKEND_ENV, BufResult, probe};
+
+/// Which I/O backend a driver uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Backend {
+    /// io_uring where it works, else the thread pool (the reason is logged once through
+    /// `tracing`). The environment variable [`BACKEND_ENV`](crate::BACKEND_ENV) overrides it.
+    #[default]
+    Auto,
+    /// io_uring; building the driver fails if the kernel cannot provide it.
+    IoUring,
+    /// The fixed thread pool.
+    ThreadPool,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Auto => "auto",
+            Backend::IoUring => "io_uring",
+            Backend::ThreadPool => "threadpool",
+        })
+    }
+}
+
+impl FromStr for Backend {
+    type Err = io::Error;
+
+    /// Parses `auto`, `io_uring` (or `uring`, `io-uring`) and `threadpool` (or `pool`,
+    /// `thread_pool`), ignoring case.
+    fn from_str(s: &str) -> io::Result<Backend> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Backend::Auto),
+            "io_uring" | "io-uring" | "uring" => Ok(Backend::IoUring),
+            "threadpool" | "thread_pool" | "thread-pool" | "pool" => Ok(Backend::ThreadPool),
+            other => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unknown I/O backend {other:?}: expected auto, io_uring or threadpool"),
+            )),
+        }
+    }
+}
+
+/// Options for [`IoDriver::new`], as a builder.
+#[derive(Debug, Clone)]
+pub struct DriverOptions {
+    backend: Backend,
+    queue_depth: u32,
+    pool_threads: usize,
+    use_env: bool,
+    force_probe_failure: bool,
+}
+
+impl Default for DriverOptions {
+    fn default() -> Self {
+        DriverOptions {
+            backend: Backend::Auto,
+            queue_depth: 256,
+            pool_threads: 16,
+            use_env: true,
+            force_probe_failure: false,
+        }
+    }
+}
+
+impl DriverOptions {
+    /// The largest accepted [`queue_depth`](Self::queue_depth).
+    pub const MAX_QUEUE_DEPTH: u32 = 4096;
+
+    /// The backend to use. Default: [`Backend::Auto`].
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// How many submissions may be in flight at once; further operations wait for a free slot.
+    /// A write linked to a sync counts twice. Also the size of the io_uring submission queue (its
+    /// completion queue is twice that) and of the pool's job queue. Default: 256; accepted: 2 to
+    /// [`MAX_QUEUE_DEPTH`](Self::MAX_QUEUE_DEPTH).
+    pub fn queue_depth(mut self, depth: u32) -> Self {
+        self.queue_depth = depth;
+        self
+    }
+
+    /// Threads of the pool. The pool is the whole backend under [`Backend::ThreadPool`], and runs
+    /// the few operations io_uring lacks (listing a directory) under [`Backend::IoUring`].
+    /// Default: 16; accepted: 1 to 1024.
+    pub fn pool_threads(mut self, threads: usize) -> Self {
+        self.pool_threads = threads;
+        self
+    }
+
+    /// Whether [`Backend::Auto`] obeys the environment variable
+    /// [`BACKEND_ENV`](crate::BACKEND_ENV). Default: true.
+    pub fn use_env(mut self, use_env: bool) -> Self {
+        self.use_env = use_env;
+        self
+    }
+
+    /// Makes the io_uring probe fail as if the kernel refused it, to test the fallback.
+    #[doc(hidden)]
+    pub fn force_probe_failure(mut self, fail: bool) -> Self {
+        self.force_probe_failure = fail;
+        self
+    }
+
+    fn validate(&self) -> io::Result<()> {
+        let invalid = |msg: String| Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
+        if !(2..=Self::MAX_QUEUE_DEPTH).contains(&self.queue_depth) {
+            return invalid(format!(
+                "queue_depth {} is out of range 2..={}",
+                self.queue_depth,
+                Self::MAX_QUEUE_DEPTH
+            ));
+        }
+        if !(1..=1024).contains(&self.pool_threads) {
+            return invalid(format!(
+                "pool_threads {} is out of range 1..=1024",
+                self.pool_threads
+            ));
+        }
+        Ok(())
+    }
+
+    /// The backend asked for, after the environment variable.
+    fn requested_backend(&self) -> io::Result<Backend> {
+        if self.backend != Backend::Auto || !self.use_env {
+            return Ok(self.backend);
+        }
+        match std::env::var(BACKEND_ENV) {
+            Ok(value) => value.parse().map_err(|e: io::Error| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("{BACKEND_ENV}: {e}"))
+            }),
+            Err(std::env::VarError::NotPresent) => Ok(Backend::Auto),
+            Err(std::env::VarError::NotUnicode(_)) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{BACKEND_ENV} is not valid UTF-8"),
+            )),
+        }
+    }
+}
+
+/// A snapshot of a driver's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DriverStats {
+    /// The backend in use: [`Backend::IoUring`] or [`Backend::ThreadPool`].
+    pub backend: Backend,
+    /// Operations submitted and not yet finished by the kernel or the pool, including those whose
+    /// future was dropped.
+    pub in_flight: usize,
+    /// Operations submitted since the driver was built.
+    pub submitted: u64,
+    /// Operations whose future was dropped before they finished; each was finished by the driver,
+    /// which then released its buffers.
+    pub abandoned: u64,
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    /// The full path of the entry (the listed directory joined with the name).
+    pub path: PathBuf,
+    /// File, directory, symlink or other.
+    pub file_type: FileType,
+}
+
+/// Counters shared by the driver and every ticket.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) in_flight: AtomicUsize,
+    pub(crate) submitted: AtomicU64,
+    pub(crate) abandoned: AtomicU64,
+    idle: Notify,
+}
+
+/// The right to have one operation in flight. Held by the operation's slot (ring) or job (pool),
+/// never by the caller's future alone, so it is released only when the I/O is really over.
+pub(crate) struct Ticket {
+    _permit: OwnedSemaphorePermit,
+    counters: Arc<Counters>,
+}
+
+impl Ticket {
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.counters.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.counters.idle.notify_waiters();
+        }
+    }
+}
+
+enum Engine {
+    #[cfg(target_os = "linux")]
+    Uring(Arc<crate::uring::Ring>),
+    Pool,
+}
+
+struct Shared {
+    backend: Backend,
+    engine: Engine,
+    pool: Pool,
+    permits: Arc<Semaphore>,
+    counters: Arc<Counters>,
+}
+
+/// The handle to the I/O executor: cheap to clone, `Send + Sync`, shared by every file it opens.
+///
+/// Build one per process (or per runtime) and hand clones around. With io_uring the driver runs a
+/// poller task on the tokio runtime it was built in, so it must be built inside a runtime and not
+/// outlive it.
+#[derive(Clone)]
+pub struct IoDriver {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for IoDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IoDriver")
+            .field("backend", &self.shared.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IoDriver {
+    /// Builds a driver.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for options out of range or a bad value of
+    /// [`BACKEND_ENV`](crate::BACKEND_ENV); the probe's error when [`Backend::IoUring`] was asked
+    /// for and the kernel refuses it; `Other` when io_uring is to be used outside a tokio runtime.
+    pub fn new(options: DriverOptions) -> io::Result<IoDriver> {
+        options.validate()?;
+        let requested = options.requested_backend()?;
+        let depth = options.queue_depth;
+        let counters = Arc::new(Counters::default());
+        let engine = match requested {
+            Backend::ThreadPool => Engine::Pool,
+            Backend::IoUring | Backend::Auto => {
+                match probe::uring(depth, options.force_probe_failure) {
+                    Ok(ready) => Self::uring_engine(ready, &counters)?,
+                    Err(failure) if requested == Backend::Auto => {
+                        probe::report_fallback(&failure);
+                        Engine::Pool
+                    }
+                    Err(failure) => return Err(failure.into_error()),
+                }
+            }
+        };
+        let backend = match engine {
+            #[cfg(target_os = "linux")]
+            Engine::Uring(_) => Backend::IoUring,
+            Engine::Pool => Backend::ThreadPool,
+        };
+        let pool_threads = match backend {
+            Backend::ThreadPool => options.pool_threads,
+            // Under io_uring the pool only lists directories.
+            _ => options.pool_threads.min(2),
+        };
+        let pool = Pool::new(pool_threads, depth as usize)?;
+        tracing::debug!(%backend, queue_depth = depth, pool_threads, "ringtide I/O driver started");
+        Ok(IoDriver {
+            shared: Arc::new(Shared {
+                backend,
+                engine,
+                pool,
+                permits: Arc::new(Semaphore::new(depth as usize)),
+                counters,
+            }),
+        })
+    }
+
+    #[cfg(target_os = "linux")]
+    fn uring_engine(ready: probe::UringReady, counters: &Arc<Counters>) -> io::Result<Engine> {
+        Ok(Engine::Uring(crate::uring::Ring::start(
+            ready,
+            counters.clone(),
+        )?))
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn uring_engine(ready: probe::UringReady, _: &Arc<Counters>) -> io::Result<Engine> {
+        match ready {}
+    }
+
+    /// The backend in use: [`Backend::IoUring`] or [`Backend::ThreadPool`], never `Auto`.
+    pub fn backend(&self) -> Backend {
+        self.shared.backend
+    }
+
+    /// Operations in flight right now, counting those whose future was dropped but whose I/O has
+    /// not finished.
+    pub fn in_flight(&self) -> usize {
+        self.shared.counters.in_flight.load(Ordering::Acquire)
+    }
+
+    /// A snapshot of the driver's counters.
+    pub fn stats(&self) -> DriverStats {
+        let c = &self.shared.counters;
+        DriverStats {
+            backend: self.shared.backend,
+            in_flight: c.in_flight.load(Ordering::Acquire),
+            submitted: c.submitted.load(Ordering::Relaxed),
+            abandoned: c.abandoned.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops accepting operations and waits until every operation in flight has finished,
+    /// including those whose futures were dropped. Later operations on this driver, its clones and
+    /// its files fail with an error of kind `Other`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future stops the wait; the driver stays shut.
+    pub async fn shutdown(&self) {
+        self.shared.permits.close();
+        let counters = &self.shared.counters;
+        loop {
+            let idle = counters.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if counters.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+
+    /// Takes a ticket for an operation of `sqes` submissions, waiting for room (backpressure).
+    pub(crate) async fn ticket(&self, sqes: u32) -> io::Result<Ticket> {
+        let permit = self
+            .shared
+            .permits
+            .clone()
+            .acquire_many_owned(sqes)
+            .await
+            .map_err(|_| io::Error::other("the ringtide I/O driver is shut down"))?;
+        let counters = self.shared.counters.clone();
+        counters.in_flight.fetch_add(1, Ordering::AcqRel);
+        counters.submitted.fetch_add(1, Ordering::Relaxed);
+        Ok(Ticket {
+            _permit: permit,
+            counters,
+        })
+    }
+
+    /// Opens a file.
+    ///
+    /// # Errors
+    ///
+    /// The system's error (`NotFound`, `AlreadyExists`, `PermissionDenied`, `IsADirectory`, …);
+    /// `InvalidInput` for a path with a NUL byte or options that open nothing.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: if the future is dropped after the kernel opened the file, the driver closes
+    /// the descriptor when the open completes.
+    pub async fn open(&self, path: impl AsRef<Path>, options: &OpenOptions) -> io::Result<File> {
+        let path = path.as_ref();
+        let (flags, mode) = options.flags()?;
+        let c_path = sys::c_path(path)?;
+        let ticket = self.ticket(1).await?;
+        let file = match &self.shared.engine {
+            #[cfg(target_os = "linux")]
+            Engine::Uring(ring) => crate::uring::ops::open(ring, ticket, c_path, flags, mode).await,
+            Engine::Pool => {
+                self.shared
+                    .pool
+                    .run(ticket, move || sys::open(&c_path, flags, mode))
+                    .await
+            }
+        }?;
+        Ok(File::new(self.clone(), FileState::new(file), path))
+    }
+
+    /// Renames `from` to `to`, replacing `to` if it exists. Follow with
+    /// [`sync_dir`](Self::sync_dir) of the parent(s) to make the new name survive a crash.
+    ///
+    /// # Errors
+    ///
+    /// The system's error, e.g. `NotFound`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Once submitted, the rename happens whether or not the future is still there; check the
+    /// file system to learn its outcome.
+    pub async fn rename(&self, from: impl AsRef<Path>, to: impl AsRef<Path>) -> io::Result<()> {
+        let (from, to) = (sys::c_path(from.as_ref())?, sys::c_path(to.as_ref())?);
+        let ticket = self.ticket(1).await?;
+        match &self.shared.engine {
+            #[cfg(target_os = "linux")]
+            Engine::Uring(ring) => crate::uring::ops::rename(ring, ticket, from, to).await,
+            Engine::Pool => {
+                self.shared
+                    .pool
+                    .run(ticket, move || {
+                        std::fs::rename(as_path(&from), as_path(&to))
+                    })
+                    .await
+            }
+        }
+    }
+
+    /// Removes a file.
+    ///
+    /// # Errors
+    ///
+    /// The system's error, e.g. `NotFound`, or `IsADirectory` for a directory.
+    ///
+    /// # Cancel safety
+    ///
+    /// Once submitted, the removal happens whether or not the future is still there.
+    pub async fn remove_file(&self, path: impl AsRef<Path>) -> io::Result<()> {
+        self.unlink(path.as_ref(), false).await
+    }
+
+    /// Removes an empty directory.
+    ///
+    /// # Errors
+    ///
+    /// The system's error, e.g. `NotFound` or `DirectoryNotEmpty`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Once submitted, the removal happens whether or not the future is still there.
+    pub async fn remove_dir(&self, path: impl AsRef<Path>) -> io::Result<()> {
+        self.unlink(path.as_ref(), true).await
+    }
+
+    async fn unlink(&self, path: &Path, dir: bool) -> io::Result<()> {
+        let c_path = sys::c_path(path)?;
+        let ticket = self.ticket(1).await?;
+        match &self.shared.engine {
+            #[cfg(target_os = "linux")]
+            Engine::Uring(ring) => crate::uring::ops::unlink(ring, ticket, c_path, dir).await,
+            Engine::Pool => {
+                self.shared
+                    .pool
+                    .run(ticket, move || {
+                        let path = as_path(&c_path);
+                        if dir {
+                            std::fs::remove_dir(path)
+                        } else {
+                            std::fs::remove_file(path)
+                        }
+                    })
+                    .await
+            }
+        }
+    }
+
+    /// Creates one directory (mode 0o777 before the umask).
+    ///
+    /// # Errors
+    ///
+    /// The system's error, e.g. `AlreadyExists` or `NotFound` for a missing parent.
+    ///
+    /// # Cancel safety
+    ///
+    /// Once submitted, the directory is created whether or not the future is still there.
+    pub async fn create_dir(&self, path: impl AsRef<Path>) -> io::Result<()> {
+        let c_path = sys::c_path(path.as_ref())?;
+        let ticket = self.ticket(1).await?;
+        match &self.shared.engine {
+            #[cfg(target_os = "linux")]
+            Engine::Uring(ring) => crate::uring::ops::mkdir(ring, ticket, c_path, 0o777).await,
+            Engine::Pool => {
+                self.shared
+                    .pool
+                    .run(ticket, move || std::fs::create_dir(as_path(&c_path)))
+                    .await
+            }
+        }
+    }
+
+    /// Creates a directory and every missing parent. An existing directory is not an error.
+    ///
+    /// # Errors
+    ///
+    /// The system's error; `AlreadyExists` if `path` (or a parent) exists and is not a directory.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may leave some parents created; calling again completes the job.
+    pub async fn create_dir_all(&self, path: impl AsRef<Path>) -> io::Result<()> {
+        let path = path.as_ref();
+        // Walk up to the first ancestor that exists, then create downwards.
+        let mut missing = Vec::new();
+        let mut cursor = Some(path);
+        while let Some(dir) = cursor {
+            if dir.as_os_str().is_empty() {
+                break;
+            }
+            match self.create_dir(dir).await {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if self.is_dir(dir).await? {
+                        break;
+                    }
+                    return Err(e);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    missing.push(dir);
+                    cursor = dir.parent();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for dir in missing.into_iter().rev() {
+            match self.create_dir(dir).await {
+                Ok(()) => {}
+                // Another task may have created it in between.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && self.is_dir(dir).await? => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn is_dir(&self, path: &Path) -> io::Result<bool> {
+        let opts = OpenOptions::new().read(true).directory(true);
+        match self.open(path, &opts).await {
+            Ok(dir) => {
+                dir.close().await?;
+                Ok(true)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes the directory's entries durable: `fsync` of the directory itself. Call it after
+    /// creating, renaming or removing a file so that the change survives a crash.
+    ///
+    /// # Errors
+    ///
+    /// The system's error, e.g. `NotFound` or `NotADirectory`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: if dropped, nothing is promised about durability; call again.
+    pub async fn sync_dir(&self, path: impl AsRef<Path>) -> io::Result<()> {
+        let dir = self
+            .open(path, &OpenOptions::new().read(true).directory(true))
+            .await?;
+        let synced = dir.sync_all().await;
+        let closed = dir.close().await;
+        synced.and(closed)
+    }
+
+    /// Lists a directory, sorted by path. Runs on the pool under both backends: io_uring has no
+    /// operation for it.
+    ///
+    /// # Errors
+    ///
+    /// The system's error, e.g. `NotFound` or `NotADirectory`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    pub async fn read_dir(&self, path: impl AsRef<Path>) -> io::Result<Vec<DirEntry>> {
+        let path = path.as_ref().to_path_buf();
+        let ticket = self.ticket(1).await?;
+        self.shared
+            .pool
+            .run(ticket, move || sys::read_dir(&path))
+            .await
+    }
+
+    // Primitive file operations, one per system call, dispatched to the backend. `File` builds
+    // the looping (short read/write) logic on top of them, the same for both backends.
+
+    pub(crate) async fn read(
+        &self,
+        fd: &Arc<FileState>,
+        buf: BytesMut,
+        offset: u64,
+    ) -> BufResult<usize, BytesMut> {
+        let ticket = match self.ticket_for(fd, 1).await {
+            Ok(t) => t,
+            Err(e) => return (Err(e), buf),
+        };
+        match &self.shared.engine {
+            #[cfg(target_os = "linux")]
+            Engine::Uring(ring) => {
+                crate::uring::ops::read(ring, ticket, fd.clone(), buf, offset).await
+            }
+            Engine::Pool => {
+                let fd = fd.clone();
+                self.shared
+                    .pool
+                    .run(ticket, move || sys::pread(fd.file(), buf, offset))
+                    .await
+            }
+        }
+    }
+
+    pub(crate) async fn write(
+        &self,
+        fd: &Arc<FileState>,
+        buf: Bytes,
+        offset: u64,
+    ) -> BufResult<usize, Bytes> {
+        let ticket = match self.ticket_for(fd, 1).await {
+            Ok(t) => t,
+            Err(e) => return (Err(e), buf),
+        };
+        match &self.shared.engine {
+            #[cfg(target_os = "linux")]
+            Engine::Uring(ring) => {
+                crate::uring::ops::write(ring, ticket, fd.clone(), buf, offset).await
+            }
+            Engine::Pool => {
+                let fd = fd.clone();
+                self.shared
+                    .pool
+                    .run(ticket, move || sys::pwrite(fd.file(), buf, offset))
+                    .await
+            }
+        }
+    }
+
+    pub(crate) async fn writev_all(
+        &self,
+        fd: &Arc<FileState>,
+        bufs: Vec<Bytes>,
+        offset: u64,
+        sync: Option<SyncKind>,
+    ) -> BufResult<usize, Vec<Bytes>> {
+        match &self.shared.engine {
+            #[cfg(target_os = "linux")]
+            Engine::Uring(ring) => {
+                crate::uring::ops::writev_all(self, ring, fd, bufs, offset, sync).await
+            }
+            Engine::Pool => {
+                let ticket = match self.ticket_for(fd, 1).await {
+                    Ok(t) => t,
+                    Err(e) => return (Err(e), bufs),
+                };
+                let fd = fd.clone();
+                self.shared
+                    .pool
+                    .run(ticket, move || {
+                        sys::pwritev_all(fd.file(), bufs, offset, sync)
+                    })
+                    .await
+            }
+        }
+    }
+
+    pub(crate) async fn fsync(&self, fd: &Arc<FileState>, kind: SyncKind) -> io::Result<()> {
+        let ticket = self.ticket_for(fd, 1).await?;
+        match &self.shared.engine {
+            #[cfg(target_os = "linux")]
+            Engine::Uring(ring) => crate::uring::ops::fsync(ring, ticket, fd.clone(), kind).await,
+            Engine::Pool => {
+                let fd = fd.clone();
+                self.shared
+                    .pool
+                    .run(ticket, move || sys::fsync(fd.file(), kind))
+                    .await
+            }
+        }
+    }
+
+    pub(crate) async fn fallocate(
+        &self,
+        fd: &Arc<FileState>,
+        offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        let ticket = self.ticket_for(fd, 1).await?;
+        match &self.shared.engine {
+            #[cfg(target_os = "linux")]
+            Engine::Uring(ring) => {
+                crate::uring::ops::fallocate(ring, ticket, fd.clone(), offset, len).await
+            }
+            Engine::Pool => {
+                let fd = fd.clone();
+                self.shared
+                    .pool
+                    .run(ticket, move || sys::fallocate(fd.file(), offset, len))
+                    .await
+            }
+        }
+    }
+
+    pub(crate) async fn ftruncate(&self, fd: &Arc<FileState>, len: u64) -> io::Result<()> {
+        let ticket = self.ticket_for(fd, 1).await?;
+        match &self.shared.engine {
+            #[cfg(target_os = "linux")]
+            Engine::Uring(ring) if ring.has_ftruncate() => {
+                crate::uring::ops::ftruncate(ring, ticket, fd.clone(), len).await
+            }
+            _ => {
+                let fd = fd.clone();
+                self.shared
+                    .pool
+                    .run(ticket, move || fd.file().set_len(len))
+                    .await
+            }
+        }
+    }
+
+    pub(crate) async fn file_len(&self, fd: &Arc<FileState>) -> io::Result<u64> {
+        let ticket = self.ticket_for(fd, 1).await?;
+        match &self.shared.engine {
+            #[cfg(target_os = "linux")]
+            Engine::Uring(ring) => crate::uring::ops::file_len(ring, ticket, fd.clone()).await,
+            Engine::Pool => {
+                let fd = fd.clone();
+                self.shared
+                    .pool
+                    .run(ticket, move || Ok(fd.file().metadata()?.len()))
+                    .await
+            }
+        }
+    }
+
+    pub(crate) async fn close(&self, fd: std::os::fd::OwnedFd) -> io::Result<()> {
+        let ticket = self.ticket(1).await?;
+        match &self.shared.engine {
+            #[cfg(target_os = "linux")]
+            Engine::Uring(ring) => crate::uring::ops::close(ring, ticket, fd).await,
+            Engine::Pool => self.shared.pool.run(ticket, move || sys::close(fd)).await,
+        }
+    }
+
+    /// A ticket for an operation on an open file; `EBADF` once the file was closed.
+    pub(crate) async fn ticket_for(&self, fd: &FileState, sqes: u32) -> io::Result<Ticket> {
+        fd.check_open()?;
+        self.ticket(sqes).await
+    }
+}
+
+fn as_path(c: &CString) -> &Path {
+    use std::os::unix::ffi::OsStrExt;
+    Path::new(std::ffi::OsStr::from_bytes(c.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_names_parse_and_print() {
+        for b in [Backend::Auto, Backend::IoUring, Backend::ThreadPool] {
+            assert_eq!(b.to_string().parse::<Backend>().unwrap(), b);
+        }
+        assert_eq!("IO-URING".parse::<Backend>().unwrap(), Backend::IoUring);
+        assert_eq!(" pool ".parse::<Backend>().unwrap(), Backend::ThreadPool);
+        assert_eq!(
+            "epoll".parse::<Backend>().unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+    }
+
+    #[test]
+    fn options_out_of_range_are_rejected() {
+        for opts in [
+            DriverOptions::default().queue_depth(1),
+            DriverOptions::default().queue_depth(DriverOptions::MAX_QUEUE_DEPTH + 1),
+            DriverOptions::default().pool_threads(0),
+        ] {
+            assert_eq!(
+                IoDriver::new(opts).unwrap_err().kind(),
+                io::ErrorKind::InvalidInput
+            );
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! The io_uring backend: one ring per driver, a slab of in-flight slots, submission from the calling
+//! task, completions reaped at every submit and poll and by a poller task woken through an eventfd.
+//!
+//! Invariants (each is relied on by a `// SAFETY:` comment below or in `ops.rs`):
+//! 1. A slot owns everything the kernel may touch for its operation — buffers, iovecs, paths,
+//!    the file's descriptor — from before its entries are pushed until its last completion is
+//!    reaped. Dropping the operation's future only marks the slot abandoned.
+//! 2. A slot's key is reused only after the slot is removed, and a slot is removed only once all
+//!    its completions arrived, so a completion always finds the slot it belongs to.
+//! 3. The ring is never torn down while a slot is alive: `Drop for Ring` waits for every
+//!    completion first.
+//! 4. Submission entries are pushed and submitted under the state lock, and no lock is held
+//!    across an `.await`.
+
+pub(crate) mod ops;
+
+use std::any::Any;
+use std::future::Future;
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
+
+use io_uring::{IoUring, squeue};
+use slab::Slab;
+use tokio::io::unix::AsyncFd;
+
+use crate::driver::{Counters, Ticket};
+use crate::probe::UringReady;
+
+/// The entries of one operation: one, or two linked (`IOSQE_IO_LINK` set on the first).
+pub(crate) enum Sqes {
+    One(squeue::Entry),
+    Linked(squeue::Entry, squeue::Entry),
+}
+
+/// Runs on the result of an abandoned operation, to release what the result owns (an opened
+/// descriptor).
+pub(crate) type Cleanup = fn(&[i32; 2]);
+
+struct Slot {
+    /// Completions still to come.
+    pending: u8,
+    /// The `res` of each entry's completion, in entry order.
+    results: [i32; 2],
+    waker: Option<Waker>,
+    /// The future was dropped: the slot is removed as soon as `pending` reaches 0.
+    abandoned: bool,
+    cleanup: Option<Cleanup>,
+    /// Kept alive for the kernel (invariant 1).
+    resources: Box<dyn Any + Send>,
+    _ticket: Ticket,
+}
+
+struct State {
+    uring: IoUring,
+    slots: Slab<Slot>,
+}
+
+/// The ring and its in-flight slots.
+pub(crate) struct Ring {
+    state: Mutex<State>,
+    event_fd: Arc<OwnedFd>,
+    ftruncate: bool,
+    counters: Arc<Counters>,
+}
+
+/// How often a submission that the kernel refuses for lack of resources (EAGAIN, EBUSY) is
+/// retried at once before it is left queued for the next submit, poll or reap.
+const SUBMIT_RETRIES: usize = 64;
+
+impl Ring {
+    /// Takes over a probed ring: registers an eventfd and starts the poller on the current tokio
+    /// runtime.
+    pub(crate) fn start(ready: UringReady, counters: Arc<Counters>) -> io::Result<Arc<Ring>> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            io::Error::other("the io_uring backend must be started inside a tokio runtime")
+        })?;
+        // SAFETY: eventfd takes no pointers; the result is checked before use.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this descriptor and nothing else owns it.
+        let event_fd = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+        ready
+            .ring
+            .submitter()
+            .register_eventfd(event_fd.as_raw_fd())?;
+        let notifier = {
+            let _guard = runtime.enter();
+            // SAFETY: the `Arc<OwnedFd>` keeps the eventfd open, always as the same descriptor,
+            // for as long as the `AsyncFd` holds it.
+            unsafe {
+                AsyncFd::register_with_interest(event_fd.clone(), tokio::io::Interest::READABLE)
+            }
+            .map_err(|e| e.into_parts().1)?
+        };
+        let ring = Arc::new(Ring {
+            state: Mutex::new(State {
+                uring: ready.ring,
+                slots: Slab::new(),
+            }),
+            event_fd,
+            ftruncate: ready.ftruncate,
+            counters,
+        });
+        runtime.spawn(poll_completions(Arc::downgrade(&ring), notifier));
+        Ok(ring)
+    }
+
+    pub(crate) fn has_ftruncate(&self) -> bool {
+        self.ftruncate
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the slab half-updated in a way that matters
+        // for memory safety (slots are only inserted or removed whole), so keep going.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Pushes an operation's entries, submits them, and returns the future of its completion.
+    ///
+    /// `resources` is boxed before `build` runs and stays in the slot until the last completion,
+    /// so pointers into it stay valid for the kernel however the caller's future ends.
+    ///
+    /// # Safety
+    ///
+    /// Every pointer that `build` puts into the entries must point into `resources` (or its heap
+    /// data, such as the bytes of a buffer it owns), or to memory that lives forever, and must be
+    /// valid for the reads or writes the operation makes. Descriptors named by the entries must
+    /// stay open until completion (hold the owning handle in `resources`).
+    pub(crate) unsafe fn submit<T: Send + 'static>(
+        self: &Arc<Self>,
+        ticket: Ticket,
+        resources: T,
+        cleanup: Option<Cleanup>,
+        build: impl FnOnce(&mut T) -> Sqes,
+    ) -> Op<T> {
+        let mut resources = Box::new(resources);
+        let sqes = build(&mut resources);
+        let mut state = self.lock();
+        let key = state.slots.vacant_key();
+        let tag = |entry: squeue::Entry, index: u64| entry.user_data(((key as u64) << 1) | index);
+        let (entries, count): ([squeue::Entry; 2], usize) = match sqes {
+            Sqes::One(a) => ([tag(a, 0), io_uring::opcode::Nop::new().build()], 1),
+            Sqes::Linked(a, b) => ([tag(a.flags(squeue::Flags::IO_LINK), 0), tag(b, 1)], 2),
+        };
+        let inserted = state.slots.insert(Slot {
+            pending: count as u8,
+            results: [0; 2],
+            waker: None,
+            abandoned: false,
+            cleanup,
+            resources,
+            _ticket: ticket,
+        });
+        debug_assert_eq!(inserted, key);
+        state.push(&entries[..count]);
+        state.flush();
+        // Reads served by the page cache complete inside the submit call: reap them now so the
+        // first poll finds them done.
+        state.reap();
+        drop(state);
+        Op {
+            ring: self.clone(),
+            key: Some(key),
+            _marker: PhantomData,
+        }
+    }
+
+    /// Reaps completions and retries queued submissions; called by the poller.
+    fn service(&self) {
+        let mut state = self.lock();
+        state.flush();
+        state.reap();
+    }
+}
+
+impl State {
+    fn push(&mut self, entries: &[squeue::Entry]) {
+        loop {
+            // SAFETY: the entries' pointers are valid until completion by the contract of
+            // `Ring::submit`, and their slot (holding the resources) is already in the slab.
+            let pushed = unsafe { self.uring.submission().push_multiple(entries) };
+            if pushed.is_ok() {
+                return;
+            }
+            // Only entries that an earlier refused submit left behind can fill the queue (there
+            // are no more tickets than slots): hand them over, waiting for a completion if the
+            // kernel lacks room.
+            self.reap();
+            match self.uring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "io_uring submit_and_wait refused; retrying"),
+            }
+            self.reap();
+        }
+    }
+
+    /// Submits the queued entries. Entries the kernel refuses for now (EAGAIN, EBUSY) stay queued
+    /// and go with the next submit, poll or reap.
+    fn flush(&mut self) {
+        for _ in 0..SUBMIT_RETRIES {
+            if self.uring.submission().is_empty() {
+                return;
+            }
+            match self.uring.submit() {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "io_uring submit refused; reaping and retrying");
+                    self.reap();
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+
+    /// Records every available completion in its slot, waking the waiting future or, for an
+    /// abandoned slot, releasing its resources.
+    fn reap(&mut self) {
+        let State { uring, slots } = self;
+        for cqe in uring.completion() {
+            let user_data = cqe.user_data();
+            let key = (user_data >> 1) as usize;
+            let index = (user_data & 1) as usize;
+            let Some(slot) = slots.get_mut(key) else {
+                debug_assert!(false, "completion for unknown slot {key}");
+                continue;
+            };
+            slot.results[index] = cqe.result();
+            slot.pending -= 1;
+            if slot.pending > 0 {
+                continue;
+            }
+            if slot.abandoned {
+                let slot = slots.remove(key);
+                if let Some(cleanup) = slot.cleanup {
+                    cleanup(&slot.results);
+                }
+            } else if let Some(waker) = slot.waker.take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        // Slots left now belong to dropped futures, and the kernel may still write into their
+        // buffers: wait for every completion before that memory is freed (invariant 3).
+        let mut failures = 0;
+        while !state.slots.is_empty() {
+            state.flush();
+            match state.uring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failures += 1;
+                    if failures > SUBMIT_RETRIES {
+                        // Leaking is the only safe end when the kernel cannot be waited for.
+                        tracing::error!(error = %e, slots = state.slots.len(), "io_uring teardown cannot wait for in-flight operations; leaking their buffers");
+                        std::mem::forget(std::mem::take(&mut state.slots));
+                        break;
+                    }
+                }
+            }
+            state.reap();
+        }
+        // Wake the poller so it sees the ring is gone and ends.
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live stack buffer to an eventfd this ring owns.
+        unsafe { libc::write(self.event_fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+}
+
+/// Waits for the eventfd the kernel signals on every completion, and reaps. Ends when the ring is
+/// gone.
+async fn poll_completions(ring: Weak<Ring>, notifier: AsyncFd<Arc<OwnedFd>>) {
+    loop {
+        let mut ready = match notifier.readable().await {
+            Ok(ready) => ready,
+            Err(e) => {
+                tracing::error!(error = %e, "io_uring completion poller failed");
+                return;
+            }
+        };
+        // Reset the counter before reaping: a completion posted after the reap raises it again.
+        match ready.try_io(|fd| drain_eventfd(fd.get_ref())) {
+            Ok(_) => {}
+            Err(_would_block) => continue,
+        }
+        let Some(ring) = ring.upgrade() else { return };
+        ring.service();
+    }
+}
+
+fn drain_eventfd(fd: &OwnedFd) -> io::Result<()> {
+    let mut count = [0u8; 8];
+    // SAFETY: reads at most 8 bytes into a live stack buffer of 8 bytes.
+    let res = unsafe { libc::read(fd.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
+    if res < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The future of one submitted operation: resolves to the completion results and the resources
+/// handed back.
+pub(crate) struct Op<T> {
+    ring: Arc<Ring>,
+    /// `None` once the result was taken.
+    key: Option<usize>,
+    _marker: PhantomData<fn() -> T>,
+}
+
+impl<T: 'static> Future for Op<T> {
+    type Output = ([i32; 2], T);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let key = self
+            .key
+            .expect("io_uring operation polled after completion");
+        let mut state = self.ring.lock();
+        state.flush();
+        state.reap();
+        let slot = &mut state.slots[key];
+        if slot.pending > 0 {
+            if !slot.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                slot.waker = Some(cx.waker().clone());
+            }
+            return Poll::Pending;
+        }
+        let slot = state.slots.remove(key);
+        drop(state);
+        self.key = None;
+        let Slot {
+            results, resources, ..
+        } = slot;
+        let resources = match resources.downcast::<T>() {
+            Ok(resources) => resources,
+            Err(_) => unreachable!("an io_uring slot holds resources of another operation"),
+        };
+        Poll::Ready((results, *resources))
+    }
+}
+
+impl<T> Drop for Op<T> {
+    fn drop(&mut self) {
+        let Some(key) = self.key else { return };
+        let mut state = self.ring.lock();
+        let slot = &mut state.slots[key];
+        if slot.pending == 0 {
+            // Completed but never polled: release now (the cleanup releases what the result owns).
+            let slot = state.slots.remove(key);
+            drop(state);
+            if let Some(cleanup) = slot.cleanup {
+                cleanup(&slot.results);
+            }
+        } else {
+            slot.abandoned = true;
+            slot.waker = None;
+            self.ring.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
