@@ -9,8 +9,10 @@
 //!    its completions arrived, so a completion always finds the slot it belongs to.
 //! 3. The ring is never torn down while a slot is alive: `Drop for Ring` waits for every
 //!    completion first.
-//! 4. Submission entries are pushed and submitted under the state lock, and no lock is held
-//!    across an `.await`.
+//! 4. The submission and completion queues are touched only under the slot lock (which makes the
+//!    `*_shared` queue accessors sound). `io_uring_enter` runs outside it, so a read that the page
+//!    cache serves inside the call does not hold up other threads. No lock is held across an
+//!    `.await`.
 
 pub(crate) mod ops;
 
@@ -55,14 +57,11 @@ struct Slot {
     _ticket: Ticket,
 }
 
-struct State {
-    uring: IoUring,
-    slots: Slab<Slot>,
-}
-
 /// The ring and its in-flight slots.
 pub(crate) struct Ring {
-    state: Mutex<State>,
+    /// Its queues are accessed only while `slots` is locked (invariant 4).
+    uring: IoUring,
+    slots: Mutex<Slab<Slot>>,
     event_fd: Arc<OwnedFd>,
     ftruncate: bool,
     counters: Arc<Counters>,
@@ -100,10 +99,8 @@ impl Ring {
             .map_err(|e| e.into_parts().1)?
         };
         let ring = Arc::new(Ring {
-            state: Mutex::new(State {
-                uring: ready.ring,
-                slots: Slab::new(),
-            }),
+            uring: ready.ring,
+            slots: Mutex::new(Slab::new()),
             event_fd,
             ftruncate: ready.ftruncate,
             counters,
@@ -116,10 +113,13 @@ impl Ring {
         self.ftruncate
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> Locked<'_> {
         // A panic while holding the lock cannot leave the slab half-updated in a way that matters
         // for memory safety (slots are only inserted or removed whole), so keep going.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        Locked {
+            uring: &self.uring,
+            slots: self.slots.lock().unwrap_or_else(PoisonError::into_inner),
+        }
     }
 
     /// Pushes an operation's entries, submits them, and returns the future of its completion.
@@ -142,14 +142,14 @@ impl Ring {
     ) -> Op<T> {
         let mut resources = Box::new(resources);
         let sqes = build(&mut resources);
-        let mut state = self.lock();
-        let key = state.slots.vacant_key();
+        let mut locked = self.lock();
+        let key = locked.slots.vacant_key();
         let tag = |entry: squeue::Entry, index: u64| entry.user_data(((key as u64) << 1) | index);
         let (entries, count): ([squeue::Entry; 2], usize) = match sqes {
             Sqes::One(a) => ([tag(a, 0), io_uring::opcode::Nop::new().build()], 1),
             Sqes::Linked(a, b) => ([tag(a.flags(squeue::Flags::IO_LINK), 0), tag(b, 1)], 2),
         };
-        let inserted = state.slots.insert(Slot {
+        let inserted = locked.slots.insert(Slot {
             pending: count as u8,
             results: [0; 2],
             waker: None,
@@ -159,12 +159,9 @@ impl Ring {
             _ticket: ticket,
         });
         debug_assert_eq!(inserted, key);
-        state.push(&entries[..count]);
-        state.flush();
-        // Reads served by the page cache complete inside the submit call: reap them now so the
-        // first poll finds them done.
-        state.reap();
-        drop(state);
+        locked.push(&entries[..count]);
+        drop(locked);
+        self.submit_queued();
         Op {
             ring: self.clone(),
             key: Some(key),
@@ -172,20 +169,56 @@ impl Ring {
         }
     }
 
-    /// Reaps completions and retries queued submissions; called by the poller.
+    /// Hands the queued entries to the kernel, outside the lock. Entries the kernel refuses for
+    /// now (EAGAIN, EBUSY: out of resources) stay queued for the next submit or reap.
+    fn submit_queued(&self) {
+        for _ in 0..SUBMIT_RETRIES {
+            match self.uring.submit() {
+                Ok(_) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "io_uring submit refused; reaping and retrying");
+                    self.lock().reap();
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+
+    /// Reaps completions and hands over entries left queued; called by the poller.
     fn service(&self) {
-        let mut state = self.lock();
-        state.flush();
-        state.reap();
+        let queued = {
+            let mut locked = self.lock();
+            locked.reap();
+            locked.queued()
+        };
+        if queued {
+            self.submit_queued();
+        }
     }
 }
 
-impl State {
+/// The ring's queues and the slots, under the lock.
+struct Locked<'a> {
+    uring: &'a IoUring,
+    slots: MutexGuard<'a, Slab<Slot>>,
+}
+
+impl Locked<'_> {
+    /// True if entries wait in the submission queue.
+    fn queued(&self) -> bool {
+        // SAFETY: the slot lock is held, so no other queue handle exists (invariant 4).
+        !unsafe { self.uring.submission_shared() }.is_empty()
+    }
+
     fn push(&mut self, entries: &[squeue::Entry]) {
         loop {
+            // SAFETY: the slot lock is held, so no other queue handle exists (invariant 4).
+            let mut queue = unsafe { self.uring.submission_shared() };
             // SAFETY: the entries' pointers are valid until completion by the contract of
             // `Ring::submit`, and their slot (holding the resources) is already in the slab.
-            let pushed = unsafe { self.uring.submission().push_multiple(entries) };
+            let pushed = unsafe { queue.push_multiple(entries) };
+            drop(queue);
             if pushed.is_ok() {
                 return;
             }
@@ -193,42 +226,23 @@ impl State {
             // are no more tickets than slots): hand them over, waiting for a completion if the
             // kernel lacks room.
             self.reap();
-            match self.uring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "io_uring submit_and_wait refused; retrying"),
+            if let Err(e) = self.uring.submit_and_wait(1) {
+                tracing::debug!(error = %e, "io_uring submit_and_wait refused; retrying");
             }
             self.reap();
-        }
-    }
-
-    /// Submits the queued entries. Entries the kernel refuses for now (EAGAIN, EBUSY) stay queued
-    /// and go with the next submit, poll or reap.
-    fn flush(&mut self) {
-        for _ in 0..SUBMIT_RETRIES {
-            if self.uring.submission().is_empty() {
-                return;
-            }
-            match self.uring.submit() {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "io_uring submit refused; reaping and retrying");
-                    self.reap();
-                    std::thread::yield_now();
-                }
-            }
         }
     }
 
     /// Records every available completion in its slot, waking the waiting future or, for an
     /// abandoned slot, releasing its resources.
     fn reap(&mut self) {
-        let State { uring, slots } = self;
-        for cqe in uring.completion() {
+        // SAFETY: the slot lock is held, so no other queue handle exists (invariant 4).
+        let completions = unsafe { self.uring.completion_shared() };
+        for cqe in completions {
             let user_data = cqe.user_data();
             let key = (user_data >> 1) as usize;
             let index = (user_data & 1) as usize;
-            let Some(slot) = slots.get_mut(key) else {
+            let Some(slot) = self.slots.get_mut(key) else {
                 debug_assert!(false, "completion for unknown slot {key}");
                 continue;
             };
@@ -238,7 +252,7 @@ impl State {
                 continue;
             }
             if slot.abandoned {
-                let slot = slots.remove(key);
+                let slot = self.slots.remove(key);
                 if let Some(cleanup) = slot.cleanup {
                     cleanup(&slot.results);
                 }
@@ -251,27 +265,27 @@ impl State {
 
 impl Drop for Ring {
     fn drop(&mut self) {
-        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let mut locked = self.lock();
         // Slots left now belong to dropped futures, and the kernel may still write into their
         // buffers: wait for every completion before that memory is freed (invariant 3).
         let mut failures = 0;
-        while !state.slots.is_empty() {
-            state.flush();
-            match state.uring.submit_and_wait(1) {
+        while !locked.slots.is_empty() {
+            match locked.uring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     failures += 1;
                     if failures > SUBMIT_RETRIES {
                         // Leaking is the only safe end when the kernel cannot be waited for.
-                        tracing::error!(error = %e, slots = state.slots.len(), "io_uring teardown cannot wait for in-flight operations; leaking their buffers");
-                        std::mem::forget(std::mem::take(&mut state.slots));
+                        tracing::error!(error = %e, slots = locked.slots.len(), "io_uring teardown cannot wait for in-flight operations; leaking their buffers");
+                        std::mem::forget(std::mem::take(&mut *locked.slots));
                         break;
                     }
                 }
             }
-            state.reap();
+            locked.reap();
         }
+        drop(locked);
         // Wake the poller so it sees the ring is gone and ends.
         let one = 1u64.to_ne_bytes();
         // SAFETY: writes 8 bytes from a live stack buffer to an eventfd this ring owns.
@@ -328,7 +342,6 @@ impl<T: 'static> Future for Op<T> {
             .key
             .expect("io_uring operation polled after completion");
         let mut state = self.ring.lock();
-        state.flush();
         state.reap();
         let slot = &mut state.slots[key];
         if slot.pending > 0 {
