@@ -549,7 +549,8 @@ impl IoDriver {
     }
 
     async fn is_dir(&self, path: &Path) -> io::Result<bool> {
-        let opts = OpenOptions::new().read(true).directory(true);
+        // O_PATH needs no read permission on the directory, as `std::fs::create_dir_all` does not.
+        let opts = OpenOptions::new().path_only(true).directory(true);
         match self.open(path, &opts).await {
             Ok(dir) => {
                 dir.close().await?;
@@ -658,6 +659,9 @@ impl IoDriver {
         offset: u64,
         sync: Option<SyncKind>,
     ) -> BufResult<usize, Vec<Bytes>> {
+        if let Err(e) = sys::check_range(offset, bufs.iter().map(|b| b.len() as u64).sum()) {
+            return (Err(e), bufs);
+        }
         match &self.shared.engine {
             #[cfg(target_os = "linux")]
             Engine::Uring(ring) => {
@@ -717,6 +721,7 @@ impl IoDriver {
     }
 
     pub(crate) async fn ftruncate(&self, fd: &Arc<FileState>, len: u64) -> io::Result<()> {
+        sys::check_range(len, 0)?;
         let ticket = self.ticket_for(fd, 1).await?;
         match &self.shared.engine {
             #[cfg(target_os = "linux")]

@@ -27,6 +27,7 @@ pub struct OpenOptions {
     truncate: bool,
     direct: bool,
     directory: bool,
+    path_only: bool,
     mode: u32,
 }
 
@@ -47,6 +48,7 @@ impl OpenOptions {
             truncate: false,
             direct: false,
             directory: false,
+            path_only: false,
             mode: 0o644,
         }
     }
@@ -95,6 +97,13 @@ impl OpenOptions {
         self
     }
 
+    /// Open only a reference to the path (`O_PATH`): no read or write access is needed or
+    /// given. Used to check that a directory exists.
+    pub(crate) fn path_only(mut self, path_only: bool) -> Self {
+        self.path_only = path_only;
+        self
+    }
+
     /// Permission bits of a created file, before the umask. Default: `0o644`.
     pub fn mode(mut self, mode: u32) -> Self {
         self.mode = mode;
@@ -105,6 +114,13 @@ impl OpenOptions {
     pub(crate) fn flags(&self) -> io::Result<(i32, u32)> {
         let invalid = |msg: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, msg.to_string()));
         let mut flags = libc::O_CLOEXEC;
+        if self.path_only {
+            #[cfg(target_os = "linux")]
+            return Ok((
+                flags | libc::O_PATH | if self.directory { libc::O_DIRECTORY } else { 0 },
+                0,
+            ));
+        }
         flags |= match (self.read, self.write) {
             (true, false) => libc::O_RDONLY,
             (false, true) => libc::O_WRONLY,
@@ -236,6 +252,9 @@ impl File {
     ///
     /// Cancel safe, as [`read_at`](Self::read_at).
     pub async fn read_exact_at(&self, mut buf: BytesMut, offset: u64) -> BufResult<(), BytesMut> {
+        if let Err(e) = sys::check_range(offset, (buf.capacity() - buf.len()) as u64) {
+            return (Err(e), buf);
+        }
         let start = buf.len();
         while buf.len() < buf.capacity() {
             let pos = offset + (buf.len() - start) as u64;
@@ -283,6 +302,9 @@ impl File {
     ///
     /// As [`write_at`](Self::write_at): a dropped call may have written a prefix of `buf`.
     pub async fn write_all_at(&self, buf: Bytes, offset: u64) -> BufResult<(), Bytes> {
+        if let Err(e) = sys::check_range(offset, buf.len() as u64) {
+            return (Err(e), buf);
+        }
         let mut done = 0usize;
         while done < buf.len() {
             let (res, _) = self.write_at(buf.slice(done..), offset + done as u64).await;
@@ -407,8 +429,10 @@ impl File {
     }
 
     /// Closes the file for this handle and all its clones: their later operations fail with
-    /// `EBADF`. If no operation is in flight and no clone is left, the descriptor is closed now
-    /// and the error of `close(2)` is returned; otherwise it is closed when the last user is done.
+    /// `EBADF`. If no operation is in flight and no clone is left, the descriptor is closed now,
+    /// through the backend, and the error of `close(2)` is returned. Otherwise it is closed when
+    /// the last holder (a clone, or an operation still in flight) drops it, and an error of
+    /// `close(2)` then is not reported.
     ///
     /// # Errors
     ///

@@ -37,7 +37,9 @@ impl Pool {
                     // `recv` fails only once all senders are dropped and the queue is empty, so every
                     // job that was queued runs.
                     while let Ok(job) = queue.recv() {
-                        job();
+                        // A panicking job (a bug) must not take the thread with it: its caller
+                        // learns of the panic through its dropped reply channel.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                     }
                 })?;
         }

@@ -30,6 +30,20 @@ pub(crate) enum SyncKind {
     All,
 }
 
+/// Refuses byte ranges the kernel cannot address (`offset + len` above `i64::MAX`). On io_uring
+/// an offset of `u64::MAX` would even mean "the file position", which no caller here wants.
+pub(crate) fn check_range(offset: u64, len: u64) -> io::Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= i64::MAX as u64 => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "byte range at offset {offset} of length {len} is beyond the largest file offset"
+            ),
+        )),
+    }
+}
+
 /// Converts a path to the NUL-terminated form the kernel takes.
 pub(crate) fn c_path(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| {

@@ -10,9 +10,15 @@
 //! 3. The ring is never torn down while a slot is alive: `Drop for Ring` waits for every
 //!    completion first.
 //! 4. The submission and completion queues are touched only under the slot lock (which makes the
-//!    `*_shared` queue accessors sound). `io_uring_enter` runs outside it, so a read that the page
-//!    cache serves inside the call does not hold up other threads. No lock is held across an
-//!    `.await`.
+//!    `*_shared` queue accessors sound), and an operation's entries are published in the queue's
+//!    tail together. `io_uring_enter` runs outside the lock, so a read that the page cache serves
+//!    inside the call does not hold up other threads; it submits everything published, so the
+//!    entries of a link are never split. No lock is held across an `.await`.
+//!
+//! Dropping the last handle waits (blocking the thread) for the completions of abandoned
+//! operations, usually microseconds, at worst one fsync. io-wq, the kernel's worker pool, belongs
+//! to the submitting thread: work submitted from a thread that then exits may complete with
+//! `ECANCELED`; tokio's worker threads live as long as their runtime.
 
 pub(crate) mod ops;
 
@@ -170,28 +176,45 @@ impl Ring {
     }
 
     /// Hands the queued entries to the kernel, outside the lock. Entries the kernel refuses for
-    /// now (EAGAIN, EBUSY: out of resources) stay queued for the next submit or reap.
+    /// now (EAGAIN, EBUSY: out of resources) stay queued for the next submit, poll or reap.
+    ///
+    /// The count passed is "everything": the kernel clamps it to the entries published in the
+    /// queue's tail, and the tail only moves by whole operations (under the lock), so a write and
+    /// its linked fsync are never split between two submissions. A count computed here from the
+    /// queue's head and tail could be stale (another thread may have submitted meanwhile) and end
+    /// between the two entries of a link.
     fn submit_queued(&self) {
         for _ in 0..SUBMIT_RETRIES {
-            match self.uring.submit() {
+            // SAFETY: no pointer argument; the entries submitted were pushed under the slot lock,
+            // with their resources already held by their slots.
+            let res = unsafe {
+                self.uring
+                    .submitter()
+                    .enter::<libc::sigset_t>(u32::MAX, 0, 0, None)
+            };
+            match res {
                 Ok(_) => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     tracing::debug!(error = %e, "io_uring submit refused; reaping and retrying");
-                    self.lock().reap();
+                    let released = self.lock().reap();
+                    drop(released);
                     std::thread::yield_now();
                 }
             }
         }
     }
 
-    /// Reaps completions and hands over entries left queued; called by the poller.
+    /// Reaps completions and hands over entries left queued; called by the poller and by
+    /// polled operations.
     fn service(&self) {
-        let queued = {
+        let (queued, released) = {
             let mut locked = self.lock();
-            locked.reap();
-            locked.queued()
+            let released = locked.reap();
+            (locked.queued(), released)
         };
+        // Abandoned slots release their buffers, descriptors and tickets outside the lock.
+        drop(released);
         if queued {
             self.submit_queued();
         }
@@ -225,17 +248,21 @@ impl Locked<'_> {
             // Only entries that an earlier refused submit left behind can fill the queue (there
             // are no more tickets than slots): hand them over, waiting for a completion if the
             // kernel lacks room.
-            self.reap();
+            let mut released = self.reap();
             if let Err(e) = self.uring.submit_and_wait(1) {
                 tracing::debug!(error = %e, "io_uring submit_and_wait refused; retrying");
             }
-            self.reap();
+            released.extend(self.reap());
+            // Rare; the slots' resources are dropped here, under the lock.
+            drop(released);
         }
     }
 
-    /// Records every available completion in its slot, waking the waiting future or, for an
-    /// abandoned slot, releasing its resources.
-    fn reap(&mut self) {
+    /// Records every available completion in its slot and wakes the waiting future. Abandoned
+    /// slots that are complete are removed and returned, for the caller to drop after unlocking.
+    #[must_use = "released slots are to be dropped after the lock"]
+    fn reap(&mut self) -> Vec<Slot> {
+        let mut released = Vec::new();
         // SAFETY: the slot lock is held, so no other queue handle exists (invariant 4).
         let completions = unsafe { self.uring.completion_shared() };
         for cqe in completions {
@@ -256,10 +283,12 @@ impl Locked<'_> {
                 if let Some(cleanup) = slot.cleanup {
                     cleanup(&slot.results);
                 }
+                released.push(slot);
             } else if let Some(waker) = slot.waker.take() {
                 waker.wake();
             }
         }
+        released
     }
 }
 
@@ -283,7 +312,7 @@ impl Drop for Ring {
                     }
                 }
             }
-            locked.reap();
+            drop(locked.reap());
         }
         drop(locked);
         // Wake the poller so it sees the ring is gone and ends.
@@ -342,16 +371,24 @@ impl<T: 'static> Future for Op<T> {
             .key
             .expect("io_uring operation polled after completion");
         let mut state = self.ring.lock();
-        state.reap();
+        let released = state.reap();
         let slot = &mut state.slots[key];
         if slot.pending > 0 {
             if !slot.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 slot.waker = Some(cx.waker().clone());
             }
+            let queued = state.queued();
+            drop(state);
+            drop(released);
+            // Entries a refused submit left behind would otherwise wait for another completion.
+            if queued {
+                self.ring.submit_queued();
+            }
             return Poll::Pending;
         }
         let slot = state.slots.remove(key);
         drop(state);
+        drop(released);
         self.key = None;
         let Slot {
             results, resources, ..
