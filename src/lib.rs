@@ -4,7 +4,8 @@
 //!
 //! 1. [`platform`] — the I/O executor: every disk operation goes through io_uring on Linux, or a
 //!    fixed thread pool where io_uring is missing or forbidden, chosen at run time.
-//! 2. `wal` — a write-ahead log (not built yet).
+//! 2. [`wal`] — a write-ahead log: segments, grouped commit, reads by sequence number, streams and
+//!    tails, truncation at both ends, Raft terms, log transactions.
 //! 3. `kv` — a transactional LSM key-value store (not built yet).
 //!
 //! # Example
@@ -34,4 +35,8 @@
 
 #![forbid(unsafe_code)]
 
+mod error;
+pub mod wal;
+
+pub use error::{CorruptionKind, Error, Result};
 pub use ringtide_platform as platform;

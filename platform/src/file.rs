@@ -428,6 +428,23 @@ impl File {
         self.driver.file_len(&self.state).await
     }
 
+    /// Tries to take an exclusive advisory lock on the file (`flock(LOCK_EX | LOCK_NB)`) without
+    /// waiting: `Ok(true)` if taken, `Ok(false)` if another open file description holds it (in
+    /// this process or another). The lock is released when the descriptor is closed. A plain
+    /// system call that never waits for the disk, so it is not asynchronous.
+    ///
+    /// # Errors
+    ///
+    /// The system's error; `EBADF` after [`close`](Self::close).
+    pub fn try_lock(&self) -> io::Result<bool> {
+        self.state.check_open()?;
+        match self.state.file.try_lock() {
+            Ok(()) => Ok(true),
+            Err(fs::TryLockError::WouldBlock) => Ok(false),
+            Err(fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+
     /// Closes the file for this handle and all its clones: their later operations fail with
     /// `EBADF`. If no operation is in flight and no clone is left, the descriptor is closed now,
     /// through the backend, and the error of `close(2)` is returned. Otherwise it is closed when

@@ -83,13 +83,13 @@ pub(crate) fn uring(entries: u32, force_failure: bool) -> Result<UringReady, Pro
     }
     // 0: allowed; 1: only for the io_uring_group; 2: disabled for all. Ring creation below gives
     // the definite answer for 1; 2 is reported by name because EPERM alone is puzzling.
-    if let Ok(value) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
-        if value.trim() == "2" {
-            return Err(ProbeFailure::new(
-                "the sysctl kernel.io_uring_disabled is 2",
-                io::ErrorKind::PermissionDenied,
-            ));
-        }
+    if let Ok(value) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        && value.trim() == "2"
+    {
+        return Err(ProbeFailure::new(
+            "the sysctl kernel.io_uring_disabled is 2",
+            io::ErrorKind::PermissionDenied,
+        ));
     }
     // The completion queue is twice the submission queue, and no more submissions than
     // `entries` are ever in flight, so completions cannot overflow.

@@ -201,10 +201,10 @@ pub(crate) fn pwritev_all(
         cursor.advance(&bufs, res as usize);
         written += res as usize;
     }
-    if let Some(kind) = sync {
-        if let Err(e) = fsync(file, kind) {
-            return (Err(e), bufs);
-        }
+    if let Some(kind) = sync
+        && let Err(e) = fsync(file, kind)
+    {
+        return (Err(e), bufs);
     }
     (Ok(written), bufs)
 }

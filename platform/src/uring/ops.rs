@@ -147,10 +147,10 @@ pub(crate) async fn writev_all(
         // A short write cancels the linked sync (-ECANCELED): write the rest and link again.
     }
     // Nothing to write: a sync asked for still runs.
-    if let Some(kind) = sync {
-        if let Err(e) = driver.fsync(fd, kind).await {
-            return (Err(e), bufs);
-        }
+    if let Some(kind) = sync
+        && let Err(e) = driver.fsync(fd, kind).await
+    {
+        return (Err(e), bufs);
     }
     (Ok(written), bufs)
 }

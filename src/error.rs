@@ -1,0 +1,228 @@
+//! The one error type of ringtide.
+//!
+//! I/O errors keep their `io::ErrorKind` (and the path they concern); corruption names the file,
+//! the byte offset and what was wrong, as a [`CorruptionKind`] a caller can match on.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::wal::Lsn;
+
+/// The result type of ringtide.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in ringtide.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O operation failed. `path` names the file or directory when one is concerned.
+    #[error("I/O error{}: {source}", path.as_ref().map(|p| format!(" on {}", p.display())).unwrap_or_default())]
+    Io {
+        /// The file or directory concerned, if any.
+        path: Option<PathBuf>,
+        /// The system's error, with its kind.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Stored data failed a check: a checksum, a magic number, a sequence number.
+    #[error("corruption in {} at offset {offset}: {kind}", file.display())]
+    Corruption {
+        /// The damaged file.
+        file: PathBuf,
+        /// Where in the file the damage starts.
+        offset: u64,
+        /// What is wrong.
+        kind: CorruptionKind,
+    },
+
+    /// A write or sync failed earlier, so the handle refuses all further work: the state of the
+    /// data on disk is unknown and a retried fsync could report success without the data being
+    /// durable. Reopen to run recovery.
+    #[error(
+        "the log is poisoned by an earlier failed write or sync ({cause}); reopen it to recover"
+    )]
+    Poisoned {
+        /// The failure that poisoned the handle.
+        #[source]
+        cause: Arc<io::Error>,
+    },
+
+    /// The disk has no room for a new segment. Nothing was written and the handle is not
+    /// poisoned: appends work again once space is freed.
+    #[error("disk full while preallocating a segment of {needed_bytes} bytes in {}", dir.display())]
+    DiskFull {
+        /// The log directory.
+        dir: PathBuf,
+        /// The size that could not be allocated.
+        needed_bytes: u64,
+    },
+
+    /// A sequence number outside the log.
+    #[error("lsn {lsn} is outside the log ({first}..={last})")]
+    OutOfRange {
+        /// The lsn asked for.
+        lsn: Lsn,
+        /// The first lsn in the log.
+        first: Lsn,
+        /// The last lsn in the log (`first - 1` when the log is empty).
+        last: Lsn,
+    },
+
+    /// An entry larger than the log accepts.
+    #[error("entry of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// The entry's size.
+        len: u64,
+        /// The largest size accepted (the smaller of `max_entry_bytes` and the length encoding's
+        /// range).
+        max: u64,
+    },
+
+    /// The transaction's timeout passed; it was rolled back.
+    #[error("the transaction expired after its timeout and was rolled back")]
+    TxnExpired,
+
+    /// The transaction would exceed its size bound.
+    #[error("the transaction would hold {bytes} bytes, more than its bound of {max} bytes")]
+    TxnTooLarge {
+        /// The size it would reach.
+        bytes: u64,
+        /// The bound.
+        max: u64,
+    },
+
+    /// The directory is locked by another open handle (in this or another process).
+    #[error("{} is locked by another open handle", path.display())]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+
+    /// The handle was closed.
+    #[error("the handle is closed")]
+    Closed,
+
+    /// An option or argument is invalid.
+    #[error("invalid {name}: {reason}")]
+    InvalidArgument {
+        /// The option or argument.
+        name: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
+        Error::Io {
+            path: Some(path.into()),
+            source,
+        }
+    }
+
+    pub(crate) fn corruption(file: impl Into<PathBuf>, offset: u64, kind: CorruptionKind) -> Error {
+        Error::Corruption {
+            file: file.into(),
+            offset,
+            kind,
+        }
+    }
+
+    pub(crate) fn invalid(name: &'static str, reason: impl Into<String>) -> Error {
+        Error::InvalidArgument {
+            name,
+            reason: reason.into(),
+        }
+    }
+
+    /// The I/O error kind, for I/O errors.
+    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            Error::Io { source, .. } => Some(source.kind()),
+            Error::Poisoned { cause } => Some(cause.kind()),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(source: io::Error) -> Error {
+        Error::Io { path: None, source }
+    }
+}
+
+/// What is wrong with stored data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CorruptionKind {
+    /// The file does not start with the expected magic number.
+    #[error("bad magic number")]
+    BadMagic,
+    /// The file's format version is not one this build reads.
+    #[error("unsupported format version {found} (this build reads version {supported})")]
+    UnsupportedVersion {
+        /// The version in the file.
+        found: u16,
+        /// The version this build reads.
+        supported: u16,
+    },
+    /// A header field holds a value no writer produces.
+    #[error("invalid header field {field}")]
+    BadHeader {
+        /// The field.
+        field: &'static str,
+    },
+    /// A header's checksum does not match.
+    #[error("header checksum mismatch")]
+    HeaderChecksum,
+    /// A frame's checksum does not match its contents.
+    #[error("frame checksum mismatch")]
+    FrameChecksum,
+    /// A frame's length runs past the end of the file or above any size a writer produces.
+    #[error("frame length {len} is impossible here")]
+    FrameLength {
+        /// The length read.
+        len: u64,
+    },
+    /// A frame carries another sequence number than its place in the log.
+    #[error("expected lsn {expected}, found {found}")]
+    LsnMismatch {
+        /// The lsn its place implies.
+        expected: Lsn,
+        /// The lsn it carries.
+        found: Lsn,
+    },
+    /// A frame is damaged and valid frames follow it, so it cannot be a torn tail.
+    #[error("damaged frame followed by a valid frame at offset {next_valid_offset}")]
+    DamageBeforeValidData {
+        /// Where the next valid frame starts.
+        next_valid_offset: u64,
+    },
+    /// The tail of the last segment is torn and the recovery mode is `Strict`.
+    #[error("torn tail ({bytes} bytes) under strict recovery")]
+    TornTail {
+        /// Bytes from the damage to the end of the written data.
+        bytes: u64,
+    },
+    /// A segment belongs to another log.
+    #[error("segment belongs to another log (id {found:#x}, expected {expected:#x})")]
+    ForeignSegment {
+        /// This log's id.
+        expected: u64,
+        /// The segment's id.
+        found: u64,
+    },
+    /// Segments do not follow each other: one is missing or out of place.
+    #[error("segment starts at lsn {found}, expected {expected}: a segment is missing")]
+    MissingSegment {
+        /// The lsn the previous segment ends before.
+        expected: Lsn,
+        /// The lsn this segment starts at.
+        found: Lsn,
+    },
+    /// An atomic batch is cut short in the middle of the log.
+    #[error("incomplete batch in the middle of the log")]
+    IncompleteBatch,
+}

@@ -1,0 +1,1036 @@
+//! The write-ahead log: segments of checksummed frames, grouped commit, reads by sequence
+//! number, `Stream` readers and live tails, crash-safe truncation at both ends, Raft terms and
+//! log transactions.
+//!
+//! One writer task owns the tail of the log. Appenders put their entries into a bounded queue and
+//! wait; the writer takes everything queued, writes it with one `writev` (linked to one
+//! `fdatasync` where the sync policy asks for durability), publishes the new last and durable
+//! sequence numbers and wakes every waiter. While that write and sync run, the next batch fills.
+//!
+//! The on-disk format is described in `docs/design.md` and, field by field, in
+//! [`record`](self) and `segment.rs`.
+
+mod reader;
+mod record;
+mod recovery;
+mod segment;
+mod txn;
+mod writer;
+
+use std::fmt;
+use std::ops::{Bound, Range, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use ringtide_platform::{DriverOptions, File, IoDriver};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+
+pub use txn::WalTxn;
+
+use crate::error::{Error, Result};
+use record::FrameFormat;
+
+/// A log sequence number: entries are numbered densely from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    /// The number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The next lsn.
+    pub fn next(self) -> Lsn {
+        Lsn(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// How a frame's payload length is stored. Recorded in each segment's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum LengthEncoding {
+    /// 2 bytes: entries up to 65,535 bytes.
+    U16,
+    /// 4 bytes: entries up to 4 GiB − 1 (the default).
+    #[default]
+    U32,
+    /// 8 bytes.
+    U64,
+    /// 1 to 10 bytes (LEB128): compact for small entries.
+    Uvarint,
+}
+
+/// The checksum of every frame. Recorded in each segment's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ChecksumKind {
+    /// CRC-32 (IEEE), 4 bytes, hardware-accelerated by `crc32fast` (the default).
+    #[default]
+    Crc32,
+    /// CRC-64/XZ, 8 bytes.
+    Crc64,
+}
+
+/// Whether each entry records the time it was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Timestamps {
+    /// No timestamps (the default).
+    #[default]
+    Off,
+    /// Microseconds since the Unix epoch, taken by the writer when it writes the batch.
+    UnixMicros,
+}
+
+/// When an append is acknowledged, and when the log syncs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+#[derive(Default)]
+pub enum SyncPolicy {
+    /// Never fsync; appends return once written to the page cache. For tests and caches: a crash
+    /// of the machine may lose any of it.
+    None,
+    /// Each append returns after an fdatasync that covers it. Appends that queue up while a sync
+    /// runs share the next one (the default).
+    #[default]
+    Immediate,
+    /// Appends return once written; the writer syncs every `interval`, or as soon as
+    /// `max_unsynced_entries` entries are written but not synced.
+    Periodic {
+        /// The longest time written entries stay unsynced.
+        interval: Duration,
+        /// The most entries left unsynced.
+        max_unsynced_entries: u64,
+    },
+    /// Like `Immediate`, but the writer waits up to `window` after the first pending entry for
+    /// others to join, then syncs once for all of them.
+    Grouped {
+        /// How long to wait for more entries.
+        window: Duration,
+    },
+}
+
+impl SyncPolicy {
+    fn syncs_each_batch(&self) -> bool {
+        matches!(self, SyncPolicy::Immediate | SyncPolicy::Grouped { .. })
+    }
+}
+
+/// What recovery does with a damaged tail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RecoveryMode {
+    /// A torn tail (a bad frame or an incomplete batch with nothing valid after it, in the last
+    /// segment) is cut off and reported in [`WalStats::torn_tail`] and through `tracing` (the
+    /// default). Damage followed by valid frames is always an error.
+    #[default]
+    TolerateTornTail,
+    /// Any damage, a torn tail included, is an error.
+    Strict,
+}
+
+/// Options of a log, as a builder. Format options (length encoding, checksum, timestamps) apply
+/// when a log is created; an existing log keeps the format recorded in its files.
+#[derive(Debug, Clone)]
+pub struct WalOptions {
+    segment_size_bytes: u64,
+    max_entry_bytes: u64,
+    length_encoding: LengthEncoding,
+    checksum: ChecksumKind,
+    timestamps: Timestamps,
+    sync_policy: SyncPolicy,
+    recovery_mode: RecoveryMode,
+    lock_timeout: Duration,
+    max_pending_bytes: u64,
+    max_batch_bytes: u64,
+    max_txn_bytes: u64,
+    driver: Option<IoDriver>,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            segment_size_bytes: 64 << 20,
+            max_entry_bytes: 16 << 20,
+            length_encoding: LengthEncoding::default(),
+            checksum: ChecksumKind::default(),
+            timestamps: Timestamps::default(),
+            sync_policy: SyncPolicy::default(),
+            recovery_mode: RecoveryMode::default(),
+            lock_timeout: Duration::from_secs(1),
+            max_pending_bytes: 64 << 20,
+            max_batch_bytes: 4 << 20,
+            max_txn_bytes: 64 << 20,
+            driver: None,
+        }
+    }
+}
+
+impl WalOptions {
+    /// Size at which the log starts a new segment; each segment is preallocated to this size.
+    /// A batch larger than a segment gets a segment of its own, as large as it needs.
+    /// Default: 64 MiB; accepted: 64 KiB to 1 GiB.
+    pub fn segment_size_bytes(mut self, bytes: u64) -> Self {
+        self.segment_size_bytes = bytes;
+        self
+    }
+
+    /// Largest entry accepted; larger ones fail with [`Error::TooLarge`]. Default: 16 MiB;
+    /// accepted: 1 byte to 1 GiB (and never more than the length encoding can express).
+    pub fn max_entry_bytes(mut self, bytes: u64) -> Self {
+        self.max_entry_bytes = bytes;
+        self
+    }
+
+    /// How frame lengths are stored (new logs only). Default: [`LengthEncoding::U32`].
+    pub fn length_encoding(mut self, encoding: LengthEncoding) -> Self {
+        self.length_encoding = encoding;
+        self
+    }
+
+    /// The frame checksum (new logs only). Default: [`ChecksumKind::Crc32`].
+    pub fn checksum(mut self, checksum: ChecksumKind) -> Self {
+        self.checksum = checksum;
+        self
+    }
+
+    /// Whether entries record their write time (new logs only). Default: [`Timestamps::Off`].
+    pub fn timestamps(mut self, timestamps: Timestamps) -> Self {
+        self.timestamps = timestamps;
+        self
+    }
+
+    /// When appends are acknowledged. Default: [`SyncPolicy::Immediate`].
+    pub fn sync_policy(mut self, policy: SyncPolicy) -> Self {
+        self.sync_policy = policy;
+        self
+    }
+
+    /// What recovery does with a torn tail. Default: [`RecoveryMode::TolerateTornTail`].
+    pub fn recovery_mode(mut self, mode: RecoveryMode) -> Self {
+        self.recovery_mode = mode;
+        self
+    }
+
+    /// How long `open` waits for another handle to release the directory before failing with
+    /// [`Error::Locked`]. Default: 1 s.
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// Bytes of entries queued for the writer and not yet written; appenders beyond it wait
+    /// (backpressure). This bounds the memory held by pending appends. Default: 64 MiB; accepted:
+    /// at least `max_entry_bytes`' smaller of itself and 1 MiB.
+    pub fn max_pending_bytes(mut self, bytes: u64) -> Self {
+        self.max_pending_bytes = bytes;
+        self
+    }
+
+    /// Most bytes the writer puts into one write submission. Default: 4 MiB; accepted: 4 KiB to
+    /// 1 GiB.
+    pub fn max_batch_bytes(mut self, bytes: u64) -> Self {
+        self.max_batch_bytes = bytes;
+        self
+    }
+
+    /// Most bytes one log transaction may collect ([`Error::TxnTooLarge`] beyond). Default:
+    /// 64 MiB.
+    pub fn max_txn_bytes(mut self, bytes: u64) -> Self {
+        self.max_txn_bytes = bytes;
+        self
+    }
+
+    /// The I/O driver to use; by default the log builds its own with [`DriverOptions::default`]
+    /// (io_uring where available, `RINGTIDE_IO_BACKEND` obeyed).
+    pub fn driver(mut self, driver: IoDriver) -> Self {
+        self.driver = Some(driver);
+        self
+    }
+
+    fn format(&self) -> FrameFormat {
+        FrameFormat {
+            length: self.length_encoding,
+            checksum: self.checksum,
+            timestamps: self.timestamps == Timestamps::UnixMicros,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let range = |name, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(Error::invalid(name, format!("{v} is outside {lo}..={hi}")))
+            }
+        };
+        range(
+            "segment_size_bytes",
+            self.segment_size_bytes,
+            64 << 10,
+            1 << 30,
+        )?;
+        range("max_entry_bytes", self.max_entry_bytes, 1, 1 << 30)?;
+        range("max_batch_bytes", self.max_batch_bytes, 4 << 10, 1 << 30)?;
+        range(
+            "max_pending_bytes",
+            self.max_pending_bytes,
+            1 << 20,
+            1 << 40,
+        )?;
+        range("max_txn_bytes", self.max_txn_bytes, 1, 1 << 40)?;
+        match self.sync_policy {
+            SyncPolicy::Periodic {
+                interval,
+                max_unsynced_entries,
+            } if (interval.is_zero() || max_unsynced_entries == 0) => {
+                return Err(Error::invalid(
+                    "sync_policy",
+                    "Periodic needs a non-zero interval and max_unsynced_entries",
+                ));
+            }
+            SyncPolicy::Grouped { window } if window > Duration::from_secs(1) => {
+                return Err(Error::invalid(
+                    "sync_policy",
+                    "a Grouped window above 1 s is refused",
+                ));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// An entry to append: its payload and, for Raft, its term.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Record {
+    /// The Raft term, if the log is used by Raft.
+    pub term: Option<u64>,
+    /// The payload; may be empty.
+    pub data: Bytes,
+}
+
+impl Record {
+    /// A record with a term.
+    pub fn with_term(term: u64, data: impl Into<Bytes>) -> Record {
+        Record {
+            term: Some(term),
+            data: data.into(),
+        }
+    }
+}
+
+impl From<Bytes> for Record {
+    fn from(data: Bytes) -> Record {
+        Record { term: None, data }
+    }
+}
+
+impl From<Vec<u8>> for Record {
+    fn from(data: Vec<u8>) -> Record {
+        Record {
+            term: None,
+            data: data.into(),
+        }
+    }
+}
+
+impl From<&'static [u8]> for Record {
+    fn from(data: &'static [u8]) -> Record {
+        Record {
+            term: None,
+            data: Bytes::from_static(data),
+        }
+    }
+}
+
+impl From<&'static str> for Record {
+    fn from(data: &'static str) -> Record {
+        Record {
+            term: None,
+            data: Bytes::from_static(data.as_bytes()),
+        }
+    }
+}
+
+/// An entry read from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Its sequence number.
+    pub lsn: Lsn,
+    /// Its Raft term, if one was given.
+    pub term: Option<u64>,
+    /// When it was written (µs since the Unix epoch), if the log records timestamps.
+    pub timestamp_us: Option<u64>,
+    /// The payload, sliced from the read buffer without a copy.
+    pub data: Bytes,
+}
+
+/// Per-call options of an append.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppendOptions {
+    /// Ask for more durability than the log's policy: `Some(SyncPolicy::Immediate)` makes this
+    /// append return only after an fdatasync that covers it. Weaker policies than the log's are
+    /// ignored.
+    pub sync: Option<SyncPolicy>,
+}
+
+impl AppendOptions {
+    /// Acknowledge only after an fdatasync covering the entry, whatever the log's policy.
+    pub fn durable() -> AppendOptions {
+        AppendOptions {
+            sync: Some(SyncPolicy::Immediate),
+        }
+    }
+}
+
+/// A torn tail found and cut by recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    /// The segment it was in.
+    pub file: PathBuf,
+    /// Where the cut was made.
+    pub offset: u64,
+    /// Bytes removed (from the cut to the end of the written data).
+    pub bytes: u64,
+    /// Entries dropped because their batch was incomplete.
+    pub dropped_entries: u64,
+}
+
+/// A snapshot of a log's state and counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WalStats {
+    /// The first lsn in the log.
+    pub first_lsn: Lsn,
+    /// The last lsn written (`first_lsn - 1` if empty).
+    pub last_lsn: Lsn,
+    /// The last lsn known durable.
+    pub durable_lsn: Lsn,
+    /// Entries appended through this handle.
+    pub appends: u64,
+    /// Payload bytes appended through this handle.
+    pub appended_bytes: u64,
+    /// Write submissions made by the writer.
+    pub batches: u64,
+    /// The largest batch, in entries.
+    pub max_batch_entries: u64,
+    /// fdatasync calls made.
+    pub syncs: u64,
+    /// Total time spent in write + sync submissions that synced, in microseconds.
+    pub sync_time_us: u64,
+    /// Segment files.
+    pub segments: u64,
+    /// Bytes of segment files on disk (preallocated size).
+    pub disk_bytes: u64,
+    /// Segments read by recovery at open.
+    pub recovered_segments: u64,
+    /// Entries found by recovery at open.
+    pub recovered_entries: u64,
+    /// The torn tail cut by recovery at open, if any.
+    pub torn_tail: Option<TornTail>,
+    /// Log transactions begun and not yet committed, rolled back or expired.
+    pub open_txns: usize,
+    /// The I/O backend in use.
+    pub backend: ringtide_platform::Backend,
+}
+
+/// Counters shared by the handle and the writer.
+#[derive(Debug, Default)]
+struct Counters {
+    appends: AtomicU64,
+    appended_bytes: AtomicU64,
+    batches: AtomicU64,
+    max_batch_entries: AtomicU64,
+    syncs: AtomicU64,
+    sync_time_us: AtomicU64,
+    disk_bytes: AtomicU64,
+}
+
+/// One segment as readers see it.
+#[derive(Debug, Clone)]
+struct SegmentIndex {
+    first_lsn: Lsn,
+    path: PathBuf,
+    file: File,
+    /// Start offset of each frame: `offsets[i]` is the frame of lsn `first_lsn + i`.
+    offsets: Vec<u32>,
+    /// End offset of the last frame.
+    end: u64,
+    /// Bytes allocated on disk.
+    allocated: u64,
+}
+
+impl SegmentIndex {
+    fn next_lsn(&self) -> Lsn {
+        Lsn(self.first_lsn.0 + self.offsets.len() as u64)
+    }
+}
+
+/// What readers need: the segments in order and the logical start of the log.
+#[derive(Debug)]
+struct Index {
+    first_lsn: Lsn,
+    segments: Vec<SegmentIndex>,
+}
+
+/// State shared by the handle, the writer task, readers and transactions.
+struct Shared {
+    dir: PathBuf,
+    driver: IoDriver,
+    format: FrameFormat,
+    options: WalOptions,
+    index: RwLock<Index>,
+    /// The last lsn written (readable).
+    written: AtomicU64,
+    /// The last lsn durable; tails subscribe to it.
+    durable: watch::Sender<u64>,
+    poisoned: OnceLock<Arc<std::io::Error>>,
+    closed: AtomicBool,
+    counters: Counters,
+    recovered_segments: u64,
+    recovered_entries: u64,
+    torn_tail: Option<TornTail>,
+    /// Open log transactions and their deadlines.
+    txns: Mutex<std::collections::HashMap<u64, std::time::Instant>>,
+    next_txn: AtomicU64,
+    /// The directory lock, released by `close`.
+    lock: Mutex<Option<File>>,
+}
+
+impl Shared {
+    fn max_entry_bytes(&self) -> u64 {
+        self.options.max_entry_bytes.min(self.format.max_payload())
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if let Some(cause) = self.poisoned.get() {
+            return Err(Error::Poisoned {
+                cause: cause.clone(),
+            });
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    fn last_lsn(&self) -> Lsn {
+        Lsn(self.written.load(Ordering::Acquire))
+    }
+
+    fn durable_lsn(&self) -> Lsn {
+        Lsn(*self.durable.borrow())
+    }
+
+    fn first_lsn(&self) -> Lsn {
+        self.index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .first_lsn
+    }
+
+    fn open_txns(&self) -> usize {
+        let now = std::time::Instant::now();
+        self.txns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|&&deadline| deadline > now)
+            .count()
+    }
+}
+
+/// A write-ahead log. Cheap to clone (`Arc` inside), `Send + Sync`, shared by many tasks.
+#[derive(Clone)]
+pub struct Wal {
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<writer::Command>,
+    pending_bytes: Arc<Semaphore>,
+}
+
+impl fmt::Debug for Wal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.shared.dir)
+            .field("first_lsn", &self.first_lsn())
+            .field("last_lsn", &self.last_lsn())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Wal {
+    /// Opens the log in `dir`, creating the directory and a new log if there is none, or
+    /// recovering the existing one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for options out of range; [`Error::Locked`] if another handle
+    /// holds the directory past `lock_timeout`; [`Error::Corruption`] for damage recovery may not
+    /// repair (see [`RecoveryMode`]); [`Error::Io`] for failed I/O.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future stops recovery between steps; every step leaves the files
+    /// recoverable by the next open, and the directory lock is released.
+    pub async fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<Wal> {
+        options.validate()?;
+        let driver = match &options.driver {
+            Some(driver) => driver.clone(),
+            None => IoDriver::new(DriverOptions::default())?,
+        };
+        let dir = dir.as_ref().to_path_buf();
+        let span = tracing::info_span!("wal_open", dir = %dir.display());
+        let _enter = span.enter();
+        drop(_enter);
+        let recovered = recovery::recover(&driver, &dir, &options)
+            .instrument_in(span)
+            .await?;
+        let (durable, _) = watch::channel(recovered.last_lsn.0);
+        let shared = Arc::new(Shared {
+            dir,
+            driver,
+            format: recovered.format,
+            options: options.clone(),
+            index: RwLock::new(Index {
+                first_lsn: recovered.first_lsn,
+                segments: recovered.segments,
+            }),
+            written: AtomicU64::new(recovered.last_lsn.0),
+            durable,
+            poisoned: OnceLock::new(),
+            closed: AtomicBool::new(false),
+            counters: Counters::default(),
+            recovered_segments: recovered.recovered_segments,
+            recovered_entries: recovered.recovered_entries,
+            torn_tail: recovered.torn_tail,
+            txns: Mutex::new(std::collections::HashMap::new()),
+            next_txn: AtomicU64::new(0),
+            lock: Mutex::new(Some(recovered.lock)),
+        });
+        shared
+            .counters
+            .disk_bytes
+            .store(recovered.disk_bytes, Ordering::Relaxed);
+        let (commands, queue) = mpsc::channel(writer::QUEUE_COMMANDS);
+        writer::spawn(shared.clone(), queue, recovered.epoch, recovered.log_id);
+        let pending_bytes = Arc::new(Semaphore::new(options.max_pending_bytes as usize));
+        Ok(Wal {
+            shared,
+            commands,
+            pending_bytes,
+        })
+    }
+
+    /// The directory of the log.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Appends one entry and returns its lsn once the log's sync policy is met.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TooLarge`] (nothing queued); [`Error::Poisoned`] after a failed write or sync;
+    /// [`Error::DiskFull`] if a new segment could not be allocated (nothing written, the log
+    /// stays usable); [`Error::Closed`].
+    ///
+    /// # Cancel safety
+    ///
+    /// An append dropped before its entry was queued writes nothing. Once queued (the first
+    /// poll usually queues it), the entry is written whether or not the future is still there;
+    /// its fate can be learned from [`last_lsn`](Self::last_lsn) and
+    /// [`durable_lsn`](Self::durable_lsn). The same holds under `tokio::time::timeout`.
+    pub async fn append(&self, record: impl Into<Record>) -> Result<Lsn> {
+        self.append_with(record, AppendOptions::default()).await
+    }
+
+    /// [`append`](Self::append) with per-call options.
+    ///
+    /// # Errors
+    ///
+    /// As [`append`](Self::append).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`append`](Self::append).
+    pub async fn append_with(
+        &self,
+        record: impl Into<Record>,
+        options: AppendOptions,
+    ) -> Result<Lsn> {
+        let range = self
+            .submit(writer::Records::One(record.into()), options)
+            .await?;
+        Ok(range.start)
+    }
+
+    /// Appends entries atomically: after a crash either all of them are in the log or none.
+    /// Returns their lsns (dense, in order). An empty batch returns an empty range at the next
+    /// lsn and writes nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`append`](Self::append); [`Error::TooLarge`] if any entry is too large (nothing is
+    /// queued).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`append`](Self::append), for the batch as a whole.
+    pub async fn append_batch<R: Into<Record>>(
+        &self,
+        records: impl IntoIterator<Item = R>,
+    ) -> Result<Range<Lsn>> {
+        self.append_batch_with(records, AppendOptions::default())
+            .await
+    }
+
+    /// [`append_batch`](Self::append_batch) with per-call options.
+    ///
+    /// # Errors
+    ///
+    /// As [`append_batch`](Self::append_batch).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`append`](Self::append).
+    pub async fn append_batch_with<R: Into<Record>>(
+        &self,
+        records: impl IntoIterator<Item = R>,
+        options: AppendOptions,
+    ) -> Result<Range<Lsn>> {
+        let records: Vec<Record> = records.into_iter().map(Into::into).collect();
+        if records.is_empty() {
+            self.shared.check_usable()?;
+            let next = self.shared.last_lsn().next();
+            return Ok(next..next);
+        }
+        self.submit(writer::Records::Many(records), options).await
+    }
+
+    async fn submit(&self, records: writer::Records, options: AppendOptions) -> Result<Range<Lsn>> {
+        self.shared.check_usable()?;
+        let max = self.shared.max_entry_bytes();
+        let mut bytes = 0u64;
+        for r in records.iter() {
+            let len = r.data.len() as u64;
+            if len > max {
+                return Err(Error::TooLarge { len, max });
+            }
+            bytes += len;
+        }
+        // Backpressure: hold permits for the queued bytes until the writer has written them.
+        let permits = bytes.clamp(1, self.shared.options.max_pending_bytes) as u32;
+        let permit = self
+            .pending_bytes
+            .clone()
+            .acquire_many_owned(permits)
+            .await
+            .map_err(|_| Error::Closed)?;
+        let sync = options.sync.is_some_and(|p| p.syncs_each_batch());
+        let (reply, answer) = oneshot::channel();
+        let request = writer::AppendRequest {
+            records,
+            sync,
+            reply,
+            _permit: permit,
+        };
+        self.commands
+            .send(writer::Command::Append(request))
+            .await
+            .map_err(|_| self.closed_error())?;
+        answer.await.map_err(|_| self.closed_error())?
+    }
+
+    fn closed_error(&self) -> Error {
+        match self.shared.poisoned.get() {
+            Some(cause) => Error::Poisoned {
+                cause: cause.clone(),
+            },
+            None => Error::Closed,
+        }
+    }
+
+    async fn command<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T>>) -> writer::Command,
+    ) -> Result<T> {
+        self.shared.check_usable()?;
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| self.closed_error())?;
+        answer.await.map_err(|_| self.closed_error())?
+    }
+
+    /// The first lsn in the log.
+    pub fn first_lsn(&self) -> Lsn {
+        self.shared.first_lsn()
+    }
+
+    /// The last lsn written (`first_lsn - 1` when the log is empty). Entries up to it can be
+    /// read; they are durable up to [`durable_lsn`](Self::durable_lsn).
+    pub fn last_lsn(&self) -> Lsn {
+        self.shared.last_lsn()
+    }
+
+    /// The last lsn known to be durable.
+    pub fn durable_lsn(&self) -> Lsn {
+        self.shared.durable_lsn()
+    }
+
+    /// Reads one entry.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OutOfRange`] naming the log's bounds; [`Error::Corruption`] if the frame fails
+    /// its checks; [`Error::Io`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    pub async fn read(&self, lsn: Lsn) -> Result<Entry> {
+        let mut entries = reader::read_range(&self.shared, lsn, lsn.next()).await?;
+        entries.pop().ok_or(Error::OutOfRange {
+            lsn,
+            first: self.first_lsn(),
+            last: self.last_lsn(),
+        })
+    }
+
+    /// Reads a range of entries, in order. Each entry's data is a slice of one read buffer per
+    /// segment, without a copy per entry.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OutOfRange`] if the range reaches outside the log; as [`read`](Self::read).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    pub async fn range(&self, range: impl RangeBounds<Lsn>) -> Result<Vec<Entry>> {
+        let start = match range.start_bound() {
+            Bound::Included(l) => *l,
+            Bound::Excluded(l) => l.next(),
+            Bound::Unbounded => self.first_lsn(),
+        };
+        let end = match range.end_bound() {
+            Bound::Included(l) => l.next(),
+            Bound::Excluded(l) => *l,
+            Bound::Unbounded => self.last_lsn().next(),
+        };
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        reader::read_range(&self.shared, start, end).await
+    }
+
+    /// Reads forward from `from` to the entries written so far, in chunks of up to 4 MiB.
+    /// Dropping the stream stops it.
+    ///
+    /// The stream yields [`Error::OutOfRange`] first if `from` is below the log's start (or
+    /// past its end + 1), and an error for any damaged frame it meets, then ends.
+    pub fn stream(&self, from: Lsn) -> EntryStream {
+        EntryStream {
+            inner: Box::pin(reader::stream(
+                self.shared.clone(),
+                from,
+                reader::Follow::No,
+            )),
+        }
+    }
+
+    /// Like [`stream`](Self::stream), but follows the log: after the entries written so far it
+    /// waits for new durable entries and yields them as they arrive (a change feed). It ends when
+    /// the log is closed or dropped.
+    pub fn tail(&self, from: Lsn) -> EntryStream {
+        EntryStream {
+            inner: Box::pin(reader::stream(
+                self.shared.clone(),
+                from,
+                reader::Follow::Durable,
+            )),
+        }
+    }
+
+    /// Makes every written entry durable (fdatasync) and returns the durable lsn.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Poisoned`] if the sync fails (and for every later call); [`Error::Closed`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Once queued the sync happens; [`durable_lsn`](Self::durable_lsn) tells its outcome.
+    pub async fn sync(&self) -> Result<Lsn> {
+        self.command(writer::Command::Sync).await
+    }
+
+    /// Drops every entry below `lsn` (after the user's checkpoint): whole segments below it are
+    /// deleted, and the new start survives a crash. `lsn` may be `last_lsn + 1` to empty the
+    /// log; entries keep their numbers.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OutOfRange`] if `lsn` is not in `first_lsn..=last_lsn + 1`; [`Error::Io`] or
+    /// [`Error::Poisoned`] if a step fails.
+    ///
+    /// # Cancel safety
+    ///
+    /// Once queued it runs to the end. Each step is crash-safe: the new start is recorded
+    /// atomically before any segment is deleted.
+    pub async fn truncate_front(&self, lsn: Lsn) -> Result<()> {
+        self.command(|reply| writer::Command::TruncateFront(lsn, reply))
+            .await
+    }
+
+    /// Drops every entry after `lsn` (Raft conflict resolution); the next append gets
+    /// `lsn + 1`. `lsn` may be `first_lsn - 1` to drop everything.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OutOfRange`] if `lsn` is not in `first_lsn - 1..=last_lsn`; [`Error::Poisoned`]
+    /// if a step fails (reopen to recover: the log then holds a prefix of the old one that is at
+    /// least `..=lsn`).
+    ///
+    /// # Cancel safety
+    ///
+    /// Once queued it runs to the end; after a crash in the middle the log holds a prefix of the
+    /// old log that is at least `..=lsn`.
+    pub async fn truncate_back(&self, lsn: Lsn) -> Result<()> {
+        self.command(|reply| writer::Command::TruncateBack(lsn, reply))
+            .await
+    }
+
+    /// Empties the log so that the next append gets `next_lsn` (after installing a Raft
+    /// snapshot).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for `next_lsn` 0; [`Error::Io`] or [`Error::Poisoned`] if a
+    /// step fails.
+    ///
+    /// # Cancel safety
+    ///
+    /// Once queued it runs to the end. Crash-safe: the reset is recorded atomically (a new epoch
+    /// in the meta file) before old segments are deleted.
+    pub async fn reset(&self, next_lsn: Lsn) -> Result<()> {
+        if next_lsn.0 == 0 {
+            return Err(Error::invalid("next_lsn", "lsns start at 1"));
+        }
+        self.command(|reply| writer::Command::Reset(next_lsn, reply))
+            .await
+    }
+
+    /// Begins a log transaction: entries collected in memory and appended atomically by
+    /// [`WalTxn::commit`]. After `timeout` it expires: every later call fails with
+    /// [`Error::TxnExpired`].
+    pub fn begin_txn(&self, timeout: Duration) -> WalTxn {
+        WalTxn::new(self.clone(), timeout)
+    }
+
+    /// Log transactions begun and not yet committed, rolled back, expired or dropped.
+    pub fn open_txns(&self) -> usize {
+        self.shared.open_txns()
+    }
+
+    /// Flushes and syncs everything written, waits for in-flight work, and releases the directory
+    /// lock. Every later call on any clone fails with [`Error::Closed`]; streams end.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Poisoned`] if the final sync fails; [`Error::Io`] if releasing the lock fails.
+    ///
+    /// # Cancel safety
+    ///
+    /// Once queued the close completes in the writer task.
+    pub async fn close(&self) -> Result<()> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // Sent even to a poisoned log, so the writer releases the lock.
+        let (reply, answer) = oneshot::channel();
+        if self
+            .commands
+            .send(writer::Command::Close(reply))
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+        self.pending_bytes.close();
+        match answer.await {
+            Ok(res) => res,
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// A snapshot of the log's state and counters.
+    pub fn stats(&self) -> WalStats {
+        let s = &self.shared;
+        let c = &s.counters;
+        let index = s.index.read().unwrap_or_else(|p| p.into_inner());
+        WalStats {
+            first_lsn: index.first_lsn,
+            last_lsn: s.last_lsn(),
+            durable_lsn: s.durable_lsn(),
+            appends: c.appends.load(Ordering::Relaxed),
+            appended_bytes: c.appended_bytes.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            max_batch_entries: c.max_batch_entries.load(Ordering::Relaxed),
+            syncs: c.syncs.load(Ordering::Relaxed),
+            sync_time_us: c.sync_time_us.load(Ordering::Relaxed),
+            segments: index.segments.len() as u64,
+            disk_bytes: c.disk_bytes.load(Ordering::Relaxed),
+            recovered_segments: s.recovered_segments,
+            recovered_entries: s.recovered_entries,
+            torn_tail: s.torn_tail.clone(),
+            open_txns: s.open_txns(),
+            backend: s.driver.backend(),
+        }
+    }
+}
+
+/// A stream of entries from [`Wal::stream`] or [`Wal::tail`]. `Unpin`, so `StreamExt::next` works
+/// on it directly; dropping it stops it.
+pub struct EntryStream {
+    inner: futures::stream::BoxStream<'static, Result<Entry>>,
+}
+
+impl fmt::Debug for EntryStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EntryStream").finish_non_exhaustive()
+    }
+}
+
+impl Stream for EntryStream {
+    type Item = Result<Entry>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+/// Attaches a span to a future without holding an entered guard across awaits.
+trait InstrumentIn: std::future::Future + Sized {
+    fn instrument_in(self, span: tracing::Span) -> tracing::instrument::Instrumented<Self> {
+        tracing::Instrument::instrument(self, span)
+    }
+}
+
+impl<F: std::future::Future> InstrumentIn for F {}

@@ -1,0 +1,217 @@
+//! Reads: single entries, ranges and streams. A read finds the byte span of the wanted frames in
+//! the index (under a short read lock), reads the span with one I/O per segment, checks every
+//! frame, and slices each payload from the read buffer without copying it.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use futures::Stream;
+use ringtide_platform::File;
+
+use super::record::Decoded;
+use super::recovery::ACCEPT_MAX_PAYLOAD;
+use super::{Entry, Lsn, Shared};
+use crate::error::{CorruptionKind, Error, Result};
+
+/// The most bytes a stream reads at once.
+const STREAM_CHUNK_BYTES: u64 = 4 << 20;
+
+/// The frames `first..first + count` of one segment, at `start..end` in its file.
+struct Span {
+    file: File,
+    path: PathBuf,
+    first: Lsn,
+    count: usize,
+    start: u64,
+    end: u64,
+}
+
+/// Finds the spans of `start..end`, stopping early once `max_bytes` are covered (at least one
+/// entry is always included).
+fn locate(shared: &Shared, start: Lsn, end: Lsn, max_bytes: u64) -> Vec<Span> {
+    let index = shared.index.read().unwrap_or_else(|p| p.into_inner());
+    let mut spans = Vec::new();
+    let mut lsn = start;
+    let mut bytes = 0u64;
+    let first_seg = index.segments.partition_point(|s| s.next_lsn() <= start);
+    for seg in &index.segments[first_seg..] {
+        if lsn >= end || (bytes >= max_bytes && !spans.is_empty()) {
+            break;
+        }
+        let from = (lsn.0 - seg.first_lsn.0) as usize;
+        if from >= seg.offsets.len() {
+            continue;
+        }
+        let mut to = ((end.0 - seg.first_lsn.0) as usize).min(seg.offsets.len());
+        let span_start = u64::from(seg.offsets[from]);
+        let end_of = |i: usize| seg.offsets.get(i).map_or(seg.end, |&o| u64::from(o));
+        if bytes + end_of(to) - span_start > max_bytes {
+            // Cut the span to the byte budget, keeping at least one entry.
+            let budget = max_bytes.saturating_sub(bytes);
+            let fit =
+                seg.offsets[from..to].partition_point(|&o| u64::from(o) - span_start < budget);
+            to = (from + fit.max(1)).min(to);
+        }
+        let span_end = end_of(to);
+        spans.push(Span {
+            file: seg.file.clone(),
+            path: seg.path.clone(),
+            first: lsn,
+            count: to - from,
+            start: span_start,
+            end: span_end,
+        });
+        bytes += span_end - span_start;
+        lsn = Lsn(seg.first_lsn.0 + to as u64);
+    }
+    spans
+}
+
+async fn read_span(shared: &Shared, span: Span, out: &mut Vec<Entry>) -> Result<()> {
+    let len = (span.end - span.start) as usize;
+    let (res, buf) = span
+        .file
+        .read_exact_at(BytesMut::with_capacity(len), span.start)
+        .await;
+    res.map_err(|e| Error::io(&span.path, e))?;
+    let buf = buf.freeze();
+    let mut pos = 0usize;
+    for i in 0..span.count {
+        let expected = Lsn(span.first.0 + i as u64);
+        match shared.format.decode(&buf, pos, ACCEPT_MAX_PAYLOAD) {
+            Decoded::Frame(frame) if frame.lsn == expected => {
+                out.push(Entry {
+                    lsn: frame.lsn,
+                    term: frame.term,
+                    timestamp_us: frame.timestamp_us,
+                    data: buf.slice(frame.payload.clone()),
+                });
+                pos += frame.len;
+            }
+            Decoded::Frame(frame) => {
+                return Err(Error::corruption(
+                    &span.path,
+                    span.start + pos as u64,
+                    CorruptionKind::LsnMismatch {
+                        expected,
+                        found: frame.lsn,
+                    },
+                ));
+            }
+            Decoded::Bad(kind) => {
+                return Err(Error::corruption(&span.path, span.start + pos as u64, kind));
+            }
+            Decoded::End | Decoded::Short { .. } => {
+                return Err(Error::corruption(
+                    &span.path,
+                    span.start + pos as u64,
+                    CorruptionKind::FrameLength {
+                        len: (len - pos) as u64,
+                    },
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads `start..end`, which must lie inside the log.
+pub(crate) async fn read_range(shared: &Shared, start: Lsn, end: Lsn) -> Result<Vec<Entry>> {
+    read_chunk(shared, start, end, u64::MAX).await
+}
+
+async fn read_chunk(shared: &Shared, start: Lsn, end: Lsn, max_bytes: u64) -> Result<Vec<Entry>> {
+    shared.check_usable()?;
+    let (first, last) = (shared.first_lsn(), shared.last_lsn());
+    if start < first || end > last.next() || start.0 == 0 {
+        let lsn = if start < first || start.0 == 0 {
+            start
+        } else {
+            Lsn(end.0 - 1)
+        };
+        return Err(Error::OutOfRange { lsn, first, last });
+    }
+    let spans = locate(shared, start, end, max_bytes);
+    let mut out = Vec::with_capacity(spans.iter().map(|s| s.count).sum());
+    for span in spans {
+        read_span(shared, span, &mut out).await?;
+    }
+    Ok(out)
+}
+
+/// Whether a stream follows the log past its current end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Follow {
+    /// Stop at the last entry written when the stream gets there.
+    No,
+    /// Wait for new durable entries; end when the log closes.
+    Durable,
+}
+
+struct StreamState {
+    shared: Arc<Shared>,
+    next: Lsn,
+    buffered: VecDeque<Entry>,
+    follow: Follow,
+    durable: tokio::sync::watch::Receiver<u64>,
+    done: bool,
+}
+
+pub(crate) fn stream(
+    shared: Arc<Shared>,
+    from: Lsn,
+    follow: Follow,
+) -> impl Stream<Item = Result<Entry>> + Send + 'static {
+    let durable = shared.durable.subscribe();
+    let state = StreamState {
+        shared,
+        next: from,
+        buffered: VecDeque::new(),
+        follow,
+        durable,
+        done: false,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(entry) = st.buffered.pop_front() {
+                return Some((Ok(entry), st));
+            }
+            if st.done {
+                return None;
+            }
+            let limit = match st.follow {
+                Follow::No => st.shared.last_lsn(),
+                Follow::Durable => {
+                    Lsn((*st.durable.borrow_and_update()).min(st.shared.last_lsn().0))
+                }
+            };
+            if st.next > limit {
+                match st.follow {
+                    Follow::No => return None,
+                    Follow::Durable => {
+                        if st.shared.closed.load(std::sync::atomic::Ordering::Acquire) {
+                            return None;
+                        }
+                        if st.durable.changed().await.is_err() {
+                            return None;
+                        }
+                        continue;
+                    }
+                }
+            }
+            match read_chunk(&st.shared, st.next, limit.next(), STREAM_CHUNK_BYTES).await {
+                Ok(entries) => {
+                    st.next = entries.last().map_or(st.next, |e| e.lsn.next());
+                    st.buffered.extend(entries);
+                }
+                Err(Error::Closed) => return None,
+                Err(err) => {
+                    st.done = true;
+                    return Some((Err(err), st));
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,394 @@
+//! Segment files and the log's meta file: their headers, their names, and creating them durably.
+//!
+//! Segment header (64 bytes, at offset 0 of every segment):
+//!
+//! ```text
+//! offset  size  field
+//!  0       8    magic "RTDWAL\r\n"
+//!  8       2    format version, u16 LE (1)
+//! 10       1    length encoding: 0 u16, 1 u32, 2 u64, 3 uvarint
+//! 11       1    checksum: 0 crc32, 1 crc64
+//! 12       1    timestamps: 0 none, 1 microseconds since the Unix epoch
+//! 13       3    reserved, zero
+//! 16       8    log id, u64 LE (random, chosen when the log is created)
+//! 24       8    epoch, u64 LE (raised by `reset`)
+//! 32       8    first lsn, u64 LE
+//! 40      20    reserved, zero
+//! 60       4    crc32 of bytes 0..60, u32 LE
+//! ```
+//!
+//! Meta file `wal.meta` (48 bytes), replaced atomically (write a temporary file, fsync, rename,
+//! fsync the directory):
+//!
+//! ```text
+//! offset  size  field
+//!  0       8    magic "RTDMETA\n"
+//!  8       2    format version, u16 LE (1)
+//! 10       1    length encoding  (as in the segment header)
+//! 11       1    checksum
+//! 12       1    timestamps
+//! 13       3    reserved, zero
+//! 16       8    log id
+//! 24       8    epoch: segments of older epochs are leftovers of a `reset` and are deleted
+//! 32       8    first lsn: entries below it are truncated (`truncate_front`)
+//! 40       4    reserved, zero
+//! 44       4    crc32 of bytes 0..44, u32 LE
+//! ```
+//!
+//! Segment files are named `{epoch:010}-{first lsn:020}.wal`, so a listing sorts in log order.
+
+use std::path::{Path, PathBuf};
+
+use bytes::{Bytes, BytesMut};
+use ringtide_platform::{File, IoDriver, OpenOptions};
+
+use super::record::FrameFormat;
+use super::{ChecksumKind, LengthEncoding, Lsn};
+use crate::error::{CorruptionKind, Error, Result};
+
+pub(crate) const FORMAT_VERSION: u16 = 1;
+pub(crate) const HEADER_LEN: u64 = 64;
+const SEGMENT_MAGIC: &[u8; 8] = b"RTDWAL\r\n";
+const META_MAGIC: &[u8; 8] = b"RTDMETA\n";
+const META_LEN: usize = 48;
+pub(crate) const META_FILE: &str = "wal.meta";
+const META_TMP: &str = "wal.meta.tmp";
+pub(crate) const LOCK_FILE: &str = "LOCK";
+
+/// What a segment's header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SegmentHeader {
+    pub(crate) format: FrameFormat,
+    pub(crate) log_id: u64,
+    pub(crate) epoch: u64,
+    pub(crate) first_lsn: Lsn,
+}
+
+/// What the meta file says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub(crate) format: FrameFormat,
+    pub(crate) log_id: u64,
+    pub(crate) epoch: u64,
+    pub(crate) first_lsn: Lsn,
+}
+
+fn encode_format(out: &mut [u8], f: &FrameFormat) {
+    out[0] = match f.length {
+        LengthEncoding::U16 => 0,
+        LengthEncoding::U32 => 1,
+        LengthEncoding::U64 => 2,
+        LengthEncoding::Uvarint => 3,
+    };
+    out[1] = match f.checksum {
+        ChecksumKind::Crc32 => 0,
+        ChecksumKind::Crc64 => 1,
+    };
+    out[2] = u8::from(f.timestamps);
+}
+
+fn decode_format(b: &[u8]) -> std::result::Result<FrameFormat, CorruptionKind> {
+    let length = match b[0] {
+        0 => LengthEncoding::U16,
+        1 => LengthEncoding::U32,
+        2 => LengthEncoding::U64,
+        3 => LengthEncoding::Uvarint,
+        _ => {
+            return Err(CorruptionKind::BadHeader {
+                field: "length encoding",
+            });
+        }
+    };
+    let checksum = match b[1] {
+        0 => ChecksumKind::Crc32,
+        1 => ChecksumKind::Crc64,
+        _ => {
+            return Err(CorruptionKind::BadHeader {
+                field: "checksum kind",
+            });
+        }
+    };
+    let timestamps = match b[2] {
+        0 => false,
+        1 => true,
+        _ => {
+            return Err(CorruptionKind::BadHeader {
+                field: "timestamps",
+            });
+        }
+    };
+    Ok(FrameFormat {
+        length,
+        checksum,
+        timestamps,
+    })
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]))
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or([0; 4]))
+}
+
+/// Checks magic, version and checksum of a header of `len` bytes whose crc32 sits in its last 4.
+fn check_header(b: &[u8], magic: &[u8; 8], len: usize) -> std::result::Result<(), CorruptionKind> {
+    if b.len() < len {
+        return Err(CorruptionKind::BadHeader { field: "length" });
+    }
+    if &b[..8] != magic {
+        return Err(CorruptionKind::BadMagic);
+    }
+    if crc32fast::hash(&b[..len - 4]) != u32_at(b, len - 4) {
+        return Err(CorruptionKind::HeaderChecksum);
+    }
+    let version = u16::from_le_bytes([b[8], b[9]]);
+    if version != FORMAT_VERSION {
+        return Err(CorruptionKind::UnsupportedVersion {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    Ok(())
+}
+
+impl SegmentHeader {
+    pub(crate) fn encode(&self) -> [u8; HEADER_LEN as usize] {
+        let mut b = [0u8; HEADER_LEN as usize];
+        b[..8].copy_from_slice(SEGMENT_MAGIC);
+        b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        encode_format(&mut b[10..13], &self.format);
+        b[16..24].copy_from_slice(&self.log_id.to_le_bytes());
+        b[24..32].copy_from_slice(&self.epoch.to_le_bytes());
+        b[32..40].copy_from_slice(&self.first_lsn.0.to_le_bytes());
+        let crc = crc32fast::hash(&b[..60]);
+        b[60..64].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    pub(crate) fn decode(b: &[u8]) -> std::result::Result<SegmentHeader, CorruptionKind> {
+        check_header(b, SEGMENT_MAGIC, HEADER_LEN as usize)?;
+        let format = decode_format(&b[10..13])?;
+        let first_lsn = Lsn(u64_at(b, 32));
+        if first_lsn.0 == 0 {
+            return Err(CorruptionKind::BadHeader { field: "first lsn" });
+        }
+        Ok(SegmentHeader {
+            format,
+            log_id: u64_at(b, 16),
+            epoch: u64_at(b, 24),
+            first_lsn,
+        })
+    }
+}
+
+impl Meta {
+    fn encode(&self) -> [u8; META_LEN] {
+        let mut b = [0u8; META_LEN];
+        b[..8].copy_from_slice(META_MAGIC);
+        b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        encode_format(&mut b[10..13], &self.format);
+        b[16..24].copy_from_slice(&self.log_id.to_le_bytes());
+        b[24..32].copy_from_slice(&self.epoch.to_le_bytes());
+        b[32..40].copy_from_slice(&self.first_lsn.0.to_le_bytes());
+        let crc = crc32fast::hash(&b[..44]);
+        b[44..48].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    pub(crate) fn decode(b: &[u8]) -> std::result::Result<Meta, CorruptionKind> {
+        check_header(b, META_MAGIC, META_LEN)?;
+        let format = decode_format(&b[10..13])?;
+        let first_lsn = Lsn(u64_at(b, 32));
+        if first_lsn.0 == 0 {
+            return Err(CorruptionKind::BadHeader { field: "first lsn" });
+        }
+        Ok(Meta {
+            format,
+            log_id: u64_at(b, 16),
+            epoch: u64_at(b, 24),
+            first_lsn,
+        })
+    }
+
+    /// Reads the meta file; `Ok(None)` if there is none.
+    pub(crate) async fn read(driver: &IoDriver, dir: &Path) -> Result<Option<Meta>> {
+        let path = dir.join(META_FILE);
+        let file = match driver.open(&path, &OpenOptions::new().read(true)).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let (res, buf) = file
+            .read_exact_at(BytesMut::with_capacity(META_LEN), 0)
+            .await;
+        let _ = file.close().await;
+        match res {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(Error::corruption(
+                    &path,
+                    0,
+                    CorruptionKind::BadHeader { field: "length" },
+                ));
+            }
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+        Meta::decode(&buf)
+            .map(Some)
+            .map_err(|kind| Error::corruption(&path, 0, kind))
+    }
+
+    /// Replaces the meta file atomically and durably.
+    pub(crate) async fn write(&self, driver: &IoDriver, dir: &Path) -> Result<()> {
+        let tmp = dir.join(META_TMP);
+        let path = dir.join(META_FILE);
+        let opts = OpenOptions::new().write(true).create(true).truncate(true);
+        let file = driver
+            .open(&tmp, &opts)
+            .await
+            .map_err(|e| Error::io(&tmp, e))?;
+        let (res, _) = file
+            .writev_sync_at(vec![Bytes::copy_from_slice(&self.encode())], 0)
+            .await;
+        res.map_err(|e| Error::io(&tmp, e))?;
+        file.close().await.map_err(|e| Error::io(&tmp, e))?;
+        // Rename over the old file, then fsync the directory so the new name survives a crash.
+        driver
+            .rename(&tmp, &path)
+            .await
+            .map_err(|e| Error::io(&path, e))?;
+        driver.sync_dir(dir).await.map_err(|e| Error::io(dir, e))
+    }
+}
+
+/// The file name of a segment.
+pub(crate) fn segment_name(epoch: u64, first_lsn: Lsn) -> String {
+    format!("{epoch:010}-{:020}.wal", first_lsn.0)
+}
+
+/// Parses a segment file name into (epoch, first lsn).
+pub(crate) fn parse_segment_name(name: &str) -> Option<(u64, Lsn)> {
+    let stem = name.strip_suffix(".wal")?;
+    let (epoch, first) = stem.split_once('-')?;
+    if epoch.len() != 10 || first.len() != 20 {
+        return None;
+    }
+    Some((epoch.parse().ok()?, Lsn(first.parse().ok()?)))
+}
+
+/// Creates a segment durably: header, preallocated space, data sync, directory sync.
+///
+/// On `StorageFull` while preallocating, the half-made file is removed and [`Error::DiskFull`]
+/// returned; nothing else changed.
+pub(crate) async fn create_segment(
+    driver: &IoDriver,
+    dir: &Path,
+    header: SegmentHeader,
+    size_bytes: u64,
+) -> Result<(File, PathBuf)> {
+    let path = dir.join(segment_name(header.epoch, header.first_lsn));
+    let opts = OpenOptions::new().read(true).write(true).create_new(true);
+    let file = driver
+        .open(&path, &opts)
+        .await
+        .map_err(|e| Error::io(&path, e))?;
+    // Preallocate first: running out of space here must leave no segment behind.
+    if let Err(e) = file.allocate(0, size_bytes.max(HEADER_LEN)).await {
+        let _ = file.close().await;
+        let _ = driver.remove_file(&path).await;
+        let _ = driver.sync_dir(dir).await;
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            return Err(Error::DiskFull {
+                dir: dir.to_path_buf(),
+                needed_bytes: size_bytes,
+            });
+        }
+        return Err(Error::io(&path, e));
+    }
+    let (res, _) = file
+        .write_all_at(Bytes::copy_from_slice(&header.encode()), 0)
+        .await;
+    res.map_err(|e| Error::io(&path, e))?;
+    // The header and the allocation must be durable before any entry relies on them.
+    file.sync_all().await.map_err(|e| Error::io(&path, e))?;
+    // fsync the directory so the new segment's name survives a crash.
+    driver.sync_dir(dir).await.map_err(|e| Error::io(dir, e))?;
+    Ok((file, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip_and_reject_damage() {
+        let format = FrameFormat {
+            length: LengthEncoding::Uvarint,
+            checksum: ChecksumKind::Crc64,
+            timestamps: true,
+        };
+        let h = SegmentHeader {
+            format,
+            log_id: 0xfeed,
+            epoch: 3,
+            first_lsn: Lsn(77),
+        };
+        let b = h.encode();
+        assert_eq!(SegmentHeader::decode(&b).unwrap(), h);
+        for i in 0..b.len() {
+            let mut d = b;
+            d[i] ^= 0x10;
+            assert!(SegmentHeader::decode(&d).is_err(), "byte {i}");
+        }
+        assert_eq!(
+            SegmentHeader::decode(&b[..10]),
+            Err(CorruptionKind::BadHeader { field: "length" })
+        );
+        let m = Meta {
+            format,
+            log_id: 1,
+            epoch: 2,
+            first_lsn: Lsn(3),
+        };
+        assert_eq!(Meta::decode(&m.encode()).unwrap(), m);
+    }
+
+    #[test]
+    fn an_unknown_version_is_named() {
+        let format = FrameFormat {
+            length: LengthEncoding::U32,
+            checksum: ChecksumKind::Crc32,
+            timestamps: false,
+        };
+        let mut b = SegmentHeader {
+            format,
+            log_id: 1,
+            epoch: 0,
+            first_lsn: Lsn(1),
+        }
+        .encode();
+        b[8] = 9;
+        let crc = crc32fast::hash(&b[..60]);
+        b[60..64].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            SegmentHeader::decode(&b),
+            Err(CorruptionKind::UnsupportedVersion {
+                found: 9,
+                supported: 1
+            })
+        );
+    }
+
+    #[test]
+    fn names_round_trip_and_sort_in_log_order() {
+        let a = segment_name(0, Lsn(9));
+        let b = segment_name(0, Lsn(10));
+        let c = segment_name(1, Lsn(2));
+        assert!(a < b && b < c);
+        assert_eq!(parse_segment_name(&b), Some((0, Lsn(10))));
+        assert_eq!(parse_segment_name("0-1.wal"), None);
+        assert_eq!(parse_segment_name("wal.meta"), None);
+    }
+}

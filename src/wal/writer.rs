@@ -1,0 +1,810 @@
+//! The writer task: the one owner of the log's tail.
+//!
+//! Write path, step by step (each step that protects durability says so where it happens):
+//! 1. Take every queued command (`recv_many`); under `SyncPolicy::Grouped`, wait up to the window
+//!    for more.
+//! 2. Make room: rotate to a new segment if the batch does not fit (syncing the old one first),
+//!    or grow the segment for a batch larger than a segment.
+//! 3. Assign lsns and encode every frame into one reusable buffer.
+//! 4. Submit one `writev`, linked to one `fdatasync` when the policy or a caller asks for it.
+//! 5. Publish: index offsets, then `written`, then `durable`; wake every waiter.
+//!
+//! A failed write or sync poisons the log: that batch and every later call fail with
+//! [`Error::Poisoned`]; nothing retries an fsync.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use ringtide_platform::File;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+
+use super::record::{Decoded, FrameFields};
+use super::segment::{self, HEADER_LEN, Meta, SegmentHeader};
+use super::{Lsn, Record, SegmentIndex, Shared, SyncPolicy};
+use crate::error::{Error, Result};
+
+/// Commands the queue holds at most; appenders beyond wait (the byte bound usually binds first).
+pub(crate) const QUEUE_COMMANDS: usize = 4096;
+/// Commands taken from the queue at once.
+const TAKE_AT_ONCE: usize = 1024;
+
+/// The entries of one append call.
+pub(crate) enum Records {
+    One(Record),
+    Many(Vec<Record>),
+}
+
+impl Records {
+    pub(crate) fn iter(&self) -> std::slice::Iter<'_, Record> {
+        match self {
+            Records::One(r) => std::slice::from_ref(r).iter(),
+            Records::Many(v) => v.iter(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Records::One(_) => 1,
+            Records::Many(v) => v.len(),
+        }
+    }
+}
+
+/// One queued append call.
+pub(crate) struct AppendRequest {
+    pub(crate) records: Records,
+    /// The caller asked for an fdatasync whatever the policy.
+    pub(crate) sync: bool,
+    pub(crate) reply: oneshot::Sender<Result<Range<Lsn>>>,
+    /// Released once the entries are written: the queue's byte bound.
+    pub(crate) _permit: OwnedSemaphorePermit,
+}
+
+/// What the writer is asked to do, in queue order.
+pub(crate) enum Command {
+    Append(AppendRequest),
+    Sync(oneshot::Sender<Result<Lsn>>),
+    TruncateFront(Lsn, oneshot::Sender<Result<()>>),
+    TruncateBack(Lsn, oneshot::Sender<Result<()>>),
+    Reset(Lsn, oneshot::Sender<Result<()>>),
+    Close(oneshot::Sender<Result<()>>),
+}
+
+/// The segment being written.
+struct Active {
+    file: File,
+    write_offset: u64,
+    allocated: u64,
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    log_id: u64,
+    epoch: u64,
+    active: Active,
+    next_lsn: Lsn,
+    /// Entries written since the last sync.
+    unsynced_entries: u64,
+    /// When the periodic policy syncs next.
+    sync_deadline: Option<tokio::time::Instant>,
+    /// The reusable encoding buffer.
+    buf: BytesMut,
+    batch: Vec<AppendRequest>,
+    batch_bytes: u64,
+}
+
+/// Starts the writer task for a recovered log.
+pub(crate) fn spawn(shared: Arc<Shared>, queue: mpsc::Receiver<Command>, epoch: u64, log_id: u64) {
+    let (active, next_lsn) = {
+        let index = shared.index.read().unwrap_or_else(|p| p.into_inner());
+        let last = index
+            .segments
+            .last()
+            .expect("recovery leaves at least one segment");
+        (
+            Active {
+                file: last.file.clone(),
+                write_offset: last.end,
+                allocated: last.allocated,
+            },
+            last.next_lsn(),
+        )
+    };
+    let writer = Writer {
+        shared,
+        log_id,
+        epoch,
+        active,
+        next_lsn,
+        unsynced_entries: 0,
+        sync_deadline: None,
+        buf: BytesMut::with_capacity(1 << 20),
+        batch: Vec::new(),
+        batch_bytes: 0,
+    };
+    tokio::spawn(writer.run(queue));
+}
+
+/// An error for one of several waiters of a failed batch.
+fn error_for_waiter(err: &Error) -> Error {
+    match err {
+        Error::Poisoned { cause } => Error::Poisoned {
+            cause: cause.clone(),
+        },
+        Error::DiskFull { dir, needed_bytes } => Error::DiskFull {
+            dir: dir.clone(),
+            needed_bytes: *needed_bytes,
+        },
+        Error::Closed => Error::Closed,
+        other => Error::Io {
+            path: None,
+            source: std::io::Error::other(other.to_string()),
+        },
+    }
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+impl Writer {
+    async fn run(mut self, mut queue: mpsc::Receiver<Command>) {
+        let mut commands = Vec::with_capacity(TAKE_AT_ONCE);
+        loop {
+            let received = match self.sync_deadline {
+                Some(deadline) => tokio::select! {
+                    n = queue.recv_many(&mut commands, TAKE_AT_ONCE) => n,
+                    () = tokio::time::sleep_until(deadline) => {
+                        let _ = self.sync_now().await;
+                        continue;
+                    }
+                },
+                None => queue.recv_many(&mut commands, TAKE_AT_ONCE).await,
+            };
+            if received == 0 {
+                // Every handle was dropped without `close`: finish like a close.
+                let _ = self.close().await;
+                return;
+            }
+            if let SyncPolicy::Grouped { window } = self.shared.options.sync_policy
+                && !window.is_zero()
+                && commands.iter().any(|c| matches!(c, Command::Append(_)))
+            {
+                self.gather(&mut queue, &mut commands, window).await;
+            }
+            let mut drained = commands.drain(..);
+            for command in drained.by_ref() {
+                match command {
+                    Command::Append(request) => {
+                        self.batch_bytes += request
+                            .records
+                            .iter()
+                            .map(|r| r.data.len() as u64)
+                            .sum::<u64>();
+                        self.batch.push(request);
+                        if self.batch_bytes >= self.shared.options.max_batch_bytes {
+                            self.flush_batch().await;
+                        }
+                    }
+                    Command::Close(reply) => {
+                        self.flush_batch().await;
+                        let res = self.close().await;
+                        let _ = reply.send(res);
+                        drop(drained);
+                        // Whatever was queued behind the close finds the log closed.
+                        queue.close();
+                        while let Some(command) = queue.recv().await {
+                            refuse(command, &Error::Closed);
+                        }
+                        return;
+                    }
+                    other => {
+                        self.flush_batch().await;
+                        self.handle(other).await;
+                    }
+                }
+            }
+            drop(drained);
+            self.flush_batch().await;
+        }
+    }
+
+    /// Waits up to `window` for more commands to join the batch, or until it is large enough.
+    async fn gather(
+        &mut self,
+        queue: &mut mpsc::Receiver<Command>,
+        commands: &mut Vec<Command>,
+        window: std::time::Duration,
+    ) {
+        let deadline = tokio::time::Instant::now() + window;
+        let max = self.shared.options.max_batch_bytes;
+        loop {
+            let bytes: u64 = commands
+                .iter()
+                .map(|c| match c {
+                    Command::Append(r) => r.records.iter().map(|r| r.data.len() as u64).sum(),
+                    _ => 0,
+                })
+                .sum();
+            if bytes >= max || commands.len() >= TAKE_AT_ONCE {
+                return;
+            }
+            match tokio::time::timeout_at(deadline, queue.recv_many(commands, TAKE_AT_ONCE)).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Append(_) | Command::Close(_) => unreachable!("handled by the run loop"),
+            Command::Sync(reply) => {
+                let res = self.sync_now().await.map(|()| self.shared.durable_lsn());
+                let _ = reply.send(res);
+            }
+            Command::TruncateFront(lsn, reply) => {
+                let res = match self.shared.check_usable() {
+                    Ok(()) => self.truncate_front(lsn).await,
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(res);
+            }
+            Command::TruncateBack(lsn, reply) => {
+                let res = match self.shared.check_usable() {
+                    Ok(()) => self.truncate_back(lsn).await,
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(res);
+            }
+            Command::Reset(lsn, reply) => {
+                let res = match self.shared.check_usable() {
+                    Ok(()) => self.reset(lsn).await,
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(res);
+            }
+        }
+    }
+
+    /// Poisons the log with `err` and returns the error for the current caller.
+    fn poison(&self, err: std::io::Error) -> Error {
+        let cause = Arc::new(err);
+        if self.shared.poisoned.set(cause.clone()).is_ok() {
+            tracing::error!(dir = %self.shared.dir.display(), error = %cause, "wal poisoned: a write or sync failed");
+        }
+        Error::Poisoned {
+            cause: self.shared.poisoned.get().cloned().unwrap_or(cause),
+        }
+    }
+
+    fn mark_durable(&mut self, lsn: Lsn) {
+        self.unsynced_entries = 0;
+        self.sync_deadline = None;
+        self.shared.durable.send_replace(lsn.0);
+    }
+
+    /// fdatasync of the active segment, making everything written durable.
+    async fn sync_now(&mut self) -> Result<()> {
+        self.shared.check_usable()?;
+        let written = self.shared.last_lsn();
+        if self.unsynced_entries == 0 && self.shared.durable_lsn() >= written {
+            return Ok(());
+        }
+        let started = Instant::now();
+        if let Err(e) = self.active.file.sync_data().await {
+            return Err(self.poison(e));
+        }
+        self.record_sync(started);
+        self.mark_durable(written);
+        Ok(())
+    }
+
+    fn record_sync(&self, started: Instant) {
+        let elapsed = started.elapsed();
+        let c = &self.shared.counters;
+        c.syncs.fetch_add(1, Ordering::Relaxed);
+        c.sync_time_us
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        metrics::counter!("ringtide_wal_syncs_total").increment(1);
+        metrics::histogram!("ringtide_wal_sync_seconds").record(elapsed.as_secs_f64());
+    }
+
+    async fn flush_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let mut batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        match self.write_batch(&batch).await {
+            Ok(first) => {
+                let mut lsn = first.0;
+                for request in batch.drain(..) {
+                    let n = request.records.len() as u64;
+                    let _ = request.reply.send(Ok(Lsn(lsn)..Lsn(lsn + n)));
+                    lsn += n;
+                }
+            }
+            Err(err) => {
+                for request in batch.drain(..) {
+                    let _ = request.reply.send(Err(error_for_waiter(&err)));
+                }
+            }
+        }
+        self.batch = batch;
+    }
+
+    /// Writes one batch; returns the lsn of its first entry.
+    async fn write_batch(&mut self, batch: &[AppendRequest]) -> Result<Lsn> {
+        self.shared.check_usable()?;
+        let format = self.shared.format;
+        let policy = self.shared.options.sync_policy;
+        let mut bytes = 0u64;
+        let mut entries = 0u64;
+        let mut payload_bytes = 0u64;
+        let mut sync = policy.syncs_each_batch();
+        for request in batch {
+            sync |= request.sync;
+            for r in request.records.iter() {
+                bytes += format.frame_len(r.data.len(), r.term.is_some()) as u64;
+                payload_bytes += r.data.len() as u64;
+                entries += 1;
+            }
+        }
+        // Room first: lsns are assigned only once the batch is sure to have a place.
+        self.ensure_room(bytes).await?;
+        let first = self.next_lsn;
+        let base = self.active.write_offset;
+        let timestamp = if format.timestamps { now_micros() } else { 0 };
+        // Every frame records what was durable before it was written (see `record.rs`).
+        let synced = self.shared.durable_lsn().min(Lsn(first.0 - 1));
+        self.buf.clear();
+        self.buf.reserve(bytes as usize);
+        let mut offsets = Vec::with_capacity(entries as usize);
+        let mut lsn = first.0;
+        for request in batch {
+            let n = request.records.len();
+            for (i, r) in request.records.iter().enumerate() {
+                offsets.push((base + self.buf.len() as u64) as u32);
+                // Every frame but the last of a call says "the batch continues": recovery keeps
+                // a call's entries only when its last frame is there.
+                let fields = FrameFields {
+                    lsn: Lsn(lsn),
+                    synced_lsn: synced,
+                    term: r.term,
+                    timestamp_us: timestamp,
+                    continues: i + 1 < n,
+                };
+                format.encode(&mut self.buf, fields, &r.data);
+                lsn += 1;
+            }
+        }
+        debug_assert_eq!(self.buf.len() as u64, bytes);
+        let chunk: Bytes = self.buf.split().freeze();
+        let started = Instant::now();
+        // One writev; where durability is asked, linked to one fdatasync that covers this batch
+        // and everything written before it.
+        let (res, _) = if sync {
+            self.active.file.writev_sync_at(vec![chunk], base).await
+        } else {
+            self.active.file.writev_at(vec![chunk], base).await
+        };
+        if let Err(e) = res {
+            return Err(self.poison(e));
+        }
+        let last = Lsn(lsn - 1);
+        {
+            let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
+            let segment = index.segments.last_mut().expect("an active segment");
+            segment.offsets.extend_from_slice(&offsets);
+            segment.end = base + bytes;
+        }
+        self.active.write_offset = base + bytes;
+        self.next_lsn = Lsn(lsn);
+        self.shared.written.store(last.0, Ordering::Release);
+        let c = &self.shared.counters;
+        c.appends.fetch_add(entries, Ordering::Relaxed);
+        c.appended_bytes.fetch_add(payload_bytes, Ordering::Relaxed);
+        c.batches.fetch_add(1, Ordering::Relaxed);
+        c.max_batch_entries.fetch_max(entries, Ordering::Relaxed);
+        metrics::counter!("ringtide_wal_appends_total").increment(entries);
+        metrics::counter!("ringtide_wal_appended_bytes_total").increment(payload_bytes);
+        metrics::histogram!("ringtide_wal_batch_entries").record(entries as f64);
+        if sync {
+            self.record_sync(started);
+            self.mark_durable(last);
+        } else {
+            self.unsynced_entries += entries;
+            if let SyncPolicy::Periodic {
+                interval,
+                max_unsynced_entries,
+            } = policy
+            {
+                if self.unsynced_entries >= max_unsynced_entries {
+                    self.sync_now().await?;
+                } else if self.sync_deadline.is_none() {
+                    self.sync_deadline = Some(tokio::time::Instant::now() + interval);
+                }
+            }
+        }
+        Ok(first)
+    }
+
+    /// Makes room for `bytes` more in the active segment: rotates when it is full, grows it
+    /// for a batch larger than a segment.
+    async fn ensure_room(&mut self, bytes: u64) -> Result<()> {
+        let size = self.shared.options.segment_size_bytes;
+        if self.active.write_offset > HEADER_LEN && self.active.write_offset + bytes > size {
+            self.rotate(bytes).await?;
+        }
+        let end = self.active.write_offset + bytes;
+        if end > self.active.allocated {
+            let grow = end - self.active.allocated;
+            match self.active.file.allocate(self.active.allocated, grow).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+                    return Err(Error::DiskFull {
+                        dir: self.shared.dir.clone(),
+                        needed_bytes: grow,
+                    });
+                }
+                Err(e) => return Err(self.poison(e)),
+            }
+            self.shared
+                .counters
+                .disk_bytes
+                .fetch_add(grow, Ordering::Relaxed);
+            self.active.allocated = end;
+            let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(segment) = index.segments.last_mut() {
+                segment.allocated = end;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a new segment at the next lsn.
+    async fn rotate(&mut self, bytes: u64) -> Result<()> {
+        // The old segment must be durable before the next one holds data: otherwise a crash could
+        // keep the new segment's synced entries and lose the old one's unsynced tail — a gap.
+        if self.unsynced_entries > 0 {
+            self.sync_now().await?;
+        }
+        let span = tracing::debug_span!("wal_rotate", next_lsn = self.next_lsn.0);
+        let _guard = span.enter();
+        drop(_guard);
+        let size = self
+            .shared
+            .options
+            .segment_size_bytes
+            .max(HEADER_LEN + bytes);
+        let header = SegmentHeader {
+            format: self.shared.format,
+            log_id: self.log_id,
+            epoch: self.epoch,
+            first_lsn: self.next_lsn,
+        };
+        let (file, path) = match segment::create_segment(
+            &self.shared.driver,
+            &self.shared.dir,
+            header,
+            size,
+        )
+        .await
+        {
+            Ok(created) => created,
+            Err(e @ Error::DiskFull { .. }) => {
+                tracing::warn!(dir = %self.shared.dir.display(), "disk full: no room for a new wal segment");
+                return Err(e);
+            }
+            Err(Error::Io { source, .. }) => return Err(self.poison(source)),
+            Err(e) => return Err(e),
+        };
+        tracing::debug!(segment = %path.display(), first_lsn = self.next_lsn.0, "wal segment created");
+        self.shared
+            .counters
+            .disk_bytes
+            .fetch_add(size, Ordering::Relaxed);
+        let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
+        index.segments.push(SegmentIndex {
+            first_lsn: self.next_lsn,
+            path: path.clone(),
+            file: file.clone(),
+            offsets: Vec::new(),
+            end: HEADER_LEN,
+            allocated: size,
+        });
+        metrics::gauge!("ringtide_wal_segments").set(index.segments.len() as f64);
+        drop(index);
+        self.active = Active {
+            file,
+            write_offset: HEADER_LEN,
+            allocated: size,
+        };
+        Ok(())
+    }
+
+    async fn truncate_front(&mut self, lsn: Lsn) -> Result<()> {
+        let (first, last) = (self.shared.first_lsn(), self.shared.last_lsn());
+        if lsn < first || lsn > last.next() {
+            return Err(Error::OutOfRange { lsn, first, last });
+        }
+        if lsn == first {
+            return Ok(());
+        }
+        // Record the new start atomically first: after a crash, recovery ignores what is below
+        // it, whichever segments are still there.
+        let meta = Meta {
+            format: self.shared.format,
+            log_id: self.log_id,
+            epoch: self.epoch,
+            first_lsn: lsn,
+        };
+        meta.write(&self.shared.driver, &self.shared.dir).await?;
+        let victims: Vec<SegmentIndex> = {
+            let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
+            index.first_lsn = lsn;
+            // Whole segments below the new start, never the active one.
+            let keep_from = index
+                .segments
+                .iter()
+                .position(|s| s.next_lsn() > lsn)
+                .unwrap_or(index.segments.len() - 1);
+            index.segments.drain(..keep_from).collect()
+        };
+        for segment in &victims {
+            self.shared
+                .driver
+                .remove_file(&segment.path)
+                .await
+                .map_err(|e| Error::io(&segment.path, e))?;
+            self.shared
+                .counters
+                .disk_bytes
+                .fetch_sub(segment.allocated, Ordering::Relaxed);
+        }
+        if !victims.is_empty() {
+            // fsync the directory so the deletions survive a crash (harmless if they do not).
+            self.shared
+                .driver
+                .sync_dir(&self.shared.dir)
+                .await
+                .map_err(|e| Error::io(&self.shared.dir, e))?;
+        }
+        tracing::info!(
+            first_lsn = lsn.0,
+            deleted_segments = victims.len(),
+            "wal truncated at the front"
+        );
+        Ok(())
+    }
+
+    async fn truncate_back(&mut self, lsn: Lsn) -> Result<()> {
+        let (first, last) = (self.shared.first_lsn(), self.shared.last_lsn());
+        if lsn.next() < first || lsn > last {
+            return Err(Error::OutOfRange { lsn, first, last });
+        }
+        if lsn == last {
+            return Ok(());
+        }
+        // Readers stop at `lsn` from now on.
+        self.shared.written.store(lsn.0, Ordering::Release);
+        if self.shared.durable_lsn() > lsn {
+            self.shared.durable.send_replace(lsn.0);
+        }
+        let (keep, cut_segment, later) = {
+            let index = self.shared.index.read().unwrap_or_else(|p| p.into_inner());
+            // The segment that holds lsn + 1 keeps its frames up to lsn; later ones go.
+            let k = index
+                .segments
+                .iter()
+                .rposition(|s| s.first_lsn <= lsn.next())
+                .unwrap_or(0);
+            let seg = &index.segments[k];
+            let keep = (lsn.next().0 - seg.first_lsn.0) as usize;
+            (keep, seg.clone(), index.segments[k + 1..].to_vec())
+        };
+        let io = |w: &Writer, e: std::io::Error| w.poison(e);
+        // Delete later segments from the last backwards, so a crash leaves a prefix of the log.
+        for segment in later.iter().rev() {
+            self.shared
+                .driver
+                .remove_file(&segment.path)
+                .await
+                .map_err(|e| io(self, e))?;
+            self.shared
+                .counters
+                .disk_bytes
+                .fetch_sub(segment.allocated, Ordering::Relaxed);
+        }
+        if !later.is_empty() {
+            self.shared
+                .driver
+                .sync_dir(&self.shared.dir)
+                .await
+                .map_err(|e| io(self, e))?;
+        }
+        let cut = cut_segment
+            .offsets
+            .get(keep)
+            .map_or(cut_segment.end, |&o| u64::from(o));
+        // If the kept part ends inside a batch, make its last frame the batch's end, so recovery
+        // keeps it.
+        if keep > 0 {
+            let start = u64::from(cut_segment.offsets[keep - 1]);
+            self.end_batch_at(&cut_segment.file, start, cut).await?;
+        }
+        // Cut and re-extend with zeros: frames past the cut must never be read again, not even
+        // by recovery's search for valid data after damage.
+        let file = &cut_segment.file;
+        file.set_len(cut).await.map_err(|e| io(self, e))?;
+        file.allocate(cut, cut_segment.allocated.saturating_sub(cut).max(1))
+            .await
+            .map_err(|e| io(self, e))?;
+        file.sync_all().await.map_err(|e| io(self, e))?;
+        {
+            let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
+            let k = index
+                .segments
+                .iter()
+                .position(|s| s.first_lsn == cut_segment.first_lsn)
+                .unwrap_or(0);
+            index.segments.truncate(k + 1);
+            let seg = &mut index.segments[k];
+            seg.offsets.truncate(keep);
+            seg.end = cut;
+        }
+        self.active = Active {
+            file: cut_segment.file.clone(),
+            write_offset: cut,
+            allocated: cut_segment.allocated.max(cut + 1),
+        };
+        self.next_lsn = lsn.next();
+        self.unsynced_entries = 0;
+        self.sync_deadline = None;
+        self.shared
+            .durable
+            .send_replace(lsn.0.min(self.shared.durable_lsn().0));
+        tracing::info!(last_lsn = lsn.0, "wal truncated at the back");
+        Ok(())
+    }
+
+    /// Clears the "batch continues" flag of the frame at `start..end` if it is set.
+    async fn end_batch_at(&self, file: &File, start: u64, end: u64) -> Result<()> {
+        let (res, buf) = file
+            .read_exact_at(BytesMut::with_capacity((end - start) as usize), start)
+            .await;
+        res.map_err(|e| self.poison(e))?;
+        let mut frame = buf;
+        let continues = matches!(
+            self.shared.format.decode(&frame, 0, u64::MAX),
+            Decoded::Frame(ref f) if f.continues
+        );
+        if !continues {
+            return Ok(());
+        }
+        self.shared.format.clear_continues(&mut frame);
+        let (res, _) = file.writev_sync_at(vec![frame.freeze()], start).await;
+        res.map(drop).map_err(|e| self.poison(e))
+    }
+
+    async fn reset(&mut self, next: Lsn) -> Result<()> {
+        let epoch = self.epoch + 1;
+        // Record the reset atomically first: from here recovery ignores (and deletes) the older
+        // epoch's segments.
+        let meta = Meta {
+            format: self.shared.format,
+            log_id: self.log_id,
+            epoch,
+            first_lsn: next,
+        };
+        meta.write(&self.shared.driver, &self.shared.dir).await?;
+        self.shared.written.store(next.0 - 1, Ordering::Release);
+        self.shared.durable.send_replace(next.0 - 1);
+        let size = self.shared.options.segment_size_bytes;
+        let header = SegmentHeader {
+            format: self.shared.format,
+            log_id: self.log_id,
+            epoch,
+            first_lsn: next,
+        };
+        let (file, path) = match segment::create_segment(
+            &self.shared.driver,
+            &self.shared.dir,
+            header,
+            size,
+        )
+        .await
+        {
+            Ok(created) => created,
+            Err(Error::Io { source, .. }) => return Err(self.poison(source)),
+            Err(e) => return Err(e),
+        };
+        let old: Vec<SegmentIndex> = {
+            let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
+            index.first_lsn = next;
+            let new = SegmentIndex {
+                first_lsn: next,
+                path: path.clone(),
+                file: file.clone(),
+                offsets: Vec::new(),
+                end: HEADER_LEN,
+                allocated: size,
+            };
+            std::mem::replace(&mut index.segments, vec![new])
+        };
+        self.epoch = epoch;
+        self.active = Active {
+            file,
+            write_offset: HEADER_LEN,
+            allocated: size,
+        };
+        self.next_lsn = next;
+        self.unsynced_entries = 0;
+        self.sync_deadline = None;
+        for segment in &old {
+            self.shared
+                .driver
+                .remove_file(&segment.path)
+                .await
+                .map_err(|e| Error::io(&segment.path, e))?;
+        }
+        self.shared
+            .counters
+            .disk_bytes
+            .store(size, Ordering::Relaxed);
+        self.shared
+            .driver
+            .sync_dir(&self.shared.dir)
+            .await
+            .map_err(|e| Error::io(&self.shared.dir, e))?;
+        tracing::info!(next_lsn = next.0, epoch, "wal reset");
+        Ok(())
+    }
+
+    /// Syncs what is written, marks the log closed, releases the lock and wakes every tail.
+    async fn close(&mut self) -> Result<()> {
+        let synced = if self.shared.poisoned.get().is_none()
+            && self.shared.last_lsn() > self.shared.durable_lsn()
+        {
+            self.sync_now().await
+        } else {
+            Ok(())
+        };
+        self.shared.closed.store(true, Ordering::Release);
+        let lock = self
+            .shared
+            .lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let released = match lock {
+            Some(lock) => lock
+                .close()
+                .await
+                .map_err(|e| Error::io(self.shared.dir.join(segment::LOCK_FILE), e)),
+            None => Ok(()),
+        };
+        // Wake tails so they see the log closed.
+        self.shared.durable.send_modify(|_| {});
+        tracing::debug!(dir = %self.shared.dir.display(), "wal closed");
+        synced.and(released)
+    }
+}
+
+/// Answers a command that will not run.
+fn refuse(command: Command, err: &Error) {
+    match command {
+        Command::Append(r) => drop(r.reply.send(Err(error_for_waiter(err)))),
+        Command::Sync(reply) => drop(reply.send(Err(error_for_waiter(err)))),
+        Command::TruncateFront(_, reply)
+        | Command::TruncateBack(_, reply)
+        | Command::Reset(_, reply)
+        | Command::Close(reply) => drop(reply.send(Err(error_for_waiter(err)))),
+    }
+}

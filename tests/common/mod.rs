@@ -1,0 +1,55 @@
+//! Helpers shared by the integration tests: one test body, run on each I/O backend.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "each test binary uses a different subset"
+)]
+
+use ringtide::platform::{Backend, DriverOptions, IoDriver};
+
+/// The driver for `backend`, or `None` when `RINGTIDE_IO_BACKEND` restricts the run to the other
+/// one.
+pub fn driver_for(backend: Backend) -> Option<IoDriver> {
+    if let Ok(only) = std::env::var(ringtide::platform::BACKEND_ENV) {
+        let only: Backend = only
+            .parse()
+            .expect("RINGTIDE_IO_BACKEND must name a backend");
+        if only != Backend::Auto && only != backend {
+            return None;
+        }
+    }
+    let driver = IoDriver::new(DriverOptions::default().use_env(false).backend(backend))
+        .expect("driver starts");
+    Some(driver)
+}
+
+/// Generates `mod io_uring` and `mod threadpool`, each with one `#[tokio::test]` per named
+/// `async fn(IoDriver) -> ringtide::Result<()>` of the parent module.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod io_uring {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> ringtide::Result<()> {
+                    match $crate::common::driver_for(ringtide::platform::Backend::IoUring) {
+                        Some(driver) => super::$name(driver).await,
+                        None => Ok(()),
+                    }
+                }
+            )*
+        }
+        mod threadpool {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> ringtide::Result<()> {
+                    match $crate::common::driver_for(ringtide::platform::Backend::ThreadPool) {
+                        Some(driver) => super::$name(driver).await,
+                        None => Ok(()),
+                    }
+                }
+            )*
+        }
+    };
+}
