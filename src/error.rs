@@ -104,6 +104,10 @@ pub enum Error {
     #[error("the handle is closed")]
     Closed,
 
+    /// The handle was opened read-only.
+    #[error("the handle is read-only")]
+    ReadOnly,
+
     /// An option or argument is invalid.
     #[error("invalid {name}: {reason}")]
     InvalidArgument {

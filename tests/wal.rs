@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use ringtide::platform::IoDriver;
+use ringtide::platform::{DriverOptions, IoDriver};
 use ringtide::wal::{
     AppendOptions, ChecksumKind, LengthEncoding, Lsn, Record, RecoveryMode, SyncPolicy, Timestamps,
     Wal, WalOptions,
@@ -40,6 +40,7 @@ both_backends!(
     appends_under_timeouts_keep_the_log_consistent,
     sync_policies_do_what_they_say,
     out_of_range_reads_name_the_bounds,
+    a_failed_write_poisons_the_log_until_reopened,
 );
 
 /// Small segments keep the damage tests' file copies small.
@@ -787,5 +788,54 @@ async fn out_of_range_reads_name_the_bounds(driver: IoDriver) -> Result<()> {
         Err(Error::OutOfRange { .. })
     ));
     assert!(wal.range(Lsn(4)..Lsn(4)).await?.is_empty());
+    wal.close().await
+}
+
+async fn a_failed_write_poisons_the_log_until_reopened(driver: IoDriver) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    // A driver of its own, shut down under the log: every later I/O fails, as a dying disk would.
+    let own = IoDriver::new(
+        DriverOptions::default()
+            .use_env(false)
+            .backend(driver.backend()),
+    )?;
+    let wal = Wal::open(tmp.path(), opts(&own)).await?;
+    wal.append_batch((1..=3).map(payload)).await?;
+    own.shutdown().await;
+    let first = wal.append(payload(4)).await.unwrap_err();
+    assert!(
+        matches!(first, Error::Poisoned { .. }),
+        "the failing batch: {first:?}"
+    );
+    assert!(
+        matches!(wal.append(payload(5)).await, Err(Error::Poisoned { .. })),
+        "every later append"
+    );
+    assert!(matches!(wal.sync().await, Err(Error::Poisoned { .. })));
+    assert!(matches!(
+        wal.read(Lsn(1)).await,
+        Err(Error::Poisoned { .. })
+    ));
+    assert!(matches!(
+        wal.truncate_back(Lsn(1)).await,
+        Err(Error::Poisoned { .. })
+    ));
+    assert_eq!(
+        wal.last_lsn(),
+        Lsn(3),
+        "nothing was acknowledged past the failure"
+    );
+    let _ = wal.close().await;
+    drop(wal);
+    // Reopening runs recovery: every acknowledged entry is there, and the log works again.
+    let wal = loop {
+        match Wal::open(tmp.path(), opts(&driver)).await {
+            Err(Error::Locked { .. }) => tokio::time::sleep(Duration::from_millis(10)).await,
+            other => break other?,
+        }
+    };
+    assert_eq!(wal.last_lsn(), Lsn(3));
+    check_all(&wal, payload).await?;
+    assert_eq!(wal.append(payload(4)).await?, Lsn(4));
     wal.close().await
 }

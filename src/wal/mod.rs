@@ -395,6 +395,22 @@ impl AppendOptions {
     }
 }
 
+/// One segment file, as [`Wal::segments`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SegmentInfo {
+    /// The file.
+    pub path: PathBuf,
+    /// The lsn of its first frame.
+    pub first_lsn: Lsn,
+    /// Frames in it (some may lie below the log's first lsn after `truncate_front`).
+    pub entries: u64,
+    /// Bytes of header and frames.
+    pub data_bytes: u64,
+    /// Bytes allocated on disk.
+    pub file_bytes: u64,
+}
+
 /// A torn tail found and cut by recovery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TornTail {
@@ -507,6 +523,8 @@ struct Shared {
     next_txn: AtomicU64,
     /// The directory lock, released by `close`.
     lock: Mutex<Option<File>>,
+    /// Opened by `open_read_only`: no writer task.
+    read_only: bool,
 }
 
 impl Shared {
@@ -585,16 +603,38 @@ impl Wal {
     /// Dropping the future stops recovery between steps; every step leaves the files
     /// recoverable by the next open, and the directory lock is released.
     pub async fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<Wal> {
+        Self::open_with(dir.as_ref(), options, recovery::Access::ReadWrite).await
+    }
+
+    /// Opens an existing log for reading only, without taking its lock and without changing any
+    /// file: leftovers of interrupted operations are skipped and a torn tail is reported (in
+    /// [`WalStats::torn_tail`]) but not cut. Appends and maintenance fail with
+    /// [`Error::ReadOnly`]. Reads see the log as it was when opened. For tools (the `ringtide`
+    /// command) and for reading a log another process writes.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open) (never [`Error::Locked`]); [`Error::InvalidArgument`] if the
+    /// directory holds no log.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it changes nothing.
+    pub async fn open_read_only(dir: impl AsRef<Path>, options: WalOptions) -> Result<Wal> {
+        Self::open_with(dir.as_ref(), options, recovery::Access::ReadOnly).await
+    }
+
+    async fn open_with(dir: &Path, options: WalOptions, access: recovery::Access) -> Result<Wal> {
         options.validate()?;
         let driver = match &options.driver {
             Some(driver) => driver.clone(),
             None => IoDriver::new(DriverOptions::default())?,
         };
-        let dir = dir.as_ref().to_path_buf();
+        let dir = dir.to_path_buf();
         let span = tracing::info_span!("wal_open", dir = %dir.display());
         let _enter = span.enter();
         drop(_enter);
-        let recovered = recovery::recover(&driver, &dir, &options)
+        let recovered = recovery::recover(&driver, &dir, &options, access)
             .instrument_in(span)
             .await?;
         let (durable, _) = watch::channel(recovered.last_lsn.0);
@@ -617,14 +657,17 @@ impl Wal {
             torn_tail: recovered.torn_tail,
             txns: Mutex::new(std::collections::HashMap::new()),
             next_txn: AtomicU64::new(0),
-            lock: Mutex::new(Some(recovered.lock)),
+            lock: Mutex::new(recovered.lock),
+            read_only: access == recovery::Access::ReadOnly,
         });
         shared
             .counters
             .disk_bytes
             .store(recovered.disk_bytes, Ordering::Relaxed);
         let (commands, queue) = mpsc::channel(writer::QUEUE_COMMANDS);
-        writer::spawn(shared.clone(), queue, recovered.epoch, recovered.log_id);
+        if access == recovery::Access::ReadWrite {
+            writer::spawn(shared.clone(), queue, recovered.epoch, recovered.log_id);
+        }
         let pending_bytes = Arc::new(Semaphore::new(options.max_pending_bytes as usize));
         Ok(Wal {
             shared,
@@ -720,7 +763,7 @@ impl Wal {
     }
 
     async fn submit(&self, records: writer::Records, options: AppendOptions) -> Result<Range<Lsn>> {
-        self.shared.check_usable()?;
+        self.check_writable()?;
         let max = self.shared.max_entry_bytes();
         let mut bytes = 0u64;
         for r in records.iter() {
@@ -753,7 +796,19 @@ impl Wal {
         answer.await.map_err(|_| self.closed_error())?
     }
 
+    fn check_writable(&self) -> Result<()> {
+        self.shared.check_usable()?;
+        if self.shared.read_only {
+            Err(Error::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
     fn closed_error(&self) -> Error {
+        if self.shared.read_only {
+            return Error::ReadOnly;
+        }
         match self.shared.poisoned.get() {
             Some(cause) => Error::Poisoned {
                 cause: cause.clone(),
@@ -766,7 +821,7 @@ impl Wal {
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T>>) -> writer::Command,
     ) -> Result<T> {
-        self.shared.check_usable()?;
+        self.check_writable()?;
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(make(reply))
@@ -960,6 +1015,11 @@ impl Wal {
         if self.shared.closed.load(Ordering::Acquire) {
             return Ok(());
         }
+        if self.shared.read_only {
+            self.shared.closed.store(true, Ordering::Release);
+            self.shared.durable.send_modify(|_| {});
+            return Ok(());
+        }
         // Sent even to a poisoned log, so the writer releases the lock.
         let (reply, answer) = oneshot::channel();
         if self
@@ -975,6 +1035,36 @@ impl Wal {
             Ok(res) => res,
             Err(_) => Ok(()),
         }
+    }
+
+    /// The segment files, in log order.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let index = self.shared.index.read().unwrap_or_else(|p| p.into_inner());
+        index
+            .segments
+            .iter()
+            .map(|s| SegmentInfo {
+                path: s.path.clone(),
+                first_lsn: s.first_lsn,
+                entries: s.offsets.len() as u64,
+                data_bytes: s.end,
+                file_bytes: s.allocated,
+            })
+            .collect()
+    }
+
+    /// The log's on-disk format, as recorded in its files.
+    pub fn format(&self) -> (LengthEncoding, ChecksumKind, Timestamps) {
+        let f = self.shared.format;
+        (
+            f.length,
+            f.checksum,
+            if f.timestamps {
+                Timestamps::UnixMicros
+            } else {
+                Timestamps::Off
+            },
+        )
     }
 
     /// A snapshot of the log's state and counters.

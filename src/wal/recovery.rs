@@ -31,7 +31,8 @@ pub(crate) struct Recovered {
     pub(crate) first_lsn: Lsn,
     pub(crate) last_lsn: Lsn,
     pub(crate) segments: Vec<SegmentIndex>,
-    pub(crate) lock: File,
+    /// The directory lock (none when read-only).
+    pub(crate) lock: Option<File>,
     pub(crate) torn_tail: Option<TornTail>,
     pub(crate) recovered_segments: u64,
     pub(crate) recovered_entries: u64,
@@ -77,13 +78,28 @@ fn random_id() -> u64 {
     h.finish()
 }
 
+/// Whether recovery may change the files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Take the lock, create a new log if there is none, delete leftovers, cut a torn tail.
+    ReadWrite,
+    /// Change nothing and take no lock: leftovers are skipped, a torn tail is reported but stays.
+    ReadOnly,
+}
+
 pub(crate) async fn recover(
     driver: &IoDriver,
     dir: &Path,
     options: &WalOptions,
+    access: Access,
 ) -> Result<Recovered> {
-    driver.create_dir_all(dir).await.map_err(io_err(dir))?;
-    let lock = lock_dir(driver, dir, options.lock_timeout).await?;
+    let writable = access == Access::ReadWrite;
+    let lock = if writable {
+        driver.create_dir_all(dir).await.map_err(io_err(dir))?;
+        Some(lock_dir(driver, dir, options.lock_timeout).await?)
+    } else {
+        None
+    };
     let listing = driver.read_dir(dir).await.map_err(io_err(dir))?;
     let mut found: Vec<(u64, Lsn, PathBuf)> = Vec::new();
     for entry in &listing {
@@ -98,6 +114,12 @@ pub(crate) async fn recover(
 
     let meta = match Meta::read(driver, dir).await? {
         Some(meta) => meta,
+        None if found.is_empty() && !writable => {
+            return Err(Error::invalid(
+                "dir",
+                format!("{} holds no write-ahead log", dir.display()),
+            ));
+        }
         None if found.is_empty() => {
             let meta = Meta {
                 format: options.format(),
@@ -120,15 +142,19 @@ pub(crate) async fn recover(
         }
     };
     // A temporary meta file is the leftover of an interrupted replacement; the real one stands.
-    let _ = driver.remove_file(dir.join("wal.meta.tmp")).await;
+    if writable {
+        let _ = driver.remove_file(dir.join("wal.meta.tmp")).await;
+    }
 
     // Segments of older epochs are leftovers of an interrupted reset.
     let mut removed = false;
     let mut segments_found = Vec::new();
     for (epoch, first, path) in found {
         if epoch < meta.epoch {
-            driver.remove_file(&path).await.map_err(io_err(&path))?;
-            removed = true;
+            if writable {
+                driver.remove_file(&path).await.map_err(io_err(&path))?;
+                removed = true;
+            }
         } else if epoch > meta.epoch {
             return Err(Error::corruption(
                 &path,
@@ -146,8 +172,10 @@ pub(crate) async fn recover(
     for (i, (first, path)) in segments_found.iter().enumerate() {
         let next_first = segments_found.get(i + 1).map(|(f, _)| *f);
         if next_first.is_some_and(|n| n <= meta.first_lsn) {
-            driver.remove_file(path).await.map_err(io_err(path))?;
-            removed = true;
+            if writable {
+                driver.remove_file(path).await.map_err(io_err(path))?;
+                removed = true;
+            }
         } else {
             kept.push((*first, path.clone()));
         }
@@ -162,11 +190,14 @@ pub(crate) async fn recover(
     let count = kept.len();
     for (i, (first, path)) in kept.into_iter().enumerate() {
         let is_last = i + 1 == count;
-        let Some(scanned) = scan_segment(driver, &path, first, &meta, is_last, options).await?
+        let Some(scanned) =
+            scan_segment(driver, &path, first, &meta, is_last, options, access).await?
         else {
             // An empty leftover of an interrupted segment creation: it holds no entries.
-            driver.remove_file(&path).await.map_err(io_err(&path))?;
-            driver.sync_dir(dir).await.map_err(io_err(dir))?;
+            if writable {
+                driver.remove_file(&path).await.map_err(io_err(&path))?;
+                driver.sync_dir(dir).await.map_err(io_err(dir))?;
+            }
             continue;
         };
         if let Some(prev) = segments.last()
@@ -190,6 +221,12 @@ pub(crate) async fn recover(
     let recovered_segments = segments.len() as u64;
     let recovered_entries = segments.iter().map(|s| s.offsets.len() as u64).sum();
 
+    if segments.is_empty() && !writable {
+        return Err(Error::invalid(
+            "dir",
+            format!("{} holds no segment", dir.display()),
+        ));
+    }
     if segments.is_empty() {
         let first_lsn = meta.first_lsn;
         let header = SegmentHeader {
@@ -258,9 +295,11 @@ async fn scan_segment(
     meta: &Meta,
     is_last: bool,
     options: &WalOptions,
+    access: Access,
 ) -> Result<Option<Scanned>> {
+    let writable = access == Access::ReadWrite;
     let file = driver
-        .open(path, &OpenOptions::new().read(true).write(true))
+        .open(path, &OpenOptions::new().read(true).write(writable))
         .await
         .map_err(io_err(path))?;
     let len = file.len().await.map_err(io_err(path))?;
@@ -392,11 +431,13 @@ async fn scan_segment(
         }
         // Cut the torn tail and re-extend with zeros, so nothing of it can be read again.
         let cut = committed_end as u64;
-        file.set_len(cut).await.map_err(io_err(path))?;
-        file.allocate(cut, len.saturating_sub(cut).max(1))
-            .await
-            .map_err(io_err(path))?;
-        file.sync_all().await.map_err(io_err(path))?;
+        if writable {
+            file.set_len(cut).await.map_err(io_err(path))?;
+            file.allocate(cut, len.saturating_sub(cut).max(1))
+                .await
+                .map_err(io_err(path))?;
+            file.sync_all().await.map_err(io_err(path))?;
+        }
         torn = Some(TornTail {
             file: path.to_path_buf(),
             offset: cut,
@@ -407,7 +448,7 @@ async fn scan_segment(
     }
     let end = committed_end as u64;
     let mut allocated = len.max(end + 1);
-    if is_last && allocated < options.segment_size_bytes {
+    if writable && is_last && allocated < options.segment_size_bytes {
         // The active segment gets its full preallocation back (it may have been cut short).
         file.allocate(0, options.segment_size_bytes)
             .await

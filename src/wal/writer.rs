@@ -3,21 +3,27 @@
 //! Write path, step by step (each step that protects durability says so where it happens):
 //! 1. Take every queued command (`recv_many`); under `SyncPolicy::Grouped`, wait up to the window
 //!    for more.
-//! 2. Make room: rotate to a new segment if the batch does not fit (syncing the old one first),
-//!    or grow the segment for a batch larger than a segment.
+//! 2. Make room: rotate to a new segment if the batch does not fit (after the batches in flight
+//!    and syncing the old segment), or grow the segment for a batch larger than a segment.
 //! 3. Assign lsns and encode every frame into one reusable buffer.
-//! 4. Submit one `writev`, linked to one `fdatasync` when the policy or a caller asks for it.
-//! 5. Publish: index offsets, then `written`, then `durable`; wake every waiter.
+//! 4. Submit one `writev`, linked to one `fdatasync` when the policy or a caller asks for it. Up
+//!    to two batches are in flight: the next is written while the previous one syncs.
+//! 5. When a batch's I/O is done, in launch order: publish index offsets, then `written`, then
+//!    `durable`; wake every waiter.
 //!
 //! A failed write or sync poisons the log: that batch and every later call fail with
 //! [`Error::Poisoned`]; nothing retries an fsync.
 
+use std::future::Future;
 use std::ops::Range;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use ringtide_platform::File;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
@@ -92,8 +98,55 @@ struct Writer {
     sync_deadline: Option<tokio::time::Instant>,
     /// The reusable encoding buffer.
     buf: BytesMut,
+    /// Appends waiting for the next launch.
     batch: Vec<AppendRequest>,
     batch_bytes: u64,
+    /// Batches submitted and not yet published, in launch order.
+    in_flight: FuturesOrdered<BatchIo>,
+    /// Appenders acknowledged by the last batch: closed-loop writers come back within
+    /// microseconds, and waiting for them makes the next batch (and its one fdatasync) serve
+    /// them all instead of splitting writers into cohorts that alternate.
+    expect_returns: usize,
+    /// How long to wait for them at most.
+    gather_until: Option<tokio::time::Instant>,
+}
+
+/// A submitted batch: what `complete` needs once its I/O is done.
+struct Launched {
+    requests: Vec<AppendRequest>,
+    first: Lsn,
+    last: Lsn,
+    offsets: Vec<u32>,
+    end: u64,
+    sync: bool,
+    entries: u64,
+    payload_bytes: u64,
+    started: Instant,
+}
+
+type BatchIo = Pin<Box<dyn Future<Output = (std::io::Result<()>, Launched)> + Send + Sync>>;
+
+/// How many batches may be written at once. Measured on ext4: with two, the second fdatasync
+/// waits for the first anyway, and batches only get smaller; one in flight and gathering the
+/// returning appenders (see `Writer::expect_returns`) makes larger batches. The machinery stays
+/// general: batches are published and acknowledged in launch order.
+const PIPELINE_DEPTH: usize = 1;
+
+/// The longest wait for acknowledged appenders to come back (see `Writer::expect_returns`); also
+/// at most a quarter of the last batch's I/O time, so the disk idles little.
+const GATHER_MAX: std::time::Duration = std::time::Duration::from_micros(100);
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn reply_all(requests: &mut Vec<AppendRequest>, err: &Error) {
+    for request in requests.drain(..) {
+        let _ = request.reply.send(Err(error_for_waiter(err)));
+    }
 }
 
 /// Starts the writer task for a recovered log.
@@ -124,6 +177,9 @@ pub(crate) fn spawn(shared: Arc<Shared>, queue: mpsc::Receiver<Command>, epoch: 
         buf: BytesMut::with_capacity(1 << 20),
         batch: Vec::new(),
         batch_bytes: 0,
+        in_flight: FuturesOrdered::new(),
+        expect_returns: 0,
+        gather_until: None,
     };
     tokio::spawn(writer.run(queue));
 }
@@ -155,90 +211,100 @@ fn now_micros() -> u64 {
 impl Writer {
     async fn run(mut self, mut queue: mpsc::Receiver<Command>) {
         let mut commands = Vec::with_capacity(TAKE_AT_ONCE);
+        let max_batch = self.shared.options.max_batch_bytes;
+        let window = match self.shared.options.sync_policy {
+            SyncPolicy::Grouped { window } if !window.is_zero() => Some(window),
+            _ => None,
+        };
+        // Under `Grouped`, a batch that starts an idle pipeline waits for others until then.
+        let mut launch_at: Option<tokio::time::Instant> = None;
         loop {
-            let received = match self.sync_deadline {
-                Some(deadline) => tokio::select! {
-                    n = queue.recv_many(&mut commands, TAKE_AT_ONCE) => n,
-                    () = tokio::time::sleep_until(deadline) => {
-                        let _ = self.sync_now().await;
-                        continue;
-                    }
-                },
-                None => queue.recv_many(&mut commands, TAKE_AT_ONCE).await,
-            };
-            if received == 0 {
-                // Every handle was dropped without `close`: finish like a close.
-                let _ = self.close().await;
-                return;
-            }
-            if let SyncPolicy::Grouped { window } = self.shared.options.sync_policy
-                && !window.is_zero()
-                && commands.iter().any(|c| matches!(c, Command::Append(_)))
+            // Launch what is pending while the pipeline has room, once the window (if any) is
+            // over and the waiters just acknowledged had their chance to come back.
+            let now = tokio::time::Instant::now();
+            let window_over = launch_at.is_none_or(|t| now >= t);
+            let returned = self.batch.len() >= self.expect_returns
+                || self.gather_until.is_none_or(|t| now >= t);
+            if !self.batch.is_empty()
+                && self.in_flight.len() < PIPELINE_DEPTH
+                && ((window_over && returned) || self.batch_bytes >= max_batch)
             {
-                self.gather(&mut queue, &mut commands, window).await;
+                launch_at = None;
+                self.expect_returns = 0;
+                self.gather_until = None;
+                self.launch().await;
+                continue;
             }
-            let mut drained = commands.drain(..);
-            for command in drained.by_ref() {
-                match command {
-                    Command::Append(request) => {
-                        self.batch_bytes += request
-                            .records
-                            .iter()
-                            .map(|r| r.data.len() as u64)
-                            .sum::<u64>();
-                        self.batch.push(request);
-                        if self.batch_bytes >= self.shared.options.max_batch_bytes {
-                            self.flush_batch().await;
-                        }
-                    }
-                    Command::Close(reply) => {
-                        self.flush_batch().await;
-                        let res = self.close().await;
-                        let _ = reply.send(res);
-                        drop(drained);
-                        // Whatever was queued behind the close finds the log closed.
-                        queue.close();
-                        while let Some(command) = queue.recv().await {
-                            refuse(command, &Error::Closed);
-                        }
+            let gather_due = self.gather_until.filter(|_| !self.batch.is_empty());
+            let sync_due = self.sync_deadline.filter(|_| self.in_flight.is_empty());
+            tokio::select! {
+                Some((res, launched)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.complete(res, launched).await;
+                }
+                () = sleep_until_some(launch_at), if launch_at.is_some() => {}
+                () = sleep_until_some(gather_due), if gather_due.is_some() => {}
+                () = sleep_until_some(sync_due), if sync_due.is_some() => {
+                    let _ = self.sync_now().await;
+                }
+                received = queue.recv_many(&mut commands, TAKE_AT_ONCE), if self.batch_bytes < max_batch => {
+                    if received == 0 {
+                        // Every handle was dropped without `close`: finish like a close.
+                        self.drain().await;
+                        let _ = self.close().await;
                         return;
                     }
-                    other => {
-                        self.flush_batch().await;
-                        self.handle(other).await;
+                    let mut drained = commands.drain(..);
+                    for command in drained.by_ref() {
+                        match command {
+                            Command::Append(request) => {
+                                if let Some(window) = window
+                                    && self.batch.is_empty()
+                                    && self.in_flight.is_empty()
+                                {
+                                    launch_at = Some(tokio::time::Instant::now() + window);
+                                }
+                                self.batch_bytes += request.records.iter().map(|r| r.data.len() as u64).sum::<u64>();
+                                self.batch.push(request);
+                            }
+                            Command::Close(reply) => {
+                                self.drain_all().await;
+                                let res = self.close().await;
+                                let _ = reply.send(res);
+                                drop(drained);
+                                // Whatever was queued behind the close finds the log closed.
+                                queue.close();
+                                while let Some(command) = queue.recv().await {
+                                    refuse(command, &Error::Closed);
+                                }
+                                return;
+                            }
+                            other => {
+                                // Maintenance sees every earlier append written.
+                                self.drain_all().await;
+                                launch_at = None;
+                                self.handle(other).await;
+                            }
+                        }
                     }
                 }
             }
-            drop(drained);
-            self.flush_batch().await;
         }
     }
 
-    /// Waits up to `window` for more commands to join the batch, or until it is large enough.
-    async fn gather(
-        &mut self,
-        queue: &mut mpsc::Receiver<Command>,
-        commands: &mut Vec<Command>,
-        window: std::time::Duration,
-    ) {
-        let deadline = tokio::time::Instant::now() + window;
-        let max = self.shared.options.max_batch_bytes;
-        loop {
-            let bytes: u64 = commands
-                .iter()
-                .map(|c| match c {
-                    Command::Append(r) => r.records.iter().map(|r| r.data.len() as u64).sum(),
-                    _ => 0,
-                })
-                .sum();
-            if bytes >= max || commands.len() >= TAKE_AT_ONCE {
-                return;
-            }
-            match tokio::time::timeout_at(deadline, queue.recv_many(commands, TAKE_AT_ONCE)).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
+    /// Waits for every batch in flight.
+    async fn drain(&mut self) {
+        while let Some((res, launched)) = self.in_flight.next().await {
+            self.complete(res, launched).await;
         }
+    }
+
+    /// Writes everything pending and waits for it.
+    async fn drain_all(&mut self) {
+        while !self.batch.is_empty() {
+            self.drain().await;
+            self.launch().await;
+        }
+        self.drain().await;
     }
 
     async fn handle(&mut self, command: Command) {
@@ -315,40 +381,22 @@ impl Writer {
         metrics::histogram!("ringtide_wal_sync_seconds").record(elapsed.as_secs_f64());
     }
 
-    async fn flush_batch(&mut self) {
-        if self.batch.is_empty() {
+    /// Encodes the pending appends and submits them as one write (linked to an fdatasync where
+    /// asked); the batch is published by [`complete`](Self::complete) when the I/O is done.
+    async fn launch(&mut self) {
+        let mut requests = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        if let Err(err) = self.shared.check_usable() {
+            reply_all(&mut requests, &err);
             return;
         }
-        let mut batch = std::mem::take(&mut self.batch);
-        self.batch_bytes = 0;
-        match self.write_batch(&batch).await {
-            Ok(first) => {
-                let mut lsn = first.0;
-                for request in batch.drain(..) {
-                    let n = request.records.len() as u64;
-                    let _ = request.reply.send(Ok(Lsn(lsn)..Lsn(lsn + n)));
-                    lsn += n;
-                }
-            }
-            Err(err) => {
-                for request in batch.drain(..) {
-                    let _ = request.reply.send(Err(error_for_waiter(&err)));
-                }
-            }
-        }
-        self.batch = batch;
-    }
-
-    /// Writes one batch; returns the lsn of its first entry.
-    async fn write_batch(&mut self, batch: &[AppendRequest]) -> Result<Lsn> {
-        self.shared.check_usable()?;
         let format = self.shared.format;
         let policy = self.shared.options.sync_policy;
         let mut bytes = 0u64;
         let mut entries = 0u64;
         let mut payload_bytes = 0u64;
         let mut sync = policy.syncs_each_batch();
-        for request in batch {
+        for request in &requests {
             sync |= request.sync;
             for r in request.records.iter() {
                 bytes += format.frame_len(r.data.len(), r.term.is_some()) as u64;
@@ -356,8 +404,15 @@ impl Writer {
                 entries += 1;
             }
         }
-        // Room first: lsns are assigned only once the batch is sure to have a place.
-        self.ensure_room(bytes).await?;
+        // Room first: lsns are assigned only once the batch is sure to have a place. A rotation
+        // waits for the batches in flight, which must be in the old segment, durable, first.
+        if self.needs_rotation(bytes) {
+            self.drain().await;
+        }
+        if let Err(err) = self.ensure_room(bytes).await {
+            reply_all(&mut requests, &err);
+            return;
+        }
         let first = self.next_lsn;
         let base = self.active.write_offset;
         let timestamp = if format.timestamps { now_micros() } else { 0 };
@@ -367,7 +422,7 @@ impl Writer {
         self.buf.reserve(bytes as usize);
         let mut offsets = Vec::with_capacity(entries as usize);
         let mut lsn = first.0;
-        for request in batch {
+        for request in &requests {
             let n = request.records.len();
             for (i, r) in request.records.iter().enumerate() {
                 offsets.push((base + self.buf.len() as u64) as u32);
@@ -385,61 +440,109 @@ impl Writer {
             }
         }
         debug_assert_eq!(self.buf.len() as u64, bytes);
+        // The space and the lsns are taken now; readers see the batch only once it completes.
+        self.active.write_offset = base + bytes;
+        self.next_lsn = Lsn(lsn);
         let chunk: Bytes = self.buf.split().freeze();
-        let started = Instant::now();
-        // One writev; where durability is asked, linked to one fdatasync that covers this batch
-        // and everything written before it.
-        let (res, _) = if sync {
-            self.active.file.writev_sync_at(vec![chunk], base).await
-        } else {
-            self.active.file.writev_at(vec![chunk], base).await
+        let launched = Launched {
+            requests,
+            first,
+            last: Lsn(lsn - 1),
+            offsets,
+            end: base + bytes,
+            sync,
+            entries,
+            payload_bytes,
+            started: Instant::now(),
         };
-        if let Err(e) = res {
-            return Err(self.poison(e));
+        let file = self.active.file.clone();
+        // One writev; where durability is asked, linked to one fdatasync that covers this batch
+        // and everything written before it in this segment.
+        self.in_flight.push_back(Box::pin(async move {
+            let (res, _) = if sync {
+                file.writev_sync_at(vec![chunk], base).await
+            } else {
+                file.writev_at(vec![chunk], base).await
+            };
+            (res.map(drop), launched)
+        }));
+    }
+
+    /// Publishes a batch whose I/O is done, in launch order: index, last lsn, durable lsn, then
+    /// the waiters' replies.
+    async fn complete(&mut self, res: std::io::Result<()>, mut launched: Launched) {
+        if let Err(err) = self.shared.check_usable() {
+            // An earlier batch failed: this one is not acknowledged, whatever its own I/O did.
+            reply_all(&mut launched.requests, &err);
+            return;
         }
-        let last = Lsn(lsn - 1);
+        if let Err(e) = res {
+            let err = self.poison(e);
+            reply_all(&mut launched.requests, &err);
+            return;
+        }
         {
             let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
             let segment = index.segments.last_mut().expect("an active segment");
-            segment.offsets.extend_from_slice(&offsets);
-            segment.end = base + bytes;
+            segment.offsets.extend_from_slice(&launched.offsets);
+            segment.end = launched.end;
         }
-        self.active.write_offset = base + bytes;
-        self.next_lsn = Lsn(lsn);
-        self.shared.written.store(last.0, Ordering::Release);
+        self.shared
+            .written
+            .store(launched.last.0, Ordering::Release);
         let c = &self.shared.counters;
-        c.appends.fetch_add(entries, Ordering::Relaxed);
-        c.appended_bytes.fetch_add(payload_bytes, Ordering::Relaxed);
+        c.appends.fetch_add(launched.entries, Ordering::Relaxed);
+        c.appended_bytes
+            .fetch_add(launched.payload_bytes, Ordering::Relaxed);
         c.batches.fetch_add(1, Ordering::Relaxed);
-        c.max_batch_entries.fetch_max(entries, Ordering::Relaxed);
-        metrics::counter!("ringtide_wal_appends_total").increment(entries);
-        metrics::counter!("ringtide_wal_appended_bytes_total").increment(payload_bytes);
-        metrics::histogram!("ringtide_wal_batch_entries").record(entries as f64);
-        if sync {
-            self.record_sync(started);
-            self.mark_durable(last);
+        c.max_batch_entries
+            .fetch_max(launched.entries, Ordering::Relaxed);
+        metrics::counter!("ringtide_wal_appends_total").increment(launched.entries);
+        metrics::counter!("ringtide_wal_appended_bytes_total").increment(launched.payload_bytes);
+        metrics::histogram!("ringtide_wal_batch_entries").record(launched.entries as f64);
+        if launched.sync {
+            self.record_sync(launched.started);
+            self.mark_durable(launched.last);
         } else {
-            self.unsynced_entries += entries;
+            self.unsynced_entries += launched.entries;
             if let SyncPolicy::Periodic {
                 interval,
                 max_unsynced_entries,
-            } = policy
+            } = self.shared.options.sync_policy
             {
                 if self.unsynced_entries >= max_unsynced_entries {
-                    self.sync_now().await?;
+                    if let Err(err) = self.sync_now().await {
+                        reply_all(&mut launched.requests, &err);
+                        return;
+                    }
                 } else if self.sync_deadline.is_none() {
                     self.sync_deadline = Some(tokio::time::Instant::now() + interval);
                 }
             }
         }
-        Ok(first)
+        let mut lsn = launched.first.0;
+        let acknowledged = launched.requests.len();
+        for request in launched.requests.drain(..) {
+            let n = request.records.len() as u64;
+            let _ = request.reply.send(Ok(Lsn(lsn)..Lsn(lsn + n)));
+            lsn += n;
+        }
+        if self.in_flight.is_empty() {
+            let io_time = launched.started.elapsed();
+            self.expect_returns = acknowledged;
+            self.gather_until = Some(tokio::time::Instant::now() + (io_time / 4).min(GATHER_MAX));
+        }
+    }
+
+    fn needs_rotation(&self, bytes: u64) -> bool {
+        self.active.write_offset > HEADER_LEN
+            && self.active.write_offset + bytes > self.shared.options.segment_size_bytes
     }
 
     /// Makes room for `bytes` more in the active segment: rotates when it is full, grows it
     /// for a batch larger than a segment.
     async fn ensure_room(&mut self, bytes: u64) -> Result<()> {
-        let size = self.shared.options.segment_size_bytes;
-        if self.active.write_offset > HEADER_LEN && self.active.write_offset + bytes > size {
+        if self.needs_rotation(bytes) {
             self.rotate(bytes).await?;
         }
         let end = self.active.write_offset + bytes;

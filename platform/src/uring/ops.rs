@@ -25,6 +25,10 @@ struct IoVecs(Vec<libc::iovec>);
 // `Bytes` is `Send`; the iovecs are never dereferenced by Rust code.
 unsafe impl Send for IoVecs {}
 
+// SAFETY: no method reads through the pointers, so shared references to `IoVecs` give access to
+// nothing but the (immutable) pointer values; this lets the futures that hold it be `Sync`.
+unsafe impl Sync for IoVecs {}
+
 fn fsync_entry(fd: &FileState, kind: SyncKind) -> io_uring::squeue::Entry {
     let flags = match kind {
         SyncKind::Data => types::FsyncFlags::DATASYNC,
