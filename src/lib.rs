@@ -11,24 +11,33 @@
 //! # Example
 //!
 //! ```
-//! use bytes::{Bytes, BytesMut};
-//! use ringtide::platform::{DriverOptions, IoDriver, OpenOptions};
+//! use std::time::Duration;
+//! use futures::StreamExt;
+//! use ringtide::wal::{Lsn, Record, Wal, WalOptions};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> std::io::Result<()> {
+//! # async fn main() -> ringtide::Result<()> {
 //! let dir = tempfile::tempdir()?;
-//! let driver = IoDriver::new(DriverOptions::default())?;
-//! let opts = OpenOptions::new().read(true).write(true).create(true);
-//! let file = driver.open(dir.path().join("log"), &opts).await?;
+//! let wal = Wal::open(dir.path(), WalOptions::default()).await?;
 //!
-//! // Two records written with one writev linked to one fdatasync: durable when it returns.
-//! let records = vec![Bytes::from_static(b"first "), Bytes::from_static(b"second")];
-//! let (written, _records) = file.writev_sync_at(records, 0).await;
-//! assert_eq!(written?, 12);
+//! // Durable when it returns (SyncPolicy::Immediate, shared by everything queued).
+//! let lsn = wal.append(b"hello".to_vec()).await?;
+//! assert_eq!(lsn, Lsn(1));
 //!
-//! let (res, buf) = file.read_exact_at(BytesMut::with_capacity(12), 0).await;
-//! res?;
-//! assert_eq!(&buf[..], b"first second");
+//! // Atomic across crashes, with Raft terms.
+//! let batch = wal.append_batch([Record::with_term(7, "a"), Record::with_term(7, "b")]).await?;
+//! assert_eq!(batch, Lsn(2)..Lsn(4));
+//!
+//! // A log transaction: collected in memory, appended atomically, bounded in time.
+//! let mut txn = wal.begin_txn(Duration::from_secs(5));
+//! txn.push("c")?;
+//! txn.commit().await?;
+//!
+//! // Read back: one entry, or a stream.
+//! assert_eq!(wal.read(Lsn(3)).await?.term, Some(7));
+//! let all: Vec<_> = wal.stream(Lsn(1)).collect().await;
+//! assert_eq!(all.len(), 4);
+//! wal.close().await?;
 //! # Ok(())
 //! # }
 //! ```
