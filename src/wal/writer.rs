@@ -529,7 +529,9 @@ impl Writer {
         }
         if self.in_flight.is_empty() {
             let io_time = launched.started.elapsed();
-            self.expect_returns = acknowledged;
+            // The appenders that queued during the I/O are already here; the ones just
+            // acknowledged are on their way back.
+            self.expect_returns = self.batch.len() + acknowledged;
             self.gather_until = Some(tokio::time::Instant::now() + (io_time / 4).min(GATHER_MAX));
         }
     }
