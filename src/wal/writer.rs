@@ -107,8 +107,11 @@ struct Writer {
     /// microseconds, and waiting for them makes the next batch (and its one fdatasync) serve
     /// them all instead of splitting writers into cohorts that alternate.
     expect_returns: usize,
-    /// How long to wait for them at most.
-    gather_until: Option<tokio::time::Instant>,
+    /// When the wait for them began, and how many times the writer yielded for them.
+    gather_started: Option<Instant>,
+    gather_yields: u32,
+    /// Under `Grouped`, when the pending batch may go.
+    launch_at: Option<tokio::time::Instant>,
 }
 
 /// A submitted batch: what `complete` needs once its I/O is done.
@@ -132,9 +135,10 @@ type BatchIo = Pin<Box<dyn Future<Output = (std::io::Result<()>, Launched)> + Se
 /// general: batches are published and acknowledged in launch order.
 const PIPELINE_DEPTH: usize = 1;
 
-/// The longest wait for acknowledged appenders to come back (see `Writer::expect_returns`); also
-/// at most a quarter of the last batch's I/O time, so the disk idles little.
-const GATHER_MAX: std::time::Duration = std::time::Duration::from_micros(100);
+/// The longest wait for acknowledged appenders to come back (see `Writer::expect_returns`), in
+/// time and in yields of the writer task.
+const GATHER_MAX: std::time::Duration = std::time::Duration::from_micros(200);
+const GATHER_YIELDS: u32 = 16;
 
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
@@ -179,7 +183,9 @@ pub(crate) fn spawn(shared: Arc<Shared>, queue: mpsc::Receiver<Command>, epoch: 
         batch_bytes: 0,
         in_flight: FuturesOrdered::new(),
         expect_returns: 0,
-        gather_until: None,
+        gather_started: None,
+        gather_yields: 0,
+        launch_at: None,
     };
     tokio::spawn(writer.run(queue));
 }
@@ -212,81 +218,107 @@ impl Writer {
     async fn run(mut self, mut queue: mpsc::Receiver<Command>) {
         let mut commands = Vec::with_capacity(TAKE_AT_ONCE);
         let max_batch = self.shared.options.max_batch_bytes;
-        let window = match self.shared.options.sync_policy {
-            SyncPolicy::Grouped { window } if !window.is_zero() => Some(window),
-            _ => None,
-        };
-        // Under `Grouped`, a batch that starts an idle pipeline waits for others until then.
-        let mut launch_at: Option<tokio::time::Instant> = None;
         loop {
             // Launch what is pending while the pipeline has room, once the window (if any) is
-            // over and the waiters just acknowledged had their chance to come back.
-            let now = tokio::time::Instant::now();
-            let window_over = launch_at.is_none_or(|t| now >= t);
-            let returned = self.batch.len() >= self.expect_returns
-                || self.gather_until.is_none_or(|t| now >= t);
+            // over and the appenders just acknowledged had their chance to come back.
+            let now = Instant::now();
+            let window_over = self
+                .launch_at
+                .is_none_or(|t| tokio::time::Instant::from_std(now) >= t);
+            let gathering = self.batch.len() < self.expect_returns
+                && self.gather_yields < GATHER_YIELDS
+                && self
+                    .gather_started
+                    .is_some_and(|t| now.duration_since(t) < GATHER_MAX);
             if !self.batch.is_empty()
                 && self.in_flight.len() < PIPELINE_DEPTH
-                && ((window_over && returned) || self.batch_bytes >= max_batch)
+                && ((window_over && !gathering) || self.batch_bytes >= max_batch)
             {
-                launch_at = None;
+                self.launch_at = None;
                 self.expect_returns = 0;
-                self.gather_until = None;
+                self.gather_started = None;
                 self.launch().await;
                 continue;
             }
-            let gather_due = self.gather_until.filter(|_| !self.batch.is_empty());
+            if gathering && self.in_flight.len() < PIPELINE_DEPTH {
+                // Let the woken appenders run (a yield, not a timer: tokio's timers tick in
+                // milliseconds), then take what they queued.
+                self.gather_yields += 1;
+                tokio::task::yield_now().await;
+                while let Ok(command) = queue.try_recv() {
+                    if self.accept(command, &mut queue).await {
+                        return;
+                    }
+                }
+                continue;
+            }
+            let launch_at = self.launch_at.filter(|_| !self.batch.is_empty());
             let sync_due = self.sync_deadline.filter(|_| self.in_flight.is_empty());
             tokio::select! {
                 Some((res, launched)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     self.complete(res, launched).await;
                 }
                 () = sleep_until_some(launch_at), if launch_at.is_some() => {}
-                () = sleep_until_some(gather_due), if gather_due.is_some() => {}
                 () = sleep_until_some(sync_due), if sync_due.is_some() => {
                     let _ = self.sync_now().await;
                 }
                 received = queue.recv_many(&mut commands, TAKE_AT_ONCE), if self.batch_bytes < max_batch => {
                     if received == 0 {
                         // Every handle was dropped without `close`: finish like a close.
-                        self.drain().await;
+                        self.drain_all().await;
                         let _ = self.close().await;
                         return;
                     }
-                    let mut drained = commands.drain(..);
-                    for command in drained.by_ref() {
-                        match command {
-                            Command::Append(request) => {
-                                if let Some(window) = window
-                                    && self.batch.is_empty()
-                                    && self.in_flight.is_empty()
-                                {
-                                    launch_at = Some(tokio::time::Instant::now() + window);
-                                }
-                                self.batch_bytes += request.records.iter().map(|r| r.data.len() as u64).sum::<u64>();
-                                self.batch.push(request);
-                            }
-                            Command::Close(reply) => {
-                                self.drain_all().await;
-                                let res = self.close().await;
-                                let _ = reply.send(res);
-                                drop(drained);
-                                // Whatever was queued behind the close finds the log closed.
-                                queue.close();
-                                while let Some(command) = queue.recv().await {
-                                    refuse(command, &Error::Closed);
-                                }
-                                return;
-                            }
-                            other => {
-                                // Maintenance sees every earlier append written.
-                                self.drain_all().await;
-                                launch_at = None;
-                                self.handle(other).await;
-                            }
+                    let mut taken = std::mem::take(&mut commands);
+                    for command in taken.drain(..) {
+                        if self.accept(command, &mut queue).await {
+                            return;
                         }
                     }
+                    commands = taken;
                 }
+            }
+        }
+    }
+
+    /// Takes one command: appends join the pending batch, anything else runs after every
+    /// earlier append is written. Returns true once the log is closed and the task must end.
+    async fn accept(&mut self, command: Command, queue: &mut mpsc::Receiver<Command>) -> bool {
+        match command {
+            Command::Append(request) => {
+                if let SyncPolicy::Grouped { window } = self.shared.options.sync_policy
+                    && !window.is_zero()
+                    && self.batch.is_empty()
+                    && self.in_flight.is_empty()
+                {
+                    // Under `Grouped`, a batch that starts an idle pipeline waits for others.
+                    self.launch_at = Some(tokio::time::Instant::now() + window);
+                }
+                self.batch_bytes += request
+                    .records
+                    .iter()
+                    .map(|r| r.data.len() as u64)
+                    .sum::<u64>();
+                self.batch.push(request);
+                false
+            }
+            Command::Close(reply) => {
+                self.drain_all().await;
+                let res = self.close().await;
+                let _ = reply.send(res);
+                // Whatever was queued behind the close finds the log closed.
+                queue.close();
+                while let Some(command) = queue.recv().await {
+                    refuse(command, &Error::Closed);
+                }
+                true
+            }
+            other => {
+                // Maintenance sees every earlier append written.
+                self.drain_all().await;
+                self.launch_at = None;
+                self.handle(other).await;
+                false
             }
         }
     }
@@ -528,11 +560,11 @@ impl Writer {
             lsn += n;
         }
         if self.in_flight.is_empty() {
-            let io_time = launched.started.elapsed();
             // The appenders that queued during the I/O are already here; the ones just
             // acknowledged are on their way back.
             self.expect_returns = self.batch.len() + acknowledged;
-            self.gather_until = Some(tokio::time::Instant::now() + (io_time / 4).min(GATHER_MAX));
+            self.gather_started = Some(Instant::now());
+            self.gather_yields = 0;
         }
     }
 
