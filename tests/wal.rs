@@ -293,6 +293,14 @@ async fn segments_rotate_and_recover(driver: IoDriver) -> Result<()> {
     assert!(stats.segments > 5, "{stats:?}");
     wal.close().await?;
     assert_eq!(segments(tmp.path()).len() as u64, stats.segments);
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())?
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".prepared"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "close removes the segment prepared ahead: {leftovers:?}"
+    );
     let wal = Wal::open(tmp.path(), o).await?;
     let expect = |l: u64| {
         if l <= 2000 {

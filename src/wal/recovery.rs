@@ -108,6 +108,9 @@ pub(crate) async fn recover(
         };
         if let Some((epoch, first)) = segment::parse_segment_name(name) {
             found.push((epoch, first, entry.path.clone()));
+        } else if name.ends_with(segment::PREPARED_SUFFIX) && writable {
+            // A segment prepared in the background that never joined the log.
+            let _ = driver.remove_file(&entry.path).await;
         }
     }
     found.sort();

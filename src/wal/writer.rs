@@ -112,6 +112,9 @@ struct Writer {
     gather_yields: u32,
     /// Under `Grouped`, when the pending batch may go.
     launch_at: Option<tokio::time::Instant>,
+    /// The next segment, being made ready in the background (zero-filled).
+    preparing: Option<tokio::task::JoinHandle<Result<segment::Prepared>>>,
+    prepare_seq: u64,
 }
 
 /// A submitted batch: what `complete` needs once its I/O is done.
@@ -186,6 +189,8 @@ pub(crate) fn spawn(shared: Arc<Shared>, queue: mpsc::Receiver<Command>, epoch: 
         gather_started: None,
         gather_yields: 0,
         launch_at: None,
+        preparing: None,
+        prepare_seq: 0,
     };
     tokio::spawn(writer.run(queue));
 }
@@ -474,6 +479,7 @@ impl Writer {
         debug_assert_eq!(self.buf.len() as u64, bytes);
         // The space and the lsns are taken now; readers see the batch only once it completes.
         self.active.write_offset = base + bytes;
+        self.start_preparing();
         self.next_lsn = Lsn(lsn);
         let chunk: Bytes = self.buf.split().freeze();
         let launched = Launched {
@@ -626,14 +632,17 @@ impl Writer {
             epoch: self.epoch,
             first_lsn: self.next_lsn,
         };
-        let (file, path) = match segment::create_segment(
-            &self.shared.driver,
-            &self.shared.dir,
-            header,
-            size,
-        )
-        .await
-        {
+        let created = match self.take_prepared(size).await {
+            Some(prepared) => {
+                segment::install_segment(&self.shared.driver, &self.shared.dir, prepared, header)
+                    .await
+                    .map(|(file, path, _)| (file, path))
+            }
+            None => {
+                segment::create_segment(&self.shared.driver, &self.shared.dir, header, size).await
+            }
+        };
+        let (file, path) = match created {
             Ok(created) => created,
             Err(e @ Error::DiskFull { .. }) => {
                 tracing::warn!(dir = %self.shared.dir.display(), "disk full: no room for a new wal segment");
@@ -664,6 +673,66 @@ impl Writer {
             allocated: size,
         };
         Ok(())
+    }
+
+    /// Starts preparing the next segment in the background once the active one is half full,
+    /// so a rotation does not wait for its zeros to be written (and the zeros do not compete
+    /// with the log's own writes when the log is young).
+    fn start_preparing(&mut self) {
+        if self.preparing.is_some()
+            || self.active.write_offset < self.shared.options.segment_size_bytes / 2
+        {
+            return;
+        }
+        self.prepare_seq += 1;
+        let name = format!("next-{:06}", self.prepare_seq);
+        let (driver, dir) = (self.shared.driver.clone(), self.shared.dir.clone());
+        let size = self.shared.options.segment_size_bytes;
+        self.preparing = Some(tokio::spawn(async move {
+            segment::prepare_segment(&driver, &dir, &name, size).await
+        }));
+    }
+
+    /// The prepared segment, if it is at least `size` bytes and its preparation succeeded;
+    /// starts preparing the one after.
+    async fn take_prepared(&mut self, size: u64) -> Option<segment::Prepared> {
+        let handle = self.preparing.take()?;
+        let prepared = match handle.await {
+            Ok(Ok(prepared)) => Some(prepared),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "preparing the next wal segment failed; creating it now");
+                None
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "the wal segment preparation task ended early");
+                None
+            }
+        };
+        match prepared {
+            Some(p) if p.size >= size => Some(p),
+            Some(p) => {
+                // Too small for this batch: it is dropped and a large enough one made now.
+                let _ = self.shared.driver.remove_file(&p.path).await;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Stops the background preparation and removes its file.
+    async fn discard_prepared(&mut self) {
+        if let Some(handle) = self.preparing.take() {
+            handle.abort();
+            if let Ok(Ok(prepared)) = handle.await {
+                let _ = prepared.file.close().await;
+            }
+            let path = self.shared.dir.join(format!(
+                "next-{:06}{}",
+                self.prepare_seq,
+                segment::PREPARED_SUFFIX
+            ));
+            let _ = self.shared.driver.remove_file(&path).await;
+        }
     }
 
     async fn truncate_front(&mut self, lsn: Lsn) -> Result<()> {
@@ -850,14 +919,17 @@ impl Writer {
             epoch,
             first_lsn: next,
         };
-        let (file, path) = match segment::create_segment(
-            &self.shared.driver,
-            &self.shared.dir,
-            header,
-            size,
-        )
-        .await
-        {
+        let created = match self.take_prepared(size).await {
+            Some(prepared) => {
+                segment::install_segment(&self.shared.driver, &self.shared.dir, prepared, header)
+                    .await
+                    .map(|(file, path, _)| (file, path))
+            }
+            None => {
+                segment::create_segment(&self.shared.driver, &self.shared.dir, header, size).await
+            }
+        };
+        let (file, path) = match created {
             Ok(created) => created,
             Err(Error::Io { source, .. }) => return Err(self.poison(source)),
             Err(e) => return Err(e),
@@ -906,6 +978,7 @@ impl Writer {
 
     /// Syncs what is written, marks the log closed, releases the lock and wakes every tail.
     async fn close(&mut self) -> Result<()> {
+        self.discard_prepared().await;
         let synced = if self.shared.poisoned.get().is_none()
             && self.shared.last_lsn() > self.shared.durable_lsn()
         {
