@@ -359,6 +359,31 @@ impl File {
             .await
     }
 
+    /// Writes every buffer of `bufs` from `offset` with `RWF_DSYNC`: when it returns `Ok`, the
+    /// written range is durable (data and the metadata needed to read it back). One operation,
+    /// not a write and a sync: on io_uring a single request instead of two linked ones.
+    ///
+    /// Unlike [`writev_sync_at`](Self::writev_sync_at), earlier writes to other ranges of the file
+    /// are **not** made durable: use this when everything written before is already synced.
+    /// Off Linux it falls back to a write followed by `fdatasync`.
+    ///
+    /// # Errors
+    ///
+    /// As [`writev_sync_at`](Self::writev_sync_at).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`writev_sync_at`](Self::writev_sync_at).
+    pub async fn writev_dsync_at(
+        &self,
+        bufs: Vec<Bytes>,
+        offset: u64,
+    ) -> BufResult<usize, Vec<Bytes>> {
+        self.driver
+            .writev_all(&self.state, bufs, offset, Some(SyncKind::WrittenRange))
+            .await
+    }
+
     /// `fdatasync`: makes written data durable, with the metadata needed to read it back (such as
     /// a grown length).
     ///

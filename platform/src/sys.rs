@@ -28,6 +28,18 @@ pub(crate) enum SyncKind {
     Data,
     /// `fsync`: data and all metadata.
     All,
+    /// The write itself carries `RWF_DSYNC`: only the written range is made durable, with no
+    /// second operation (on io_uring, one request instead of a write linked to an fsync).
+    WrittenRange,
+}
+
+/// The `pwritev2` flags a write with this sync carries.
+pub(crate) fn write_flags(sync: Option<SyncKind>) -> i32 {
+    match sync {
+        #[cfg(target_os = "linux")]
+        Some(SyncKind::WrittenRange) => libc::RWF_DSYNC,
+        _ => 0,
+    }
 }
 
 /// Refuses byte ranges the kernel cannot address (`offset + len` above `i64::MAX`). On io_uring
@@ -201,7 +213,13 @@ pub(crate) fn pwritev_all(
         cursor.advance(&bufs, res as usize);
         written += res as usize;
     }
-    if let Some(kind) = sync
+    // A written-range sync is done by the writes themselves (RWF_DSYNC) where the system has it.
+    let after = match sync {
+        #[cfg(target_os = "linux")]
+        Some(SyncKind::WrittenRange) if written > 0 => None,
+        other => other,
+    };
+    if let Some(kind) = after
         && let Err(e) = fsync(file, kind)
     {
         return (Err(e), bufs);
@@ -212,7 +230,7 @@ pub(crate) fn pwritev_all(
 /// `fdatasync` or `fsync`.
 pub(crate) fn fsync(file: &fs::File, kind: SyncKind) -> io::Result<()> {
     match kind {
-        SyncKind::Data => file.sync_data(),
+        SyncKind::Data | SyncKind::WrittenRange => file.sync_data(),
         SyncKind::All => file.sync_all(),
     }
 }

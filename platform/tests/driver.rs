@@ -127,6 +127,11 @@ async fn every_operation_round_trips(driver: IoDriver) -> io::Result<()> {
         .writev_sync_at(vec![Bytes::from_static(b"def")], 17)
         .await;
     assert_eq!(res?, 3);
+    let (res, _) = file
+        .writev_dsync_at(vec![Bytes::from_static(b"gh")], 20)
+        .await;
+    assert_eq!(res?, 2);
+    file.set_len(20).await?;
     file.sync_data().await?;
     file.sync_all().await?;
     assert_eq!(file.len().await?, 20);

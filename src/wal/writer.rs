@@ -117,6 +117,17 @@ struct Writer {
     prepare_seq: u64,
 }
 
+/// How a batch is written.
+#[derive(Debug, Clone, Copy)]
+enum WriteMode {
+    /// No sync.
+    Plain,
+    /// `RWF_DSYNC`: this range durable; nothing earlier is unsynced.
+    Dsync,
+    /// Linked to an fdatasync of the whole segment.
+    ThenSync,
+}
+
 /// A submitted batch: what `complete` needs once its I/O is done.
 struct Launched {
     requests: Vec<AppendRequest>,
@@ -494,13 +505,20 @@ impl Writer {
             started: Instant::now(),
         };
         let file = self.active.file.clone();
-        // One writev; where durability is asked, linked to one fdatasync that covers this batch
-        // and everything written before it in this segment.
+        // One writev. Where durability is asked: if everything before is already durable, the
+        // write carries RWF_DSYNC (durable for its own range, one request); otherwise it is
+        // linked to an fdatasync that covers everything written before it in this segment
+        // (earlier segments were synced at rotation).
+        let mode = match (sync, self.unsynced_entries == 0) {
+            (false, _) => WriteMode::Plain,
+            (true, true) => WriteMode::Dsync,
+            (true, false) => WriteMode::ThenSync,
+        };
         self.in_flight.push_back(Box::pin(async move {
-            let (res, _) = if sync {
-                file.writev_sync_at(vec![chunk], base).await
-            } else {
-                file.writev_at(vec![chunk], base).await
+            let (res, _) = match mode {
+                WriteMode::Plain => file.writev_at(vec![chunk], base).await,
+                WriteMode::Dsync => file.writev_dsync_at(vec![chunk], base).await,
+                WriteMode::ThenSync => file.writev_sync_at(vec![chunk], base).await,
             };
             (res.map(drop), launched)
         }));
@@ -735,6 +753,27 @@ impl Writer {
         }
     }
 
+    /// Deletes segment files (in the order given), keeps the disk counter, then fsyncs the
+    /// directory once so the deletions survive a crash.
+    async fn delete_segments<'a>(
+        &self,
+        segments: impl Iterator<Item = &'a SegmentIndex>,
+    ) -> std::io::Result<()> {
+        let mut deleted = false;
+        for segment in segments {
+            self.shared.driver.remove_file(&segment.path).await?;
+            self.shared
+                .counters
+                .disk_bytes
+                .fetch_sub(segment.allocated, Ordering::Relaxed);
+            deleted = true;
+        }
+        if deleted {
+            self.shared.driver.sync_dir(&self.shared.dir).await?;
+        }
+        Ok(())
+    }
+
     async fn truncate_front(&mut self, lsn: Lsn) -> Result<()> {
         let (first, last) = (self.shared.first_lsn(), self.shared.last_lsn());
         if lsn < first || lsn > last.next() {
@@ -763,25 +802,10 @@ impl Writer {
                 .unwrap_or(index.segments.len() - 1);
             index.segments.drain(..keep_from).collect()
         };
-        for segment in &victims {
-            self.shared
-                .driver
-                .remove_file(&segment.path)
-                .await
-                .map_err(|e| Error::io(&segment.path, e))?;
-            self.shared
-                .counters
-                .disk_bytes
-                .fetch_sub(segment.allocated, Ordering::Relaxed);
-        }
-        if !victims.is_empty() {
-            // fsync the directory so the deletions survive a crash (harmless if they do not).
-            self.shared
-                .driver
-                .sync_dir(&self.shared.dir)
-                .await
-                .map_err(|e| Error::io(&self.shared.dir, e))?;
-        }
+        // Deletions need not survive a crash: recovery deletes whole segments below the start.
+        self.delete_segments(victims.iter())
+            .await
+            .map_err(|e| Error::io(&self.shared.dir, e))?;
         tracing::info!(
             first_lsn = lsn.0,
             deleted_segments = victims.len(),
@@ -817,24 +841,9 @@ impl Writer {
         };
         let io = |w: &Writer, e: std::io::Error| w.poison(e);
         // Delete later segments from the last backwards, so a crash leaves a prefix of the log.
-        for segment in later.iter().rev() {
-            self.shared
-                .driver
-                .remove_file(&segment.path)
-                .await
-                .map_err(|e| io(self, e))?;
-            self.shared
-                .counters
-                .disk_bytes
-                .fetch_sub(segment.allocated, Ordering::Relaxed);
-        }
-        if !later.is_empty() {
-            self.shared
-                .driver
-                .sync_dir(&self.shared.dir)
-                .await
-                .map_err(|e| io(self, e))?;
-        }
+        self.delete_segments(later.iter().rev())
+            .await
+            .map_err(|e| io(self, e))?;
         let cut = cut_segment
             .offsets
             .get(keep)
@@ -956,20 +965,12 @@ impl Writer {
         self.next_lsn = next;
         self.unsynced_entries = 0;
         self.sync_deadline = None;
-        for segment in &old {
-            self.shared
-                .driver
-                .remove_file(&segment.path)
-                .await
-                .map_err(|e| Error::io(&segment.path, e))?;
-        }
         self.shared
             .counters
             .disk_bytes
-            .store(size, Ordering::Relaxed);
-        self.shared
-            .driver
-            .sync_dir(&self.shared.dir)
+            .fetch_add(size, Ordering::Relaxed);
+        // The old epoch's files are leftovers from here on: recovery deletes any a crash keeps.
+        self.delete_segments(old.iter())
             .await
             .map_err(|e| Error::io(&self.shared.dir, e))?;
         tracing::info!(next_lsn = next.0, epoch, "wal reset");

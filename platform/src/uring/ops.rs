@@ -31,7 +31,7 @@ unsafe impl Sync for IoVecs {}
 
 fn fsync_entry(fd: &FileState, kind: SyncKind) -> io_uring::squeue::Entry {
     let flags = match kind {
-        SyncKind::Data => types::FsyncFlags::DATASYNC,
+        SyncKind::Data | SyncKind::WrittenRange => types::FsyncFlags::DATASYNC,
         SyncKind::All => types::FsyncFlags::empty(),
     };
     opcode::Fsync::new(types::Fd(fd.raw_fd()))
@@ -110,7 +110,9 @@ pub(crate) async fn writev_all(
     let mut written = 0usize;
     while written < total {
         let bytes = cursor.fill_iovecs(&bufs, &mut iovecs.0);
-        let link = sync.filter(|_| written + bytes == total);
+        // RWF_DSYNC makes every write durable for its own range, with no linked fsync.
+        let rw_flags = crate::sys::write_flags(sync);
+        let link = sync.filter(|k| *k != SyncKind::WrittenRange && written + bytes == total);
         let ticket = match driver
             .ticket_for(fd, if link.is_some() { 2 } else { 1 })
             .await
@@ -126,6 +128,7 @@ pub(crate) async fn writev_all(
                 let write =
                     opcode::Writev::new(types::Fd(fd.raw_fd()), iov.0.as_ptr(), iov.0.len() as u32)
                         .offset(at)
+                        .rw_flags(rw_flags)
                         .build();
                 match link {
                     None => Sqes::One(write),
@@ -151,7 +154,10 @@ pub(crate) async fn writev_all(
         // A short write cancels the linked sync (-ECANCELED): write the rest and link again.
     }
     // Nothing to write: a sync asked for still runs.
+    // Nothing was written (an empty list): a sync asked for still runs. (A written-range sync was
+    // done by the writes themselves.)
     if let Some(kind) = sync
+        && (kind != SyncKind::WrittenRange || total == 0)
         && let Err(e) = driver.fsync(fd, kind).await
     {
         return (Err(e), bufs);
