@@ -41,6 +41,10 @@ both_backends!(
     sync_policies_do_what_they_say,
     out_of_range_reads_name_the_bounds,
     a_failed_write_poisons_the_log_until_reopened,
+    regression_1_truncate_front_syncs_what_it_keeps,
+    regression_2_a_missing_first_segment_is_corruption,
+    regression_3_an_impossibly_large_segment_is_corruption_not_an_allocation,
+    regression_4_a_tail_ends_when_the_log_is_cut_below_it,
 );
 
 /// Small segments keep the damage tests' file copies small.
@@ -845,5 +849,98 @@ async fn a_failed_write_poisons_the_log_until_reopened(driver: IoDriver) -> Resu
     assert_eq!(wal.last_lsn(), Lsn(3));
     check_all(&wal, payload).await?;
     assert_eq!(wal.append(payload(4)).await?, Lsn(4));
+    wal.close().await
+}
+
+// Regressions found by review (numbered in the order they were found).
+
+/// Under `SyncPolicy::None`, `truncate_front` recorded a start beyond what was durable: a power
+/// loss could leave a start past the log's end, and the log could not be opened.
+async fn regression_1_truncate_front_syncs_what_it_keeps(driver: IoDriver) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let wal = Wal::open(tmp.path(), opts(&driver).sync_policy(SyncPolicy::None)).await?;
+    wal.append_batch((1..=10).map(payload)).await?;
+    assert_eq!(wal.durable_lsn(), Lsn(0));
+    wal.truncate_front(Lsn(5)).await?;
+    assert!(
+        wal.durable_lsn() >= Lsn(10),
+        "the entries were synced before the start was recorded"
+    );
+    wal.close().await
+}
+
+/// Recovery took the first segment present as the log's start, so losing the first segment went
+/// unnoticed.
+async fn regression_2_a_missing_first_segment_is_corruption(driver: IoDriver) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let o = opts(&driver).segment_size_bytes(64 << 10);
+    let wal = Wal::open(tmp.path(), o.clone()).await?;
+    for chunk in 0..30u64 {
+        wal.append_batch((chunk * 50 + 1..=chunk * 50 + 50).map(payload))
+            .await?;
+    }
+    wal.close().await?;
+    let segs = segments(tmp.path());
+    assert!(segs.len() > 2, "{} segments", segs.len());
+    std::fs::remove_file(&segs[0])?;
+    match Wal::open(tmp.path(), o).await {
+        Err(Error::Corruption {
+            kind:
+                CorruptionKind::MissingSegment {
+                    expected: Lsn(1), ..
+                },
+            ..
+        }) => Ok(()),
+        other => panic!("expected a missing segment, got {other:?}"),
+    }
+}
+
+/// A segment file grown to terabytes made recovery try to allocate a buffer for all of it.
+async fn regression_3_an_impossibly_large_segment_is_corruption_not_an_allocation(
+    driver: IoDriver,
+) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let seg = small_log(&driver, tmp.path(), 3).await?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)?
+        .set_len(5 << 30)?; // sparse
+    match Wal::open(tmp.path(), opts(&driver)).await {
+        Err(Error::Corruption {
+            kind: CorruptionKind::FrameLength { .. },
+            file,
+            ..
+        }) => assert_eq!(file, seg),
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    let wal = Wal::open(tmp.path().join("other"), opts(&driver)).await?;
+    assert!(matches!(
+        wal.reset(Lsn(u64::MAX)).await,
+        Err(Error::InvalidArgument {
+            name: "next_lsn",
+            ..
+        })
+    ));
+    wal.close().await
+}
+
+/// A tail past the cut of `truncate_back` went on with the new entries after it, silently
+/// skipping the replaced ones.
+async fn regression_4_a_tail_ends_when_the_log_is_cut_below_it(driver: IoDriver) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let wal = Wal::open(tmp.path(), opts(&driver)).await?;
+    wal.append_batch((1..=10).map(payload)).await?;
+    let mut tail = wal.tail(Lsn(1));
+    for want in 1..=10 {
+        assert_eq!(tail.next().await.expect("entry")?.lsn, Lsn(want));
+    }
+    wal.truncate_back(Lsn(5)).await?;
+    wal.append_batch((6..=12).map(|i| Bytes::from(format!("new {i}"))))
+        .await?;
+    match tail.next().await {
+        Some(Err(Error::OutOfRange { lsn: Lsn(11), .. })) => {}
+        other => panic!("expected the tail to end with an error, got {other:?}"),
+    }
+    assert!(tail.next().await.is_none());
     wal.close().await
 }

@@ -192,6 +192,18 @@ pub(crate) fn pwritev_all(
         cursor.fill_iovecs(&bufs, &mut iovecs);
         // SAFETY: every iovec points into a buffer of `bufs`, which lives until this function
         // returns; the kernel only reads from them.
+        #[cfg(target_os = "linux")]
+        let res = unsafe {
+            libc::pwritev2(
+                file.as_raw_fd(),
+                iovecs.as_ptr(),
+                iovecs.len() as libc::c_int,
+                (offset + written as u64) as libc::off_t,
+                write_flags(sync),
+            )
+        };
+        // SAFETY: as above.
+        #[cfg(not(target_os = "linux"))]
         let res = unsafe {
             libc::pwritev(
                 file.as_raw_fd(),

@@ -34,6 +34,10 @@ pub use txn::WalTxn;
 use crate::error::{Error, Result};
 use record::FrameFormat;
 
+/// The most payload bytes one append call (a batch, a log transaction) may carry: a call's
+/// frames share one segment, whose frame offsets are 32-bit.
+const MAX_CALL_BYTES: u64 = 1 << 30;
+
 /// A log sequence number: entries are numbered densely from 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Lsn(pub u64);
@@ -231,8 +235,8 @@ impl WalOptions {
     }
 
     /// Bytes of entries queued for the writer and not yet written; appenders beyond it wait
-    /// (backpressure). This bounds the memory held by pending appends. Default: 64 MiB; accepted:
-    /// at least `max_entry_bytes`' smaller of itself and 1 MiB.
+    /// (backpressure). This bounds the memory held by pending appends, and one call's entries.
+    /// Default: 64 MiB; accepted: 1 MiB to 4 GiB − 1.
     pub fn max_pending_bytes(mut self, bytes: u64) -> Self {
         self.max_pending_bytes = bytes;
         self
@@ -246,7 +250,7 @@ impl WalOptions {
     }
 
     /// Most bytes one log transaction may collect ([`Error::TxnTooLarge`] beyond). Default:
-    /// 64 MiB.
+    /// 64 MiB; accepted: 1 byte to 1 GiB (and a commit carries at most `max_pending_bytes`).
     pub fn max_txn_bytes(mut self, bytes: u64) -> Self {
         self.max_txn_bytes = bytes;
         self
@@ -287,9 +291,9 @@ impl WalOptions {
             "max_pending_bytes",
             self.max_pending_bytes,
             1 << 20,
-            1 << 40,
+            u64::from(u32::MAX),
         )?;
-        range("max_txn_bytes", self.max_txn_bytes, 1, 1 << 40)?;
+        range("max_txn_bytes", self.max_txn_bytes, 1, MAX_CALL_BYTES)?;
         match self.sync_policy {
             SyncPolicy::Periodic {
                 interval,
@@ -525,6 +529,10 @@ struct Shared {
     lock: Mutex<Option<File>>,
     /// Opened by `open_read_only`: no writer task.
     read_only: bool,
+    /// Counts cuts at the back of the log (`truncate_back`, `reset`); `cut_lsn` is the last one's
+    /// new end. Streams use them to notice the log changed under them.
+    cuts: AtomicU64,
+    cut_lsn: AtomicU64,
 }
 
 impl Shared {
@@ -659,6 +667,8 @@ impl Wal {
             next_txn: AtomicU64::new(0),
             lock: Mutex::new(recovered.lock),
             read_only: access == recovery::Access::ReadOnly,
+            cuts: AtomicU64::new(0),
+            cut_lsn: AtomicU64::new(0),
         });
         shared
             .counters
@@ -772,6 +782,14 @@ impl Wal {
                 return Err(Error::TooLarge { len, max });
             }
             bytes += len;
+        }
+        // One call's entries go into one segment, whose offsets are 32-bit.
+        let max_call = MAX_CALL_BYTES.min(self.shared.options.max_pending_bytes);
+        if bytes > max_call {
+            return Err(Error::TooLarge {
+                len: bytes,
+                max: max_call,
+            });
         }
         // Backpressure: hold permits for the queued bytes until the writer has written them.
         let permits = bytes.clamp(1, self.shared.options.max_pending_bytes) as u32;
@@ -982,8 +1000,11 @@ impl Wal {
     /// Once queued it runs to the end. Crash-safe: the reset is recorded atomically (a new epoch
     /// in the meta file) before old segments are deleted.
     pub async fn reset(&self, next_lsn: Lsn) -> Result<()> {
-        if next_lsn.0 == 0 {
-            return Err(Error::invalid("next_lsn", "lsns start at 1"));
+        if next_lsn.0 == 0 || next_lsn.0 > recovery::MAX_LSN {
+            return Err(Error::invalid(
+                "next_lsn",
+                format!("lsns run from 1 to {}", recovery::MAX_LSN),
+            ));
         }
         self.command(|reply| writer::Command::Reset(next_lsn, reply))
             .await

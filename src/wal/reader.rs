@@ -40,7 +40,11 @@ fn locate(shared: &Shared, start: Lsn, end: Lsn, max_bytes: u64) -> Vec<Span> {
         if lsn >= end || (bytes >= max_bytes && !spans.is_empty()) {
             break;
         }
-        let from = (lsn.0 - seg.first_lsn.0) as usize;
+        // A segment past a gap (the log changed under the caller) ends the spans.
+        let Some(from) = lsn.0.checked_sub(seg.first_lsn.0) else {
+            break;
+        };
+        let from = from as usize;
         if from >= seg.offsets.len() {
             continue;
         }
@@ -138,6 +142,19 @@ async fn read_chunk(shared: &Shared, start: Lsn, end: Lsn, max_bytes: u64) -> Re
     for span in spans {
         read_span(shared, span, &mut out).await?;
     }
+    // The log was truncated between the bounds check and the lookup: say so, never return less.
+    let complete = if max_bytes == u64::MAX {
+        out.len() as u64 == end.0 - start.0
+    } else {
+        !out.is_empty()
+    };
+    if !complete {
+        return Err(Error::OutOfRange {
+            lsn: start,
+            first: shared.first_lsn(),
+            last: shared.last_lsn(),
+        });
+    }
     Ok(out)
 }
 
@@ -156,6 +173,8 @@ struct StreamState {
     buffered: VecDeque<Entry>,
     follow: Follow,
     durable: tokio::sync::watch::Receiver<u64>,
+    /// `Shared::cuts` when the stream last looked.
+    cuts_seen: u64,
     done: bool,
 }
 
@@ -165,12 +184,14 @@ pub(crate) fn stream(
     follow: Follow,
 ) -> impl Stream<Item = Result<Entry>> + Send + 'static {
     let durable = shared.durable.subscribe();
+    let cuts_seen = shared.cuts.load(std::sync::atomic::Ordering::Acquire);
     let state = StreamState {
         shared,
         next: from,
         buffered: VecDeque::new(),
         follow,
         durable,
+        cuts_seen,
         done: false,
     };
     futures::stream::unfold(state, |mut st| async move {
@@ -180,6 +201,22 @@ pub(crate) fn stream(
             }
             if st.done {
                 return None;
+            }
+            // The log was cut below this stream's position (truncate_back, reset): what follows
+            // would be another history, so the stream ends with an error instead.
+            let cuts = st.shared.cuts.load(std::sync::atomic::Ordering::Acquire);
+            if cuts != st.cuts_seen {
+                st.cuts_seen = cuts;
+                let cut = st.shared.cut_lsn.load(std::sync::atomic::Ordering::Acquire);
+                if cut.saturating_add(1) < st.next.0 {
+                    st.done = true;
+                    let err = Error::OutOfRange {
+                        lsn: st.next,
+                        first: st.shared.first_lsn(),
+                        last: st.shared.last_lsn(),
+                    };
+                    return Some((Err(err), st));
+                }
             }
             let limit = match st.follow {
                 Follow::No => st.shared.last_lsn(),

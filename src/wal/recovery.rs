@@ -23,6 +23,13 @@ use crate::error::{CorruptionKind, Error, Result};
 /// The largest payload recovery accepts in a frame: the largest `max_entry_bytes` allowed.
 pub(crate) const ACCEPT_MAX_PAYLOAD: u64 = 1 << 30;
 
+/// The largest segment file a writer makes: frame offsets in the index are 32-bit.
+pub(crate) const MAX_SEGMENT_BYTES: u64 = u32::MAX as u64;
+
+/// The largest lsn the log hands out; lsns from disk above it are refused, so arithmetic on
+/// them cannot overflow.
+pub(crate) const MAX_LSN: u64 = 1 << 62;
+
 /// What recovery hands to the log.
 pub(crate) struct Recovered {
     pub(crate) format: FrameFormat,
@@ -253,6 +260,17 @@ pub(crate) async fn recover(
     let next = segments
         .last()
         .map_or(meta.first_lsn, SegmentIndex::next_lsn);
+    if segments[0].first_lsn > meta.first_lsn {
+        // The log starts at meta.first_lsn: the segment that held it is gone.
+        return Err(Error::corruption(
+            &segments[0].path,
+            0,
+            CorruptionKind::MissingSegment {
+                expected: meta.first_lsn,
+                found: segments[0].first_lsn,
+            },
+        ));
+    }
     let first_lsn = meta.first_lsn.max(segments[0].first_lsn);
     if first_lsn > next {
         return Err(Error::corruption(
@@ -262,6 +280,14 @@ pub(crate) async fn recover(
                 field: "first lsn (beyond the log's end)",
             },
         ));
+    }
+    if writable && let Some(last) = segments.last() {
+        // What the last run wrote may sit unsynced in the page cache: sync it before the log
+        // calls it durable, or a later RWF_DSYNC append (durable for its own range only) could be
+        // acknowledged after data the disk does not have. Earlier segments were synced at
+        // rotation; the directory sync makes their names durable too.
+        last.file.sync_data().await.map_err(io_err(&last.path))?;
+        driver.sync_dir(dir).await.map_err(io_err(dir))?;
     }
     if let Some(torn) = &torn_tail {
         tracing::warn!(file = %torn.file.display(), offset = torn.offset, bytes = torn.bytes, dropped_entries = torn.dropped_entries, "wal recovery cut a torn tail");
@@ -306,6 +332,14 @@ async fn scan_segment(
         .await
         .map_err(io_err(path))?;
     let len = file.len().await.map_err(io_err(path))?;
+    if len > MAX_SEGMENT_BYTES {
+        // No writer makes a segment this large (frame offsets are 32-bit); do not try to read it.
+        return Err(Error::corruption(
+            path,
+            0,
+            CorruptionKind::FrameLength { len },
+        ));
+    }
     let (res, buf) = file
         .read_exact_at(BytesMut::with_capacity(len as usize), 0)
         .await;

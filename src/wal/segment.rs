@@ -171,7 +171,7 @@ impl SegmentHeader {
         check_header(b, SEGMENT_MAGIC, HEADER_LEN as usize)?;
         let format = decode_format(&b[10..13])?;
         let first_lsn = Lsn(u64_at(b, 32));
-        if first_lsn.0 == 0 {
+        if first_lsn.0 == 0 || first_lsn.0 > super::recovery::MAX_LSN {
             return Err(CorruptionKind::BadHeader { field: "first lsn" });
         }
         Ok(SegmentHeader {
@@ -201,7 +201,7 @@ impl Meta {
         check_header(b, META_MAGIC, META_LEN)?;
         let format = decode_format(&b[10..13])?;
         let first_lsn = Lsn(u64_at(b, 32));
-        if first_lsn.0 == 0 {
+        if first_lsn.0 == 0 || first_lsn.0 > super::recovery::MAX_LSN {
             return Err(CorruptionKind::BadHeader { field: "first lsn" });
         }
         Ok(Meta {

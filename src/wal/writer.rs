@@ -782,6 +782,9 @@ impl Writer {
         if lsn == first {
             return Ok(());
         }
+        // The entries up to the new start must be durable before the start is recorded, or a
+        // crash could leave a start beyond the log's end.
+        self.sync_now().await?;
         // Record the new start atomically first: after a crash, recovery ignores what is below
         // it, whichever segments are still there.
         let meta = Meta {
@@ -822,8 +825,10 @@ impl Writer {
         if lsn == last {
             return Ok(());
         }
-        // Readers stop at `lsn` from now on.
+        // Readers stop at `lsn` from now on; streams past it end.
         self.shared.written.store(lsn.0, Ordering::Release);
+        self.shared.cut_lsn.store(lsn.0, Ordering::Release);
+        self.shared.cuts.fetch_add(1, Ordering::AcqRel);
         if self.shared.durable_lsn() > lsn {
             self.shared.durable.send_replace(lsn.0);
         }
@@ -909,6 +914,17 @@ impl Writer {
     }
 
     async fn reset(&mut self, next: Lsn) -> Result<()> {
+        // Once the new epoch may be recorded, the handle and the files can disagree on any
+        // failure: poison, so that only a reopen (recovery) goes on.
+        match self.reset_steps(next).await {
+            Ok(()) => Ok(()),
+            Err(Error::Io { source, .. }) => Err(self.poison(source)),
+            Err(e @ Error::Poisoned { .. }) => Err(e),
+            Err(e) => Err(self.poison(std::io::Error::other(e.to_string()))),
+        }
+    }
+
+    async fn reset_steps(&mut self, next: Lsn) -> Result<()> {
         let epoch = self.epoch + 1;
         // Record the reset atomically first: from here recovery ignores (and deletes) the older
         // epoch's segments.
@@ -920,6 +936,8 @@ impl Writer {
         };
         meta.write(&self.shared.driver, &self.shared.dir).await?;
         self.shared.written.store(next.0 - 1, Ordering::Release);
+        self.shared.cut_lsn.store(0, Ordering::Release);
+        self.shared.cuts.fetch_add(1, Ordering::AcqRel);
         self.shared.durable.send_replace(next.0 - 1);
         let size = self.shared.options.segment_size_bytes;
         let header = SegmentHeader {
