@@ -138,6 +138,10 @@ pub(crate) async fn recover(
                 first_lsn: Lsn(1),
             };
             meta.write(driver, dir).await?;
+            // fsync the parent so the log directory's own name survives a crash.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                driver.sync_dir(parent).await.map_err(io_err(parent))?;
+            }
             tracing::info!(dir = %dir.display(), "created a new wal");
             meta
         }

@@ -753,14 +753,19 @@ impl Writer {
         }
     }
 
-    /// Deletes segment files (in the order given), keeps the disk counter, then fsyncs the
-    /// directory once so the deletions survive a crash.
+    /// Deletes segment files in the order given, each deletion made durable (directory fsync)
+    /// before the next, and keeps the disk counter.
     async fn delete_segments<'a>(
         &self,
         segments: impl Iterator<Item = &'a SegmentIndex>,
     ) -> std::io::Result<()> {
         let mut deleted = false;
         for segment in segments {
+            if deleted {
+                // One deletion durable before the next, so a crash keeps them in order (a
+                // truncation from the back then always leaves a prefix of the log).
+                self.shared.driver.sync_dir(&self.shared.dir).await?;
+            }
             self.shared.driver.remove_file(&segment.path).await?;
             self.shared
                 .counters
@@ -998,12 +1003,11 @@ impl Writer {
     /// Syncs what is written, marks the log closed, releases the lock and wakes every tail.
     async fn close(&mut self) -> Result<()> {
         self.discard_prepared().await;
-        let synced = if self.shared.poisoned.get().is_none()
-            && self.shared.last_lsn() > self.shared.durable_lsn()
-        {
-            self.sync_now().await
-        } else {
-            Ok(())
+        let synced = match self.shared.poisoned.get() {
+            // Closing does not clear the poison: the caller learns the log needs a reopen.
+            Some(cause) => Err(Error::Poisoned { cause: cause.clone() }),
+            None if self.shared.last_lsn() > self.shared.durable_lsn() => self.sync_now().await,
+            None => Ok(()),
         };
         self.shared.closed.store(true, Ordering::Release);
         let lock = self
