@@ -650,16 +650,7 @@ impl Writer {
             epoch: self.epoch,
             first_lsn: self.next_lsn,
         };
-        let created = match self.take_prepared(size).await {
-            Some(prepared) => {
-                segment::install_segment(&self.shared.driver, &self.shared.dir, prepared, header)
-                    .await
-                    .map(|(file, path, _)| (file, path))
-            }
-            None => {
-                segment::create_segment(&self.shared.driver, &self.shared.dir, header, size).await
-            }
-        };
+        let created = self.new_segment(header, size).await;
         let (file, path) = match created {
             Ok(created) => created,
             Err(e @ Error::DiskFull { .. }) => {
@@ -691,6 +682,25 @@ impl Writer {
             allocated: size,
         };
         Ok(())
+    }
+
+    /// A new segment for `header`: the one prepared in the background if it is large enough,
+    /// else one made now.
+    async fn new_segment(
+        &mut self,
+        header: SegmentHeader,
+        size: u64,
+    ) -> Result<(File, std::path::PathBuf)> {
+        match self.take_prepared(size).await {
+            Some(prepared) => {
+                segment::install_segment(&self.shared.driver, &self.shared.dir, prepared, header)
+                    .await
+                    .map(|(file, path, _)| (file, path))
+            }
+            None => {
+                segment::create_segment(&self.shared.driver, &self.shared.dir, header, size).await
+            }
+        }
     }
 
     /// Starts preparing the next segment in the background once the active one is half full,
@@ -951,16 +961,7 @@ impl Writer {
             epoch,
             first_lsn: next,
         };
-        let created = match self.take_prepared(size).await {
-            Some(prepared) => {
-                segment::install_segment(&self.shared.driver, &self.shared.dir, prepared, header)
-                    .await
-                    .map(|(file, path, _)| (file, path))
-            }
-            None => {
-                segment::create_segment(&self.shared.driver, &self.shared.dir, header, size).await
-            }
-        };
+        let created = self.new_segment(header, size).await;
         let (file, path) = match created {
             Ok(created) => created,
             Err(Error::Io { source, .. }) => return Err(self.poison(source)),
@@ -1005,7 +1006,9 @@ impl Writer {
         self.discard_prepared().await;
         let synced = match self.shared.poisoned.get() {
             // Closing does not clear the poison: the caller learns the log needs a reopen.
-            Some(cause) => Err(Error::Poisoned { cause: cause.clone() }),
+            Some(cause) => Err(Error::Poisoned {
+                cause: cause.clone(),
+            }),
             None if self.shared.last_lsn() > self.shared.durable_lsn() => self.sync_now().await,
             None => Ok(()),
         };
