@@ -45,6 +45,7 @@ both_backends!(
     regression_2_a_missing_first_segment_is_corruption,
     regression_3_an_impossibly_large_segment_is_corruption_not_an_allocation,
     regression_4_a_tail_ends_when_the_log_is_cut_below_it,
+    truncations_and_resets_interrupted_at_every_step_recover,
 );
 
 /// Small segments keep the damage tests' file copies small.
@@ -943,4 +944,103 @@ async fn regression_4_a_tail_ends_when_the_log_is_cut_below_it(driver: IoDriver)
     }
     assert!(tail.next().await.is_none());
     wal.close().await
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Maintenance {
+    Front,
+    Back,
+    Reset,
+}
+
+/// Opens `dir` with `driver`, waiting for a dropped handle's writer to release the lock.
+async fn reopen(dir: &Path, o: WalOptions) -> Result<Wal> {
+    for _ in 0..500 {
+        match Wal::open(dir, o.clone()).await {
+            Err(Error::Locked { .. }) => tokio::time::sleep(Duration::from_millis(10)).await,
+            other => return other,
+        }
+    }
+    panic!("the lock was never released")
+}
+
+/// Every I/O step of truncate_front, truncate_back and reset is made to fail in turn (the
+/// driver fails every operation from the Nth on, as a dying disk would); the log must then open
+/// with its entries intact and either untouched or fully changed where the step sequence allows.
+async fn truncations_and_resets_interrupted_at_every_step_recover(driver: IoDriver) -> Result<()> {
+    let o = |d: &IoDriver| opts(d).segment_size_bytes(64 << 10);
+    for op in [Maintenance::Front, Maintenance::Back, Maintenance::Reset] {
+        let mut completed = false;
+        for step in 0..60u64 {
+            let tmp = tempfile::tempdir()?;
+            let own = IoDriver::new(
+                DriverOptions::default()
+                    .use_env(false)
+                    .backend(driver.backend()),
+            )?;
+            let wal = Wal::open(tmp.path(), o(&own)).await?;
+            for chunk in 0..20u64 {
+                wal.append_batch((chunk * 50 + 1..=chunk * 50 + 50).map(payload))
+                    .await?;
+            }
+            own.fail_after(step);
+            let res = match op {
+                Maintenance::Front => wal.truncate_front(Lsn(600)).await,
+                Maintenance::Back => wal.truncate_back(Lsn(425)).await,
+                Maintenance::Reset => wal.reset(Lsn(5000)).await,
+            };
+            drop(wal);
+            own.clear_failures();
+            let wal = reopen(tmp.path(), o(&driver)).await?;
+            let (first, last) = (wal.first_lsn(), wal.last_lsn());
+            match op {
+                Maintenance::Front => {
+                    assert!(
+                        first == Lsn(1) || first == Lsn(600),
+                        "step {step}: first {first}"
+                    );
+                    assert_eq!(last, Lsn(1000), "step {step}");
+                    if res.is_ok() {
+                        assert_eq!(first, Lsn(600), "step {step}: a completed truncation holds");
+                    }
+                }
+                Maintenance::Back => {
+                    assert_eq!(first, Lsn(1), "step {step}");
+                    assert!(
+                        last >= Lsn(425) && last <= Lsn(1000),
+                        "step {step}: last {last}"
+                    );
+                    if res.is_ok() {
+                        assert_eq!(last, Lsn(425), "step {step}: a completed truncation holds");
+                    }
+                }
+                Maintenance::Reset => {
+                    let untouched = (first, last) == (Lsn(1), Lsn(1000));
+                    let reset = (first, last) == (Lsn(5000), Lsn(4999));
+                    assert!(untouched || reset, "step {step}: {first}..={last}");
+                    if res.is_ok() {
+                        assert!(reset, "step {step}: a completed reset holds");
+                    }
+                }
+            }
+            check_all(&wal, payload).await?;
+            let next = wal.last_lsn().next();
+            assert_eq!(
+                wal.append(payload(next.0)).await?,
+                next,
+                "step {step}: the log takes appends"
+            );
+            wal.close().await?;
+            if res.is_ok() {
+                eprintln!(
+                    "{:?} {op:?}: recovered after a failure at each of its first {step} I/O steps",
+                    driver.backend()
+                );
+                completed = true;
+                break;
+            }
+        }
+        assert!(completed, "{op:?} never completed within 60 failing steps");
+    }
+    Ok(())
 }

@@ -227,6 +227,8 @@ enum Engine {
 }
 
 struct Shared {
+    /// Test hook: operations left before every one fails with EIO; negative when disarmed.
+    fail_countdown: std::sync::atomic::AtomicI64,
     backend: Backend,
     engine: Engine,
     pool: Pool,
@@ -292,6 +294,7 @@ impl IoDriver {
         tracing::debug!(%backend, queue_depth = depth, pool_threads, "ringtide I/O driver started");
         Ok(IoDriver {
             shared: Arc::new(Shared {
+                fail_countdown: std::sync::atomic::AtomicI64::new(-1),
                 backend,
                 engine,
                 pool,
@@ -357,8 +360,28 @@ impl IoDriver {
         }
     }
 
+    /// Test hook: after `ops` more operations, every operation of this driver (and of its
+    /// clones and files) fails with `EIO` before reaching the system, as a failing disk would,
+    /// until [`clear_failures`](Self::clear_failures). For crash and fault tests.
+    #[doc(hidden)]
+    pub fn fail_after(&self, ops: u64) {
+        let ops = i64::try_from(ops).unwrap_or(i64::MAX);
+        self.shared.fail_countdown.store(ops, Ordering::Release);
+    }
+
+    /// Test hook: ends [`fail_after`](Self::fail_after).
+    #[doc(hidden)]
+    pub fn clear_failures(&self) {
+        self.shared.fail_countdown.store(-1, Ordering::Release);
+    }
+
     /// Takes a ticket for an operation of `sqes` submissions, waiting for room (backpressure).
     pub(crate) async fn ticket(&self, sqes: u32) -> io::Result<Ticket> {
+        let countdown = &self.shared.fail_countdown;
+        if countdown.load(Ordering::Acquire) >= 0 && countdown.fetch_sub(1, Ordering::AcqRel) <= 0 {
+            countdown.store(0, Ordering::Release);
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
         let permit = self
             .shared
             .permits
