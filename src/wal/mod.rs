@@ -28,6 +28,7 @@ use bytes::Bytes;
 use futures::Stream;
 use ringtide_platform::{DriverOptions, File, IoDriver};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tracing::Instrument;
 
 pub use txn::WalTxn;
 
@@ -640,10 +641,8 @@ impl Wal {
         };
         let dir = dir.to_path_buf();
         let span = tracing::info_span!("wal_open", dir = %dir.display());
-        let _enter = span.enter();
-        drop(_enter);
         let recovered = recovery::recover(&driver, &dir, &options, access)
-            .instrument_in(span)
+            .instrument(span)
             .await?;
         let (durable, _) = watch::channel(recovered.last_lsn.0);
         let shared = Arc::new(Shared {
@@ -1136,12 +1135,3 @@ impl Stream for EntryStream {
         self.inner.as_mut().poll_next(cx)
     }
 }
-
-/// Attaches a span to a future without holding an entered guard across awaits.
-trait InstrumentIn: std::future::Future + Sized {
-    fn instrument_in(self, span: tracing::Span) -> tracing::instrument::Instrumented<Self> {
-        tracing::Instrument::instrument(self, span)
-    }
-}
-
-impl<F: std::future::Future> InstrumentIn for F {}

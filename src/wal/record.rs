@@ -193,7 +193,6 @@ impl FrameFormat {
         }
         let checksum_at = out.len();
         out.put_bytes(0, self.checksum_len());
-        let body_at = out.len();
         let mut flags = 0;
         if term.is_some() {
             flags |= FLAG_TERM;
@@ -211,15 +210,7 @@ impl FrameFormat {
             out.put_u64_le(timestamp_us);
         }
         out.put_slice(payload);
-        let mut hasher = Hasher::new(self.checksum);
-        hasher.update(&out[body_at..]);
-        let sum = hasher.finish();
-        match self.checksum {
-            ChecksumKind::Crc32 => {
-                out[checksum_at..body_at].copy_from_slice(&(sum as u32).to_le_bytes())
-            }
-            ChecksumKind::Crc64 => out[checksum_at..body_at].copy_from_slice(&sum.to_le_bytes()),
-        }
+        self.store_checksum(&mut out[start..], checksum_at - start);
         debug_assert_eq!(
             out.len() - start,
             self.frame_len(payload.len(), term.is_some())
@@ -366,6 +357,21 @@ impl FrameFormat {
         Some(Lsn(u64::from_le_bytes(bytes.try_into().ok()?)))
     }
 
+    /// Computes the checksum of everything after the checksum field of `frame` (which starts at
+    /// `checksum_at`) and stores it there.
+    fn store_checksum(&self, frame: &mut [u8], checksum_at: usize) {
+        let body_at = checksum_at + self.checksum_len();
+        let mut hasher = Hasher::new(self.checksum);
+        hasher.update(&frame[body_at..]);
+        let sum = hasher.finish();
+        match self.checksum {
+            ChecksumKind::Crc32 => {
+                frame[checksum_at..body_at].copy_from_slice(&(sum as u32).to_le_bytes())
+            }
+            ChecksumKind::Crc64 => frame[checksum_at..body_at].copy_from_slice(&sum.to_le_bytes()),
+        }
+    }
+
     /// At the end of the buffer: all zeros so far is the end of the data, else more is needed.
     fn short_or_end(&self, rest: &[u8], need: usize) -> Decoded {
         if rest.iter().all(|&b| b == 0) {
@@ -393,15 +399,7 @@ impl FrameFormat {
             return;
         }
         frame[body_at] &= !FLAG_CONTINUES;
-        let mut hasher = Hasher::new(self.checksum);
-        hasher.update(&frame[body_at..]);
-        let sum = hasher.finish();
-        match self.checksum {
-            ChecksumKind::Crc32 => {
-                frame[len_bytes..body_at].copy_from_slice(&(sum as u32).to_le_bytes())
-            }
-            ChecksumKind::Crc64 => frame[len_bytes..body_at].copy_from_slice(&sum.to_le_bytes()),
-        }
+        self.store_checksum(frame, len_bytes);
     }
 }
 

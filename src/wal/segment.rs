@@ -153,31 +153,60 @@ fn check_header(b: &[u8], magic: &[u8; 8], len: usize) -> std::result::Result<()
     Ok(())
 }
 
+/// Encodes the fields segment headers and the meta file share, at the same offsets (0..40),
+/// into a record of `N` bytes whose last 4 hold the crc32 of the rest.
+fn encode_fields<const N: usize>(
+    magic: &[u8; 8],
+    format: &FrameFormat,
+    log_id: u64,
+    epoch: u64,
+    first_lsn: Lsn,
+) -> [u8; N] {
+    let mut b = [0u8; N];
+    b[..8].copy_from_slice(magic);
+    b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    encode_format(&mut b[10..13], format);
+    b[16..24].copy_from_slice(&log_id.to_le_bytes());
+    b[24..32].copy_from_slice(&epoch.to_le_bytes());
+    b[32..40].copy_from_slice(&first_lsn.0.to_le_bytes());
+    let crc = crc32fast::hash(&b[..N - 4]);
+    b[N - 4..].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// Checks and decodes what [`encode_fields`] wrote: (format, log id, epoch, first lsn).
+fn decode_fields(
+    b: &[u8],
+    magic: &[u8; 8],
+    len: usize,
+) -> std::result::Result<(FrameFormat, u64, u64, Lsn), CorruptionKind> {
+    check_header(b, magic, len)?;
+    let format = decode_format(&b[10..13])?;
+    let first_lsn = Lsn(u64_at(b, 32));
+    if first_lsn.0 == 0 || first_lsn.0 > super::recovery::MAX_LSN {
+        return Err(CorruptionKind::BadHeader { field: "first lsn" });
+    }
+    Ok((format, u64_at(b, 16), u64_at(b, 24), first_lsn))
+}
+
 impl SegmentHeader {
     pub(crate) fn encode(&self) -> [u8; HEADER_LEN as usize] {
-        let mut b = [0u8; HEADER_LEN as usize];
-        b[..8].copy_from_slice(SEGMENT_MAGIC);
-        b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        encode_format(&mut b[10..13], &self.format);
-        b[16..24].copy_from_slice(&self.log_id.to_le_bytes());
-        b[24..32].copy_from_slice(&self.epoch.to_le_bytes());
-        b[32..40].copy_from_slice(&self.first_lsn.0.to_le_bytes());
-        let crc = crc32fast::hash(&b[..60]);
-        b[60..64].copy_from_slice(&crc.to_le_bytes());
-        b
+        encode_fields(
+            SEGMENT_MAGIC,
+            &self.format,
+            self.log_id,
+            self.epoch,
+            self.first_lsn,
+        )
     }
 
     pub(crate) fn decode(b: &[u8]) -> std::result::Result<SegmentHeader, CorruptionKind> {
-        check_header(b, SEGMENT_MAGIC, HEADER_LEN as usize)?;
-        let format = decode_format(&b[10..13])?;
-        let first_lsn = Lsn(u64_at(b, 32));
-        if first_lsn.0 == 0 || first_lsn.0 > super::recovery::MAX_LSN {
-            return Err(CorruptionKind::BadHeader { field: "first lsn" });
-        }
+        let (format, log_id, epoch, first_lsn) =
+            decode_fields(b, SEGMENT_MAGIC, HEADER_LEN as usize)?;
         Ok(SegmentHeader {
             format,
-            log_id: u64_at(b, 16),
-            epoch: u64_at(b, 24),
+            log_id,
+            epoch,
             first_lsn,
         })
     }
@@ -185,29 +214,21 @@ impl SegmentHeader {
 
 impl Meta {
     fn encode(&self) -> [u8; META_LEN] {
-        let mut b = [0u8; META_LEN];
-        b[..8].copy_from_slice(META_MAGIC);
-        b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        encode_format(&mut b[10..13], &self.format);
-        b[16..24].copy_from_slice(&self.log_id.to_le_bytes());
-        b[24..32].copy_from_slice(&self.epoch.to_le_bytes());
-        b[32..40].copy_from_slice(&self.first_lsn.0.to_le_bytes());
-        let crc = crc32fast::hash(&b[..44]);
-        b[44..48].copy_from_slice(&crc.to_le_bytes());
-        b
+        encode_fields(
+            META_MAGIC,
+            &self.format,
+            self.log_id,
+            self.epoch,
+            self.first_lsn,
+        )
     }
 
     pub(crate) fn decode(b: &[u8]) -> std::result::Result<Meta, CorruptionKind> {
-        check_header(b, META_MAGIC, META_LEN)?;
-        let format = decode_format(&b[10..13])?;
-        let first_lsn = Lsn(u64_at(b, 32));
-        if first_lsn.0 == 0 || first_lsn.0 > super::recovery::MAX_LSN {
-            return Err(CorruptionKind::BadHeader { field: "first lsn" });
-        }
+        let (format, log_id, epoch, first_lsn) = decode_fields(b, META_MAGIC, META_LEN)?;
         Ok(Meta {
             format,
-            log_id: u64_at(b, 16),
-            epoch: u64_at(b, 24),
+            log_id,
+            epoch,
             first_lsn,
         })
     }

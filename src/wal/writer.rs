@@ -636,9 +636,6 @@ impl Writer {
         if self.unsynced_entries > 0 {
             self.sync_now().await?;
         }
-        let span = tracing::debug_span!("wal_rotate", next_lsn = self.next_lsn.0);
-        let _guard = span.enter();
-        drop(_guard);
         let size = self
             .shared
             .options
