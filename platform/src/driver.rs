@@ -9,7 +9,6 @@
 
 use std::ffi::CString;
 use std::fmt;
-use std::fs::FileType;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -36,6 +35,10 @@ pub enum Backend {
     IoUring,
     /// The fixed thread pool.
     ThreadPool,
+    /// The simulated disk of [`sim`](crate::sim) (feature `sim`): in memory, for crash and fault
+    /// tests. Made by [`SimDisk::driver`](crate::sim::SimDisk::driver), not by options.
+    #[cfg(feature = "sim")]
+    Simulated,
 }
 
 impl fmt::Display for Backend {
@@ -44,6 +47,8 @@ impl fmt::Display for Backend {
             Backend::Auto => "auto",
             Backend::IoUring => "io_uring",
             Backend::ThreadPool => "threadpool",
+            #[cfg(feature = "sim")]
+            Backend::Simulated => "simulated",
         })
     }
 }
@@ -187,7 +192,35 @@ pub struct DirEntry {
     /// The full path of the entry (the listed directory joined with the name).
     pub path: PathBuf,
     /// File, directory, symlink or other.
-    pub file_type: FileType,
+    pub kind: EntryKind,
+}
+
+/// What a directory entry names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link (not followed).
+    Symlink,
+    /// Anything else: a device, a socket, a pipe.
+    Other,
+}
+
+impl EntryKind {
+    pub(crate) fn of(t: std::fs::FileType) -> EntryKind {
+        if t.is_file() {
+            EntryKind::File
+        } else if t.is_dir() {
+            EntryKind::Dir
+        } else if t.is_symlink() {
+            EntryKind::Symlink
+        } else {
+            EntryKind::Other
+        }
+    }
 }
 
 /// Counters shared by the driver and every ticket.
@@ -224,6 +257,8 @@ enum Engine {
     #[cfg(target_os = "linux")]
     Uring(Arc<crate::uring::Ring>),
     Pool,
+    #[cfg(feature = "sim")]
+    Sim(crate::sim::SimEngine),
 }
 
 struct Shared {
@@ -269,6 +304,13 @@ impl IoDriver {
         let counters = Arc::new(Counters::default());
         let engine = match requested {
             Backend::ThreadPool => Engine::Pool,
+            #[cfg(feature = "sim")]
+            Backend::Simulated => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a simulated driver is made by SimDisk::driver, not by options",
+                ));
+            }
             Backend::IoUring | Backend::Auto => {
                 match probe::uring(depth, options.force_probe_failure) {
                     Ok(ready) => Self::uring_engine(ready, &counters)?,
@@ -283,7 +325,7 @@ impl IoDriver {
         let backend = match engine {
             #[cfg(target_os = "linux")]
             Engine::Uring(_) => Backend::IoUring,
-            Engine::Pool => Backend::ThreadPool,
+            _ => Backend::ThreadPool,
         };
         let pool_threads = match backend {
             Backend::ThreadPool => options.pool_threads,
@@ -302,6 +344,22 @@ impl IoDriver {
                 counters,
             }),
         })
+    }
+
+    /// A driver on the simulated disk: no pool threads, no ring.
+    #[cfg(feature = "sim")]
+    pub(crate) fn simulated(engine: crate::sim::SimEngine) -> IoDriver {
+        let depth = DriverOptions::default().queue_depth as usize;
+        IoDriver {
+            shared: Arc::new(Shared {
+                fail_countdown: std::sync::atomic::AtomicI64::new(-1),
+                backend: Backend::Simulated,
+                engine: Engine::Sim(engine),
+                pool: Pool::new(1, depth).expect("one pool thread starts"),
+                permits: Arc::new(Semaphore::new(depth)),
+                counters: Arc::new(Counters::default()),
+            }),
+        }
     }
 
     #[cfg(target_os = "linux")]
@@ -414,10 +472,16 @@ impl IoDriver {
         let (flags, mode) = options.flags()?;
         let c_path = sys::c_path(path)?;
         let ticket = self.ticket(1).await?;
+        #[cfg(feature = "sim")]
+        if let Engine::Sim(sim) = &self.shared.engine {
+            let file = sim.open(path, options.sim()?).await;
+            drop(ticket);
+            return Ok(File::new(self.clone(), FileState::new_sim(file?), path));
+        }
         let file = match &self.shared.engine {
             #[cfg(target_os = "linux")]
             Engine::Uring(ring) => crate::uring::ops::open(ring, ticket, c_path, flags, mode).await,
-            Engine::Pool => {
+            _ => {
                 self.shared
                     .pool
                     .run(ticket, move || sys::open(&c_path, flags, mode))
@@ -444,6 +508,8 @@ impl IoDriver {
         match &self.shared.engine {
             #[cfg(target_os = "linux")]
             Engine::Uring(ring) => crate::uring::ops::rename(ring, ticket, from, to).await,
+            #[cfg(feature = "sim")]
+            Engine::Sim(sim) => sim.rename(as_path(&from), as_path(&to)).await,
             Engine::Pool => {
                 self.shared
                     .pool
@@ -487,6 +553,8 @@ impl IoDriver {
         match &self.shared.engine {
             #[cfg(target_os = "linux")]
             Engine::Uring(ring) => crate::uring::ops::unlink(ring, ticket, c_path, dir).await,
+            #[cfg(feature = "sim")]
+            Engine::Sim(sim) => sim.unlink(path, dir).await,
             Engine::Pool => {
                 self.shared
                     .pool
@@ -518,6 +586,8 @@ impl IoDriver {
         match &self.shared.engine {
             #[cfg(target_os = "linux")]
             Engine::Uring(ring) => crate::uring::ops::mkdir(ring, ticket, c_path, 0o777).await,
+            #[cfg(feature = "sim")]
+            Engine::Sim(sim) => sim.mkdir(as_path(&c_path)).await,
             Engine::Pool => {
                 self.shared
                     .pool
@@ -529,24 +599,32 @@ impl IoDriver {
 
     /// Creates a directory and every missing parent. An existing directory is not an error.
     ///
+    /// What it creates is durable when it returns: the parent of each directory it created is
+    /// synced, so a crash cannot take the new path away again.
+    ///
     /// # Errors
     ///
     /// The system's error; `AlreadyExists` if `path` (or a parent) exists and is not a directory.
     ///
     /// # Cancel safety
     ///
-    /// Dropping the future may leave some parents created; calling again completes the job.
+    /// Dropping the future may leave some parents created, perhaps not durably; calling again
+    /// creates the rest but does not sync what already exists.
     pub async fn create_dir_all(&self, path: impl AsRef<Path>) -> io::Result<()> {
         let path = path.as_ref();
         // Walk up to the first ancestor that exists, then create downwards.
         let mut missing = Vec::new();
+        let mut created = Vec::new();
         let mut cursor = Some(path);
         while let Some(dir) = cursor {
             if dir.as_os_str().is_empty() {
                 break;
             }
             match self.create_dir(dir).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    created.push(dir);
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     if self.is_dir(dir).await? {
                         break;
@@ -562,11 +640,19 @@ impl IoDriver {
         }
         for dir in missing.into_iter().rev() {
             match self.create_dir(dir).await {
-                Ok(()) => {}
+                Ok(()) => created.push(dir),
                 // Another task may have created it in between.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && self.is_dir(dir).await? => {}
                 Err(e) => return Err(e),
             }
+        }
+        for dir in created {
+            let parent = match dir.parent() {
+                Some(p) if p.as_os_str().is_empty() => Path::new("."),
+                Some(p) => p,
+                None => continue,
+            };
+            self.sync_dir(parent).await?;
         }
         Ok(())
     }
@@ -616,6 +702,10 @@ impl IoDriver {
     pub async fn read_dir(&self, path: impl AsRef<Path>) -> io::Result<Vec<DirEntry>> {
         let path = path.as_ref().to_path_buf();
         let ticket = self.ticket(1).await?;
+        #[cfg(feature = "sim")]
+        if let Engine::Sim(sim) = &self.shared.engine {
+            return sim.read_dir(&path).await;
+        }
         self.shared
             .pool
             .run(ticket, move || sys::read_dir(&path))
@@ -635,12 +725,17 @@ impl IoDriver {
             Ok(t) => t,
             Err(e) => return (Err(e), buf),
         };
+        #[cfg(feature = "sim")]
+        if let Some(sim) = fd.sim() {
+            let _ticket = ticket;
+            return sim.read(buf, offset).await;
+        }
         match &self.shared.engine {
             #[cfg(target_os = "linux")]
             Engine::Uring(ring) => {
                 crate::uring::ops::read(ring, ticket, fd.clone(), buf, offset).await
             }
-            Engine::Pool => {
+            _ => {
                 let fd = fd.clone();
                 self.shared
                     .pool
@@ -660,12 +755,18 @@ impl IoDriver {
             Ok(t) => t,
             Err(e) => return (Err(e), buf),
         };
+        #[cfg(feature = "sim")]
+        if let Some(sim) = fd.sim() {
+            let _ticket = ticket;
+            let (res, mut bufs) = sim.writev(vec![buf], offset, None).await;
+            return (res, bufs.pop().unwrap_or_default());
+        }
         match &self.shared.engine {
             #[cfg(target_os = "linux")]
             Engine::Uring(ring) => {
                 crate::uring::ops::write(ring, ticket, fd.clone(), buf, offset).await
             }
-            Engine::Pool => {
+            _ => {
                 let fd = fd.clone();
                 self.shared
                     .pool
@@ -690,6 +791,18 @@ impl IoDriver {
             Engine::Uring(ring) => {
                 crate::uring::ops::writev_all(self, ring, fd, bufs, offset, sync).await
             }
+            #[cfg(feature = "sim")]
+            Engine::Sim(_) => {
+                let ticket = match self.ticket_for(fd, 1).await {
+                    Ok(t) => t,
+                    Err(e) => return (Err(e), bufs),
+                };
+                let _ticket = ticket;
+                match fd.sim() {
+                    Some(sim) => sim.writev(bufs, offset, sync).await,
+                    None => (Err(io::Error::from_raw_os_error(libc::EBADF)), bufs),
+                }
+            }
             Engine::Pool => {
                 let ticket = match self.ticket_for(fd, 1).await {
                     Ok(t) => t,
@@ -708,10 +821,15 @@ impl IoDriver {
 
     pub(crate) async fn fsync(&self, fd: &Arc<FileState>, kind: SyncKind) -> io::Result<()> {
         let ticket = self.ticket_for(fd, 1).await?;
+        #[cfg(feature = "sim")]
+        if let Some(sim) = fd.sim() {
+            let _ticket = ticket;
+            return sim.sync().await;
+        }
         match &self.shared.engine {
             #[cfg(target_os = "linux")]
             Engine::Uring(ring) => crate::uring::ops::fsync(ring, ticket, fd.clone(), kind).await,
-            Engine::Pool => {
+            _ => {
                 let fd = fd.clone();
                 self.shared
                     .pool
@@ -728,12 +846,17 @@ impl IoDriver {
         len: u64,
     ) -> io::Result<()> {
         let ticket = self.ticket_for(fd, 1).await?;
+        #[cfg(feature = "sim")]
+        if let Some(sim) = fd.sim() {
+            let _ticket = ticket;
+            return sim.allocate(offset, len).await;
+        }
         match &self.shared.engine {
             #[cfg(target_os = "linux")]
             Engine::Uring(ring) => {
                 crate::uring::ops::fallocate(ring, ticket, fd.clone(), offset, len).await
             }
-            Engine::Pool => {
+            _ => {
                 let fd = fd.clone();
                 self.shared
                     .pool
@@ -746,6 +869,11 @@ impl IoDriver {
     pub(crate) async fn ftruncate(&self, fd: &Arc<FileState>, len: u64) -> io::Result<()> {
         sys::check_range(len, 0)?;
         let ticket = self.ticket_for(fd, 1).await?;
+        #[cfg(feature = "sim")]
+        if let Some(sim) = fd.sim() {
+            let _ticket = ticket;
+            return sim.set_len(len).await;
+        }
         match &self.shared.engine {
             #[cfg(target_os = "linux")]
             Engine::Uring(ring) if ring.has_ftruncate() => {
@@ -763,10 +891,15 @@ impl IoDriver {
 
     pub(crate) async fn file_len(&self, fd: &Arc<FileState>) -> io::Result<u64> {
         let ticket = self.ticket_for(fd, 1).await?;
+        #[cfg(feature = "sim")]
+        if let Some(sim) = fd.sim() {
+            let _ticket = ticket;
+            return sim.len().await;
+        }
         match &self.shared.engine {
             #[cfg(target_os = "linux")]
             Engine::Uring(ring) => crate::uring::ops::file_len(ring, ticket, fd.clone()).await,
-            Engine::Pool => {
+            _ => {
                 let fd = fd.clone();
                 self.shared
                     .pool
@@ -781,7 +914,7 @@ impl IoDriver {
         match &self.shared.engine {
             #[cfg(target_os = "linux")]
             Engine::Uring(ring) => crate::uring::ops::close(ring, ticket, fd).await,
-            Engine::Pool => self.shared.pool.run(ticket, move || sys::close(fd)).await,
+            _ => self.shared.pool.run(ticket, move || sys::close(fd)).await,
         }
     }
 

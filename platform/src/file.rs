@@ -154,28 +154,75 @@ impl OpenOptions {
         }
         Ok((flags, self.mode))
     }
+
+    #[cfg(feature = "sim")]
+    pub(crate) fn sim(&self) -> io::Result<crate::sim::SimOpen> {
+        self.flags()?;
+        Ok(crate::sim::SimOpen {
+            read: self.read,
+            write: self.write,
+            create: self.create,
+            create_new: self.create_new,
+            truncate: self.truncate,
+            directory: self.directory || self.path_only,
+        })
+    }
 }
 
 /// The descriptor shared by a file's handles and its in-flight operations.
 pub(crate) struct FileState {
-    file: fs::File,
+    handle: Handle,
     closed: AtomicBool,
+}
+
+/// A real descriptor, or a file of the simulated disk.
+enum Handle {
+    Os(fs::File),
+    #[cfg(feature = "sim")]
+    Sim(crate::sim::SimFile),
 }
 
 impl FileState {
     pub(crate) fn new(file: fs::File) -> Arc<FileState> {
         Arc::new(FileState {
-            file,
+            handle: Handle::Os(file),
             closed: AtomicBool::new(false),
         })
     }
 
+    #[cfg(feature = "sim")]
+    pub(crate) fn new_sim(file: crate::sim::SimFile) -> Arc<FileState> {
+        Arc::new(FileState {
+            handle: Handle::Sim(file),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// The real descriptor. Only the io_uring and pool engines call it, and they only ever see
+    /// files they opened themselves.
     pub(crate) fn file(&self) -> &fs::File {
-        &self.file
+        match &self.handle {
+            Handle::Os(file) => file,
+            #[cfg(feature = "sim")]
+            Handle::Sim(_) => unreachable!("a simulated file reached a real I/O engine"),
+        }
+    }
+
+    /// The simulated file, if this is one.
+    #[cfg(feature = "sim")]
+    pub(crate) fn sim(&self) -> Option<&crate::sim::SimFile> {
+        match &self.handle {
+            Handle::Sim(file) => Some(file),
+            Handle::Os(_) => None,
+        }
     }
 
     pub(crate) fn raw_fd(&self) -> RawFd {
-        self.file.as_raw_fd()
+        match &self.handle {
+            Handle::Os(file) => file.as_raw_fd(),
+            #[cfg(feature = "sim")]
+            Handle::Sim(_) => -1,
+        }
     }
 
     pub(crate) fn check_open(&self) -> io::Result<()> {
@@ -463,7 +510,12 @@ impl File {
     /// The system's error; `EBADF` after [`close`](Self::close).
     pub fn try_lock(&self) -> io::Result<bool> {
         self.state.check_open()?;
-        match self.state.file.try_lock() {
+        let file = match &self.state.handle {
+            Handle::Os(file) => file,
+            #[cfg(feature = "sim")]
+            Handle::Sim(file) => return file.try_lock(),
+        };
+        match file.try_lock() {
             Ok(()) => Ok(true),
             Err(fs::TryLockError::WouldBlock) => Ok(false),
             Err(fs::TryLockError::Error(e)) => Err(e),
@@ -487,8 +539,10 @@ impl File {
     pub async fn close(self) -> io::Result<()> {
         self.state.closed.store(true, Ordering::Release);
         let File { driver, state, .. } = self;
-        match Arc::try_unwrap(state) {
-            Ok(state) => driver.close(OwnedFd::from(state.file)).await,
+        match Arc::try_unwrap(state).map(|s| s.handle) {
+            Ok(Handle::Os(file)) => driver.close(OwnedFd::from(file)).await,
+            #[cfg(feature = "sim")]
+            Ok(Handle::Sim(_)) => Ok(()),
             Err(_) => Ok(()),
         }
     }

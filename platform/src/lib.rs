@@ -53,12 +53,14 @@ mod driver;
 mod file;
 mod pool;
 mod probe;
+#[cfg(feature = "sim")]
+pub mod sim;
 mod sys;
 #[cfg(target_os = "linux")]
 mod uring;
 
 pub use buf::aligned_bytes_mut;
-pub use driver::{Backend, DirEntry, DriverOptions, DriverStats, IoDriver};
+pub use driver::{Backend, DirEntry, DriverOptions, DriverStats, EntryKind, IoDriver};
 pub use file::{File, OpenOptions};
 
 /// The result of an operation that owns a buffer: the outcome and the buffer, returned even on

@@ -12,7 +12,7 @@ use std::path::Path;
 use bytes::{Bytes, BytesMut};
 
 use crate::BufResult;
-use crate::driver::DirEntry;
+use crate::driver::{DirEntry, EntryKind};
 
 /// The largest number of iovecs one `writev` accepts on Linux (`UIO_MAXIOV`).
 pub(crate) const IOV_MAX: usize = 1024;
@@ -315,7 +315,7 @@ pub(crate) fn read_dir(path: &Path) -> io::Result<Vec<DirEntry>> {
         let entry = entry?;
         out.push(DirEntry {
             path: entry.path(),
-            file_type: entry.file_type()?,
+            kind: EntryKind::of(entry.file_type()?),
         });
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));

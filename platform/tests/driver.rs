@@ -163,8 +163,8 @@ async fn every_operation_round_trips(driver: IoDriver) -> io::Result<()> {
     assert_eq!(names, vec![moved.clone()]);
     assert!(
         driver.read_dir(tmp.path().join("a")).await?[0]
-            .file_type
-            .is_dir()
+            .kind
+            == ringtide_platform::EntryKind::Dir
     );
 
     // The open file follows the rename.

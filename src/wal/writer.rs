@@ -270,7 +270,10 @@ impl Writer {
             }
             let launch_at = self.launch_at.filter(|_| !self.batch.is_empty());
             let sync_due = self.sync_deadline.filter(|_| self.in_flight.is_empty());
+            // Biased: finishing in-flight work comes first, and the order of choices does not
+            // depend on tokio's random fairness, so a run on the simulated disk replays.
             tokio::select! {
+                biased;
                 Some((res, launched)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     self.complete(res, launched).await;
                 }
