@@ -182,14 +182,14 @@ pub(crate) async fn recover(
         }
     }
     // Whole segments below the recorded start are leftovers of an interrupted truncate_front.
+    // They are deleted only once the rest of the log has been checked and holds the start, so
+    // that a damaged meta file cannot make recovery delete entries before it refuses the log.
     let mut kept = Vec::new();
+    let mut below_start = Vec::new();
     for (i, (first, path)) in segments_found.iter().enumerate() {
         let next_first = segments_found.get(i + 1).map(|(f, _)| *f);
         if next_first.is_some_and(|n| n <= meta.first_lsn) {
-            if writable {
-                driver.remove_file(path).await.map_err(io_err(path))?;
-                removed = true;
-            }
+            below_start.push(path.clone());
         } else {
             kept.push((*first, path.clone()));
         }
@@ -212,16 +212,7 @@ pub(crate) async fn recover(
         let loaded = current
             .await
             .map_err(|e| Error::io(&path, std::io::Error::other(e)))??;
-        let Some(scanned) =
-            scan_segment(&path, loaded, first, &meta, is_last, options, access).await?
-        else {
-            // An empty leftover of an interrupted segment creation: it holds no entries.
-            if writable {
-                driver.remove_file(&path).await.map_err(io_err(&path))?;
-                driver.sync_dir(dir).await.map_err(io_err(dir))?;
-            }
-            continue;
-        };
+        let scanned = scan_segment(&path, loaded, first, &meta, is_last, options, access).await?;
         if let Some(prev) = segments.last()
             && prev.next_lsn() != scanned.index.first_lsn
         {
@@ -293,6 +284,11 @@ pub(crate) async fn recover(
             },
         ));
     }
+    if writable {
+        for path in &below_start {
+            driver.remove_file(path).await.map_err(io_err(path))?;
+        }
+    }
     if writable && let Some(last) = segments.last() {
         // What the last run wrote may sit unsynced in the page cache: sync it before the log
         // calls it durable, or a later RWF_DSYNC append (durable for its own range only) could be
@@ -327,8 +323,6 @@ struct Scanned {
     torn: Option<TornTail>,
 }
 
-/// Reads and checks one segment. `Ok(None)`: the last segment is an empty leftover (shorter than
-/// a header, or an all-zero header) that holds nothing.
 /// A segment file opened and read whole.
 struct Loaded {
     file: File,
@@ -367,14 +361,12 @@ async fn scan_segment(
     is_last: bool,
     options: &WalOptions,
     access: Access,
-) -> Result<Option<Scanned>> {
+) -> Result<Scanned> {
     let writable = access == Access::ReadWrite;
     let Loaded { file, len, buf } = loaded;
-    let header_bytes = buf.get(..HEADER_LEN as usize);
-    if is_last && header_bytes.is_none_or(|h| h.iter().all(|&b| b == 0)) {
-        let _ = file.close().await;
-        return Ok(None);
-    }
+    // Every segment's header is synced before the segment gets its name (see
+    // `segment::install_segment`), so a damaged or zeroed header is never a leftover of an
+    // interrupted creation: it is corruption, even in the last segment.
     let corrupt = |offset: u64, kind| Err(Error::corruption(path, offset, kind));
     let header = match SegmentHeader::decode(&buf) {
         Ok(h) => h,
@@ -473,11 +465,21 @@ async fn scan_segment(
         );
     }
     let incomplete = committed < offsets.len();
+    // Bytes past a clean end of the last segment (a zeroed frame, then frames that were not
+    // synced past it) are unsynced writes that landed out of order: a torn tail, to be cut, or a
+    // later append of the same size would make them part of the log again.
+    let stray = is_last
+        && bad.is_none()
+        && !incomplete
+        && buf
+            .get(committed_end..)
+            .is_some_and(|rest| first_nonzero(rest).is_some());
     let mut torn = None;
-    if bad.is_some() || incomplete {
+    if bad.is_some() || incomplete || stray {
         let (at, kind) = match bad {
             Some((at, kind)) => (at, kind),
-            None => (committed_end, CorruptionKind::IncompleteBatch),
+            None if incomplete => (committed_end, CorruptionKind::IncompleteBatch),
+            None => (committed_end, CorruptionKind::TornTail { bytes: 0 }),
         };
         if !is_last {
             // Segments are synced before the next one receives data: only the last can be torn.
@@ -518,7 +520,7 @@ async fn scan_segment(
             .map_err(io_err(path))?;
         allocated = options.segment_size_bytes;
     }
-    Ok(Some(Scanned {
+    Ok(Scanned {
         index: SegmentIndex {
             first_lsn: header.first_lsn,
             path: path.to_path_buf(),
@@ -528,7 +530,7 @@ async fn scan_segment(
             allocated,
         },
         torn,
-    }))
+    })
 }
 
 /// Looks for a frame with a valid checksum, an lsn of at least `lost` and a synced lsn of at least
