@@ -381,6 +381,78 @@ impl FrameFormat {
         }
     }
 
+    /// The size of the length field and of the whole frame starting at `rest[0]`, read from its
+    /// length and flags without checking anything else; `None` if `rest` is too short to say.
+    fn frame_extent(&self, rest: &[u8]) -> Option<(usize, usize)> {
+        let (len, len_bytes) = match self.length {
+            LengthEncoding::U16 => (
+                u64::from(u16::from_le_bytes(rest.get(..2)?.try_into().ok()?)),
+                2,
+            ),
+            LengthEncoding::U32 => (
+                u64::from(u32::from_le_bytes(rest.get(..4)?.try_into().ok()?)),
+                4,
+            ),
+            LengthEncoding::U64 => (u64::from_le_bytes(rest.get(..8)?.try_into().ok()?), 8),
+            LengthEncoding::Uvarint => {
+                let end = rest.iter().take(10).position(|b| b & 0x80 == 0)?;
+                let mut value = 0u64;
+                for (i, &b) in rest[..=end].iter().enumerate() {
+                    value |= u64::from(b & 0x7f).checked_shl(7 * i as u32)?;
+                }
+                (value, end + 1)
+            }
+        };
+        let flags = *rest.get(len_bytes + self.checksum_len())?;
+        let extra = 1
+            + 8
+            + 4
+            + if flags & FLAG_TERM != 0 { 8 } else { 0 }
+            + if self.timestamps { 8 } else { 0 };
+        let total = (len_bytes + self.checksum_len() + extra) as u64;
+        let total = usize::try_from(total.checked_add(len)?).ok()?;
+        Some((len_bytes, total))
+    }
+
+    /// Decodes the frame at `buf[at..]` as `truncate_back` may have left it when power failed while
+    /// it rewrote that frame to end its batch: the old frame ("continues" set), the new one
+    /// (cleared), or the two torn at one point of the checksum-and-flags bytes, as a device that
+    /// keeps some sectors of a write and loses others leaves them. Everything else in the frame
+    /// must be intact: the stored checksum bytes must be those computed from the frame's own body.
+    /// Returns the frame as rewritten (ending its batch) and its new bytes, or `None`.
+    pub(crate) fn decode_cut(
+        &self,
+        buf: &[u8],
+        at: usize,
+        max_payload: u64,
+    ) -> Option<(FrameRef, Vec<u8>)> {
+        let rest = buf.get(at..)?;
+        let (len_bytes, total) = self.frame_extent(rest)?;
+        let frame = rest.get(..total)?;
+        let flags_at = len_bytes + self.checksum_len();
+        let mut old = frame.to_vec();
+        old[flags_at] |= FLAG_CONTINUES;
+        self.store_checksum(&mut old, len_bytes);
+        let mut new = frame.to_vec();
+        new[flags_at] &= !FLAG_CONTINUES;
+        self.store_checksum(&mut new, len_bytes);
+        let field = len_bytes..=flags_at;
+        let (s, o, n) = (&frame[field.clone()], &old[field.clone()], &new[field]);
+        let torn_mix = (0..=s.len()).any(|i| {
+            (s[..i] == n[..i] && s[i..] == o[i..]) || (s[..i] == o[..i] && s[i..] == n[i..])
+        });
+        if !torn_mix {
+            return None;
+        }
+        match self.decode(&new, 0, max_payload) {
+            Decoded::Frame(mut f) => {
+                f.payload = f.payload.start + at..f.payload.end + at;
+                Some((f, new))
+            }
+            _ => None,
+        }
+    }
+
     /// Rewrites the flags of the frame at the start of `frame` (a whole encoded frame) to clear
     /// the "batch continues" bit, and recomputes its checksum. Used when the log is cut inside a
     /// batch, so that the kept part ends with a commit marker.
@@ -426,6 +498,48 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn a_batch_end_rewrite_torn_anywhere_decodes_as_the_new_frame() {
+        for f in formats() {
+            let mut buf = BytesMut::new();
+            let fields = FrameFields {
+                lsn: Lsn(9),
+                synced_lsn: Lsn(3),
+                term: Some(2),
+                timestamp_us: 5,
+                continues: true,
+            };
+            f.encode(&mut buf, fields, &[0xAB; 40]);
+            let old = buf.to_vec();
+            let mut new = old.clone();
+            f.clear_continues(&mut new);
+            let (len_bytes, total) = f.frame_extent(&old).unwrap();
+            assert_eq!(total, old.len());
+            let end = len_bytes + f.checksum_len() + 1;
+            for cut in 0..=old.len() {
+                for (a, b) in [(&old, &new), (&new, &old)] {
+                    let mut torn = a[..cut].to_vec();
+                    torn.extend_from_slice(&b[cut..]);
+                    let mut image = vec![0u8; 3];
+                    image.extend_from_slice(&torn);
+                    let (frame, bytes) = f.decode_cut(&image, 3, u64::MAX).unwrap();
+                    assert!(!frame.continues);
+                    assert_eq!(frame.lsn, Lsn(9));
+                    assert_eq!(&image[frame.payload], &[0xAB; 40]);
+                    assert_eq!(bytes, new);
+                }
+            }
+            // Damage anywhere else is not taken for a torn rewrite.
+            for i in (0..old.len()).filter(|i| !(len_bytes..end).contains(i)) {
+                let mut bad = old.clone();
+                bad[i] ^= 0x10;
+                if let Some((frame, _)) = f.decode_cut(&bad, 0, u64::MAX) {
+                    panic!("{f:?}: byte {i} flipped, still decoded as {frame:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use bytes::BytesMut;
 use ringtide_platform::{File, IoDriver, OpenOptions};
 
 use super::record::{Decoded, FrameFormat};
-use super::segment::{self, HEADER_LEN, LOCK_FILE, META_FILE, Meta, SegmentHeader};
+use super::segment::{self, CutRecord, HEADER_LEN, LOCK_FILE, META_FILE, Meta, SegmentHeader};
 use super::{Lsn, RecoveryMode, SegmentIndex, TornTail, WalOptions};
 use crate::error::{CorruptionKind, Error, Result};
 
@@ -155,6 +155,12 @@ pub(crate) async fn recover(
             ));
         }
     };
+    // A cut record says which frame an interrupted `truncate_back` was rewriting. One of another
+    // epoch or log is stale (the truncation finished; only its removal was lost) and ignored.
+    let cut = CutRecord::read(driver, dir).await?;
+    let cut_record_found = cut.is_some();
+    let cut =
+        cut.filter(|c| c.log_id == meta.log_id && c.epoch == meta.epoch && c.format == meta.format);
     // A temporary meta file is the leftover of an interrupted replacement; the real one stands.
     if writable {
         let _ = driver.remove_file(dir.join("wal.meta.tmp")).await;
@@ -205,6 +211,13 @@ pub(crate) async fn recover(
     // Each segment is read while the one before it is checked (one read ahead).
     let load = |path: &PathBuf| tokio::spawn(load_segment(driver.clone(), path.clone(), writable));
     let mut ahead = kept.first().map(|(_, path)| load(path));
+    let mut after_cut = Vec::new();
+    let ctx = ScanContext {
+        meta: &meta,
+        cut: cut.map(|c| c.lsn),
+        options,
+        access,
+    };
     for (i, (first, path)) in kept.iter().cloned().enumerate() {
         let is_last = i + 1 == count;
         let current = ahead.take().expect("the segment was read ahead");
@@ -212,7 +225,8 @@ pub(crate) async fn recover(
         let loaded = current
             .await
             .map_err(|e| Error::io(&path, std::io::Error::other(e)))??;
-        let scanned = scan_segment(&path, loaded, first, &meta, is_last, options, access).await?;
+        let scanned = scan_segment(&path, loaded, first, is_last, &ctx).await?;
+        let cut_applied = scanned.cut_applied;
         if let Some(prev) = segments.last()
             && prev.next_lsn() != scanned.index.first_lsn
         {
@@ -230,6 +244,15 @@ pub(crate) async fn recover(
             torn_tail = scanned.torn;
         }
         segments.push(scanned.index);
+        if cut_applied {
+            // The log ends at the cut: later segments are leftovers of the interrupted
+            // `truncate_back`, which deletes them (from the last) before rewriting the frame.
+            if let Some(pending) = ahead.take() {
+                pending.abort();
+            }
+            after_cut.extend(kept[i + 1..].iter().map(|(_, p)| p.clone()));
+            break;
+        }
     }
     let recovered_segments = segments.len() as u64;
     let recovered_entries = segments.iter().map(|s| s.offsets.len() as u64).sum();
@@ -285,8 +308,12 @@ pub(crate) async fn recover(
         ));
     }
     if writable {
-        for path in &below_start {
+        for path in below_start.iter().chain(after_cut.iter().rev()) {
             driver.remove_file(path).await.map_err(io_err(path))?;
+        }
+        if cut_record_found {
+            // Its work is done (or it was stale): a later batch may use its lsn again.
+            CutRecord::remove(driver, dir).await?;
         }
     }
     if writable && let Some(last) = segments.last() {
@@ -321,6 +348,8 @@ pub(crate) async fn recover(
 struct Scanned {
     index: SegmentIndex,
     torn: Option<TornTail>,
+    /// The segment holds the lsn of a cut record: the log ends there.
+    cut_applied: bool,
 }
 
 /// A segment file opened and read whole.
@@ -353,15 +382,28 @@ async fn load_segment(driver: IoDriver, path: PathBuf, writable: bool) -> Result
     Ok(Loaded { file, len, buf })
 }
 
+/// What every segment's scan needs to know about the log.
+struct ScanContext<'a> {
+    meta: &'a Meta,
+    /// The lsn of a cut record (see [`CutRecord`]), if any.
+    cut: Option<Lsn>,
+    options: &'a WalOptions,
+    access: Access,
+}
+
 async fn scan_segment(
     path: &Path,
     loaded: Loaded,
     name_first: Lsn,
-    meta: &Meta,
     is_last: bool,
-    options: &WalOptions,
-    access: Access,
+    ctx: &ScanContext<'_>,
 ) -> Result<Scanned> {
+    let ScanContext {
+        meta,
+        cut,
+        options,
+        access,
+    } = *ctx;
     let writable = access == Access::ReadWrite;
     let Loaded { file, len, buf } = loaded;
     // Every segment's header is synced before the segment gets its name (see
@@ -414,7 +456,21 @@ async fn scan_segment(
     let mut committed = 0usize;
     let mut committed_end = pos;
     let mut bad: Option<(usize, CorruptionKind)> = None;
+    let mut cut_frame: Option<(usize, Vec<u8>)> = None;
     loop {
+        if cut == Some(expected)
+            && pos <= u32::MAX as usize
+            && let Some((frame, bytes)) = format.decode_cut(&buf, pos, ACCEPT_MAX_PAYLOAD)
+        {
+            // The frame an interrupted `truncate_back` was rewriting: it ends its batch and the
+            // log, whatever of the rewrite reached the disk.
+            offsets.push(pos as u32);
+            cut_frame = Some((pos, bytes));
+            pos += frame.len;
+            committed = offsets.len();
+            committed_end = pos;
+            break;
+        }
         match format.decode(&buf, pos, ACCEPT_MAX_PAYLOAD) {
             Decoded::Frame(frame) if frame.lsn == expected && pos <= u32::MAX as usize => {
                 offsets.push(pos as u32);
@@ -446,74 +502,92 @@ async fn scan_segment(
             }
         }
     }
-    // A valid frame after the point where the walk stopped, written when the lost lsn was already
-    // durable, means durable data is damaged: corruption, not a torn tail. (Past a clean end this
-    // finds a zeroed block followed by frames; past a bad frame, frames after it.) Later frames
-    // that are not synced past the loss are unsynced writes that reached the disk out of order.
-    let search_from = match &bad {
-        Some((at, _)) => at + 1,
-        None => pos,
-    };
-    let min_lsn = Lsn(header.first_lsn.0 + committed as u64);
-    if let Some(next_valid) = find_valid_frame(&buf, search_from, format, min_lsn) {
-        let at = bad.as_ref().map_or(pos, |(at, _)| *at) as u64;
-        return corrupt(
-            at,
-            CorruptionKind::DamageBeforeValidData {
-                next_valid_offset: next_valid as u64,
-            },
-        );
-    }
-    let incomplete = committed < offsets.len();
-    // Bytes past a clean end of the last segment (a zeroed frame, then frames that were not
-    // synced past it) are unsynced writes that landed out of order: a torn tail, to be cut, or a
-    // later append of the same size would make them part of the log again.
-    let stray = is_last
-        && bad.is_none()
-        && !incomplete
-        && buf
-            .get(committed_end..)
-            .is_some_and(|rest| first_nonzero(rest).is_some());
     let mut torn = None;
-    if bad.is_some() || incomplete || stray {
-        let (at, kind) = match bad {
-            Some((at, kind)) => (at, kind),
-            None if incomplete => (committed_end, CorruptionKind::IncompleteBatch),
-            None => (committed_end, CorruptionKind::TornTail { bytes: 0 }),
-        };
-        if !is_last {
-            // Segments are synced before the next one receives data: only the last can be torn.
-            return corrupt(at as u64, kind);
-        }
-        let data_end = buf
-            .iter()
-            .rposition(|&b| b != 0)
-            .map_or(committed_end, |i| i + 1)
-            .max(committed_end);
-        let bytes = (data_end - committed_end) as u64;
-        if options.recovery_mode == RecoveryMode::Strict {
-            return corrupt(committed_end as u64, CorruptionKind::TornTail { bytes });
-        }
-        // Cut the torn tail and re-extend with zeros, so nothing of it can be read again.
-        let cut = committed_end as u64;
+    let cut_applied = cut_frame.is_some();
+    if let Some((at, bytes)) = cut_frame {
+        // Finish the interrupted `truncate_back`: the frame rewritten whole, the rest cut and
+        // re-extended with zeros, synced.
         if writable {
+            let (res, _) = file
+                .writev_sync_at(vec![bytes::Bytes::from(bytes)], at as u64)
+                .await;
+            res.map_err(io_err(path))?;
+            let cut = committed_end as u64;
             file.set_len(cut).await.map_err(io_err(path))?;
             file.allocate(cut, len.saturating_sub(cut).max(1))
                 .await
                 .map_err(io_err(path))?;
             file.sync_all().await.map_err(io_err(path))?;
         }
-        torn = Some(TornTail {
-            file: path.to_path_buf(),
-            offset: cut,
-            bytes,
-            dropped_entries: (offsets.len() - committed) as u64,
-        });
-        offsets.truncate(committed);
+    } else {
+        // A valid frame after the point where the walk stopped, written when the lost lsn was already
+        // durable, means durable data is damaged: corruption, not a torn tail. (Past a clean end this
+        // finds a zeroed block followed by frames; past a bad frame, frames after it.) Later frames
+        // that are not synced past the loss are unsynced writes that reached the disk out of order.
+        let search_from = match &bad {
+            Some((at, _)) => at + 1,
+            None => pos,
+        };
+        let min_lsn = Lsn(header.first_lsn.0 + committed as u64);
+        if let Some(next_valid) = find_valid_frame(&buf, search_from, format, min_lsn) {
+            let at = bad.as_ref().map_or(pos, |(at, _)| *at) as u64;
+            return corrupt(
+                at,
+                CorruptionKind::DamageBeforeValidData {
+                    next_valid_offset: next_valid as u64,
+                },
+            );
+        }
+        let incomplete = committed < offsets.len();
+        // Bytes past a clean end of the last segment (a zeroed frame, then frames that were not
+        // synced past it) are unsynced writes that landed out of order: a torn tail, to be cut, or a
+        // later append of the same size would make them part of the log again.
+        let stray = is_last
+            && bad.is_none()
+            && !incomplete
+            && buf
+                .get(committed_end..)
+                .is_some_and(|rest| first_nonzero(rest).is_some());
+        if bad.is_some() || incomplete || stray {
+            let (at, kind) = match bad {
+                Some((at, kind)) => (at, kind),
+                None if incomplete => (committed_end, CorruptionKind::IncompleteBatch),
+                None => (committed_end, CorruptionKind::TornTail { bytes: 0 }),
+            };
+            if !is_last {
+                // Segments are synced before the next one receives data: only the last can be torn.
+                return corrupt(at as u64, kind);
+            }
+            let data_end = buf
+                .iter()
+                .rposition(|&b| b != 0)
+                .map_or(committed_end, |i| i + 1)
+                .max(committed_end);
+            let bytes = (data_end - committed_end) as u64;
+            if options.recovery_mode == RecoveryMode::Strict {
+                return corrupt(committed_end as u64, CorruptionKind::TornTail { bytes });
+            }
+            // Cut the torn tail and re-extend with zeros, so nothing of it can be read again.
+            let cut = committed_end as u64;
+            if writable {
+                file.set_len(cut).await.map_err(io_err(path))?;
+                file.allocate(cut, len.saturating_sub(cut).max(1))
+                    .await
+                    .map_err(io_err(path))?;
+                file.sync_all().await.map_err(io_err(path))?;
+            }
+            torn = Some(TornTail {
+                file: path.to_path_buf(),
+                offset: cut,
+                bytes,
+                dropped_entries: (offsets.len() - committed) as u64,
+            });
+            offsets.truncate(committed);
+        }
     }
     let end = committed_end as u64;
     let mut allocated = len.max(end + 1);
-    if writable && is_last && allocated < options.segment_size_bytes {
+    if writable && (is_last || cut_applied) && allocated < options.segment_size_bytes {
         // The active segment gets its full preallocation back (it may have been cut short).
         file.allocate(0, options.segment_size_bytes)
             .await
@@ -530,6 +604,7 @@ async fn scan_segment(
             allocated,
         },
         torn,
+        cut_applied,
     })
 }
 

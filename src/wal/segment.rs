@@ -50,6 +50,10 @@ pub(crate) const FORMAT_VERSION: u16 = 1;
 pub(crate) const HEADER_LEN: u64 = 64;
 const SEGMENT_MAGIC: &[u8; 8] = b"RTDWAL\r\n";
 const META_MAGIC: &[u8; 8] = b"RTDMETA\n";
+const CUT_MAGIC: &[u8; 8] = b"RTDCUT\r\n";
+/// The cut record of a `truncate_back` that ends a batch (see [`CutRecord`]).
+pub(crate) const CUT_FILE: &str = "wal.cut";
+const CUT_TMP: &str = "wal.cut.tmp";
 const META_LEN: usize = 48;
 pub(crate) const META_FILE: &str = "wal.meta";
 const META_TMP: &str = "wal.meta.tmp";
@@ -236,26 +240,9 @@ impl Meta {
     /// Reads the meta file; `Ok(None)` if there is none.
     pub(crate) async fn read(driver: &IoDriver, dir: &Path) -> Result<Option<Meta>> {
         let path = dir.join(META_FILE);
-        let file = match driver.open(&path, &OpenOptions::new().read(true)).await {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(&path, e)),
+        let Some(buf) = read_record(driver, &path).await? else {
+            return Ok(None);
         };
-        let (res, buf) = file
-            .read_exact_at(BytesMut::with_capacity(META_LEN), 0)
-            .await;
-        let _ = file.close().await;
-        match res {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(Error::corruption(
-                    &path,
-                    0,
-                    CorruptionKind::BadHeader { field: "length" },
-                ));
-            }
-            Err(e) => return Err(Error::io(&path, e)),
-        }
         Meta::decode(&buf)
             .map(Some)
             .map_err(|kind| Error::corruption(&path, 0, kind))
@@ -263,25 +250,112 @@ impl Meta {
 
     /// Replaces the meta file atomically and durably.
     pub(crate) async fn write(&self, driver: &IoDriver, dir: &Path) -> Result<()> {
-        let tmp = dir.join(META_TMP);
-        let path = dir.join(META_FILE);
-        let opts = OpenOptions::new().write(true).create(true).truncate(true);
-        let file = driver
-            .open(&tmp, &opts)
-            .await
-            .map_err(|e| Error::io(&tmp, e))?;
-        let (res, _) = file
-            .writev_sync_at(vec![Bytes::copy_from_slice(&self.encode())], 0)
-            .await;
-        res.map_err(|e| Error::io(&tmp, e))?;
-        file.close().await.map_err(|e| Error::io(&tmp, e))?;
-        // Rename over the old file, then fsync the directory so the new name survives a crash.
-        driver
-            .rename(&tmp, &path)
-            .await
-            .map_err(|e| Error::io(&path, e))?;
+        write_record(driver, dir, META_TMP, META_FILE, &self.encode()).await
+    }
+}
+
+/// The cut record: written (atomically, durably) before `truncate_back` rewrites the frame that
+/// is to end a batch in place, removed once that rewrite and the cut are synced. A power loss in
+/// between may tear the rewrite; recovery then finds the record and accepts that frame as the
+/// old, the new or a torn mix of the two, ends the batch there and finishes the truncation.
+/// 48 bytes, laid out as the meta file, with magic `"RTDCUT\r\n"` and the last kept lsn in the
+/// first-lsn field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CutRecord {
+    pub(crate) format: FrameFormat,
+    pub(crate) log_id: u64,
+    pub(crate) epoch: u64,
+    /// The last lsn kept: its frame ends the batch.
+    pub(crate) lsn: Lsn,
+}
+
+impl CutRecord {
+    /// Reads the cut record; `Ok(None)` if there is none.
+    pub(crate) async fn read(driver: &IoDriver, dir: &Path) -> Result<Option<CutRecord>> {
+        let path = dir.join(CUT_FILE);
+        let Some(buf) = read_record(driver, &path).await? else {
+            return Ok(None);
+        };
+        let (format, log_id, epoch, lsn) =
+            decode_fields(&buf, CUT_MAGIC, META_LEN).map_err(|k| Error::corruption(&path, 0, k))?;
+        Ok(Some(CutRecord {
+            format,
+            log_id,
+            epoch,
+            lsn,
+        }))
+    }
+
+    /// Writes the cut record atomically and durably.
+    pub(crate) async fn write(&self, driver: &IoDriver, dir: &Path) -> Result<()> {
+        let bytes: [u8; META_LEN] =
+            encode_fields(CUT_MAGIC, &self.format, self.log_id, self.epoch, self.lsn);
+        write_record(driver, dir, CUT_TMP, CUT_FILE, &bytes).await
+    }
+
+    /// Removes the cut record (and a leftover temporary one), durably. No record is not an error.
+    pub(crate) async fn remove(driver: &IoDriver, dir: &Path) -> Result<()> {
+        for name in [CUT_TMP, CUT_FILE] {
+            let path = dir.join(name);
+            match driver.remove_file(&path).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
         driver.sync_dir(dir).await.map_err(|e| Error::io(dir, e))
     }
+}
+
+/// Reads a whole small record file (`META_LEN` bytes); `Ok(None)` if it does not exist.
+async fn read_record(driver: &IoDriver, path: &Path) -> Result<Option<BytesMut>> {
+    let file = match driver.open(path, &OpenOptions::new().read(true)).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let (res, buf) = file
+        .read_exact_at(BytesMut::with_capacity(META_LEN), 0)
+        .await;
+    let _ = file.close().await;
+    match res {
+        Ok(()) => Ok(Some(buf)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::corruption(
+            path,
+            0,
+            CorruptionKind::BadHeader { field: "length" },
+        )),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Replaces `dir/name` with `bytes` atomically and durably: a temporary file written and synced,
+/// renamed over the old one, the directory synced.
+async fn write_record(
+    driver: &IoDriver,
+    dir: &Path,
+    tmp: &str,
+    name: &str,
+    bytes: &[u8],
+) -> Result<()> {
+    let tmp = dir.join(tmp);
+    let path = dir.join(name);
+    let opts = OpenOptions::new().write(true).create(true).truncate(true);
+    let file = driver
+        .open(&tmp, &opts)
+        .await
+        .map_err(|e| Error::io(&tmp, e))?;
+    let (res, _) = file
+        .writev_sync_at(vec![Bytes::copy_from_slice(bytes)], 0)
+        .await;
+    res.map_err(|e| Error::io(&tmp, e))?;
+    file.close().await.map_err(|e| Error::io(&tmp, e))?;
+    // Rename over the old file, then fsync the directory so the new name survives a crash.
+    driver
+        .rename(&tmp, &path)
+        .await
+        .map_err(|e| Error::io(&path, e))?;
+    driver.sync_dir(dir).await.map_err(|e| Error::io(dir, e))
 }
 
 /// The file name of a segment.

@@ -28,7 +28,7 @@ use ringtide_platform::File;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use super::record::{Decoded, FrameFields};
-use super::segment::{self, HEADER_LEN, Meta, SegmentHeader};
+use super::segment::{self, CutRecord, HEADER_LEN, Meta, SegmentHeader};
 use super::{Lsn, Record, SegmentIndex, Shared, SyncPolicy};
 use crate::error::{Error, Result};
 
@@ -869,10 +869,13 @@ impl Writer {
             .get(keep)
             .map_or(cut_segment.end, |&o| u64::from(o));
         // If the kept part ends inside a batch, make its last frame the batch's end, so recovery
-        // keeps it.
+        // keeps it. The in-place rewrite is covered by a cut record (see `CutRecord`).
+        let mut rewrote = false;
         if keep > 0 {
             let start = u64::from(cut_segment.offsets[keep - 1]);
-            self.end_batch_at(&cut_segment.file, start, cut).await?;
+            rewrote = self
+                .end_batch_at(&cut_segment.file, start, cut, lsn)
+                .await?;
         }
         // Cut and re-extend with zeros: frames past the cut must never be read again, not even
         // by recovery's search for valid data after damage.
@@ -882,6 +885,11 @@ impl Writer {
             .await
             .map_err(|e| io(self, e))?;
         file.sync_all().await.map_err(|e| io(self, e))?;
+        if rewrote {
+            CutRecord::remove(&self.shared.driver, &self.shared.dir)
+                .await
+                .map_err(|e| self.poison(std::io::Error::other(e.to_string())))?;
+        }
         {
             let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
             let k = index
@@ -909,8 +917,10 @@ impl Writer {
         Ok(())
     }
 
-    /// Clears the "batch continues" flag of the frame at `start..end` if it is set.
-    async fn end_batch_at(&self, file: &File, start: u64, end: u64) -> Result<()> {
+    /// Clears the "batch continues" flag of the frame of `lsn` at `start..end` if it is set, after
+    /// recording the cut durably, so that a power loss that tears the rewrite is repaired by
+    /// recovery. Returns whether it rewrote the frame (and so left a cut record to remove).
+    async fn end_batch_at(&self, file: &File, start: u64, end: u64, lsn: Lsn) -> Result<bool> {
         let (res, buf) = file
             .read_exact_at(BytesMut::with_capacity((end - start) as usize), start)
             .await;
@@ -921,11 +931,22 @@ impl Writer {
             Decoded::Frame(ref f) if f.continues
         );
         if !continues {
-            return Ok(());
+            return Ok(false);
         }
+        let record = CutRecord {
+            format: self.shared.format,
+            log_id: self.log_id,
+            epoch: self.epoch,
+            lsn,
+        };
+        record
+            .write(&self.shared.driver, &self.shared.dir)
+            .await
+            .map_err(|e| self.poison(std::io::Error::other(e.to_string())))?;
         self.shared.format.clear_continues(&mut frame);
         let (res, _) = file.writev_sync_at(vec![frame.freeze()], start).await;
-        res.map(drop).map_err(|e| self.poison(e))
+        res.map_err(|e| self.poison(e))?;
+        Ok(true)
     }
 
     async fn reset(&mut self, next: Lsn) -> Result<()> {
