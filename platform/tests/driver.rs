@@ -162,9 +162,7 @@ async fn every_operation_round_trips(driver: IoDriver) -> io::Result<()> {
         .collect();
     assert_eq!(names, vec![moved.clone()]);
     assert!(
-        driver.read_dir(tmp.path().join("a")).await?[0]
-            .kind
-            == ringtide_platform::EntryKind::Dir
+        driver.read_dir(tmp.path().join("a")).await?[0].kind == ringtide_platform::EntryKind::Dir
     );
 
     // The open file follows the rename.
