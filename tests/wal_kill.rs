@@ -18,7 +18,7 @@
 //! is lost and that recovery repairs a log whose writer died at any point (mid-write, mid-sync,
 //! mid-rotation, mid-recovery).
 //!
-//! `RINGTIDE_KILL_CYCLES` (default 12) sets the number of cycles; `RINGTIDE_KILL_SEED` repeats a
+//! `RINGTIDE_KILL_CYCLES` (default 30) sets the number of cycles; `RINGTIDE_KILL_SEED` repeats a
 //! run's kill delays (the seed is in every assertion message; the child's own scheduling is not
 //! reproducible). A child never outlives the test: the parent kills it when dropped, and a child
 //! whose parent died sees its stdin close and exits.
@@ -421,7 +421,7 @@ fn kill_9_loop_loses_no_acknowledged_entry() {
     }
     let cycles: u32 = std::env::var("RINGTIDE_KILL_CYCLES")
         .ok()
-        .map_or(12, |c| c.parse().expect("RINGTIDE_KILL_CYCLES is a number"));
+        .map_or(30, |c| c.parse().expect("RINGTIDE_KILL_CYCLES is a number"));
     let seed: u64 = std::env::var("RINGTIDE_KILL_SEED").ok().map_or_else(
         || {
             std::time::SystemTime::now()
