@@ -346,7 +346,7 @@ impl IoDriver {
         })
     }
 
-    /// A driver on the simulated disk: no pool threads, no ring.
+    /// A driver on the simulated disk: no ring; one idle pool thread (the pool is not used).
     #[cfg(feature = "sim")]
     pub(crate) fn simulated(engine: crate::sim::SimEngine) -> IoDriver {
         let depth = DriverOptions::default().queue_depth as usize;

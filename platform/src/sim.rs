@@ -70,6 +70,17 @@ use crate::sys::SyncKind;
 /// The sector size of the simulated device: the unit a crash keeps or loses.
 pub const SECTOR: u64 = 512;
 
+/// The largest file the simulated disk holds (it lives in memory); beyond it: `EFBIG`.
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// `offset + len` if the result fits a simulated file, else `EFBIG`.
+fn file_end(offset: u64, len: u64) -> io::Result<u64> {
+    offset
+        .checked_add(len)
+        .filter(|&end| end <= MAX_FILE_BYTES)
+        .ok_or_else(|| err(libc::EFBIG))
+}
+
 const ROOT: u64 = 1;
 
 /// A fault the simulated disk can inject.
@@ -265,6 +276,8 @@ struct World {
     faults: Vec<ArmedFault>,
     capacity: Option<u64>,
     locks: HashMap<u64, u64>,
+    /// Open handles per inode.
+    open: HashMap<u64, u64>,
     next_handle: u64,
     stats: SimStats,
 }
@@ -278,14 +291,42 @@ fn crashed() -> io::Error {
 }
 
 impl World {
+    /// Bytes held by files a name reaches or a handle keeps open (a removed file's space is
+    /// freed when its last handle goes, as on a real file system).
     fn used_bytes(&self) -> u64 {
+        let reached = self.reachable();
         self.nodes
-            .values()
-            .map(|n| match n {
+            .iter()
+            .filter(|(ino, _)| reached.contains(ino) || self.open.contains_key(ino))
+            .map(|(_, n)| match n {
                 Node::File(f) => f.data.len() as u64,
                 Node::Dir(_) => 0,
             })
             .sum()
+    }
+
+    fn reachable(&self) -> BTreeSet<u64> {
+        let mut reached = BTreeSet::new();
+        let mut stack = vec![ROOT];
+        while let Some(ino) = stack.pop() {
+            if !reached.insert(ino) {
+                continue;
+            }
+            if let Some(Node::Dir(d)) = self.nodes.get(&ino) {
+                stack.extend(d.entries.values().copied());
+            }
+        }
+        reached
+    }
+
+    /// A failed sync: as Linux does after a writeback error, the dirty sectors are marked clean
+    /// without reaching the disk, so a later sync that succeeds does not save them ("fsyncgate").
+    /// Reads still return the written data until a crash.
+    fn fail_sync(&mut self, ino: u64) -> io::Error {
+        if let Some(Node::File(f)) = self.nodes.get_mut(&ino) {
+            f.dirty.clear();
+        }
+        err(libc::EIO)
     }
 
     /// Starts an operation of a driver of `generation`: counts it, crashes if its number was
@@ -356,6 +397,9 @@ impl World {
 
     /// The inode of a directory path.
     fn lookup_dir(&self, path: &Path) -> io::Result<u64> {
+        if path.as_os_str().is_empty() {
+            return Err(err(libc::ENOENT));
+        }
         let mut ino = ROOT;
         for component in path.components() {
             match component {
@@ -373,7 +417,11 @@ impl World {
     /// The parent directory's inode and the last name of `path`.
     fn split(&self, path: &Path) -> io::Result<(u64, OsString)> {
         let name = path.file_name().ok_or(err(libc::EINVAL))?;
-        let parent = path.parent().unwrap_or(Path::new("/"));
+        // A relative path is taken from the root: the simulated process runs in `/`.
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("/"));
         Ok((self.lookup_dir(parent)?, name.to_os_string()))
     }
 
@@ -482,17 +530,9 @@ impl World {
 
     /// Drops the nodes no name reaches any more (after a crash no file is open).
     fn collect_garbage(&mut self) {
-        let mut reached = BTreeSet::new();
-        let mut stack = vec![ROOT];
-        while let Some(ino) = stack.pop() {
-            if !reached.insert(ino) {
-                continue;
-            }
-            if let Some(Node::Dir(d)) = self.nodes.get(&ino) {
-                stack.extend(d.entries.values().copied());
-            }
-        }
+        let reached = self.reachable();
         self.nodes.retain(|ino, _| reached.contains(ino));
+        self.open.clear();
     }
 }
 
@@ -529,6 +569,7 @@ impl SimDisk {
                 faults: Vec::new(),
                 capacity: None,
                 locks: HashMap::new(),
+                open: HashMap::new(),
                 next_handle: 1,
                 stats: SimStats::default(),
             })),
@@ -693,8 +734,17 @@ impl fmt::Debug for SimFile {
 impl Drop for SimFile {
     fn drop(&mut self) {
         let mut w = self.disk.lock();
-        if w.generation == self.generation && w.locks.get(&self.ino) == Some(&self.handle) {
+        if w.generation != self.generation {
+            return;
+        }
+        if w.locks.get(&self.ino) == Some(&self.handle) {
             w.locks.remove(&self.ino);
+        }
+        if let Some(n) = w.open.get_mut(&self.ino) {
+            *n -= 1;
+            if *n == 0 {
+                w.open.remove(&self.ino);
+            }
         }
     }
 }
@@ -748,11 +798,13 @@ impl SimEngine {
                     Some(Node::Dir(_)) if o.write => return Err(err(libc::EISDIR)),
                     Some(Node::File(_)) if o.directory => return Err(err(libc::ENOTDIR)),
                     Some(Node::File(f)) if o.truncate => {
+                        let old = f.data.len() as u64;
                         f.data.clear();
-                        f.dirty.retain(|_| false);
+                        f.mark_dirty(0, old);
                     }
                     _ => {}
                 }
+                *w.open.entry(ino).or_default() += 1;
                 let handle = w.next_handle;
                 w.next_handle += 1;
                 Ok((ino, handle))
@@ -917,8 +969,8 @@ impl SimFile {
                         }
                         _ => {}
                     }
-                    let at = offset + done as u64;
-                    let end = at + n as u64;
+                    let at = offset.saturating_add(done as u64);
+                    let end = file_end(at, n as u64)?;
                     let len = w.file_mut(self.ino)?.data.len() as u64;
                     w.check_room(end.saturating_sub(len))?;
                     let f = w.file_mut(self.ino)?;
@@ -940,7 +992,7 @@ impl SimFile {
             Some(kind) => {
                 self.run(Op::Sync, |w, fault| {
                     if fault == Some(FaultKind::SyncError) {
-                        return Err(err(libc::EIO));
+                        return Err(w.fail_sync(self.ino));
                     }
                     let f = w.file_mut(self.ino)?;
                     match kind {
@@ -966,7 +1018,7 @@ impl SimFile {
     pub(crate) async fn sync(&self) -> io::Result<()> {
         self.run(Op::Sync, |w, fault| {
             if fault == Some(FaultKind::SyncError) {
-                return Err(err(libc::EIO));
+                return Err(w.fail_sync(self.ino));
             }
             match w.nodes.get_mut(&self.ino) {
                 Some(Node::File(f)) => f.sync(),
@@ -989,7 +1041,7 @@ impl SimFile {
             if fault == Some(FaultKind::NoSpace) {
                 return Err(err(libc::ENOSPC));
             }
-            let end = offset.checked_add(len).ok_or(err(libc::EFBIG))?;
+            let end = file_end(offset, len)?;
             let cur = w.file_mut(self.ino)?.data.len() as u64;
             w.check_room(end.saturating_sub(cur))?;
             let f = w.file_mut(self.ino)?;
@@ -1007,6 +1059,7 @@ impl SimFile {
             return Err(err(libc::EINVAL));
         }
         self.run(Op::Allocate, |w, fault| {
+            file_end(len, 0)?;
             let cur = w.file_mut(self.ino)?.data.len() as u64;
             if len > cur {
                 if fault == Some(FaultKind::NoSpace) {

@@ -10,6 +10,8 @@
 //! The on-disk format is described in `docs/design.md` and, field by field, in
 //! [`record`](self) and `segment.rs`.
 
+#[doc(hidden)]
+pub mod fuzz;
 mod reader;
 mod record;
 mod recovery;
@@ -491,6 +493,9 @@ struct SegmentIndex {
     end: u64,
     /// Bytes allocated on disk.
     allocated: u64,
+    /// Bytes readers see instead of the file's at an offset: set only by a read-only open that
+    /// found a frame torn by an interrupted `truncate_back`, which it may not repair on disk.
+    patch: Option<(u64, bytes::Bytes)>,
 }
 
 impl SegmentIndex {

@@ -26,6 +26,8 @@ struct Span {
     count: usize,
     start: u64,
     end: u64,
+    /// Repaired bytes to lay over the file's (see `SegmentIndex::patch`).
+    patch: Option<(u64, bytes::Bytes)>,
 }
 
 /// Finds the spans of `start..end`, stopping early once `max_bytes` are covered (at least one
@@ -66,6 +68,7 @@ fn locate(shared: &Shared, start: Lsn, end: Lsn, max_bytes: u64) -> Vec<Span> {
             count: to - from,
             start: span_start,
             end: span_end,
+            patch: seg.patch.clone(),
         });
         bytes += span_end - span_start;
         lsn = Lsn(seg.first_lsn.0 + to as u64);
@@ -75,11 +78,21 @@ fn locate(shared: &Shared, start: Lsn, end: Lsn, max_bytes: u64) -> Vec<Span> {
 
 async fn read_span(shared: &Shared, span: Span, out: &mut Vec<Entry>) -> Result<()> {
     let len = (span.end - span.start) as usize;
-    let (res, buf) = span
+    let (res, mut buf) = span
         .file
         .read_exact_at(BytesMut::with_capacity(len), span.start)
         .await;
     res.map_err(|e| Error::io(&span.path, e))?;
+    if let Some((at, bytes)) = &span.patch {
+        let (from, to) = (
+            (*at).max(span.start),
+            (at + bytes.len() as u64).min(span.end),
+        );
+        if from < to {
+            let (f, t) = ((from - span.start) as usize, (to - span.start) as usize);
+            buf[f..t].copy_from_slice(&bytes[(from - at) as usize..(to - at) as usize]);
+        }
+    }
     let buf = buf.freeze();
     let mut pos = 0usize;
     for i in 0..span.count {

@@ -281,6 +281,7 @@ pub(crate) async fn recover(
             offsets: Vec::new(),
             end: HEADER_LEN,
             allocated: size,
+            patch: None,
         });
     }
     let next = segments
@@ -457,15 +458,25 @@ async fn scan_segment(
     let mut committed_end = pos;
     let mut bad: Option<(usize, CorruptionKind)> = None;
     let mut cut_frame: Option<(usize, Vec<u8>)> = None;
+    let mut cut_applied = false;
     loop {
+        if cut.is_some_and(|c| expected > c) {
+            // An interrupted `truncate_back` ends the log before this frame: whatever is left
+            // of the frames after its cut (whole, zeroed or torn sector by sector) is not read.
+            cut_applied = true;
+            break;
+        }
         if cut == Some(expected)
             && pos <= u32::MAX as usize
-            && let Some((frame, bytes)) = format.decode_cut(&buf, pos, ACCEPT_MAX_PAYLOAD)
+            && let Some((frame, bytes)) = format
+                .decode_cut(&buf, pos, ACCEPT_MAX_PAYLOAD)
+                .filter(|(f, _)| f.lsn == expected)
         {
-            // The frame an interrupted `truncate_back` was rewriting: it ends its batch and the
-            // log, whatever of the rewrite reached the disk.
+            // The last frame kept by an interrupted `truncate_back`, which may have been
+            // rewriting it to end its batch: it ends the log, whatever of the rewrite landed.
             offsets.push(pos as u32);
             cut_frame = Some((pos, bytes));
+            cut_applied = true;
             pos += frame.len;
             committed = offsets.len();
             committed_end = pos;
@@ -503,15 +514,21 @@ async fn scan_segment(
         }
     }
     let mut torn = None;
-    let cut_applied = cut_frame.is_some();
-    if let Some((at, bytes)) = cut_frame {
-        // Finish the interrupted `truncate_back`: the frame rewritten whole, the rest cut and
-        // re-extended with zeros, synced.
-        if writable {
-            let (res, _) = file
-                .writev_sync_at(vec![bytes::Bytes::from(bytes)], at as u64)
-                .await;
-            res.map_err(io_err(path))?;
+    let mut patch = None;
+    if cut_applied {
+        // Finish the interrupted `truncate_back`: the last kept frame rewritten whole (if it was
+        // being rewritten), the rest cut and re-extended with zeros, synced. A read-only open
+        // may not write: its readers see the repaired frame through the index instead.
+        let repair = cut_frame
+            .filter(|(at, bytes)| buf.get(*at..*at + bytes.len()) != Some(&bytes[..]))
+            .map(|(at, bytes)| (at as u64, bytes::Bytes::from(bytes)));
+        if !writable {
+            patch = repair;
+        } else {
+            if let Some((at, bytes)) = repair {
+                let (res, _) = file.writev_sync_at(vec![bytes], at).await;
+                res.map_err(io_err(path))?;
+            }
             let cut = committed_end as u64;
             file.set_len(cut).await.map_err(io_err(path))?;
             file.allocate(cut, len.saturating_sub(cut).max(1))
@@ -602,6 +619,7 @@ async fn scan_segment(
             offsets,
             end,
             allocated,
+            patch,
         },
         torn,
         cut_applied,

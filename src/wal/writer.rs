@@ -415,11 +415,31 @@ impl Writer {
         }
         let started = Instant::now();
         if let Err(e) = self.active.file.sync_data().await {
-            return Err(self.poison(e));
+            let err = self.poison(e);
+            self.record_failure_cut(self.shared.durable_lsn()).await;
+            return Err(err);
         }
         self.record_sync(started);
         self.mark_durable(written);
         Ok(())
+    }
+
+    /// After a failed write or sync, records (best effort) where the trustworthy log ends. Linux
+    /// marks the pages of a failed writeback clean without writing them, so a reopen in the same
+    /// boot would read frames the disk does not have, take them for durable, and append after
+    /// them — until a power loss turns them into a hole before acknowledged data. The cut
+    /// record makes that reopen end the log at `lsn` and zero what follows. If the disk fails
+    /// this write too, nothing better can be done; the failure is logged.
+    async fn record_failure_cut(&self, lsn: Lsn) {
+        let record = CutRecord {
+            format: self.shared.format,
+            log_id: self.log_id,
+            epoch: self.epoch,
+            lsn,
+        };
+        if let Err(e) = record.write(&self.shared.driver, &self.shared.dir).await {
+            tracing::warn!(error = %e, lsn = lsn.0, "wal: could not record where the log ends after a failed write");
+        }
     }
 
     fn record_sync(&self, started: Instant) {
@@ -538,6 +558,13 @@ impl Writer {
         if let Err(e) = res {
             let err = self.poison(e);
             reply_all(&mut launched.requests, &err);
+            // A failed sync may have dropped any unsynced page; a failed write only its own.
+            let trusted = if launched.sync {
+                self.shared.durable_lsn()
+            } else {
+                self.shared.last_lsn()
+            };
+            self.record_failure_cut(trusted).await;
             return;
         }
         {
@@ -673,6 +700,7 @@ impl Writer {
             offsets: Vec::new(),
             end: HEADER_LEN,
             allocated: size,
+            patch: None,
         });
         metrics::gauge!("ringtide_wal_segments").set(index.segments.len() as f64);
         drop(index);
@@ -840,6 +868,20 @@ impl Writer {
         if lsn == last {
             return Ok(());
         }
+        // Record the cut durably before destroying anything: frames past it are removed by
+        // steps that a power loss may leave half done (a frame rewritten in place and torn at a
+        // sector boundary, a truncation whose sectors land in any mix), and recovery must know
+        // where the log ends to finish the job instead of taking the remains for damage.
+        let record = CutRecord {
+            format: self.shared.format,
+            log_id: self.log_id,
+            epoch: self.epoch,
+            lsn,
+        };
+        record
+            .write(&self.shared.driver, &self.shared.dir)
+            .await
+            .map_err(|e| self.poison(std::io::Error::other(e.to_string())))?;
         // Readers stop at `lsn` from now on; streams past it end.
         self.shared.written.store(lsn.0, Ordering::Release);
         self.shared.cut_lsn.store(lsn.0, Ordering::Release);
@@ -869,13 +911,10 @@ impl Writer {
             .get(keep)
             .map_or(cut_segment.end, |&o| u64::from(o));
         // If the kept part ends inside a batch, make its last frame the batch's end, so recovery
-        // keeps it. The in-place rewrite is covered by a cut record (see `CutRecord`).
-        let mut rewrote = false;
+        // keeps it.
         if keep > 0 {
             let start = u64::from(cut_segment.offsets[keep - 1]);
-            rewrote = self
-                .end_batch_at(&cut_segment.file, start, cut, lsn)
-                .await?;
+            self.end_batch_at(&cut_segment.file, start, cut).await?;
         }
         // Cut and re-extend with zeros: frames past the cut must never be read again, not even
         // by recovery's search for valid data after damage.
@@ -885,11 +924,9 @@ impl Writer {
             .await
             .map_err(|e| io(self, e))?;
         file.sync_all().await.map_err(|e| io(self, e))?;
-        if rewrote {
-            CutRecord::remove(&self.shared.driver, &self.shared.dir)
-                .await
-                .map_err(|e| self.poison(std::io::Error::other(e.to_string())))?;
-        }
+        CutRecord::remove(&self.shared.driver, &self.shared.dir)
+            .await
+            .map_err(|e| self.poison(std::io::Error::other(e.to_string())))?;
         {
             let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
             let k = index
@@ -917,10 +954,9 @@ impl Writer {
         Ok(())
     }
 
-    /// Clears the "batch continues" flag of the frame of `lsn` at `start..end` if it is set, after
-    /// recording the cut durably, so that a power loss that tears the rewrite is repaired by
-    /// recovery. Returns whether it rewrote the frame (and so left a cut record to remove).
-    async fn end_batch_at(&self, file: &File, start: u64, end: u64, lsn: Lsn) -> Result<bool> {
+    /// Clears the "batch continues" flag of the frame at `start..end` if it is set. The cut record
+    /// written before lets recovery repair a rewrite torn by a power loss.
+    async fn end_batch_at(&self, file: &File, start: u64, end: u64) -> Result<()> {
         let (res, buf) = file
             .read_exact_at(BytesMut::with_capacity((end - start) as usize), start)
             .await;
@@ -931,22 +967,11 @@ impl Writer {
             Decoded::Frame(ref f) if f.continues
         );
         if !continues {
-            return Ok(false);
+            return Ok(());
         }
-        let record = CutRecord {
-            format: self.shared.format,
-            log_id: self.log_id,
-            epoch: self.epoch,
-            lsn,
-        };
-        record
-            .write(&self.shared.driver, &self.shared.dir)
-            .await
-            .map_err(|e| self.poison(std::io::Error::other(e.to_string())))?;
         self.shared.format.clear_continues(&mut frame);
         let (res, _) = file.writev_sync_at(vec![frame.freeze()], start).await;
-        res.map_err(|e| self.poison(e))?;
-        Ok(true)
+        res.map(drop).map_err(|e| self.poison(e))
     }
 
     async fn reset(&mut self, next: Lsn) -> Result<()> {
@@ -998,6 +1023,7 @@ impl Writer {
                 offsets: Vec::new(),
                 end: HEADER_LEN,
                 allocated: size,
+                patch: None,
             };
             std::mem::replace(&mut index.segments, vec![new])
         };
