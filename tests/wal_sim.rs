@@ -38,6 +38,17 @@ const DIR: &str = "/db/wal";
 const WRITERS: u64 = 4;
 const ROUNDS: u64 = 12;
 
+/// Reports a test's runs and fails with the first failures, if any.
+fn finish(what: &str, runs: usize, failures: &[String]) {
+    eprintln!("wal_sim: {what}: {runs}, failures {}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures[..failures.len().min(10)].join("\n")
+    );
+}
+
 /// `RINGTIDE_SIM_TRACE=trace` (an env-filter) prints every disk operation and the log's events.
 fn trace() {
     if let Ok(filter) = std::env::var("RINGTIDE_SIM_TRACE") {
@@ -737,15 +748,7 @@ async fn regression_8_truncate_back_inside_a_batch_survives_a_torn_rewrite() {
             }
         }
     }
-    eprintln!(
-        "wal_sim: truncate_back torn-rewrite runs: {runs}, failures {}",
-        failures.len()
-    );
-    assert!(
-        failures.is_empty(),
-        "{}",
-        failures[..failures.len().min(10)].join("\n")
-    );
+    finish("truncate_back torn-rewrite runs", runs, &failures);
 }
 
 /// Regression 9 (found by review with the simulated disk): `truncate_back` at a batch boundary
@@ -796,15 +799,7 @@ async fn regression_9_truncate_back_at_a_batch_boundary_survives_a_crash_at_ever
             let _ = wal.close().await;
         }
     }
-    eprintln!(
-        "wal_sim: truncate_back crash runs: {runs}, failures {}",
-        failures.len()
-    );
-    assert!(
-        failures.is_empty(),
-        "{}",
-        failures[..failures.len().min(10)].join("\n")
-    );
+    finish("truncate_back crash runs", runs, &failures);
 }
 
 /// After a failed fsync Linux marks the dirty pages clean without writing them: a reopen in the
@@ -868,9 +863,5 @@ async fn a_reopen_after_a_failed_fsync_in_the_same_boot_trusts_nothing_unsynced(
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{}",
-        failures[..failures.len().min(10)].join("\n")
-    );
+    finish("failed-fsync reopen runs", 32, &failures);
 }

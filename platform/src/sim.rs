@@ -759,20 +759,37 @@ pub(crate) struct SimOpen {
     pub(crate) directory: bool,
 }
 
+/// Runs one operation of a driver of `generation`: a yield first (so other tasks run between
+/// submission and completion, as with a real device), then the operation, atomically.
+async fn run_op<T>(
+    disk: &SimDisk,
+    generation: u64,
+    ino: Option<u64>,
+    op: Op,
+    f: impl FnOnce(&mut World, Option<FaultKind>) -> io::Result<T>,
+) -> io::Result<T> {
+    tokio::task::yield_now().await;
+    let mut w = disk.lock();
+    let fault = w.begin(generation, op)?;
+    let res = f(&mut w, fault);
+    tracing::trace!(
+        n = w.stats.ops,
+        ?ino,
+        ?op,
+        ?fault,
+        ok = res.is_ok(),
+        "sim op"
+    );
+    res
+}
+
 impl SimEngine {
-    /// Runs one operation: a yield first (so other tasks run between submission and
-    /// completion, as with a real device), then the operation, atomically.
     async fn run<T>(
         &self,
         op: Op,
         f: impl FnOnce(&mut World, Option<FaultKind>) -> io::Result<T>,
     ) -> io::Result<T> {
-        tokio::task::yield_now().await;
-        let mut w = self.disk.lock();
-        let fault = w.begin(self.generation, op)?;
-        let res = f(&mut w, fault);
-        tracing::trace!(n = w.stats.ops, ?op, ?fault, ok = res.is_ok(), "sim op");
-        res
+        run_op(&self.disk, self.generation, None, op, f).await
     }
 
     pub(crate) async fn open(&self, path: &Path, o: SimOpen) -> io::Result<SimFile> {
@@ -898,19 +915,7 @@ impl SimFile {
         op: Op,
         f: impl FnOnce(&mut World, Option<FaultKind>) -> io::Result<T>,
     ) -> io::Result<T> {
-        tokio::task::yield_now().await;
-        let mut w = self.disk.lock();
-        let fault = w.begin(self.generation, op)?;
-        let res = f(&mut w, fault);
-        tracing::trace!(
-            n = w.stats.ops,
-            ino = self.ino,
-            ?op,
-            ?fault,
-            ok = res.is_ok(),
-            "sim op"
-        );
-        res
+        run_op(&self.disk, self.generation, Some(self.ino), op, f).await
     }
 
     pub(crate) async fn read(
