@@ -1,5 +1,5 @@
-//! A simulated disk for crash and fault tests (feature `sim`): a third way for an [`IoDriver`] to
-//! run, entirely in memory and deterministic from a seed.
+//! A simulated disk for crash and fault tests (feature `sim`): a third way for an
+//! [`IoDriver`](crate::IoDriver) to run, entirely in memory and deterministic from a seed.
 //!
 //! # What it models
 //!
