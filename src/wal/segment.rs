@@ -397,14 +397,18 @@ fn disk_full_or(dir: &Path, path: &Path, size_bytes: u64, e: std::io::Error) -> 
     }
 }
 
-/// Makes a zero-filled file of `size_bytes` named `{name}.prepared`.
+/// Makes a zero-filled file of `size_bytes` named `{name}.prepared`. `cancel`, once set, stops
+/// the work between two chunks of zeros (an `Interrupted` error).
 ///
-/// On failure the half-made file is removed; out of space is [`Error::DiskFull`].
+/// On failure (or cancellation) the half-made file is removed, by this function itself, after
+/// its own operations: a caller that waits for it knows the file is gone. Out of space is
+/// [`Error::DiskFull`].
 pub(crate) async fn prepare_segment(
     driver: &IoDriver,
     dir: &Path,
     name: &str,
     size_bytes: u64,
+    cancel: Option<&std::sync::atomic::AtomicBool>,
 ) -> Result<Prepared> {
     let path = dir.join(format!("{name}{PREPARED_SUFFIX}"));
     let opts = OpenOptions::new()
@@ -422,6 +426,9 @@ pub(crate) async fn prepare_segment(
         let zeros = Bytes::from(vec![0u8; ZERO_CHUNK]);
         let mut offset = 0u64;
         while offset < size_bytes {
+            if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Acquire)) {
+                return Err(std::io::Error::from(std::io::ErrorKind::Interrupted));
+            }
             let len = (size_bytes - offset).min(ZERO_CHUNK as u64) as usize;
             let (res, _) = file.write_all_at(zeros.slice(..len), offset).await;
             res?;
@@ -482,7 +489,7 @@ pub(crate) async fn create_segment(
     size_bytes: u64,
 ) -> Result<(File, PathBuf)> {
     let name = segment_name(header.epoch, header.first_lsn);
-    let prepared = prepare_segment(driver, dir, &name, size_bytes.max(HEADER_LEN)).await?;
+    let prepared = prepare_segment(driver, dir, &name, size_bytes.max(HEADER_LEN), None).await?;
     let (file, path, _) = install_segment(driver, dir, prepared, header).await?;
     Ok((file, path))
 }

@@ -114,6 +114,8 @@ struct Writer {
     launch_at: Option<tokio::time::Instant>,
     /// The next segment, being made ready in the background (zero-filled).
     preparing: Option<tokio::task::JoinHandle<Result<segment::Prepared>>>,
+    /// Asks the preparation in flight to stop.
+    prepare_cancel: Arc<std::sync::atomic::AtomicBool>,
     prepare_seq: u64,
 }
 
@@ -201,6 +203,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, queue: mpsc::Receiver<Command>, epoch: 
         gather_yields: 0,
         launch_at: None,
         preparing: None,
+        prepare_cancel: Arc::default(),
         prepare_seq: 0,
     };
     tokio::spawn(writer.run(queue));
@@ -744,8 +747,10 @@ impl Writer {
         let name = format!("next-{:06}", self.prepare_seq);
         let (driver, dir) = (self.shared.driver.clone(), self.shared.dir.clone());
         let size = self.shared.options.segment_size_bytes;
+        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.prepare_cancel = cancel.clone();
         self.preparing = Some(tokio::spawn(async move {
-            segment::prepare_segment(&driver, &dir, &name, size).await
+            segment::prepare_segment(&driver, &dir, &name, size, Some(&cancel)).await
         }));
     }
 
@@ -775,19 +780,18 @@ impl Writer {
         }
     }
 
-    /// Stops the background preparation and removes its file.
+    /// Stops the background preparation and removes its file. The task is asked to stop and
+    /// awaited, not aborted: an aborted task could leave its `open` running on the pool, creating
+    /// the file after the removal.
     async fn discard_prepared(&mut self) {
         if let Some(handle) = self.preparing.take() {
-            handle.abort();
+            self.prepare_cancel
+                .store(true, std::sync::atomic::Ordering::Release);
+            // On failure or cancellation the task removed its own file.
             if let Ok(Ok(prepared)) = handle.await {
                 let _ = prepared.file.close().await;
+                let _ = self.shared.driver.remove_file(&prepared.path).await;
             }
-            let path = self.shared.dir.join(format!(
-                "next-{:06}{}",
-                self.prepare_seq,
-                segment::PREPARED_SUFFIX
-            ));
-            let _ = self.shared.driver.remove_file(&path).await;
         }
     }
 
