@@ -18,8 +18,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use proptest::prelude::*;
 use ringtide::Error;
+mod common;
+
+use common::sim_options as options;
 use ringtide::platform::sim::SimDisk;
-use ringtide::wal::{Lsn, SyncPolicy, Wal, WalOptions};
+use ringtide::wal::{Lsn, SyncPolicy, Wal};
 
 const DIR: &str = "/model/wal";
 
@@ -73,14 +76,6 @@ fn data(len: u16, salt: u64) -> Bytes {
             .map(|i| (i.wrapping_mul(31) ^ salt) as u8)
             .collect::<Vec<u8>>(),
     )
-}
-
-fn options(disk: &SimDisk, policy: SyncPolicy) -> WalOptions {
-    WalOptions::default()
-        .driver(disk.driver())
-        .sync_policy(policy)
-        .segment_size_bytes(64 << 10)
-        .lock_timeout(Duration::from_millis(10))
 }
 
 async fn check_all(wal: &Wal, model: &Model) -> std::result::Result<(), String> {

@@ -30,8 +30,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+mod common;
+
+use common::sim_options as options;
 use ringtide::platform::sim::{FaultKind, SimDisk, Trigger};
-use ringtide::wal::{Lsn, Record, SyncPolicy, Wal, WalOptions};
+use ringtide::wal::{Lsn, Record, SyncPolicy, Wal};
 use ringtide::{Error, Result};
 
 const DIR: &str = "/db/wal";
@@ -64,14 +67,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn options(disk: &SimDisk, policy: SyncPolicy) -> WalOptions {
-    WalOptions::default()
-        .driver(disk.driver())
-        .sync_policy(policy)
-        .segment_size_bytes(64 << 10)
-        .lock_timeout(Duration::from_millis(10))
 }
 
 fn policies() -> Vec<(&'static str, SyncPolicy)> {

@@ -369,25 +369,13 @@ impl Writer {
                 let _ = reply.send(res);
             }
             Command::TruncateFront(lsn, reply) => {
-                let res = match self.shared.check_usable() {
-                    Ok(()) => self.truncate_front(lsn).await,
-                    Err(e) => Err(e),
-                };
-                let _ = reply.send(res);
+                let _ = reply.send(self.truncate_front(lsn).await);
             }
             Command::TruncateBack(lsn, reply) => {
-                let res = match self.shared.check_usable() {
-                    Ok(()) => self.truncate_back(lsn).await,
-                    Err(e) => Err(e),
-                };
-                let _ = reply.send(res);
+                let _ = reply.send(self.truncate_back(lsn).await);
             }
             Command::Reset(lsn, reply) => {
-                let res = match self.shared.check_usable() {
-                    Ok(()) => self.reset(lsn).await,
-                    Err(e) => Err(e),
-                };
-                let _ = reply.send(res);
+                let _ = reply.send(self.reset(lsn).await);
             }
         }
     }
@@ -400,6 +388,15 @@ impl Writer {
         }
         Error::Poisoned {
             cause: self.shared.poisoned.get().cloned().unwrap_or(cause),
+        }
+    }
+
+    /// Poisons the log with a failed step's error (its I/O error when it has one).
+    fn poison_with(&self, e: Error) -> Error {
+        match e {
+            Error::Io { source, .. } => self.poison(source),
+            e @ Error::Poisoned { .. } => e,
+            e => self.poison(std::io::Error::other(e.to_string())),
         }
     }
 
@@ -822,6 +819,7 @@ impl Writer {
     }
 
     async fn truncate_front(&mut self, lsn: Lsn) -> Result<()> {
+        self.shared.check_usable()?;
         let (first, last) = (self.shared.first_lsn(), self.shared.last_lsn());
         if lsn < first || lsn > last.next() {
             return Err(Error::OutOfRange { lsn, first, last });
@@ -865,6 +863,7 @@ impl Writer {
     }
 
     async fn truncate_back(&mut self, lsn: Lsn) -> Result<()> {
+        self.shared.check_usable()?;
         let (first, last) = (self.shared.first_lsn(), self.shared.last_lsn());
         if lsn.next() < first || lsn > last {
             return Err(Error::OutOfRange { lsn, first, last });
@@ -885,7 +884,7 @@ impl Writer {
         record
             .write(&self.shared.driver, &self.shared.dir)
             .await
-            .map_err(|e| self.poison(std::io::Error::other(e.to_string())))?;
+            .map_err(|e| self.poison_with(e))?;
         // Readers stop at `lsn` from now on; streams past it end.
         self.shared.written.store(lsn.0, Ordering::Release);
         self.shared.cut_lsn.store(lsn.0, Ordering::Release);
@@ -930,7 +929,7 @@ impl Writer {
         file.sync_all().await.map_err(|e| io(self, e))?;
         CutRecord::remove(&self.shared.driver, &self.shared.dir)
             .await
-            .map_err(|e| self.poison(std::io::Error::other(e.to_string())))?;
+            .map_err(|e| self.poison_with(e))?;
         {
             let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
             let k = index
@@ -979,14 +978,12 @@ impl Writer {
     }
 
     async fn reset(&mut self, next: Lsn) -> Result<()> {
+        self.shared.check_usable()?;
         // Once the new epoch may be recorded, the handle and the files can disagree on any
         // failure: poison, so that only a reopen (recovery) goes on.
-        match self.reset_steps(next).await {
-            Ok(()) => Ok(()),
-            Err(Error::Io { source, .. }) => Err(self.poison(source)),
-            Err(e @ Error::Poisoned { .. }) => Err(e),
-            Err(e) => Err(self.poison(std::io::Error::other(e.to_string()))),
-        }
+        self.reset_steps(next)
+            .await
+            .map_err(|e| self.poison_with(e))
     }
 
     async fn reset_steps(&mut self, next: Lsn) -> Result<()> {

@@ -53,3 +53,17 @@ macro_rules! both_backends {
         }
     };
 }
+
+/// Options of a log on the simulated disk: small segments (so workloads rotate), a short lock
+/// timeout.
+#[cfg(feature = "sim")]
+pub fn sim_options(
+    disk: &ringtide::platform::sim::SimDisk,
+    policy: ringtide::wal::SyncPolicy,
+) -> ringtide::wal::WalOptions {
+    ringtide::wal::WalOptions::default()
+        .driver(disk.driver())
+        .sync_policy(policy)
+        .segment_size_bytes(64 << 10)
+        .lock_timeout(std::time::Duration::from_millis(10))
+}
