@@ -16,6 +16,7 @@ mod reader;
 mod record;
 mod recovery;
 mod segment;
+mod stage;
 mod txn;
 mod writer;
 
@@ -29,7 +30,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::Stream;
 use ringtide_platform::{DriverOptions, File, IoDriver};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 pub use txn::WalTxn;
@@ -518,8 +519,12 @@ struct Shared {
     format: FrameFormat,
     options: WalOptions,
     index: RwLock<Index>,
-    /// The last lsn written (readable).
+    /// The last lsn written to the file.
     written: AtomicU64,
+    /// The last lsn appended (staged or written).
+    appended: AtomicU64,
+    /// Where appenders put their entries for the writer.
+    stage: stage::Stage,
     /// The last lsn durable; tails subscribe to it.
     durable: watch::Sender<u64>,
     poisoned: OnceLock<Arc<std::io::Error>>,
@@ -559,6 +564,10 @@ impl Shared {
     }
 
     fn last_lsn(&self) -> Lsn {
+        Lsn(self.appended.load(Ordering::Acquire))
+    }
+
+    fn written_lsn(&self) -> Lsn {
         Lsn(self.written.load(Ordering::Acquire))
     }
 
@@ -589,7 +598,6 @@ impl Shared {
 pub struct Wal {
     shared: Arc<Shared>,
     commands: mpsc::Sender<writer::Command>,
-    pending_bytes: Arc<Semaphore>,
 }
 
 impl fmt::Debug for Wal {
@@ -650,6 +658,12 @@ impl Wal {
             .instrument(span)
             .await?;
         let (durable, _) = watch::channel(recovered.last_lsn.0);
+        let (tail_end, tail_allocated) = recovered
+            .segments
+            .last()
+            .map_or((segment::HEADER_LEN, segment::HEADER_LEN), |s| {
+                (s.end, s.allocated)
+            });
         let shared = Arc::new(Shared {
             dir,
             driver,
@@ -660,6 +674,8 @@ impl Wal {
                 segments: recovered.segments,
             }),
             written: AtomicU64::new(recovered.last_lsn.0),
+            appended: AtomicU64::new(recovered.last_lsn.0),
+            stage: stage::Stage::new(recovered.last_lsn.next(), tail_end, tail_allocated),
             durable,
             poisoned: OnceLock::new(),
             closed: AtomicBool::new(false),
@@ -682,12 +698,7 @@ impl Wal {
         if access == recovery::Access::ReadWrite {
             writer::spawn(shared.clone(), queue, recovered.epoch, recovered.log_id);
         }
-        let pending_bytes = Arc::new(Semaphore::new(options.max_pending_bytes as usize));
-        Ok(Wal {
-            shared,
-            commands,
-            pending_bytes,
-        })
+        Ok(Wal { shared, commands })
     }
 
     /// The directory of the log.
@@ -728,7 +739,7 @@ impl Wal {
         options: AppendOptions,
     ) -> Result<Lsn> {
         let range = self
-            .submit(writer::Records::One(record.into()), options)
+            .submit(stage::Records::One(record.into()), options)
             .await?;
         Ok(range.start)
     }
@@ -773,49 +784,75 @@ impl Wal {
             let next = self.shared.last_lsn().next();
             return Ok(next..next);
         }
-        self.submit(writer::Records::Many(records), options).await
+        self.submit(stage::Records::Many(records), options).await
     }
 
-    async fn submit(&self, records: writer::Records, options: AppendOptions) -> Result<Range<Lsn>> {
+    async fn submit(&self, records: stage::Records, options: AppendOptions) -> Result<Range<Lsn>> {
         self.check_writable()?;
         let max = self.shared.max_entry_bytes();
-        let mut bytes = 0u64;
+        let format = self.shared.format;
+        let (mut payload_bytes, mut frame_bytes) = (0u64, 0u64);
         for r in records.iter() {
             let len = r.data.len() as u64;
             if len > max {
                 return Err(Error::TooLarge { len, max });
             }
-            bytes += len;
+            payload_bytes += len;
+            frame_bytes += format.frame_len(r.data.len(), r.term.is_some()) as u64;
         }
         // One call's entries go into one segment, whose offsets are 32-bit.
         let max_call = MAX_CALL_BYTES.min(self.shared.options.max_pending_bytes);
-        if bytes > max_call {
+        if payload_bytes > max_call {
             return Err(Error::TooLarge {
-                len: bytes,
+                len: payload_bytes,
                 max: max_call,
             });
         }
-        // Backpressure: hold permits for the queued bytes until the writer has written them.
-        let permits = bytes.clamp(1, self.shared.options.max_pending_bytes) as u32;
-        let permit = self
-            .pending_bytes
-            .clone()
-            .acquire_many_owned(permits)
-            .await
-            .map_err(|_| Error::Closed)?;
-        let sync = options.sync.is_some_and(|p| p.syncs_each_batch());
-        let (reply, answer) = oneshot::channel();
-        let request = writer::AppendRequest {
-            records,
-            sync,
-            reply,
-            _permit: permit,
+        let policy = self.shared.options.sync_policy;
+        let durable =
+            policy.syncs_each_batch() || options.sync.is_some_and(|p| p.syncs_each_batch());
+        let written = matches!(policy, SyncPolicy::Periodic { .. })
+            || matches!(options.sync, Some(SyncPolicy::Periodic { .. }));
+        // Stage the call; wait first while maintenance runs or the queue is full, or for the
+        // writer to make room.
+        let (lsns, ticket) = loop {
+            match stage::stage_call(&self.shared, &records, frame_bytes, payload_bytes, durable)? {
+                stage::Staged::Done { lsns, ticket } => break (lsns, ticket),
+                stage::Staged::Wait(mut changed) => {
+                    let _ = changed.changed().await;
+                }
+                stage::Staged::NeedRoom(bytes) => {
+                    self.command(|reply| writer::Command::MakeRoom(bytes, reply))
+                        .await?;
+                }
+            }
         };
-        self.commands
-            .send(writer::Command::Append(request))
+        if !durable && !written {
+            return Ok(lsns);
+        }
+        let shared = &self.shared;
+        let mut progress = shared.stage.progress.subscribe();
+        let reached = |p: &stage::Progress| {
+            if durable {
+                p.durable >= ticket
+            } else {
+                p.written >= ticket
+            }
+        };
+        let done = progress
+            .wait_for(|p| {
+                reached(p)
+                    || shared.poisoned.get().is_some()
+                    || shared.closed.load(Ordering::Acquire)
+            })
             .await
-            .map_err(|_| self.closed_error())?;
-        answer.await.map_err(|_| self.closed_error())?
+            .map(|p| reached(&p))
+            .unwrap_or(false);
+        if done {
+            Ok(lsns)
+        } else {
+            Err(self.closed_error())
+        }
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -1055,7 +1092,6 @@ impl Wal {
         {
             return Ok(());
         }
-        self.pending_bytes.close();
         match answer.await {
             Ok(res) => res,
             Err(_) => Ok(()),

@@ -150,6 +150,8 @@ async fn read_chunk(shared: &Shared, start: Lsn, end: Lsn, max_bytes: u64) -> Re
         };
         return Err(Error::OutOfRange { lsn, first, last });
     }
+    // Entries appended but still in the stage are written first.
+    super::stage::flush_to(shared, Lsn(end.0 - 1)).await?;
     let spans = locate(shared, start, end, max_bytes);
     let mut out = Vec::with_capacity(spans.iter().map(|s| s.count).sum());
     for span in spans {

@@ -1,77 +1,49 @@
 //! The writer task: the one owner of the log's tail.
 //!
-//! Write path, step by step (each step that protects durability says so where it happens):
-//! 1. Take every queued command (`recv_many`); under `SyncPolicy::Grouped`, wait up to the window
-//!    for more.
-//! 2. Make room: rotate to a new segment if the batch does not fit (after the batches in flight
-//!    and syncing the old segment), or grow the segment for a batch larger than a segment.
-//! 3. Assign lsns and encode every frame into one reusable buffer.
-//! 4. Submit one `writev`, linked to one `fdatasync` when the policy or a caller asks for it. Up
-//!    to two batches are in flight: the next is written while the previous one syncs.
-//! 5. When a batch's I/O is done, in launch order: publish index offsets, then `written`, then
-//!    `durable`; wake every waiter.
+//! Appenders stage their entries themselves (see `stage.rs`): lsns assigned, frames encoded into
+//! the stage's buffer. The writer's part, step by step (each step that protects durability says
+//! so where it happens):
+//! 1. Take everything staged at once, when the pipeline has room: under `SyncPolicy::Grouped`
+//!    after the window; after a synced batch, once the appenders it acknowledged had a moment to
+//!    come back (closed-loop writers then share the next fdatasync instead of alternating).
+//! 2. Where the stage started a new segment, install the spare segment (after the writes in
+//!    flight, with the old segment synced first).
+//! 3. Submit one write per piece, linked to one `fdatasync` when the policy or a caller asks
+//!    for it (or with `RWF_DSYNC` when nothing earlier is unsynced).
+//! 4. When a write is done, in launch order: publish index offsets, then `written`, then
+//!    `durable`, then the tickets in [`Progress`](super::stage::Progress), which wakes the waiters.
 //!
 //! A failed write or sync poisons the log: that batch and every later call fail with
 //! [`Error::Poisoned`]; nothing retries an fsync.
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use ringtide_platform::File;
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
-use super::record::{Decoded, FrameFields};
+use super::record::Decoded;
 use super::segment::{self, CutRecord, HEADER_LEN, Meta, SegmentHeader};
-use super::{Lsn, Record, SegmentIndex, Shared, SyncPolicy};
+use super::stage::Taken;
+use super::{Lsn, SegmentIndex, Shared, SyncPolicy};
 use crate::error::{Error, Result};
 
-/// Commands the queue holds at most; appenders beyond wait (the byte bound usually binds first).
-pub(crate) const QUEUE_COMMANDS: usize = 4096;
-/// Commands taken from the queue at once.
-const TAKE_AT_ONCE: usize = 1024;
+/// Commands the queue holds at most; callers beyond wait.
+pub(crate) const QUEUE_COMMANDS: usize = 1024;
 
-/// The entries of one append call.
-pub(crate) enum Records {
-    One(Record),
-    Many(Vec<Record>),
-}
-
-impl Records {
-    pub(crate) fn iter(&self) -> std::slice::Iter<'_, Record> {
-        match self {
-            Records::One(r) => std::slice::from_ref(r).iter(),
-            Records::Many(v) => v.iter(),
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Records::One(_) => 1,
-            Records::Many(v) => v.len(),
-        }
-    }
-}
-
-/// One queued append call.
-pub(crate) struct AppendRequest {
-    pub(crate) records: Records,
-    /// The caller asked for an fdatasync whatever the policy.
-    pub(crate) sync: bool,
-    pub(crate) reply: oneshot::Sender<Result<Range<Lsn>>>,
-    /// Released once the entries are written: the queue's byte bound.
-    pub(crate) _permit: OwnedSemaphorePermit,
-}
-
-/// What the writer is asked to do, in queue order.
+/// What the writer is asked to do besides writing what is staged, in queue order. Each runs
+/// after everything staged before it is written.
 pub(crate) enum Command {
-    Append(AppendRequest),
+    /// Make a segment with room for a call of this many bytes (a spare, or the empty active
+    /// segment grown).
+    MakeRoom(u64, oneshot::Sender<Result<()>>),
     Sync(oneshot::Sender<Result<Lsn>>),
     TruncateFront(Lsn, oneshot::Sender<Result<()>>),
     TruncateBack(Lsn, oneshot::Sender<Result<()>>),
@@ -91,35 +63,37 @@ struct Writer {
     log_id: u64,
     epoch: u64,
     active: Active,
-    next_lsn: Lsn,
     /// Entries written since the last sync.
     unsynced_entries: u64,
     /// When the periodic policy syncs next.
     sync_deadline: Option<tokio::time::Instant>,
-    /// The reusable encoding buffer.
-    buf: BytesMut,
-    /// Appends waiting for the next launch.
-    batch: Vec<AppendRequest>,
-    batch_bytes: u64,
-    /// Batches submitted and not yet published, in launch order.
+    /// Writes submitted and not yet published, in launch order.
     in_flight: FuturesOrdered<BatchIo>,
-    /// Appenders acknowledged by the last batch: closed-loop writers come back within
+    /// The last tickets written and durable (see `stage::Progress`).
+    written_ticket: u64,
+    durable_ticket: u64,
+    /// Calls acknowledged by the last synced batch: closed-loop writers come back within
     /// microseconds, and waiting for them makes the next batch (and its one fdatasync) serve
     /// them all instead of splitting writers into cohorts that alternate.
     expect_returns: usize,
     /// When the wait for them began, and how many times the writer yielded for them.
     gather_started: Option<Instant>,
     gather_yields: u32,
-    /// Under `Grouped`, when the pending batch may go.
+    /// Under `Grouped`, when the staged entries may go.
     launch_at: Option<tokio::time::Instant>,
     /// The next segment, being made ready in the background (zero-filled).
     preparing: Option<tokio::task::JoinHandle<Result<segment::Prepared>>>,
     /// Asks the preparation in flight to stop.
     prepare_cancel: Arc<std::sync::atomic::AtomicBool>,
     prepare_seq: u64,
+    /// A background preparation failed: the next one waits for an append that needs it.
+    prepare_failed: bool,
+    /// Ready segments. The stage gives them to entries in order; every one but the last has
+    /// been given (the stage's rotations name them), the last is given if the stage has no spare.
+    spares: VecDeque<segment::Prepared>,
 }
 
-/// How a batch is written.
+/// How a write is made.
 #[derive(Debug, Clone, Copy)]
 enum WriteMode {
     /// No sync.
@@ -130,25 +104,27 @@ enum WriteMode {
     ThenSync,
 }
 
-/// A submitted batch: what `complete` needs once its I/O is done.
+/// A submitted write: what `complete` needs once its I/O is done.
 struct Launched {
-    requests: Vec<AppendRequest>,
     first: Lsn,
     last: Lsn,
     offsets: Vec<u32>,
     end: u64,
+    bytes: u64,
     sync: bool,
-    entries: u64,
+    /// Set on the last piece of what was taken: its ticket, calls and payload bytes.
+    ticket: Option<u64>,
+    calls: usize,
     payload_bytes: u64,
     started: Instant,
 }
 
 type BatchIo = Pin<Box<dyn Future<Output = (std::io::Result<()>, Launched)> + Send + Sync>>;
 
-/// How many batches may be written at once. Measured on ext4: with two, the second fdatasync
+/// How many writes may be in flight at once. Measured on ext4: with two, the second fdatasync
 /// waits for the first anyway, and batches only get smaller; one in flight and gathering the
 /// returning appenders (see `Writer::expect_returns`) makes larger batches. The machinery stays
-/// general: batches are published and acknowledged in launch order.
+/// general: writes are published in launch order.
 const PIPELINE_DEPTH: usize = 1;
 
 /// The longest wait for acknowledged appenders to come back (see `Writer::expect_returns`), in
@@ -163,41 +139,39 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     }
 }
 
-fn reply_all(requests: &mut Vec<AppendRequest>, err: &Error) {
-    for request in requests.drain(..) {
-        let _ = request.reply.send(Err(error_for_waiter(err)));
+async fn join_some(
+    handle: &mut Option<tokio::task::JoinHandle<Result<segment::Prepared>>>,
+) -> std::result::Result<Result<segment::Prepared>, tokio::task::JoinError> {
+    match handle {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
     }
 }
 
 /// Starts the writer task for a recovered log.
 pub(crate) fn spawn(shared: Arc<Shared>, queue: mpsc::Receiver<Command>, epoch: u64, log_id: u64) {
-    let (active, next_lsn) = {
+    let active = {
         let index = shared.index.read().unwrap_or_else(|p| p.into_inner());
         let last = index
             .segments
             .last()
             .expect("recovery leaves at least one segment");
-        (
-            Active {
-                file: last.file.clone(),
-                write_offset: last.end,
-                allocated: last.allocated,
-            },
-            last.next_lsn(),
-        )
+        Active {
+            file: last.file.clone(),
+            write_offset: last.end,
+            allocated: last.allocated,
+        }
     };
     let writer = Writer {
         shared,
         log_id,
         epoch,
         active,
-        next_lsn,
         unsynced_entries: 0,
         sync_deadline: None,
-        buf: BytesMut::with_capacity(1 << 20),
-        batch: Vec::new(),
-        batch_bytes: 0,
         in_flight: FuturesOrdered::new(),
+        written_ticket: 0,
+        durable_ticket: 0,
         expect_returns: 0,
         gather_started: None,
         gather_yields: 0,
@@ -205,11 +179,13 @@ pub(crate) fn spawn(shared: Arc<Shared>, queue: mpsc::Receiver<Command>, epoch: 
         preparing: None,
         prepare_cancel: Arc::default(),
         prepare_seq: 0,
+        prepare_failed: false,
+        spares: VecDeque::new(),
     };
     tokio::spawn(writer.run(queue));
 }
 
-/// An error for one of several waiters of a failed batch.
+/// An error for one of several waiters of a failed step.
 fn error_for_waiter(err: &Error) -> Error {
     match err {
         Error::Poisoned { cause } => Error::Poisoned {
@@ -227,52 +203,56 @@ fn error_for_waiter(err: &Error) -> Error {
     }
 }
 
-fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
 impl Writer {
     async fn run(mut self, mut queue: mpsc::Receiver<Command>) {
-        let mut commands = Vec::with_capacity(TAKE_AT_ONCE);
-        let max_batch = self.shared.options.max_batch_bytes;
+        let max_batch = self.shared.options.max_batch_bytes as usize;
+        let window = match self.shared.options.sync_policy {
+            SyncPolicy::Grouped { window } if !window.is_zero() => Some(window),
+            _ => None,
+        };
         loop {
-            // Launch what is pending while the pipeline has room, once the window (if any) is
-            // over and the appenders just acknowledged had their chance to come back.
-            let now = Instant::now();
-            let window_over = self
-                .launch_at
-                .is_none_or(|t| tokio::time::Instant::from_std(now) >= t);
-            let gathering = self.batch.len() < self.expect_returns
-                && self.gather_yields < GATHER_YIELDS
-                && self
-                    .gather_started
-                    .is_some_and(|t| now.duration_since(t) < GATHER_MAX);
-            if !self.batch.is_empty()
-                && self.in_flight.len() < PIPELINE_DEPTH
-                && ((window_over && !gathering) || self.batch_bytes >= max_batch)
-            {
-                self.launch_at = None;
-                self.expect_returns = 0;
-                self.gather_started = None;
-                self.launch().await;
-                continue;
-            }
-            if gathering && self.in_flight.len() < PIPELINE_DEPTH {
-                // Let the woken appenders run (a yield, not a timer: tokio's timers tick in
-                // milliseconds), then take what they queued.
-                self.gather_yields += 1;
-                tokio::task::yield_now().await;
-                while let Ok(command) = queue.try_recv() {
-                    if self.accept(command, &mut queue).await {
-                        return;
+            let (staged, calls, flush_wanted) = {
+                let st = self.shared.stage.lock();
+                (st.staged_bytes(), st.calls, st.flush_wanted)
+            };
+            self.maybe_prepare();
+            if staged > 0 {
+                if let Some(window) = window
+                    && self.launch_at.is_none()
+                    && self.in_flight.is_empty()
+                {
+                    // Under `Grouped`, staged entries that find the pipeline idle wait for others.
+                    self.launch_at = Some(tokio::time::Instant::now() + window);
+                }
+                let now = Instant::now();
+                let window_over = self
+                    .launch_at
+                    .is_none_or(|t| tokio::time::Instant::from_std(now) >= t);
+                let gathering = calls < self.expect_returns
+                    && self.gather_yields < GATHER_YIELDS
+                    && self
+                        .gather_started
+                        .is_some_and(|t| now.duration_since(t) < GATHER_MAX);
+                if self.in_flight.len() < PIPELINE_DEPTH {
+                    if (window_over && !gathering) || staged >= max_batch || flush_wanted {
+                        self.launch_at = None;
+                        self.expect_returns = 0;
+                        self.gather_started = None;
+                        self.launch_staged().await;
+                        continue;
+                    }
+                    if gathering {
+                        // Let the woken appenders run (a yield, not a timer: tokio's timers
+                        // tick in milliseconds), then look again.
+                        self.gather_yields += 1;
+                        tokio::task::yield_now().await;
+                        continue;
                     }
                 }
-                continue;
             }
-            let launch_at = self.launch_at.filter(|_| !self.batch.is_empty());
+            let launch_at = self.launch_at.filter(|_| staged > 0);
             let sync_due = self.sync_deadline.filter(|_| self.in_flight.is_empty());
+            let stage = self.shared.clone();
             // Biased: finishing in-flight work comes first, and the order of choices does not
             // depend on tokio's random fairness, so a run on the simulated disk replays.
             tokio::select! {
@@ -280,102 +260,107 @@ impl Writer {
                 Some((res, launched)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     self.complete(res, launched).await;
                 }
+                prepared = join_some(&mut self.preparing), if self.preparing.is_some() => {
+                    self.preparing = None;
+                    self.prepared(prepared);
+                }
                 () = sleep_until_some(launch_at), if launch_at.is_some() => {}
                 () = sleep_until_some(sync_due), if sync_due.is_some() => {
                     let _ = self.sync_now().await;
                 }
-                received = queue.recv_many(&mut commands, TAKE_AT_ONCE), if self.batch_bytes < max_batch => {
-                    if received == 0 {
+                command = queue.recv() => {
+                    let Some(command) = command else {
                         // Every handle was dropped without `close`: finish like a close.
-                        self.drain_all().await;
                         let _ = self.close().await;
                         return;
-                    }
-                    let mut taken = std::mem::take(&mut commands);
-                    for command in taken.drain(..) {
-                        if self.accept(command, &mut queue).await {
-                            return;
+                    };
+                    if let Command::Close(reply) = command {
+                        let res = self.close().await;
+                        let _ = reply.send(res);
+                        // Whatever was queued behind the close finds the log closed.
+                        queue.close();
+                        while let Some(command) = queue.recv().await {
+                            refuse(command, &Error::Closed);
                         }
+                        return;
                     }
-                    commands = taken;
+                    self.handle(command).await;
                 }
+                () = stage.stage.wake.notified() => {}
             }
         }
     }
 
-    /// Takes one command: appends join the pending batch, anything else runs after every
-    /// earlier append is written. Returns true once the log is closed and the task must end.
-    async fn accept(&mut self, command: Command, queue: &mut mpsc::Receiver<Command>) -> bool {
-        match command {
-            Command::Append(request) => {
-                if let SyncPolicy::Grouped { window } = self.shared.options.sync_policy
-                    && !window.is_zero()
-                    && self.batch.is_empty()
-                    && self.in_flight.is_empty()
-                {
-                    // Under `Grouped`, a batch that starts an idle pipeline waits for others.
-                    self.launch_at = Some(tokio::time::Instant::now() + window);
-                }
-                self.batch_bytes += request
-                    .records
-                    .iter()
-                    .map(|r| r.data.len() as u64)
-                    .sum::<u64>();
-                self.batch.push(request);
-                false
-            }
-            Command::Close(reply) => {
-                self.drain_all().await;
-                let res = self.close().await;
-                let _ = reply.send(res);
-                // Whatever was queued behind the close finds the log closed.
-                queue.close();
-                while let Some(command) = queue.recv().await {
-                    refuse(command, &Error::Closed);
-                }
-                true
-            }
-            other => {
-                // Maintenance sees every earlier append written.
-                self.drain_all().await;
-                self.launch_at = None;
-                self.handle(other).await;
-                false
-            }
-        }
-    }
-
-    /// Waits for every batch in flight.
+    /// Waits for every write in flight.
     async fn drain(&mut self) {
         while let Some((res, launched)) = self.in_flight.next().await {
             self.complete(res, launched).await;
         }
     }
 
-    /// Writes everything pending and waits for it.
-    async fn drain_all(&mut self) {
-        while !self.batch.is_empty() {
-            self.drain().await;
-            self.launch().await;
+    /// Writes everything staged and waits for it.
+    async fn flush(&mut self) {
+        loop {
+            let taken = self.shared.stage.lock().take();
+            match taken {
+                Some(taken) => self.launch(taken).await,
+                None => break,
+            }
         }
         self.drain().await;
     }
 
+    /// Stops appends, then writes everything staged: the start of every maintenance step.
+    async fn freeze(&mut self) {
+        self.shared.stage.lock().frozen = true;
+        self.flush().await;
+    }
+
+    /// Lets appends go on from where the log's tail now is.
+    fn thaw(&mut self) {
+        {
+            let next = self.next_lsn();
+            let mut st = self.shared.stage.lock();
+            st.restart(next, self.active.write_offset, self.active.allocated);
+            st.frozen = false;
+        }
+        self.shared.stage.notify_waiters();
+    }
+
+    /// The lsn after the last written.
+    fn next_lsn(&self) -> Lsn {
+        self.shared.written_lsn().next()
+    }
+
     async fn handle(&mut self, command: Command) {
         match command {
-            Command::Append(_) | Command::Close(_) => unreachable!("handled by the run loop"),
+            Command::Close(_) => unreachable!("handled by the run loop"),
+            Command::MakeRoom(bytes, reply) => {
+                let res = self.make_room(bytes).await;
+                let _ = reply.send(res);
+            }
             Command::Sync(reply) => {
+                self.flush().await;
                 let res = self.sync_now().await.map(|()| self.shared.durable_lsn());
                 let _ = reply.send(res);
             }
             Command::TruncateFront(lsn, reply) => {
-                let _ = reply.send(self.truncate_front(lsn).await);
+                self.freeze().await;
+                let res = self.truncate_front(lsn).await;
+                self.thaw();
+                let _ = reply.send(res);
             }
             Command::TruncateBack(lsn, reply) => {
-                let _ = reply.send(self.truncate_back(lsn).await);
+                self.freeze().await;
+                let res = self.truncate_back(lsn).await;
+                self.thaw();
+                let _ = reply.send(res);
             }
             Command::Reset(lsn, reply) => {
-                let _ = reply.send(self.reset(lsn).await);
+                self.freeze().await;
+                let res = self.reset(lsn).await;
+                self.thaw();
+                let _ = reply.send(res);
             }
         }
     }
@@ -386,6 +371,14 @@ impl Writer {
         if self.shared.poisoned.set(cause.clone()).is_ok() {
             tracing::error!(dir = %self.shared.dir.display(), error = %cause, "wal poisoned: a write or sync failed");
         }
+        {
+            // Nothing staged will be written: the log ends at what was.
+            let _stage = self.shared.stage.lock();
+            let written = self.shared.written.load(Ordering::Acquire);
+            self.shared.appended.store(written, Ordering::Release);
+        }
+        // Waiters look again and find the log poisoned.
+        self.shared.stage.notify_waiters();
         Error::Poisoned {
             cause: self.shared.poisoned.get().cloned().unwrap_or(cause),
         }
@@ -400,17 +393,30 @@ impl Writer {
         }
     }
 
+    fn publish_progress(&self) {
+        let (written, durable) = (self.written_ticket, self.durable_ticket);
+        self.shared.stage.progress.send_modify(|p| {
+            p.written = written;
+            p.durable = durable;
+        });
+    }
+
     fn mark_durable(&mut self, lsn: Lsn) {
         self.unsynced_entries = 0;
         self.sync_deadline = None;
+        self.durable_ticket = self.written_ticket;
         self.shared.durable.send_replace(lsn.0);
     }
 
     /// fdatasync of the active segment, making everything written durable.
     async fn sync_now(&mut self) -> Result<()> {
         self.shared.check_usable()?;
-        let written = self.shared.last_lsn();
+        let written = self.shared.written_lsn();
         if self.unsynced_entries == 0 && self.shared.durable_lsn() >= written {
+            if self.durable_ticket < self.written_ticket {
+                self.durable_ticket = self.written_ticket;
+                self.publish_progress();
+            }
             return Ok(());
         }
         let started = Instant::now();
@@ -421,6 +427,7 @@ impl Writer {
         }
         self.record_sync(started);
         self.mark_durable(written);
+        self.publish_progress();
         Ok(())
     }
 
@@ -452,87 +459,123 @@ impl Writer {
         metrics::histogram!("ringtide_wal_sync_seconds").record(elapsed.as_secs_f64());
     }
 
-    /// Encodes the pending appends and submits them as one write (linked to an fdatasync where
-    /// asked); the batch is published by [`complete`](Self::complete) when the I/O is done.
-    async fn launch(&mut self) {
-        let mut requests = std::mem::take(&mut self.batch);
-        self.batch_bytes = 0;
-        if let Err(err) = self.shared.check_usable() {
-            reply_all(&mut requests, &err);
-            return;
+    /// Gives back queue room for bytes that will not be written, or were.
+    fn release(&self, bytes: u64) {
+        let mut st = self.shared.stage.lock();
+        st.pending_bytes = st.pending_bytes.saturating_sub(bytes);
+    }
+
+    /// Takes everything staged and launches it.
+    async fn launch_staged(&mut self) {
+        let taken = self.shared.stage.lock().take();
+        if let Some(taken) = taken {
+            self.launch(taken).await;
         }
-        let format = self.shared.format;
-        let policy = self.shared.options.sync_policy;
-        let mut bytes = 0u64;
-        let mut entries = 0u64;
-        let mut payload_bytes = 0u64;
-        let mut sync = policy.syncs_each_batch();
-        for request in &requests {
-            sync |= request.sync;
-            for r in request.records.iter() {
-                bytes += format.frame_len(r.data.len(), r.term.is_some()) as u64;
-                payload_bytes += r.data.len() as u64;
-                entries += 1;
-            }
-        }
-        // Room first: lsns are assigned only once the batch is sure to have a place. A rotation
-        // waits for the batches in flight, which must be in the old segment, durable, first.
-        if self.needs_rotation(bytes) {
-            self.drain().await;
-        }
-        if let Err(err) = self.ensure_room(bytes).await {
-            reply_all(&mut requests, &err);
-            return;
-        }
-        let first = self.next_lsn;
-        let base = self.active.write_offset;
-        let timestamp = if format.timestamps { now_micros() } else { 0 };
-        // Every frame records what was durable before it was written (see `record.rs`).
-        let synced = self.shared.durable_lsn().min(Lsn(first.0 - 1));
-        self.buf.clear();
-        self.buf.reserve(bytes as usize);
-        let mut offsets = Vec::with_capacity(entries as usize);
-        let mut lsn = first.0;
-        for request in &requests {
-            let n = request.records.len();
-            for (i, r) in request.records.iter().enumerate() {
-                offsets.push((base + self.buf.len() as u64) as u32);
-                // Every frame but the last of a call says "the batch continues": recovery keeps
-                // a call's entries only when its last frame is there.
-                let fields = FrameFields {
-                    lsn: Lsn(lsn),
-                    synced_lsn: synced,
-                    term: r.term,
-                    timestamp_us: timestamp,
-                    continues: i + 1 < n,
-                };
-                format.encode(&mut self.buf, fields, &r.data);
-                lsn += 1;
-            }
-        }
-        debug_assert_eq!(self.buf.len() as u64, bytes);
-        // The space and the lsns are taken now; readers see the batch only once it completes.
-        self.active.write_offset = base + bytes;
-        self.start_preparing();
-        self.next_lsn = Lsn(lsn);
-        let chunk: Bytes = self.buf.split().freeze();
-        let launched = Launched {
-            requests,
-            first,
-            last: Lsn(lsn - 1),
+    }
+
+    /// Submits what was taken from the stage: one write per segment it reaches into (after
+    /// installing each new segment), and per `max_batch_bytes`; the last one linked to an
+    /// fdatasync where asked. Each is published by [`complete`](Self::complete) when its I/O is
+    /// done.
+    async fn launch(&mut self, taken: Taken) {
+        let Taken {
+            buf,
             offsets,
-            end: base + bytes,
-            sync,
-            entries,
+            rotations,
+            first_lsn,
+            ticket,
+            calls,
             payload_bytes,
-            started: Instant::now(),
-        };
+            sync,
+        } = taken;
+        if self.shared.check_usable().is_err() {
+            // The log failed: nothing more is written; waiters see the poison.
+            self.release(buf.len() as u64);
+            self.shared.stage.notify_waiters();
+            return;
+        }
+        let sync = sync || self.shared.options.sync_policy.syncs_each_batch();
+        let max_batch = self.shared.options.max_batch_bytes as usize;
+        let frames = offsets.len();
+        // Pieces: [frame_start, frame_end) with byte ranges, split at rotations and at the batch
+        // size.
+        let mut next_rotation = 0usize;
+        let mut frame = 0usize;
+        let mut byte = 0usize;
+        while frame < frames {
+            if let Some(rot) = rotations.get(next_rotation)
+                && rot.frame == frame
+            {
+                next_rotation += 1;
+                // The writes before go into the old segment, which must be durable before the
+                // new one holds data.
+                self.drain().await;
+                if let Err(err) = self.rotate(rot.lsn).await {
+                    tracing::debug!(error = %err, "wal rotation failed");
+                    self.release((buf.len() - byte) as u64);
+                    self.shared.stage.notify_waiters();
+                    return;
+                }
+            }
+            let segment_end = rotations.get(next_rotation).map_or(frames, |r| r.frame);
+            let segment_byte_end = rotations.get(next_rotation).map_or(buf.len(), |r| r.byte);
+            // As many frames as fit the batch size (at least one).
+            let (mut end, mut byte_end) = (segment_end, segment_byte_end);
+            if segment_byte_end - byte > max_batch {
+                let limit = u64::from(offsets[frame]) + max_batch as u64;
+                let fit = offsets[frame..segment_end].partition_point(|&o| u64::from(o) < limit);
+                let cut = frame + fit.max(1);
+                if cut < segment_end {
+                    end = cut;
+                    byte_end = byte + (offsets[cut] - offsets[frame]) as usize;
+                }
+            }
+            let last_piece = end == frames;
+            while self.in_flight.len() >= PIPELINE_DEPTH {
+                let Some((res, launched)) = self.in_flight.next().await else {
+                    break;
+                };
+                self.complete(res, launched).await;
+            }
+            if self.shared.check_usable().is_err() {
+                self.release((buf.len() - byte) as u64);
+                self.shared.stage.notify_waiters();
+                return;
+            }
+            let chunk = buf.slice(byte..byte_end);
+            let base = self.active.write_offset;
+            debug_assert_eq!(
+                u64::from(offsets[frame]),
+                base,
+                "the stage placed the frames"
+            );
+            let piece_sync = sync && last_piece;
+            let launched = Launched {
+                first: Lsn(first_lsn.0 + frame as u64),
+                last: Lsn(first_lsn.0 + end as u64 - 1),
+                offsets: offsets[frame..end].to_vec(),
+                end: base + chunk.len() as u64,
+                bytes: chunk.len() as u64,
+                sync: piece_sync,
+                ticket: last_piece.then_some(ticket),
+                calls: if last_piece { calls } else { 0 },
+                payload_bytes: if last_piece { payload_bytes } else { 0 },
+                started: Instant::now(),
+            };
+            self.active.write_offset = launched.end;
+            self.submit(chunk, base, launched);
+            frame = end;
+            byte = byte_end;
+        }
+    }
+
+    /// Submits one write. Where durability is asked: if everything before is already durable,
+    /// the write carries `RWF_DSYNC` (durable for its own range, one request); otherwise it is
+    /// linked to an fdatasync that covers everything written before it in this segment (earlier
+    /// segments were synced at rotation).
+    fn submit(&mut self, chunk: Bytes, base: u64, launched: Launched) {
         let file = self.active.file.clone();
-        // One writev. Where durability is asked: if everything before is already durable, the
-        // write carries RWF_DSYNC (durable for its own range, one request); otherwise it is
-        // linked to an fdatasync that covers everything written before it in this segment
-        // (earlier segments were synced at rotation).
-        let mode = match (sync, self.unsynced_entries == 0) {
+        let mode = match (launched.sync, self.unsynced_entries == 0) {
             (false, _) => WriteMode::Plain,
             (true, true) => WriteMode::Dsync,
             (true, false) => WriteMode::ThenSync,
@@ -547,22 +590,22 @@ impl Writer {
         }));
     }
 
-    /// Publishes a batch whose I/O is done, in launch order: index, last lsn, durable lsn, then
-    /// the waiters' replies.
-    async fn complete(&mut self, res: std::io::Result<()>, mut launched: Launched) {
-        if let Err(err) = self.shared.check_usable() {
-            // An earlier batch failed: this one is not acknowledged, whatever its own I/O did.
-            reply_all(&mut launched.requests, &err);
+    /// Publishes a write whose I/O is done, in launch order: index, last lsn, durable lsn, then
+    /// the tickets, which wake the waiters.
+    async fn complete(&mut self, res: std::io::Result<()>, launched: Launched) {
+        self.release(launched.bytes);
+        if self.shared.check_usable().is_err() {
+            // An earlier write failed: this one is not acknowledged, whatever its own I/O did.
+            self.shared.stage.notify_waiters();
             return;
         }
         if let Err(e) = res {
-            let err = self.poison(e);
-            reply_all(&mut launched.requests, &err);
+            let _ = self.poison(e);
             // A failed sync may have dropped any unsynced page; a failed write only its own.
             let trusted = if launched.sync {
                 self.shared.durable_lsn()
             } else {
-                self.shared.last_lsn()
+                self.shared.written_lsn()
             };
             self.record_failure_cut(trusted).await;
             return;
@@ -576,69 +619,161 @@ impl Writer {
         self.shared
             .written
             .store(launched.last.0, Ordering::Release);
+        let entries = launched.last.0 + 1 - launched.first.0;
         let c = &self.shared.counters;
-        c.appends.fetch_add(launched.entries, Ordering::Relaxed);
+        c.appends.fetch_add(entries, Ordering::Relaxed);
         c.appended_bytes
             .fetch_add(launched.payload_bytes, Ordering::Relaxed);
         c.batches.fetch_add(1, Ordering::Relaxed);
-        c.max_batch_entries
-            .fetch_max(launched.entries, Ordering::Relaxed);
-        metrics::counter!("ringtide_wal_appends_total").increment(launched.entries);
+        c.max_batch_entries.fetch_max(entries, Ordering::Relaxed);
+        metrics::counter!("ringtide_wal_appends_total").increment(entries);
         metrics::counter!("ringtide_wal_appended_bytes_total").increment(launched.payload_bytes);
-        metrics::histogram!("ringtide_wal_batch_entries").record(launched.entries as f64);
+        metrics::histogram!("ringtide_wal_batch_entries").record(entries as f64);
+        if let Some(ticket) = launched.ticket {
+            self.written_ticket = ticket;
+        }
         if launched.sync {
             self.record_sync(launched.started);
             self.mark_durable(launched.last);
         } else {
-            self.unsynced_entries += launched.entries;
+            self.unsynced_entries += entries;
             if let SyncPolicy::Periodic {
                 interval,
                 max_unsynced_entries,
             } = self.shared.options.sync_policy
             {
                 if self.unsynced_entries >= max_unsynced_entries {
-                    if let Err(err) = self.sync_now().await {
-                        reply_all(&mut launched.requests, &err);
-                        return;
-                    }
+                    // A failure poisons the log; the waiters find out through the progress.
+                    let _ = self.sync_now().await;
                 } else if self.sync_deadline.is_none() {
                     self.sync_deadline = Some(tokio::time::Instant::now() + interval);
                 }
             }
         }
-        let mut lsn = launched.first.0;
-        let acknowledged = launched.requests.len();
-        for request in launched.requests.drain(..) {
-            let n = request.records.len() as u64;
-            let _ = request.reply.send(Ok(Lsn(lsn)..Lsn(lsn + n)));
-            lsn += n;
-        }
-        if self.in_flight.is_empty() {
-            // The appenders that queued during the I/O are already here; the ones just
+        self.publish_progress();
+        if launched.sync && self.in_flight.is_empty() {
+            // The appenders that staged during the I/O are already there; the ones just
             // acknowledged are on their way back.
-            self.expect_returns = self.batch.len() + acknowledged;
+            self.expect_returns = self.shared.stage.lock().calls + launched.calls;
             self.gather_started = Some(Instant::now());
             self.gather_yields = 0;
         }
     }
 
-    fn needs_rotation(&self, bytes: u64) -> bool {
-        self.active.write_offset > HEADER_LEN
-            && self.active.write_offset + bytes > self.shared.options.segment_size_bytes
+    /// Starts preparing the next segment in the background once the stage's tail segment is
+    /// half full, so a rotation does not wait for its zeros to be written (and the zeros do not
+    /// compete with the log's own writes when the log is young).
+    fn maybe_prepare(&mut self) {
+        if self.preparing.is_some() || self.prepare_failed {
+            return;
+        }
+        {
+            let st = self.shared.stage.lock();
+            if st.spare.is_some() || st.closed || st.seg_end < st.seg_limit / 2 {
+                return;
+            }
+        }
+        self.start_preparing(self.shared.options.segment_size_bytes);
     }
 
-    /// Makes room for `bytes` more in the active segment: rotates when it is full, grows it
-    /// for a batch larger than a segment.
-    async fn ensure_room(&mut self, bytes: u64) -> Result<()> {
-        if self.needs_rotation(bytes) {
-            self.rotate(bytes).await?;
+    fn start_preparing(&mut self, size: u64) {
+        self.prepare_seq += 1;
+        let name = format!("next-{:06}", self.prepare_seq);
+        let (driver, dir) = (self.shared.driver.clone(), self.shared.dir.clone());
+        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.prepare_cancel = cancel.clone();
+        self.preparing = Some(tokio::spawn(async move {
+            segment::prepare_segment(&driver, &dir, &name, size, Some(&cancel)).await
+        }));
+    }
+
+    /// A background preparation ended: its segment becomes the spare.
+    fn prepared(
+        &mut self,
+        res: std::result::Result<Result<segment::Prepared>, tokio::task::JoinError>,
+    ) {
+        match res {
+            Ok(Ok(prepared)) => {
+                self.offer_spare(prepared);
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "preparing the next wal segment failed; an append that needs it will try again");
+                self.prepare_failed = true;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "the wal segment preparation task ended early");
+                self.prepare_failed = true;
+            }
         }
-        let end = self.active.write_offset + bytes;
-        if end > self.active.allocated {
-            let grow = end - self.active.allocated;
+    }
+
+    /// Makes a ready segment the stage's spare.
+    fn offer_spare(&mut self, prepared: segment::Prepared) {
+        let size = prepared.size;
+        self.spares.push_back(prepared);
+        let mut st = self.shared.stage.lock();
+        debug_assert!(st.spare.is_none(), "one spare at a time");
+        st.spare = Some(size);
+    }
+
+    /// Makes room for a call of `bytes` that fits neither the stage's tail segment nor the
+    /// spare: grows the tail segment if it is empty, else makes a spare large enough.
+    async fn make_room(&mut self, bytes: u64) -> Result<()> {
+        self.shared.check_usable()?;
+        let needed = HEADER_LEN + bytes;
+        // A preparation in flight: its result first.
+        if let Some(handle) = self.preparing.take() {
+            let res = handle.await;
+            self.prepared(res);
+        }
+        let (fits, grow, small) = {
+            let mut st = self.shared.stage.lock();
+            let fits = st.seg_end + bytes <= st.seg_limit || st.spare.is_some_and(|s| s >= needed);
+            let grow = st.seg_end == HEADER_LEN;
+            // A spare too small for this call is given up; a larger one is made below.
+            let small = if !fits && !grow && st.spare.take().is_some() {
+                self.spares.pop_back()
+            } else {
+                None
+            };
+            (fits, grow, small)
+        };
+        if fits {
+            return Ok(());
+        }
+        if let Some(small) = small {
+            self.remove_prepared(small).await;
+        }
+        if grow {
+            return self.grow_active(needed).await;
+        }
+        self.prepare_seq += 1;
+        let name = format!("next-{:06}", self.prepare_seq);
+        let size = self.shared.options.segment_size_bytes.max(needed);
+        match segment::prepare_segment(&self.shared.driver, &self.shared.dir, &name, size, None)
+            .await
+        {
+            Ok(prepared) => {
+                self.prepare_failed = false;
+                self.offer_spare(prepared);
+                Ok(())
+            }
+            Err(e @ Error::DiskFull { .. }) => {
+                tracing::warn!(dir = %self.shared.dir.display(), "disk full: no room for a new wal segment");
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Grows the active segment, which holds no entry yet, to `size` bytes.
+    async fn grow_active(&mut self, size: u64) -> Result<()> {
+        if size > self.active.allocated {
+            let grow = size - self.active.allocated;
             match self.active.file.allocate(self.active.allocated, grow).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+                    tracing::warn!(dir = %self.shared.dir.display(), "disk full: no room to grow the wal segment");
                     return Err(Error::DiskFull {
                         dir: self.shared.dir.clone(),
                         needed_bytes: grow,
@@ -650,52 +785,55 @@ impl Writer {
                 .counters
                 .disk_bytes
                 .fetch_add(grow, Ordering::Relaxed);
-            self.active.allocated = end;
+            self.active.allocated = size;
             let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
             if let Some(segment) = index.segments.last_mut() {
-                segment.allocated = end;
+                segment.allocated = size;
             }
         }
+        let mut st = self.shared.stage.lock();
+        st.seg_limit = st.seg_limit.max(self.active.allocated);
         Ok(())
     }
 
-    /// Starts a new segment at the next lsn.
-    async fn rotate(&mut self, bytes: u64) -> Result<()> {
+    /// Starts the segment the stage gave `first_lsn` to, on the spare it took.
+    async fn rotate(&mut self, first_lsn: Lsn) -> Result<()> {
         // The old segment must be durable before the next one holds data: otherwise a crash could
         // keep the new segment's synced entries and lose the old one's unsynced tail — a gap.
         if self.unsynced_entries > 0 {
             self.sync_now().await?;
         }
-        let size = self
-            .shared
-            .options
-            .segment_size_bytes
-            .max(HEADER_LEN + bytes);
+        let Some(prepared) = self.spares.pop_front() else {
+            return Err(self.poison(std::io::Error::other(
+                "wal: a rotation found no spare segment",
+            )));
+        };
+        let size = prepared.size;
         let header = SegmentHeader {
             format: self.shared.format,
             log_id: self.log_id,
             epoch: self.epoch,
-            first_lsn: self.next_lsn,
+            first_lsn,
         };
-        let created = self.new_segment(header, size).await;
-        let (file, path) = match created {
-            Ok(created) => created,
-            Err(e @ Error::DiskFull { .. }) => {
-                tracing::warn!(dir = %self.shared.dir.display(), "disk full: no room for a new wal segment");
-                return Err(e);
-            }
-            Err(Error::Io { source, .. }) => return Err(self.poison(source)),
-            Err(e) => return Err(e),
-        };
-        tracing::debug!(segment = %path.display(), first_lsn = self.next_lsn.0, "wal segment created");
+        let (file, path, _) =
+            segment::install_segment(&self.shared.driver, &self.shared.dir, prepared, header)
+                .await
+                .map_err(|e| self.poison_with(e))?;
+        self.add_segment(file, path, first_lsn, size);
+        Ok(())
+    }
+
+    /// Makes a new, empty segment the active one.
+    fn add_segment(&mut self, file: File, path: std::path::PathBuf, first_lsn: Lsn, size: u64) {
+        tracing::debug!(segment = %path.display(), first_lsn = first_lsn.0, "wal segment created");
         self.shared
             .counters
             .disk_bytes
             .fetch_add(size, Ordering::Relaxed);
         let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
         index.segments.push(SegmentIndex {
-            first_lsn: self.next_lsn,
-            path: path.clone(),
+            first_lsn,
+            path,
             file: file.clone(),
             offsets: Vec::new(),
             end: HEADER_LEN,
@@ -709,86 +847,62 @@ impl Writer {
             write_offset: HEADER_LEN,
             allocated: size,
         };
-        Ok(())
     }
 
-    /// A new segment for `header`: the one prepared in the background if it is large enough,
-    /// else one made now.
+    /// A new segment for `header` outside the stage's rotations (a reset): the spare if it is
+    /// large enough, else one made now.
     async fn new_segment(
         &mut self,
         header: SegmentHeader,
         size: u64,
     ) -> Result<(File, std::path::PathBuf)> {
-        match self.take_prepared(size).await {
-            Some(prepared) => {
+        if let Some(handle) = self.preparing.take() {
+            let res = handle.await;
+            self.prepared(res);
+        }
+        let spare = {
+            let mut st = self.shared.stage.lock();
+            if st.spare.take().is_some() {
+                self.spares.pop_back()
+            } else {
+                None
+            }
+        };
+        match spare {
+            Some(prepared) if prepared.size >= size => {
                 segment::install_segment(&self.shared.driver, &self.shared.dir, prepared, header)
                     .await
                     .map(|(file, path, _)| (file, path))
             }
-            None => {
+            other => {
+                if let Some(small) = other {
+                    self.remove_prepared(small).await;
+                }
                 segment::create_segment(&self.shared.driver, &self.shared.dir, header, size).await
             }
         }
     }
 
-    /// Starts preparing the next segment in the background once the active one is half full,
-    /// so a rotation does not wait for its zeros to be written (and the zeros do not compete
-    /// with the log's own writes when the log is young).
-    fn start_preparing(&mut self) {
-        if self.preparing.is_some()
-            || self.active.write_offset < self.shared.options.segment_size_bytes / 2
-        {
-            return;
-        }
-        self.prepare_seq += 1;
-        let name = format!("next-{:06}", self.prepare_seq);
-        let (driver, dir) = (self.shared.driver.clone(), self.shared.dir.clone());
-        let size = self.shared.options.segment_size_bytes;
-        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        self.prepare_cancel = cancel.clone();
-        self.preparing = Some(tokio::spawn(async move {
-            segment::prepare_segment(&driver, &dir, &name, size, Some(&cancel)).await
-        }));
+    async fn remove_prepared(&self, prepared: segment::Prepared) {
+        let _ = prepared.file.close().await;
+        let _ = self.shared.driver.remove_file(&prepared.path).await;
     }
 
-    /// The prepared segment, if it is at least `size` bytes and its preparation succeeded;
-    /// starts preparing the one after.
-    async fn take_prepared(&mut self, size: u64) -> Option<segment::Prepared> {
-        let handle = self.preparing.take()?;
-        let prepared = match handle.await {
-            Ok(Ok(prepared)) => Some(prepared),
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "preparing the next wal segment failed; creating it now");
-                None
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "the wal segment preparation task ended early");
-                None
-            }
-        };
-        match prepared {
-            Some(p) if p.size >= size => Some(p),
-            Some(p) => {
-                // Too small for this batch: it is dropped and a large enough one made now.
-                let _ = self.shared.driver.remove_file(&p.path).await;
-                None
-            }
-            None => None,
-        }
-    }
-
-    /// Stops the background preparation and removes its file. The task is asked to stop and
+    /// Stops the background preparation and removes every spare. The task is asked to stop and
     /// awaited, not aborted: an aborted task could leave its `open` running on the pool, creating
     /// the file after the removal.
-    async fn discard_prepared(&mut self) {
+    async fn discard_spares(&mut self) {
         if let Some(handle) = self.preparing.take() {
             self.prepare_cancel
                 .store(true, std::sync::atomic::Ordering::Release);
             // On failure or cancellation the task removed its own file.
             if let Ok(Ok(prepared)) = handle.await {
-                let _ = prepared.file.close().await;
-                let _ = self.shared.driver.remove_file(&prepared.path).await;
+                self.remove_prepared(prepared).await;
             }
+        }
+        self.shared.stage.lock().spare = None;
+        while let Some(prepared) = self.spares.pop_front() {
+            self.remove_prepared(prepared).await;
         }
     }
 
@@ -820,7 +934,7 @@ impl Writer {
 
     async fn truncate_front(&mut self, lsn: Lsn) -> Result<()> {
         self.shared.check_usable()?;
-        let (first, last) = (self.shared.first_lsn(), self.shared.last_lsn());
+        let (first, last) = (self.shared.first_lsn(), self.shared.written_lsn());
         if lsn < first || lsn > last.next() {
             return Err(Error::OutOfRange { lsn, first, last });
         }
@@ -864,7 +978,7 @@ impl Writer {
 
     async fn truncate_back(&mut self, lsn: Lsn) -> Result<()> {
         self.shared.check_usable()?;
-        let (first, last) = (self.shared.first_lsn(), self.shared.last_lsn());
+        let (first, last) = (self.shared.first_lsn(), self.shared.written_lsn());
         if lsn.next() < first || lsn > last {
             return Err(Error::OutOfRange { lsn, first, last });
         }
@@ -887,6 +1001,7 @@ impl Writer {
             .map_err(|e| self.poison_with(e))?;
         // Readers stop at `lsn` from now on; streams past it end.
         self.shared.written.store(lsn.0, Ordering::Release);
+        self.shared.appended.store(lsn.0, Ordering::Release);
         self.shared.cut_lsn.store(lsn.0, Ordering::Release);
         self.shared.cuts.fetch_add(1, Ordering::AcqRel);
         if self.shared.durable_lsn() > lsn {
@@ -947,7 +1062,6 @@ impl Writer {
             write_offset: cut,
             allocated: cut_segment.allocated.max(cut + 1),
         };
-        self.next_lsn = lsn.next();
         self.unsynced_entries = 0;
         self.sync_deadline = None;
         self.shared
@@ -998,6 +1112,7 @@ impl Writer {
         };
         meta.write(&self.shared.driver, &self.shared.dir).await?;
         self.shared.written.store(next.0 - 1, Ordering::Release);
+        self.shared.appended.store(next.0 - 1, Ordering::Release);
         self.shared.cut_lsn.store(0, Ordering::Release);
         self.shared.cuts.fetch_add(1, Ordering::AcqRel);
         self.shared.durable.send_replace(next.0 - 1);
@@ -1034,7 +1149,6 @@ impl Writer {
             write_offset: HEADER_LEN,
             allocated: size,
         };
-        self.next_lsn = next;
         self.unsynced_entries = 0;
         self.sync_deadline = None;
         self.shared
@@ -1051,16 +1165,20 @@ impl Writer {
 
     /// Syncs what is written, marks the log closed, releases the lock and wakes every tail.
     async fn close(&mut self) -> Result<()> {
-        self.discard_prepared().await;
+        // Appends fail from here; what is staged is written.
+        self.shared.stage.lock().closed = true;
+        self.flush().await;
+        self.discard_spares().await;
         let synced = match self.shared.poisoned.get() {
             // Closing does not clear the poison: the caller learns the log needs a reopen.
             Some(cause) => Err(Error::Poisoned {
                 cause: cause.clone(),
             }),
-            None if self.shared.last_lsn() > self.shared.durable_lsn() => self.sync_now().await,
+            None if self.shared.written_lsn() > self.shared.durable_lsn() => self.sync_now().await,
             None => Ok(()),
         };
         self.shared.closed.store(true, Ordering::Release);
+        self.shared.stage.notify_waiters();
         let lock = self
             .shared
             .lock
@@ -1084,9 +1202,9 @@ impl Writer {
 /// Answers a command that will not run.
 fn refuse(command: Command, err: &Error) {
     match command {
-        Command::Append(r) => drop(r.reply.send(Err(error_for_waiter(err)))),
         Command::Sync(reply) => drop(reply.send(Err(error_for_waiter(err)))),
-        Command::TruncateFront(_, reply)
+        Command::MakeRoom(_, reply)
+        | Command::TruncateFront(_, reply)
         | Command::TruncateBack(_, reply)
         | Command::Reset(_, reply)
         | Command::Close(reply) => drop(reply.send(Err(error_for_waiter(err)))),

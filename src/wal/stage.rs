@@ -1,0 +1,332 @@
+//! The stage: where appenders put their entries, encoded, for the writer to take.
+//!
+//! An append does its own work on the caller's task: under one short lock it checks that the
+//! entries have room, assigns their lsns, encodes every frame into the stage's buffer and takes
+//! a ticket. Then it waits only as long as the sync policy asks: not at all under
+//! `SyncPolicy::None`, until its ticket is written under `Periodic`, until it is durable under
+//! `Immediate` and `Grouped`. The writer task takes everything staged at once and writes it with
+//! one submission. No channel message, no allocation and no task switch per append.
+//!
+//! Lsns are only assigned once the entries are sure to have a place: the stage knows how much
+//! room the segment its tail goes into has left, and whether the writer has a spare segment
+//! ready. An append that fits neither asks the writer to make room first; a full disk then fails
+//! that append with `Error::DiskFull`, and nothing was assigned.
+//!
+//! Tickets count staged calls, one each, and are never reused (unlike lsns, which a truncation
+//! at the back gives out again): the writer publishes the last ticket written and the last one
+//! durable in [`Progress`], and waiters watch it.
+
+use std::ops::Range;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{Notify, watch};
+
+use super::record::FrameFields;
+use super::segment::HEADER_LEN;
+use super::{Lsn, Record, Shared};
+use crate::error::{Error, Result};
+
+/// The entries of one append call.
+pub(crate) enum Records {
+    One(Record),
+    Many(Vec<Record>),
+}
+
+impl Records {
+    pub(crate) fn iter(&self) -> std::slice::Iter<'_, Record> {
+        match self {
+            Records::One(r) => std::slice::from_ref(r).iter(),
+            Records::Many(v) => v.iter(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Records::One(_) => 1,
+            Records::Many(v) => v.len(),
+        }
+    }
+}
+
+/// What the writer has done, in tickets.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Progress {
+    /// Every call up to this ticket is written (readable through the file).
+    pub(crate) written: u64,
+    /// Every call up to this ticket is durable.
+    pub(crate) durable: u64,
+}
+
+/// A point in the staged frames where the next segment begins.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rotation {
+    /// The first frame that goes into the new segment, as an index into the staged frames.
+    pub(crate) frame: usize,
+    /// Its position in the staged bytes.
+    pub(crate) byte: usize,
+    /// Its lsn: the new segment's first.
+    pub(crate) lsn: Lsn,
+}
+
+/// Everything staged, as the writer takes it.
+pub(crate) struct Taken {
+    pub(crate) buf: Bytes,
+    /// Each frame's offset in the segment it goes into.
+    pub(crate) offsets: Vec<u32>,
+    pub(crate) rotations: Vec<Rotation>,
+    pub(crate) first_lsn: Lsn,
+    /// The last ticket among the calls taken.
+    pub(crate) ticket: u64,
+    pub(crate) calls: usize,
+    pub(crate) payload_bytes: u64,
+    /// A call asked for an fdatasync whatever the policy.
+    pub(crate) sync: bool,
+}
+
+/// The stage's state, under its lock.
+pub(crate) struct State {
+    buf: BytesMut,
+    offsets: Vec<u32>,
+    rotations: Vec<Rotation>,
+    /// The lsn of the first staged frame.
+    first_lsn: Lsn,
+    /// The lsn the next staged entry gets.
+    pub(crate) next_lsn: Lsn,
+    /// The last ticket given out.
+    pub(crate) last_ticket: u64,
+    /// Calls staged since the writer last took.
+    pub(crate) calls: usize,
+    payload_bytes: u64,
+    sync_wanted: bool,
+    /// A reader waits for staged entries to be written.
+    pub(crate) flush_wanted: bool,
+    /// Where the segment the stage's tail goes into ends so far, and its size.
+    pub(crate) seg_end: u64,
+    pub(crate) seg_limit: u64,
+    /// The size of the spare segment the writer has ready, not yet given to any entry.
+    pub(crate) spare: Option<u64>,
+    /// Bytes staged or being written: the bound on what producers may queue.
+    pub(crate) pending_bytes: u64,
+    /// Maintenance runs: appends wait.
+    pub(crate) frozen: bool,
+    /// The log is closing or closed: appends fail.
+    pub(crate) closed: bool,
+}
+
+impl State {
+    /// Bytes staged and not yet taken.
+    pub(crate) fn staged_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Takes everything staged.
+    pub(crate) fn take(&mut self) -> Option<Taken> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        let frames = self.offsets.len();
+        let taken = Taken {
+            buf: self.buf.split().freeze(),
+            offsets: std::mem::replace(&mut self.offsets, Vec::with_capacity(frames)),
+            rotations: std::mem::take(&mut self.rotations),
+            first_lsn: self.first_lsn,
+            ticket: self.last_ticket,
+            calls: self.calls,
+            payload_bytes: self.payload_bytes,
+            sync: self.sync_wanted,
+        };
+        self.first_lsn = self.next_lsn;
+        self.calls = 0;
+        self.payload_bytes = 0;
+        self.sync_wanted = false;
+        self.flush_wanted = false;
+        Some(taken)
+    }
+
+    /// Moves the tail to a new place (after a truncation or a reset): nothing may be staged.
+    pub(crate) fn restart(&mut self, next_lsn: Lsn, seg_end: u64, seg_limit: u64) {
+        debug_assert!(self.buf.is_empty());
+        self.first_lsn = next_lsn;
+        self.next_lsn = next_lsn;
+        self.seg_end = seg_end;
+        self.seg_limit = seg_limit;
+    }
+}
+
+/// The stage, shared by appenders, readers and the writer.
+pub(crate) struct Stage {
+    state: Mutex<State>,
+    /// Wakes the writer: something was staged, or a reader wants it written.
+    pub(crate) wake: Notify,
+    /// What the writer has done; appenders and readers wait on it. Also sent when room frees up,
+    /// maintenance ends or the log fails, so that waiters look again.
+    pub(crate) progress: watch::Sender<Progress>,
+}
+
+impl Stage {
+    pub(crate) fn new(next_lsn: Lsn, seg_end: u64, seg_limit: u64) -> Stage {
+        Stage {
+            state: Mutex::new(State {
+                buf: BytesMut::with_capacity(1 << 20),
+                offsets: Vec::new(),
+                rotations: Vec::new(),
+                first_lsn: next_lsn,
+                next_lsn,
+                last_ticket: 0,
+                calls: 0,
+                payload_bytes: 0,
+                sync_wanted: false,
+                flush_wanted: false,
+                seg_end,
+                seg_limit,
+                spare: None,
+                pending_bytes: 0,
+                frozen: false,
+                closed: false,
+            }),
+            wake: Notify::new(),
+            progress: watch::channel(Progress::default()).0,
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes everyone who waits on the stage to look again.
+    pub(crate) fn notify_waiters(&self) {
+        self.progress.send_modify(|_| {});
+    }
+}
+
+/// What became of an attempt to stage a call.
+pub(crate) enum Staged {
+    /// Staged: these lsns, this ticket.
+    Done { lsns: Range<Lsn>, ticket: u64 },
+    /// Not now (maintenance runs, or too many bytes are queued): wait for a change, then retry.
+    Wait(watch::Receiver<Progress>),
+    /// No room: the writer must make a segment with room for this many bytes first.
+    NeedRoom(u64),
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Tries to stage one call: `frame_bytes` is the encoded size of its frames, `payload_bytes` the
+/// size of its entries.
+pub(crate) fn stage_call(
+    shared: &Shared,
+    records: &Records,
+    frame_bytes: u64,
+    payload_bytes: u64,
+    sync: bool,
+) -> Result<Staged> {
+    let stage = &shared.stage;
+    let mut guard = stage.lock();
+    let st = &mut *guard;
+    if st.closed {
+        return Err(Error::Closed);
+    }
+    shared.check_usable()?;
+    let max_pending = shared.options.max_pending_bytes;
+    if st.frozen || (st.pending_bytes > 0 && st.pending_bytes + frame_bytes > max_pending) {
+        return Ok(Staged::Wait(stage.progress.subscribe()));
+    }
+    // Room: in the tail's segment, or in the spare that becomes the next one.
+    if st.seg_end + frame_bytes > st.seg_limit {
+        if st.seg_end == HEADER_LEN {
+            // An empty segment too small for this call: the writer grows it.
+            return Ok(Staged::NeedRoom(frame_bytes));
+        }
+        match st.spare {
+            Some(size) if HEADER_LEN + frame_bytes <= size => {
+                let rotation = Rotation {
+                    frame: st.offsets.len(),
+                    byte: st.buf.len(),
+                    lsn: st.next_lsn,
+                };
+                st.rotations.push(rotation);
+                st.spare = None;
+                st.seg_end = HEADER_LEN;
+                st.seg_limit = size;
+            }
+            _ => return Ok(Staged::NeedRoom(frame_bytes)),
+        }
+    }
+    let was_empty = st.buf.is_empty();
+    let format = shared.format;
+    let first = st.next_lsn;
+    // Every frame records what was durable before it was written (see `record.rs`): read under
+    // the lock, after any truncation, and never past the entries before this call.
+    let synced = shared.durable_lsn().min(Lsn(first.0 - 1));
+    let timestamp = if format.timestamps { now_micros() } else { 0 };
+    let n = records.len();
+    st.buf.reserve(frame_bytes as usize);
+    let mut at = st.seg_end;
+    for (i, r) in records.iter().enumerate() {
+        st.offsets.push(at as u32);
+        let before = st.buf.len();
+        // Every frame but the last of a call says "the batch continues": recovery keeps a call's
+        // entries only when its last frame is there.
+        let fields = FrameFields {
+            lsn: Lsn(first.0 + i as u64),
+            synced_lsn: synced,
+            term: r.term,
+            timestamp_us: timestamp,
+            continues: i + 1 < n,
+        };
+        format.encode(&mut st.buf, fields, &r.data);
+        at += (st.buf.len() - before) as u64;
+    }
+    debug_assert_eq!(at - st.seg_end, frame_bytes);
+    st.seg_end = at;
+    st.next_lsn = Lsn(first.0 + n as u64);
+    st.last_ticket += 1;
+    st.calls += 1;
+    st.payload_bytes += payload_bytes;
+    st.pending_bytes += frame_bytes;
+    st.sync_wanted |= sync;
+    let ticket = st.last_ticket;
+    let last = st.next_lsn.0 - 1;
+    shared
+        .appended
+        .store(last, std::sync::atomic::Ordering::Release);
+    drop(guard);
+    if was_empty || sync {
+        stage.wake.notify_one();
+    }
+    Ok(Staged::Done {
+        lsns: first..Lsn(last + 1),
+        ticket,
+    })
+}
+
+/// Waits until every entry up to `lsn` that is staged is written, so a reader finds it in the
+/// file.
+pub(crate) async fn flush_to(shared: &Shared, lsn: Lsn) -> Result<()> {
+    if lsn <= shared.written_lsn() {
+        return Ok(());
+    }
+    let (ticket, mut rx) = {
+        let mut st = shared.stage.lock();
+        if st.buf.is_empty() && st.pending_bytes == 0 {
+            return Ok(());
+        }
+        st.flush_wanted = true;
+        (st.last_ticket, shared.stage.progress.subscribe())
+    };
+    shared.stage.wake.notify_one();
+    let _ = rx
+        .wait_for(|p| {
+            p.written >= ticket
+                || shared.poisoned.get().is_some()
+                || shared.closed.load(std::sync::atomic::Ordering::Acquire)
+        })
+        .await;
+    shared.check_usable()
+}
