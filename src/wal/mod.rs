@@ -598,6 +598,8 @@ impl Shared {
 pub struct Wal {
     shared: Arc<Shared>,
     commands: mpsc::Sender<writer::Command>,
+    /// The writer, which an appender may lead (none for a read-only log).
+    writer: Option<writer::SharedWriter>,
 }
 
 impl fmt::Debug for Wal {
@@ -695,10 +697,13 @@ impl Wal {
             .disk_bytes
             .store(recovered.disk_bytes, Ordering::Relaxed);
         let (commands, queue) = mpsc::channel(writer::QUEUE_COMMANDS);
-        if access == recovery::Access::ReadWrite {
-            writer::spawn(shared.clone(), queue, recovered.epoch, recovered.log_id);
-        }
-        Ok(Wal { shared, commands })
+        let writer = (access == recovery::Access::ReadWrite)
+            .then(|| writer::spawn(shared.clone(), queue, recovered.epoch, recovered.log_id));
+        Ok(Wal {
+            shared,
+            commands,
+            writer,
+        })
     }
 
     /// The directory of the log.
@@ -815,8 +820,18 @@ impl Wal {
             || matches!(options.sync, Some(SyncPolicy::Periodic { .. }));
         // Stage the call; wait first while maintenance runs or the queue is full, or for the
         // writer to make room.
+        // An appender that may lead (see `writer::lead`) wakes the writer task only if it cannot.
+        let windowed = matches!(policy, SyncPolicy::Grouped { window } if !window.is_zero());
+        let may_lead = durable && !windowed && self.writer.is_some();
         let (lsns, ticket) = loop {
-            match stage::stage_call(&self.shared, &records, frame_bytes, payload_bytes, durable)? {
+            match stage::stage_call(
+                &self.shared,
+                &records,
+                frame_bytes,
+                payload_bytes,
+                durable,
+                !may_lead,
+            )? {
                 stage::Staged::Done { lsns, ticket } => break (lsns, ticket),
                 stage::Staged::Wait(mut changed) => {
                     let _ = changed.changed().await;
@@ -831,6 +846,9 @@ impl Wal {
             return Ok(lsns);
         }
         let shared = &self.shared;
+        if may_lead && let Some(writer) = &self.writer {
+            writer::lead(writer, shared, ticket).await;
+        }
         let mut progress = shared.stage.progress.subscribe();
         let reached = |p: &stage::Progress| {
             if durable {

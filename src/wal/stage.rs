@@ -121,6 +121,11 @@ impl State {
         self.buf.len()
     }
 
+    /// New segments the staged entries start.
+    pub(crate) fn rotations_pending(&self) -> usize {
+        self.rotations.len()
+    }
+
     /// Takes everything staged.
     pub(crate) fn take(&mut self) -> Option<Taken> {
         if self.buf.is_empty() {
@@ -218,13 +223,14 @@ fn now_micros() -> u64 {
 }
 
 /// Tries to stage one call: `frame_bytes` is the encoded size of its frames, `payload_bytes` the
-/// size of its entries.
+/// size of its entries; `wake_writer` false if the caller will (see `writer::lead`).
 pub(crate) fn stage_call(
     shared: &Shared,
     records: &Records,
     frame_bytes: u64,
     payload_bytes: u64,
     sync: bool,
+    wake_writer: bool,
 ) -> Result<Staged> {
     let stage = &shared.stage;
     let mut guard = stage.lock();
@@ -297,7 +303,7 @@ pub(crate) fn stage_call(
         .appended
         .store(last, std::sync::atomic::Ordering::Release);
     drop(guard);
-    if was_empty || sync {
+    if wake_writer && (was_empty || sync) {
         stage.wake.notify_one();
     }
     Ok(Staged::Done {

@@ -58,7 +58,7 @@ struct Active {
     allocated: u64,
 }
 
-struct Writer {
+pub(crate) struct Writer {
     shared: Arc<Shared>,
     log_id: u64,
     epoch: u64,
@@ -91,6 +91,33 @@ struct Writer {
     /// Ready segments. The stage gives them to entries in order; every one but the last has
     /// been given (the stage's rotations name them), the last is given if the stage has no spare.
     spares: VecDeque<segment::Prepared>,
+    /// A write failed: where the trustworthy log ends, to record (see `record_failure_cut`).
+    failure_cut: Option<Lsn>,
+    /// `Periodic` has too many unsynced entries: sync at the next chance.
+    sync_soon: bool,
+    /// The log writes with `O_DIRECT` (policies that sync every batch, where the file system
+    /// allows it): the write skips the page cache, and on io_uring it completes without a
+    /// kernel worker thread.
+    direct_io: bool,
+    direct: DirectTail,
+}
+
+/// The block size direct writes are aligned to (offsets, lengths and memory).
+const DIRECT_BLOCK: u64 = 4096;
+
+/// The active segment's direct-write state.
+enum DirectTail {
+    /// Not looked at since the active segment changed.
+    Unknown,
+    /// Buffered writes for this segment.
+    Off,
+    /// An `O_DIRECT` handle, and the bytes of the last, partly written block, which starts at
+    /// `block`.
+    On {
+        file: File,
+        tail: Vec<u8>,
+        block: u64,
+    },
 }
 
 /// How a write is made.
@@ -139,17 +166,13 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     }
 }
 
-async fn join_some(
-    handle: &mut Option<tokio::task::JoinHandle<Result<segment::Prepared>>>,
-) -> std::result::Result<Result<segment::Prepared>, tokio::task::JoinError> {
-    match handle {
-        Some(handle) => handle.await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Starts the writer task for a recovered log.
-pub(crate) fn spawn(shared: Arc<Shared>, queue: mpsc::Receiver<Command>, epoch: u64, log_id: u64) {
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    queue: mpsc::Receiver<Command>,
+    epoch: u64,
+    log_id: u64,
+) -> SharedWriter {
     let active = {
         let index = shared.index.read().unwrap_or_else(|p| p.into_inner());
         let last = index
@@ -162,6 +185,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, queue: mpsc::Receiver<Command>, epoch: 
             allocated: last.allocated,
         }
     };
+    let shared_direct = shared.options.sync_policy.syncs_each_batch();
     let writer = Writer {
         shared,
         log_id,
@@ -181,9 +205,147 @@ pub(crate) fn spawn(shared: Arc<Shared>, queue: mpsc::Receiver<Command>, epoch: 
         prepare_seq: 0,
         prepare_failed: false,
         spares: VecDeque::new(),
+        failure_cut: None,
+        sync_soon: false,
+        direct_io: shared_direct,
+        direct: DirectTail::Unknown,
     };
-    tokio::spawn(writer.run(queue));
+    let writer = Arc::new(tokio::sync::Mutex::new(writer));
+    tokio::spawn(run(writer.clone(), queue));
+    writer
 }
+
+/// What the writer should do with what is staged.
+enum Decision {
+    /// Nothing is staged.
+    Nothing,
+    /// The pipeline is full.
+    Busy,
+    /// Under `Grouped`, the window is still open.
+    Window,
+    /// Appenders just acknowledged are expected back: yield to them first.
+    Gather,
+    /// Take everything staged and write it.
+    Launch,
+}
+
+/// Where the writer's work left off.
+enum Next {
+    /// Nothing in flight; wake for the stage, a command, or one of these times.
+    Wait {
+        launch_at: Option<tokio::time::Instant>,
+        sync_due: Option<tokio::time::Instant>,
+    },
+    /// The log is closed.
+    Exit,
+}
+
+/// The writer task: works while there is work, holding the writer; waits without holding it,
+/// so that an appender may lead (see [`lead`]).
+async fn run(writer: Arc<tokio::sync::Mutex<Writer>>, mut queue: mpsc::Receiver<Command>) {
+    let shared = writer.lock().await.shared.clone();
+    loop {
+        let next = writer.lock().await.work(&mut queue).await;
+        let Next::Wait {
+            launch_at,
+            sync_due,
+        } = next
+        else {
+            return;
+        };
+        tokio::select! {
+            biased;
+            command = queue.recv() => {
+                if writer.lock().await.command(command, &mut queue).await {
+                    return;
+                }
+            }
+            () = shared.stage.wake.notified() => {}
+            () = sleep_until_some(launch_at), if launch_at.is_some() => {}
+            () = sleep_until_some(sync_due), if sync_due.is_some() => {
+                let _ = writer.lock().await.sync_now().await;
+            }
+        }
+    }
+}
+
+/// The writer, held by an appender that leads: on the way out (also when the appender's future
+/// is dropped), the writer task is woken if anything is left for it.
+struct Leader<'a> {
+    writer: tokio::sync::MutexGuard<'a, Writer>,
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        let w = &self.writer;
+        let left = !w.in_flight.is_empty()
+            || w.failure_cut.is_some()
+            || w.sync_soon
+            || w.shared.stage.lock().staged_bytes() > 0;
+        if left {
+            w.shared.stage.wake.notify_one();
+        }
+    }
+}
+
+/// An appender waiting for `ticket` to be durable does the writer's work itself when the writer
+/// is idle: it takes what is staged, writes it, and publishes it, saving the hand-offs to the
+/// writer task and back (two task wake-ups per batch, a third of a lone append's latency on a
+/// multi-threaded runtime). Only the simple case is led: nothing in flight, no new segment to
+/// start, no window to wait for, nothing deferred. Anything else, and what is staged once the
+/// ticket is durable, is left to the writer task.
+///
+/// Cancel safety: the leader's awaits are a yield (before anything is taken) and the write in
+/// flight, which stays with the writer if the future is dropped; publishing does not await.
+pub(crate) async fn lead(writer: &tokio::sync::Mutex<Writer>, shared: &Shared, ticket: u64) {
+    let Ok(guard) = writer.try_lock() else {
+        // The writer task (or another leader) works: it sees what is staged, but may be about to
+        // wait, so wake it.
+        shared.stage.wake.notify_one();
+        return;
+    };
+    let mut leader = Leader { writer: guard };
+    let w = &mut *leader.writer;
+    let progress = w.shared.stage.progress.subscribe();
+    loop {
+        if progress.borrow().durable >= ticket || w.shared.check_usable().is_err() {
+            return;
+        }
+        if let Some((res, launched)) = w.in_flight.next().await {
+            w.complete(res, launched);
+            continue;
+        }
+        if w.failure_cut.is_some()
+            || w.sync_soon
+            || matches!(w.direct, DirectTail::Unknown)
+            || w.preparing.as_ref().is_some_and(|h| h.is_finished())
+        {
+            return;
+        }
+        let simple = {
+            let st = w.shared.stage.lock();
+            st.rotations_pending() == 0
+                && st.staged_bytes() <= w.shared.options.max_batch_bytes as usize
+        };
+        if !simple {
+            return;
+        }
+        match w.decide() {
+            Decision::Launch => {
+                let taken = w.shared.stage.lock().take();
+                match taken {
+                    Some(taken) => w.launch_simple(taken),
+                    None => return,
+                }
+            }
+            Decision::Gather => tokio::task::yield_now().await,
+            Decision::Nothing | Decision::Busy | Decision::Window => return,
+        }
+    }
+}
+
+/// What `spawn` returns: the writer, for appenders that lead.
+pub(crate) type SharedWriter = Arc<tokio::sync::Mutex<Writer>>;
 
 /// An error for one of several waiters of a failed step.
 fn error_for_waiter(err: &Error) -> Error {
@@ -204,97 +366,143 @@ fn error_for_waiter(err: &Error) -> Error {
 }
 
 impl Writer {
-    async fn run(mut self, mut queue: mpsc::Receiver<Command>) {
-        let max_batch = self.shared.options.max_batch_bytes as usize;
-        let window = match self.shared.options.sync_policy {
-            SyncPolicy::Grouped { window } if !window.is_zero() => Some(window),
-            _ => None,
+    /// What to do next with what is staged.
+    fn decide(&mut self) -> Decision {
+        let (staged, calls, flush_wanted) = {
+            let st = self.shared.stage.lock();
+            (st.staged_bytes(), st.calls, st.flush_wanted)
         };
+        if staged == 0 {
+            return Decision::Nothing;
+        }
+        if self.in_flight.len() >= PIPELINE_DEPTH {
+            return Decision::Busy;
+        }
+        if let SyncPolicy::Grouped { window } = self.shared.options.sync_policy
+            && !window.is_zero()
+            && self.launch_at.is_none()
+            && self.in_flight.is_empty()
+        {
+            // Under `Grouped`, staged entries that find the pipeline idle wait for others.
+            self.launch_at = Some(tokio::time::Instant::now() + window);
+        }
+        let now = Instant::now();
+        let window_over = self
+            .launch_at
+            .is_none_or(|t| tokio::time::Instant::from_std(now) >= t);
+        let gathering = calls < self.expect_returns
+            && self.gather_yields < GATHER_YIELDS
+            && self
+                .gather_started
+                .is_some_and(|t| now.duration_since(t) < GATHER_MAX);
+        let max_batch = self.shared.options.max_batch_bytes as usize;
+        if (window_over && !gathering) || staged >= max_batch || flush_wanted {
+            self.launch_at = None;
+            self.expect_returns = 0;
+            self.gather_started = None;
+            Decision::Launch
+        } else if gathering {
+            self.gather_yields += 1;
+            Decision::Gather
+        } else {
+            Decision::Window
+        }
+    }
+
+    /// Work left over from a step that could not wait (see `complete`).
+    async fn deferred(&mut self) {
+        if let Some(lsn) = self.failure_cut.take() {
+            self.record_failure_cut(lsn).await;
+        }
+        if std::mem::take(&mut self.sync_soon) {
+            let _ = self.sync_now().await;
+        }
+        if self.preparing.as_ref().is_some_and(|h| h.is_finished())
+            && let Some(handle) = self.preparing.take()
+        {
+            let res = handle.await;
+            self.prepared(res);
+        }
+    }
+
+    /// Does everything there is to do now, holding the writer. Returns when there is nothing
+    /// but waiting left (then nothing is in flight), or when the log is closed.
+    async fn work(&mut self, queue: &mut mpsc::Receiver<Command>) -> Next {
         loop {
-            let (staged, calls, flush_wanted) = {
-                let st = self.shared.stage.lock();
-                (st.staged_bytes(), st.calls, st.flush_wanted)
-            };
+            self.deferred().await;
             self.maybe_prepare();
-            if staged > 0 {
-                if let Some(window) = window
-                    && self.launch_at.is_none()
-                    && self.in_flight.is_empty()
-                {
-                    // Under `Grouped`, staged entries that find the pipeline idle wait for others.
-                    self.launch_at = Some(tokio::time::Instant::now() + window);
+            match self.decide() {
+                Decision::Launch => {
+                    self.launch_staged().await;
+                    continue;
                 }
-                let now = Instant::now();
-                let window_over = self
-                    .launch_at
-                    .is_none_or(|t| tokio::time::Instant::from_std(now) >= t);
-                let gathering = calls < self.expect_returns
-                    && self.gather_yields < GATHER_YIELDS
-                    && self
-                        .gather_started
-                        .is_some_and(|t| now.duration_since(t) < GATHER_MAX);
-                if self.in_flight.len() < PIPELINE_DEPTH {
-                    if (window_over && !gathering) || staged >= max_batch || flush_wanted {
-                        self.launch_at = None;
-                        self.expect_returns = 0;
-                        self.gather_started = None;
-                        self.launch_staged().await;
-                        continue;
-                    }
-                    if gathering {
-                        // Let the woken appenders run (a yield, not a timer: tokio's timers
-                        // tick in milliseconds), then look again.
-                        self.gather_yields += 1;
-                        tokio::task::yield_now().await;
-                        continue;
-                    }
+                Decision::Gather => {
+                    // Let the woken appenders run (a yield, not a timer: tokio's timers tick in
+                    // milliseconds), then look again.
+                    tokio::task::yield_now().await;
+                    continue;
                 }
+                Decision::Nothing | Decision::Busy | Decision::Window => {}
             }
-            let launch_at = self.launch_at.filter(|_| staged > 0);
+            let launch_at = self.launch_at;
             let sync_due = self.sync_deadline.filter(|_| self.in_flight.is_empty());
-            let stage = self.shared.clone();
+            if self.in_flight.is_empty() {
+                return Next::Wait {
+                    launch_at,
+                    sync_due,
+                };
+            }
+            let shared = self.shared.clone();
             // Biased: finishing in-flight work comes first, and the order of choices does not
             // depend on tokio's random fairness, so a run on the simulated disk replays.
             tokio::select! {
                 biased;
-                Some((res, launched)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
-                    self.complete(res, launched).await;
-                }
-                prepared = join_some(&mut self.preparing), if self.preparing.is_some() => {
-                    self.preparing = None;
-                    self.prepared(prepared);
+                Some((res, launched)) = self.in_flight.next() => {
+                    self.complete(res, launched);
                 }
                 () = sleep_until_some(launch_at), if launch_at.is_some() => {}
-                () = sleep_until_some(sync_due), if sync_due.is_some() => {
-                    let _ = self.sync_now().await;
-                }
                 command = queue.recv() => {
-                    let Some(command) = command else {
-                        // Every handle was dropped without `close`: finish like a close.
-                        let _ = self.close().await;
-                        return;
-                    };
-                    if let Command::Close(reply) = command {
-                        let res = self.close().await;
-                        let _ = reply.send(res);
-                        // Whatever was queued behind the close finds the log closed.
-                        queue.close();
-                        while let Some(command) = queue.recv().await {
-                            refuse(command, &Error::Closed);
-                        }
-                        return;
+                    if self.command(command, queue).await {
+                        return Next::Exit;
                     }
-                    self.handle(command).await;
                 }
-                () = stage.stage.wake.notified() => {}
+                () = shared.stage.wake.notified() => {}
             }
         }
     }
 
+    /// Runs one command (`None`: every handle is gone). Returns true once the log is closed.
+    async fn command(
+        &mut self,
+        command: Option<Command>,
+        queue: &mut mpsc::Receiver<Command>,
+    ) -> bool {
+        match command {
+            None => {
+                // Every handle was dropped without `close`: finish like a close.
+                let _ = self.close().await;
+                true
+            }
+            Some(Command::Close(reply)) => {
+                let res = self.close().await;
+                let _ = reply.send(res);
+                // Whatever was queued behind the close finds the log closed.
+                queue.close();
+                while let Some(command) = queue.recv().await {
+                    refuse(command, &Error::Closed);
+                }
+                true
+            }
+            Some(command) => {
+                self.handle(command).await;
+                false
+            }
+        }
+    }
     /// Waits for every write in flight.
     async fn drain(&mut self) {
         while let Some((res, launched)) = self.in_flight.next().await {
-            self.complete(res, launched).await;
+            self.complete(res, launched);
         }
     }
 
@@ -478,27 +686,15 @@ impl Writer {
     /// fdatasync where asked. Each is published by [`complete`](Self::complete) when its I/O is
     /// done.
     async fn launch(&mut self, taken: Taken) {
-        let Taken {
-            buf,
-            offsets,
-            rotations,
-            first_lsn,
-            ticket,
-            calls,
-            payload_bytes,
-            sync,
-        } = taken;
-        if self.shared.check_usable().is_err() {
-            // The log failed: nothing more is written; waiters see the poison.
-            self.release(buf.len() as u64);
-            self.shared.stage.notify_waiters();
+        if !self.usable_for(&taken, 0) {
             return;
         }
-        let sync = sync || self.shared.options.sync_policy.syncs_each_batch();
+        let sync = taken.sync || self.shared.options.sync_policy.syncs_each_batch();
         let max_batch = self.shared.options.max_batch_bytes as usize;
+        let (offsets, rotations) = (&taken.offsets, &taken.rotations);
         let frames = offsets.len();
-        // Pieces: [frame_start, frame_end) with byte ranges, split at rotations and at the batch
-        // size.
+        // Pieces: frames `frame..end` at bytes `byte..byte_end`, split at rotations and at the
+        // batch size.
         let mut next_rotation = 0usize;
         let mut frame = 0usize;
         let mut byte = 0usize;
@@ -512,13 +708,15 @@ impl Writer {
                 self.drain().await;
                 if let Err(err) = self.rotate(rot.lsn).await {
                     tracing::debug!(error = %err, "wal rotation failed");
-                    self.release((buf.len() - byte) as u64);
+                    self.release((taken.buf.len() - byte) as u64);
                     self.shared.stage.notify_waiters();
                     return;
                 }
             }
             let segment_end = rotations.get(next_rotation).map_or(frames, |r| r.frame);
-            let segment_byte_end = rotations.get(next_rotation).map_or(buf.len(), |r| r.byte);
+            let segment_byte_end = rotations
+                .get(next_rotation)
+                .map_or(taken.buf.len(), |r| r.byte);
             // As many frames as fit the batch size (at least one).
             let (mut end, mut byte_end) = (segment_end, segment_byte_end);
             if segment_byte_end - byte > max_batch {
@@ -530,43 +728,76 @@ impl Writer {
                     byte_end = byte + (offsets[cut] - offsets[frame]) as usize;
                 }
             }
-            let last_piece = end == frames;
             while self.in_flight.len() >= PIPELINE_DEPTH {
                 let Some((res, launched)) = self.in_flight.next().await else {
                     break;
                 };
-                self.complete(res, launched).await;
+                self.complete(res, launched);
             }
-            if self.shared.check_usable().is_err() {
-                self.release((buf.len() - byte) as u64);
-                self.shared.stage.notify_waiters();
+            if !self.usable_for(&taken, byte) {
                 return;
             }
-            let chunk = buf.slice(byte..byte_end);
-            let base = self.active.write_offset;
-            debug_assert_eq!(
-                u64::from(offsets[frame]),
-                base,
-                "the stage placed the frames"
-            );
-            let piece_sync = sync && last_piece;
-            let launched = Launched {
-                first: Lsn(first_lsn.0 + frame as u64),
-                last: Lsn(first_lsn.0 + end as u64 - 1),
-                offsets: offsets[frame..end].to_vec(),
-                end: base + chunk.len() as u64,
-                bytes: chunk.len() as u64,
-                sync: piece_sync,
-                ticket: last_piece.then_some(ticket),
-                calls: if last_piece { calls } else { 0 },
-                payload_bytes: if last_piece { payload_bytes } else { 0 },
-                started: Instant::now(),
-            };
-            self.active.write_offset = launched.end;
-            self.submit(chunk, base, launched);
+            self.ensure_direct().await;
+            self.start_piece(&taken, frame..end, byte..byte_end, sync);
             frame = end;
             byte = byte_end;
         }
+    }
+
+    /// Whether the log can still be written; if not, gives back the queue room of what was taken
+    /// from `from` on and wakes the waiters (they find the poison).
+    fn usable_for(&self, taken: &Taken, from: usize) -> bool {
+        if self.shared.check_usable().is_ok() {
+            return true;
+        }
+        self.release((taken.buf.len() - from) as u64);
+        self.shared.stage.notify_waiters();
+        false
+    }
+
+    /// Launches what was taken as one write, without awaiting: for a leader, and only when it
+    /// needs no new segment and fits one write.
+    fn launch_simple(&mut self, taken: Taken) {
+        debug_assert!(taken.rotations.is_empty());
+        if !self.usable_for(&taken, 0) {
+            return;
+        }
+        let sync = taken.sync || self.shared.options.sync_policy.syncs_each_batch();
+        let (frames, bytes) = (taken.offsets.len(), taken.buf.len());
+        self.start_piece(&taken, 0..frames, 0..bytes, sync);
+    }
+
+    /// Submits the frames `frames` of what was taken, at `bytes` of its buffer, as one write
+    /// at the active segment's end; the last piece carries the ticket and, where asked, the sync.
+    fn start_piece(
+        &mut self,
+        taken: &Taken,
+        frames: std::ops::Range<usize>,
+        bytes: std::ops::Range<usize>,
+        sync: bool,
+    ) {
+        let last_piece = frames.end == taken.offsets.len();
+        let chunk = taken.buf.slice(bytes);
+        let base = self.active.write_offset;
+        debug_assert_eq!(
+            u64::from(taken.offsets[frames.start]),
+            base,
+            "the stage placed the frames"
+        );
+        let launched = Launched {
+            first: Lsn(taken.first_lsn.0 + frames.start as u64),
+            last: Lsn(taken.first_lsn.0 + frames.end as u64 - 1),
+            offsets: taken.offsets[frames].to_vec(),
+            end: base + chunk.len() as u64,
+            bytes: chunk.len() as u64,
+            sync: sync && last_piece,
+            ticket: last_piece.then_some(taken.ticket),
+            calls: if last_piece { taken.calls } else { 0 },
+            payload_bytes: if last_piece { taken.payload_bytes } else { 0 },
+            started: Instant::now(),
+        };
+        self.active.write_offset = launched.end;
+        self.submit(chunk, base, launched);
     }
 
     /// Submits one write. Where durability is asked: if everything before is already durable,
@@ -574,7 +805,10 @@ impl Writer {
     /// linked to an fdatasync that covers everything written before it in this segment (earlier
     /// segments were synced at rotation).
     fn submit(&mut self, chunk: Bytes, base: u64, launched: Launched) {
-        let file = self.active.file.clone();
+        let (file, chunk, base) = match self.direct_write(&chunk, base) {
+            Some(direct) => direct,
+            None => (self.active.file.clone(), chunk, base),
+        };
         let mode = match (launched.sync, self.unsynced_entries == 0) {
             (false, _) => WriteMode::Plain,
             (true, true) => WriteMode::Dsync,
@@ -590,9 +824,89 @@ impl Writer {
         }));
     }
 
+    /// The write of `chunk` at `base` as an `O_DIRECT` write of whole blocks, where the active
+    /// segment is open for it: the partly written block before `base` is written again with the
+    /// same bytes (a torn write of it leaves each sector old or new, which are equal), the last
+    /// block is padded with zeros (which is what the zero-filled segment holds there).
+    fn direct_write(&mut self, chunk: &[u8], base: u64) -> Option<(File, Bytes, u64)> {
+        let DirectTail::On { file, tail, block } = &mut self.direct else {
+            return None;
+        };
+        if *block + tail.len() as u64 != base {
+            // Not where this segment's writes left off: never guess.
+            self.direct = DirectTail::Off;
+            return None;
+        }
+        let start = *block;
+        let total = tail.len() + chunk.len();
+        let padded = total.div_ceil(DIRECT_BLOCK as usize) * DIRECT_BLOCK as usize;
+        let mut buf = ringtide_platform::aligned_bytes_mut(padded, DIRECT_BLOCK as usize);
+        buf.extend_from_slice(tail);
+        buf.extend_from_slice(chunk);
+        buf.resize(padded, 0);
+        let end = base + chunk.len() as u64;
+        *block = end - end % DIRECT_BLOCK;
+        tail.clear();
+        tail.extend_from_slice(&buf[(*block - start) as usize..(end - start) as usize]);
+        Some((file.clone(), buf.freeze(), start))
+    }
+
+    /// Decides, once per active segment, whether its writes go direct: opens it with `O_DIRECT`
+    /// and reads its last, partly written block. Buffered where the log does not use direct
+    /// I/O, the segment is not a whole number of blocks, or the file system refuses it.
+    async fn ensure_direct(&mut self) {
+        if !matches!(self.direct, DirectTail::Unknown) {
+            return;
+        }
+        self.direct = DirectTail::Off;
+        if !self.direct_io || self.active.allocated % DIRECT_BLOCK != 0 {
+            return;
+        }
+        let path = {
+            let index = self.shared.index.read().unwrap_or_else(|p| p.into_inner());
+            match index.segments.last() {
+                Some(segment) => segment.path.clone(),
+                None => return,
+            }
+        };
+        let options = ringtide_platform::OpenOptions::new()
+            .write(true)
+            .direct(true);
+        let file = match self.shared.driver.open(&path, &options).await {
+            Ok(file) => file,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::InvalidInput {
+                    // The file system has no O_DIRECT (tmpfs): buffered writes from now on.
+                    self.direct_io = false;
+                }
+                tracing::debug!(error = %e, "wal: no direct I/O for this segment; buffered writes");
+                return;
+            }
+        };
+        let offset = self.active.write_offset;
+        let block = offset - offset % DIRECT_BLOCK;
+        let (res, tail) = self
+            .active
+            .file
+            .read_exact_at(BytesMut::with_capacity((offset - block) as usize), block)
+            .await;
+        if let Err(e) = res {
+            tracing::debug!(error = %e, "wal: could not read the last block; buffered writes");
+            return;
+        }
+        self.direct = DirectTail::On {
+            file,
+            tail: tail.to_vec(),
+            block,
+        };
+    }
+
     /// Publishes a write whose I/O is done, in launch order: index, last lsn, durable lsn, then
     /// the tickets, which wake the waiters.
-    async fn complete(&mut self, res: std::io::Result<()>, launched: Launched) {
+    /// Does not await (a leader's future may be dropped at any await): what needs I/O after a
+    /// failure, or a sync due under `Periodic`, is left in `failure_cut` and `sync_soon` for the
+    /// writer task.
+    fn complete(&mut self, res: std::io::Result<()>, launched: Launched) {
         self.release(launched.bytes);
         if self.shared.check_usable().is_err() {
             // An earlier write failed: this one is not acknowledged, whatever its own I/O did.
@@ -607,7 +921,8 @@ impl Writer {
             } else {
                 self.shared.written_lsn()
             };
-            self.record_failure_cut(trusted).await;
+            self.failure_cut = Some(trusted);
+            self.shared.stage.wake.notify_one();
             return;
         }
         {
@@ -643,8 +958,11 @@ impl Writer {
             } = self.shared.options.sync_policy
             {
                 if self.unsynced_entries >= max_unsynced_entries {
-                    // A failure poisons the log; the waiters find out through the progress.
-                    let _ = self.sync_now().await;
+                    // The sync comes first, then the waiters hear of the write: an append that
+                    // reaches the bound returns synced. (`deferred` publishes after the sync.)
+                    self.sync_soon = true;
+                    self.shared.stage.wake.notify_one();
+                    return;
                 } else if self.sync_deadline.is_none() {
                     self.sync_deadline = Some(tokio::time::Instant::now() + interval);
                 }
@@ -679,11 +997,16 @@ impl Writer {
     fn start_preparing(&mut self, size: u64) {
         self.prepare_seq += 1;
         let name = format!("next-{:06}", self.prepare_seq);
-        let (driver, dir) = (self.shared.driver.clone(), self.shared.dir.clone());
+        let shared = self.shared.clone();
         let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
         self.prepare_cancel = cancel.clone();
         self.preparing = Some(tokio::spawn(async move {
-            segment::prepare_segment(&driver, &dir, &name, size, Some(&cancel)).await
+            let res =
+                segment::prepare_segment(&shared.driver, &shared.dir, &name, size, Some(&cancel))
+                    .await;
+            // The writer offers it as the spare next time it looks.
+            shared.stage.wake.notify_one();
+            res
         }));
     }
 
@@ -786,6 +1109,8 @@ impl Writer {
                 .disk_bytes
                 .fetch_add(grow, Ordering::Relaxed);
             self.active.allocated = size;
+            // Direct writes need a whole number of blocks: look again.
+            self.direct = DirectTail::Unknown;
             let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
             if let Some(segment) = index.segments.last_mut() {
                 segment.allocated = size;
@@ -842,6 +1167,7 @@ impl Writer {
         });
         metrics::gauge!("ringtide_wal_segments").set(index.segments.len() as f64);
         drop(index);
+        self.direct = DirectTail::Unknown;
         self.active = Active {
             file,
             write_offset: HEADER_LEN,
@@ -1057,6 +1383,7 @@ impl Writer {
             seg.offsets.truncate(keep);
             seg.end = cut;
         }
+        self.direct = DirectTail::Unknown;
         self.active = Active {
             file: cut_segment.file.clone(),
             write_offset: cut,
@@ -1144,6 +1471,7 @@ impl Writer {
             std::mem::replace(&mut index.segments, vec![new])
         };
         self.epoch = epoch;
+        self.direct = DirectTail::Unknown;
         self.active = Active {
             file,
             write_offset: HEADER_LEN,
