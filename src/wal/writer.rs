@@ -859,7 +859,7 @@ impl Writer {
             return;
         }
         self.direct = DirectTail::Off;
-        if !self.direct_io || self.active.allocated % DIRECT_BLOCK != 0 {
+        if !self.direct_io || !self.active.allocated.is_multiple_of(DIRECT_BLOCK) {
             return;
         }
         let path = {
