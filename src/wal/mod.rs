@@ -593,6 +593,11 @@ impl Shared {
     }
 }
 
+/// Whether new segments are written with zeros before use (see `segment::prepare_segment`).
+fn zero_fill(options: &WalOptions) -> bool {
+    options.sync_policy.syncs_each_batch()
+}
+
 /// A write-ahead log. Cheap to clone (`Arc` inside), `Send + Sync`, shared by many tasks.
 #[derive(Clone)]
 pub struct Wal {

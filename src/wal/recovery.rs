@@ -272,7 +272,8 @@ pub(crate) async fn recover(
             first_lsn,
         };
         let size = options.segment_size_bytes;
-        let (file, path) = segment::create_segment(driver, dir, header, size).await?;
+        let (file, path) =
+            segment::create_segment(driver, dir, header, size, super::zero_fill(options)).await?;
         disk_bytes += size;
         segments.push(SegmentIndex {
             first_lsn,

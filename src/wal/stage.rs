@@ -85,6 +85,12 @@ pub(crate) struct Taken {
     pub(crate) sync: bool,
 }
 
+/// The stage buffer's first capacity.
+const BUFFER_BYTES: usize = 1 << 20;
+/// Buffers kept for reuse, and the largest kept.
+const POOLED_BUFFERS: usize = 2;
+const MAX_POOLED_BYTES: usize = 16 << 20;
+
 /// The stage's state, under its lock.
 pub(crate) struct State {
     buf: BytesMut,
@@ -113,6 +119,9 @@ pub(crate) struct State {
     pub(crate) frozen: bool,
     /// The log is closing or closed: appends fail.
     pub(crate) closed: bool,
+    /// Buffers written and given back, for the next takes: fresh memory would cost a page
+    /// fault per 4 KiB on a bulk append's path.
+    pool: Vec<BytesMut>,
 }
 
 impl State {
@@ -132,8 +141,12 @@ impl State {
             return None;
         }
         let frames = self.offsets.len();
+        let next = self
+            .pool
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(BUFFER_BYTES));
         let taken = Taken {
-            buf: self.buf.split().freeze(),
+            buf: std::mem::replace(&mut self.buf, next).freeze(),
             offsets: std::mem::replace(&mut self.offsets, Vec::with_capacity(frames)),
             rotations: std::mem::take(&mut self.rotations),
             first_lsn: self.first_lsn,
@@ -148,6 +161,20 @@ impl State {
         self.sync_wanted = false;
         self.flush_wanted = false;
         Some(taken)
+    }
+
+    /// Takes back a buffer the writer is done with, if nothing else holds it and it is not too
+    /// large to keep.
+    pub(crate) fn recycle(&mut self, buf: Bytes) {
+        if self.pool.len() >= POOLED_BUFFERS {
+            return;
+        }
+        if let Ok(mut buf) = buf.try_into_mut()
+            && buf.capacity() <= MAX_POOLED_BYTES
+        {
+            buf.clear();
+            self.pool.push(buf);
+        }
     }
 
     /// Moves the tail to a new place (after a truncation or a reset): nothing may be staged.
@@ -174,7 +201,7 @@ impl Stage {
     pub(crate) fn new(next_lsn: Lsn, seg_end: u64, seg_limit: u64) -> Stage {
         Stage {
             state: Mutex::new(State {
-                buf: BytesMut::with_capacity(1 << 20),
+                buf: BytesMut::with_capacity(BUFFER_BYTES),
                 offsets: Vec::new(),
                 rotations: Vec::new(),
                 first_lsn: next_lsn,
@@ -190,6 +217,7 @@ impl Stage {
                 pending_bytes: 0,
                 frozen: false,
                 closed: false,
+                pool: Vec::new(),
             }),
             wake: Notify::new(),
             progress: watch::channel(Progress::default()).0,
@@ -240,7 +268,15 @@ pub(crate) fn stage_call(
     }
     shared.check_usable()?;
     let max_pending = shared.options.max_pending_bytes;
-    if st.frozen || (st.pending_bytes > 0 && st.pending_bytes + frame_bytes > max_pending) {
+    // Bounds: the bytes queued in all (`max_pending_bytes`), and the stage buffer itself, which
+    // the writer takes as one write (`max_batch_bytes`): the producer fills the next buffer
+    // while the writer writes the last, and buffers stay small enough to be reused.
+    let staged = st.buf.len() as u64;
+    let stage_full = staged > 0 && staged + frame_bytes > shared.options.max_batch_bytes;
+    if st.frozen
+        || stage_full
+        || (st.pending_bytes > 0 && st.pending_bytes + frame_bytes > max_pending)
+    {
         return Ok(Staged::Wait(stage.progress.subscribe()));
     }
     // Room: in the tail's segment, or in the spare that becomes the next one.

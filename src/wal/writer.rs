@@ -144,6 +144,8 @@ struct Launched {
     calls: usize,
     payload_bytes: u64,
     started: Instant,
+    /// On the last piece: the whole buffer taken, to give back to the stage once written.
+    recycle: Option<Bytes>,
 }
 
 type BatchIo = Pin<Box<dyn Future<Output = (std::io::Result<()>, Launched)> + Send + Sync>>;
@@ -332,7 +334,7 @@ pub(crate) async fn lead(writer: &tokio::sync::Mutex<Writer>, shared: &Shared, t
         }
         match w.decide() {
             Decision::Launch => {
-                let taken = w.shared.stage.lock().take();
+                let taken = w.take_staged();
                 match taken {
                     Some(taken) => w.launch_simple(taken),
                     None => return,
@@ -509,7 +511,7 @@ impl Writer {
     /// Writes everything staged and waits for it.
     async fn flush(&mut self) {
         loop {
-            let taken = self.shared.stage.lock().take();
+            let taken = self.take_staged();
             match taken {
                 Some(taken) => self.launch(taken).await,
                 None => break,
@@ -673,9 +675,22 @@ impl Writer {
         st.pending_bytes = st.pending_bytes.saturating_sub(bytes);
     }
 
+    /// Takes everything staged; appenders held back by a full stage may go on.
+    fn take_staged(&self) -> Option<Taken> {
+        let (taken, was_full) = {
+            let mut st = self.shared.stage.lock();
+            let full = st.staged_bytes() as u64 >= self.shared.options.max_batch_bytes;
+            (st.take(), full)
+        };
+        if was_full {
+            self.shared.stage.notify_waiters();
+        }
+        taken
+    }
+
     /// Takes everything staged and launches it.
     async fn launch_staged(&mut self) {
-        let taken = self.shared.stage.lock().take();
+        let taken = self.take_staged();
         if let Some(taken) = taken {
             self.launch(taken).await;
         }
@@ -795,6 +810,7 @@ impl Writer {
             calls: if last_piece { taken.calls } else { 0 },
             payload_bytes: if last_piece { taken.payload_bytes } else { 0 },
             started: Instant::now(),
+            recycle: last_piece.then(|| taken.buf.clone()),
         };
         self.active.write_offset = launched.end;
         self.submit(chunk, base, launched);
@@ -906,8 +922,11 @@ impl Writer {
     /// Does not await (a leader's future may be dropped at any await): what needs I/O after a
     /// failure, or a sync due under `Periodic`, is left in `failure_cut` and `sync_soon` for the
     /// writer task.
-    fn complete(&mut self, res: std::io::Result<()>, launched: Launched) {
+    fn complete(&mut self, res: std::io::Result<()>, mut launched: Launched) {
         self.release(launched.bytes);
+        if let Some(buf) = launched.recycle.take() {
+            self.shared.stage.lock().recycle(buf);
+        }
         if self.shared.check_usable().is_err() {
             // An earlier write failed: this one is not acknowledged, whatever its own I/O did.
             self.shared.stage.notify_waiters();
@@ -1001,9 +1020,15 @@ impl Writer {
         let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
         self.prepare_cancel = cancel.clone();
         self.preparing = Some(tokio::spawn(async move {
-            let res =
-                segment::prepare_segment(&shared.driver, &shared.dir, &name, size, Some(&cancel))
-                    .await;
+            let res = segment::prepare_segment(
+                &shared.driver,
+                &shared.dir,
+                &name,
+                size,
+                super::zero_fill(&shared.options),
+                Some(&cancel),
+            )
+            .await;
             // The writer offers it as the spare next time it looks.
             shared.stage.wake.notify_one();
             res
@@ -1073,8 +1098,15 @@ impl Writer {
         self.prepare_seq += 1;
         let name = format!("next-{:06}", self.prepare_seq);
         let size = self.shared.options.segment_size_bytes.max(needed);
-        match segment::prepare_segment(&self.shared.driver, &self.shared.dir, &name, size, None)
-            .await
+        match segment::prepare_segment(
+            &self.shared.driver,
+            &self.shared.dir,
+            &name,
+            size,
+            super::zero_fill(&self.shared.options),
+            None,
+        )
+        .await
         {
             Ok(prepared) => {
                 self.prepare_failed = false;
@@ -1204,7 +1236,14 @@ impl Writer {
                 if let Some(small) = other {
                     self.remove_prepared(small).await;
                 }
-                segment::create_segment(&self.shared.driver, &self.shared.dir, header, size).await
+                segment::create_segment(
+                    &self.shared.driver,
+                    &self.shared.dir,
+                    header,
+                    size,
+                    super::zero_fill(&self.shared.options),
+                )
+                .await
             }
         }
     }
