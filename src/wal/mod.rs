@@ -2,10 +2,13 @@
 //! number, `Stream` readers and live tails, crash-safe truncation at both ends, Raft terms and
 //! log transactions.
 //!
-//! One writer task owns the tail of the log. Appenders put their entries into a bounded queue and
-//! wait; the writer takes everything queued, writes it with one `writev` (linked to one
-//! `fdatasync` where the sync policy asks for durability), publishes the new last and durable
-//! sequence numbers and wakes every waiter. While that write and sync run, the next batch fills.
+//! Appenders encode their entries themselves into a bounded stage (lsns assigned under one short
+//! lock) and wait as long as the sync policy asks. The writer owns the tail: it takes everything
+//! staged at once, writes it with one `writev` (linked to one `fdatasync`, or with `RWF_DSYNC`,
+//! where the policy asks for durability), publishes the new last and durable sequence numbers and
+//! wakes every waiter. While that write and sync run, the next batch fills. When the writer is
+//! idle, an appender waiting for durability does the writer's work itself, saving two task
+//! wake-ups (see `docs/design.md`, *Write path*).
 //!
 //! The on-disk format is described in `docs/design.md` and, field by field, in
 //! [`record`](self) and `segment.rs`.
@@ -106,8 +109,10 @@ pub enum Timestamps {
 #[non_exhaustive]
 #[derive(Default)]
 pub enum SyncPolicy {
-    /// Never fsync; appends return once written to the page cache. For tests and caches: a crash
-    /// of the machine may lose any of it.
+    /// Never fsync; appends return once their entries are staged in memory (readable at once;
+    /// the writer writes them to the page cache right after, in large writes). For caches and
+    /// tests: a crash of the process may lose the entries not yet written, a crash of the machine
+    /// any of it. [`Wal::sync`] and [`Wal::close`] write and sync everything staged.
     None,
     /// Each append returns after an fdatasync that covers it. Appends that queue up while a sync
     /// runs share the next one (the default).
@@ -246,8 +251,9 @@ impl WalOptions {
         self
     }
 
-    /// Most bytes the writer puts into one write submission. Default: 4 MiB; accepted: 4 KiB to
-    /// 1 GiB.
+    /// Most bytes the writer puts into one write submission, and most bytes the stage (the
+    /// buffer appenders encode into) holds before appenders wait for the writer to take it.
+    /// Default: 4 MiB; accepted: 4 KiB to 1 GiB.
     pub fn max_batch_bytes(mut self, bytes: u64) -> Self {
         self.max_batch_bytes = bytes;
         self

@@ -208,9 +208,13 @@ pub(crate) async fn recover(
     let mut torn_tail = None;
     let mut disk_bytes = 0;
     let count = kept.len();
-    // Each segment is read while the one before it is checked (one read ahead).
-    let load = |path: &PathBuf| tokio::spawn(load_segment(driver.clone(), path.clone(), writable));
-    let mut ahead = kept.first().map(|(_, path)| load(path));
+    // Each segment is read while the one before it is checked (one read ahead), into the buffer
+    // of the segment checked before (fresh memory costs a page fault per 4 KiB).
+    let load = |path: &PathBuf, buf: Option<BytesMut>| {
+        tokio::spawn(load_segment(driver.clone(), path.clone(), writable, buf))
+    };
+    let mut spare_buf = None;
+    let mut ahead = kept.first().map(|(_, path)| load(path, None));
     let mut after_cut = Vec::new();
     let ctx = ScanContext {
         meta: &meta,
@@ -221,11 +225,14 @@ pub(crate) async fn recover(
     for (i, (first, path)) in kept.iter().cloned().enumerate() {
         let is_last = i + 1 == count;
         let current = ahead.take().expect("the segment was read ahead");
-        ahead = kept.get(i + 1).map(|(_, next)| load(next));
-        let loaded = current
+        ahead = kept
+            .get(i + 1)
+            .map(|(_, next)| load(next, spare_buf.take()));
+        let Loaded { file, len, buf } = current
             .await
             .map_err(|e| Error::io(&path, std::io::Error::other(e)))??;
-        let scanned = scan_segment(&path, loaded, first, is_last, &ctx).await?;
+        let scanned = scan_segment(&path, file, len, &buf, first, is_last, &ctx).await?;
+        spare_buf = Some(buf);
         let cut_applied = scanned.cut_applied;
         if let Some(prev) = segments.last()
             && prev.next_lsn() != scanned.index.first_lsn
@@ -363,7 +370,12 @@ struct Loaded {
 
 /// Opens and reads a segment: its own step, so that recovery can read the next segment while it
 /// checks the current one.
-async fn load_segment(driver: IoDriver, path: PathBuf, writable: bool) -> Result<Loaded> {
+async fn load_segment(
+    driver: IoDriver,
+    path: PathBuf,
+    writable: bool,
+    buf: Option<BytesMut>,
+) -> Result<Loaded> {
     let file = driver
         .open(&path, &OpenOptions::new().read(true).write(writable))
         .await
@@ -377,11 +389,48 @@ async fn load_segment(driver: IoDriver, path: PathBuf, writable: bool) -> Result
             CorruptionKind::FrameLength { len },
         ));
     }
-    let (res, buf) = file
-        .read_exact_at(BytesMut::with_capacity(len as usize), 0)
-        .await;
+    // A read fills the buffer's whole capacity: a buffer is reused only for a segment of its
+    // size (segments mostly are of one size).
+    let blocks = len.is_multiple_of(DIRECT_READ_ALIGN as u64);
+    let buf = match buf {
+        Some(mut buf) if buf.capacity() == len as usize => {
+            buf.clear();
+            buf
+        }
+        _ if blocks => ringtide_platform::aligned_bytes_mut(len as usize, DIRECT_READ_ALIGN),
+        _ => BytesMut::with_capacity(len as usize),
+    };
+    let (res, buf) = read_segment(&driver, &file, &path, buf, blocks).await;
     res.map_err(io_err(&path))?;
     Ok(Loaded { file, len, buf })
+}
+
+/// The alignment of a direct read's offset, length and memory.
+const DIRECT_READ_ALIGN: usize = 4096;
+
+/// Reads a whole segment into `buf`: with `O_DIRECT` where it is whole blocks and the file
+/// system allows it (no copy through the page cache, and the cache is not filled with a log
+/// that is read once), else buffered.
+async fn read_segment(
+    driver: &IoDriver,
+    file: &File,
+    path: &Path,
+    buf: BytesMut,
+    blocks: bool,
+) -> (std::io::Result<()>, BytesMut) {
+    if blocks && (buf.as_ptr() as usize).is_multiple_of(DIRECT_READ_ALIGN) {
+        let options = OpenOptions::new().read(true).direct(true);
+        if let Ok(direct) = driver.open(path, &options).await {
+            let (res, mut buf) = direct.read_exact_at(buf, 0).await;
+            let _ = direct.close().await;
+            match res {
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => buf.clear(),
+                res => return (res, buf),
+            }
+            return file.read_exact_at(buf, 0).await;
+        }
+    }
+    file.read_exact_at(buf, 0).await
 }
 
 /// What every segment's scan needs to know about the log.
@@ -395,7 +444,9 @@ struct ScanContext<'a> {
 
 async fn scan_segment(
     path: &Path,
-    loaded: Loaded,
+    file: File,
+    len: u64,
+    buf: &[u8],
     name_first: Lsn,
     is_last: bool,
     ctx: &ScanContext<'_>,
@@ -407,12 +458,11 @@ async fn scan_segment(
         access,
     } = *ctx;
     let writable = access == Access::ReadWrite;
-    let Loaded { file, len, buf } = loaded;
     // Every segment's header is synced before the segment gets its name (see
     // `segment::install_segment`), so a damaged or zeroed header is never a leftover of an
     // interrupted creation: it is corruption, even in the last segment.
     let corrupt = |offset: u64, kind| Err(Error::corruption(path, offset, kind));
-    let header = match SegmentHeader::decode(&buf) {
+    let header = match SegmentHeader::decode(buf) {
         Ok(h) => h,
         Err(kind) => return corrupt(0, kind),
     };
@@ -470,7 +520,7 @@ async fn scan_segment(
         if cut == Some(expected)
             && pos <= u32::MAX as usize
             && let Some((frame, bytes)) = format
-                .decode_cut(&buf, pos, ACCEPT_MAX_PAYLOAD)
+                .decode_cut(buf, pos, ACCEPT_MAX_PAYLOAD)
                 .filter(|(f, _)| f.lsn == expected)
         {
             // The last frame kept by an interrupted `truncate_back`, which may have been
@@ -483,7 +533,7 @@ async fn scan_segment(
             committed_end = pos;
             break;
         }
-        match format.decode(&buf, pos, ACCEPT_MAX_PAYLOAD) {
+        match format.decode(buf, pos, ACCEPT_MAX_PAYLOAD) {
             Decoded::Frame(frame) if frame.lsn == expected && pos <= u32::MAX as usize => {
                 offsets.push(pos as u32);
                 pos += frame.len;
@@ -547,7 +597,7 @@ async fn scan_segment(
             None => pos,
         };
         let min_lsn = Lsn(header.first_lsn.0 + committed as u64);
-        if let Some(next_valid) = find_valid_frame(&buf, search_from, format, min_lsn) {
+        if let Some(next_valid) = find_valid_frame(buf, search_from, format, min_lsn) {
             let at = bad.as_ref().map_or(pos, |(at, _)| *at) as u64;
             return corrupt(
                 at,
