@@ -165,6 +165,7 @@ impl OpenOptions {
             create_new: self.create_new,
             truncate: self.truncate,
             directory: self.directory || self.path_only,
+            direct: self.direct,
         })
     }
 }

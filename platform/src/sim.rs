@@ -25,6 +25,11 @@
 //! or at random with a rate; [`set_capacity`](SimDisk::set_capacity) fills the disk up for real;
 //! [`crash_after`](SimDisk::crash_after) crashes at a chosen operation number.
 //!
+//! A handle opened [`direct`](crate::OpenOptions::direct) checks its I/O as Linux does for
+//! `O_DIRECT`: a read or write whose file offset, or any buffer's memory address or length, is
+//! not a multiple of [`SECTOR`] fails with `EINVAL` and changes nothing (it is not counted as an
+//! operation either). An empty transfer is not checked, as Linux returns 0 before checking.
+//!
 //! Every random choice comes from the seed given to [`SimDisk::new`]. On a current-thread tokio
 //! runtime the operations of a workload run in the same order each time, so a failing run
 //! replays from its seed and crash point.
@@ -72,6 +77,28 @@ pub const SECTOR: u64 = 512;
 
 /// The largest file the simulated disk holds (it lives in memory); beyond it: `EFBIG`.
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// `EINVAL` unless a transfer at file offset `offset` through the memory `segments` (address,
+/// length) is aligned as Linux asks of an `O_DIRECT` file: the offset and each segment's address
+/// and length multiples of [`SECTOR`] (so the total length is one too). Empty segments are
+/// skipped and an empty transfer passes, as in Linux (`iov_iter_alignment`; a read or write of
+/// nothing returns 0 before any check).
+fn check_direct(offset: u64, segments: impl IntoIterator<Item = (usize, usize)>) -> io::Result<()> {
+    let mut total = 0u64;
+    let mut bits = offset;
+    for (addr, len) in segments {
+        if len == 0 {
+            continue;
+        }
+        total = total.saturating_add(len as u64);
+        bits |= addr as u64 | len as u64;
+    }
+    if total == 0 || bits.is_multiple_of(SECTOR) {
+        Ok(())
+    } else {
+        Err(err(libc::EINVAL))
+    }
+}
 
 /// `offset + len` if the result fits a simulated file, else `EFBIG`.
 fn file_end(offset: u64, len: u64) -> io::Result<u64> {
@@ -723,11 +750,16 @@ pub(crate) struct SimFile {
     handle: u64,
     read: bool,
     write: bool,
+    /// Opened with `O_DIRECT`: reads and writes must be sector-aligned (see [`check_direct`]).
+    direct: bool,
 }
 
 impl fmt::Debug for SimFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SimFile").field("ino", &self.ino).finish()
+        f.debug_struct("SimFile")
+            .field("ino", &self.ino)
+            .field("direct", &self.direct)
+            .finish()
     }
 }
 
@@ -757,6 +789,7 @@ pub(crate) struct SimOpen {
     pub(crate) create_new: bool,
     pub(crate) truncate: bool,
     pub(crate) directory: bool,
+    pub(crate) direct: bool,
 }
 
 /// Runs one operation of a driver of `generation`: a yield first (so other tasks run between
@@ -793,7 +826,13 @@ impl SimEngine {
     }
 
     pub(crate) async fn open(&self, path: &Path, o: SimOpen) -> io::Result<SimFile> {
-        tracing::trace!(path = %path.display(), "sim open");
+        let direct = o.direct;
+        self.open_with(path, o, direct).await
+    }
+
+    /// Opens `path` as `o` says; `direct`: the handle checks its I/O as an `O_DIRECT` one.
+    async fn open_with(&self, path: &Path, o: SimOpen, direct: bool) -> io::Result<SimFile> {
+        tracing::trace!(path = %path.display(), direct, "sim open");
         let (ino, handle) = self
             .run(Op::Meta, |w, _| {
                 let ino = match w.lookup(path)? {
@@ -834,6 +873,7 @@ impl SimEngine {
             handle,
             read: o.read,
             write: o.write,
+            direct,
         })
     }
 
@@ -918,6 +958,8 @@ impl SimFile {
         run_op(&self.disk, self.generation, Some(self.ino), op, f).await
     }
 
+    /// Reads at `offset` into the spare capacity of `buf`. On a direct handle an unaligned request
+    /// fails first with `EINVAL` (see [`check_direct`]).
     pub(crate) async fn read(
         &self,
         mut buf: BytesMut,
@@ -925,6 +967,16 @@ impl SimFile {
     ) -> (io::Result<usize>, BytesMut) {
         if !self.read {
             return (Err(err(libc::EBADF)), buf);
+        }
+        if self.direct {
+            // The read fills the spare capacity: that is the memory the kernel would check.
+            let spare = (
+                buf.as_ptr() as usize + buf.len(),
+                buf.capacity() - buf.len(),
+            );
+            if let Err(e) = check_direct(offset, [spare]) {
+                return (Err(e), buf);
+            }
         }
         let res = self
             .run(Op::Read, |w, fault| {
@@ -949,6 +1001,7 @@ impl SimFile {
 
     /// Writes `bufs` from `offset`, then syncs as `sync` says. A short-write fault stores a prefix
     /// and continues with the rest as a new operation, as the real backends' retry loops do.
+    /// On a direct handle an unaligned request fails first with `EINVAL` (see [`check_direct`]).
     pub(crate) async fn writev(
         &self,
         bufs: Vec<Bytes>,
@@ -957,6 +1010,12 @@ impl SimFile {
     ) -> (io::Result<usize>, Vec<Bytes>) {
         if !self.write {
             return (Err(err(libc::EBADF)), bufs);
+        }
+        if self.direct {
+            let segments = bufs.iter().map(|b| (b.as_ptr() as usize, b.len()));
+            if let Err(e) = check_direct(offset, segments) {
+                return (Err(e), bufs);
+            }
         }
         let data: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
         let mut done = 0usize;
@@ -1215,6 +1274,89 @@ mod tests {
             outcomes.insert(names);
         }
         assert!(outcomes.len() >= 2, "both fates seen: {outcomes:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn direct_handles_reject_unaligned_io_with_einval() {
+        let disk = SimDisk::new(5);
+        // A direct handle straight from the engine, to call its read and write directly.
+        let engine = SimEngine {
+            disk: disk.clone(),
+            generation: 0,
+        };
+        let opts = || SimOpen {
+            read: true,
+            write: true,
+            create: true,
+            create_new: false,
+            truncate: false,
+            directory: false,
+            direct: false,
+        };
+        let f = engine
+            .open_with(Path::new("/d"), opts(), true)
+            .await
+            .unwrap();
+        let block = |fill: u8, len: usize| {
+            let mut b = crate::aligned_bytes_mut(len, 4096);
+            b.resize(len, fill);
+            b.freeze()
+        };
+        let einval = |res: io::Result<usize>| {
+            assert_eq!(res.unwrap_err().raw_os_error(), Some(libc::EINVAL));
+        };
+
+        let (res, _) = f.writev(vec![block(1, 1024)], 0, None).await;
+        assert_eq!(res.unwrap(), 1024);
+        let before = node(&disk, "/d");
+        let ops = disk.stats().ops;
+
+        // Writes: an unaligned offset, length (alone and as one of several buffers) and address,
+        // with each kind of sync.
+        einval(f.writev(vec![block(2, 512)], 100, None).await.0);
+        einval(f.writev(vec![block(2, 100)], 512, None).await.0);
+        let two = vec![block(2, 512), block(2, 100)];
+        einval(f.writev(two, 0, Some(SyncKind::Data)).await.0);
+        let shifted = block(2, 1024).slice(1..513);
+        assert_eq!(shifted.as_ptr() as usize % SECTOR as usize, 1);
+        einval(
+            f.writev(vec![shifted], 0, Some(SyncKind::WrittenRange))
+                .await
+                .0,
+        );
+
+        // Reads: an unaligned offset, length and address (the spare capacity starts 1 byte in).
+        let (res, buf) = f.read(crate::aligned_bytes_mut(512, 4096), 1).await;
+        einval(res);
+        assert!(buf.is_empty());
+        einval(f.read(crate::aligned_bytes_mut(100, 4096), 0).await.0);
+        let mut shifted = crate::aligned_bytes_mut(513, 4096);
+        shifted.extend_from_slice(&[9]);
+        let (res, buf) = f.read(shifted, 0).await;
+        einval(res);
+        assert_eq!(&buf[..], &[9]);
+
+        // Nothing changed, and nothing was counted as an operation.
+        assert_eq!(node(&disk, "/d"), before);
+        assert_eq!(disk.stats().ops, ops);
+
+        // Aligned requests go through.
+        let (res, _) = f
+            .writev(vec![block(3, 512)], 512, Some(SyncKind::WrittenRange))
+            .await;
+        assert_eq!(res.unwrap(), 512);
+        let (res, buf) = f.read(crate::aligned_bytes_mut(1024, 4096), 0).await;
+        assert_eq!(res.unwrap(), 1024);
+        assert!(buf[..512].iter().all(|&b| b == 1) && buf[512..].iter().all(|&b| b == 3));
+        assert_eq!(disk.stats().ops, ops + 3);
+
+        // A buffered handle of the same file takes what the direct one refused.
+        let g = engine
+            .open_with(Path::new("/d"), opts(), false)
+            .await
+            .unwrap();
+        let (res, _) = g.writev(vec![Bytes::from_static(b"x")], 7, None).await;
+        assert_eq!(res.unwrap(), 1);
     }
 
     #[tokio::test(flavor = "current_thread")]
