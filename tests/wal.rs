@@ -40,6 +40,7 @@ both_backends!(
     appends_under_timeouts_keep_the_log_consistent,
     concurrent_appends_under_timeouts_across_rotations_lose_nothing,
     staged_entries_are_readable_at_once_and_the_stage_stays_bounded,
+    an_append_polled_once_and_left_alone_holds_nothing_up,
     sync_policies_do_what_they_say,
     out_of_range_reads_name_the_bounds,
     a_failed_write_poisons_the_log_until_reopened,
@@ -761,6 +762,52 @@ async fn concurrent_appends_under_timeouts_across_rotations_lose_nothing(
         acked.len(),
         last.0
     );
+    wal.close().await
+}
+
+/// An append future polled once (it stages its entry and may start the write itself, leading the
+/// writer) and then left alone, as a `select!` arm may be: other appends, `sync` and `close`
+/// go on, its entry becomes durable, and the future still completes when polled again.
+async fn an_append_polled_once_and_left_alone_holds_nothing_up(driver: IoDriver) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let wal = Wal::open(tmp.path(), opts(&driver)).await?;
+    let mut next = 1u64;
+    for _ in 0..20 {
+        assert_eq!(wal.append(payload(next)).await?, Lsn(next));
+        let mut first = Box::pin(wal.append(payload(next + 1)));
+        if let std::task::Poll::Ready(res) = futures::poll!(first.as_mut()) {
+            // Done at the first poll (rare): nothing to leave alone this round.
+            assert_eq!(res?, Lsn(next + 1));
+            next += 2;
+            continue;
+        }
+        let second = tokio::time::timeout(Duration::from_secs(5), wal.append(payload(next + 2)))
+            .await
+            .expect("an append is not held up by a future left alone")?;
+        assert_eq!(second, Lsn(next + 2));
+        let durable = tokio::time::timeout(Duration::from_secs(5), wal.sync())
+            .await
+            .expect("sync is not held up")?;
+        assert!(durable >= second);
+        let first = tokio::time::timeout(Duration::from_secs(5), first)
+            .await
+            .expect("the future left alone completes when polled again")?;
+        assert_eq!(first, Lsn(next + 1));
+        next += 3;
+    }
+    // Left alone for good: the entry is still written, durable, and the log closes.
+    let mut last = Box::pin(wal.append(payload(next)));
+    let _ = futures::poll!(last.as_mut());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    tokio::time::timeout(Duration::from_secs(5), wal.close())
+        .await
+        .expect("close is not held up")?;
+    drop(last);
+    let wal = tokio::time::timeout(Duration::from_secs(5), Wal::open(tmp.path(), opts(&driver)))
+        .await
+        .expect("reopen")?;
+    assert_eq!(wal.last_lsn(), Lsn(next));
+    assert_eq!(wal.read(Lsn(next)).await?.data, payload(next));
     wal.close().await
 }
 

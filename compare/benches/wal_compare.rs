@@ -3,7 +3,7 @@
 //!
 //! Run: `cargo bench --manifest-path compare/Cargo.toml` (from the repository root).
 //! `COMPARE_SECS` sets the measured time of each row (default 3 s, after a 0.5 s warm-up);
-//! `COMPARE_READ_MB` sets the size of the read-back log (default 256 MiB).
+//! `COMPARE_READ_MB` sets the size of the read-back log (default 1024 MiB, the size the goal names).
 //! Files go in a temporary directory under `compare/target/`, on the disk of the checkout.
 
 use std::fs;
@@ -542,7 +542,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
         .filter(|s| *s > 0)
-        .unwrap_or(256);
+        .unwrap_or(1024);
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
     fs::create_dir_all(&target).expect("create compare/target");
     let tmp = tempfile::Builder::new()

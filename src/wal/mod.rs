@@ -858,7 +858,7 @@ impl Wal {
         }
         let shared = &self.shared;
         if may_lead && let Some(writer) = &self.writer {
-            writer::lead(writer, shared, ticket).await;
+            writer::lead(writer, shared).await;
         }
         let mut progress = shared.stage.progress.subscribe();
         let reached = |p: &stage::Progress| {

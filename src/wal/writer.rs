@@ -24,8 +24,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
-use futures::stream::FuturesOrdered;
+use futures::FutureExt;
+use futures::future::Shared as SharedFuture;
 use ringtide_platform::File;
 use tokio::sync::{mpsc, oneshot};
 
@@ -68,7 +68,7 @@ pub(crate) struct Writer {
     /// When the periodic policy syncs next.
     sync_deadline: Option<tokio::time::Instant>,
     /// Writes submitted and not yet published, in launch order.
-    in_flight: FuturesOrdered<BatchIo>,
+    in_flight: VecDeque<InFlight>,
     /// The last tickets written and durable (see `stage::Progress`).
     written_ticket: u64,
     durable_ticket: u64,
@@ -95,6 +95,10 @@ pub(crate) struct Writer {
     failure_cut: Option<Lsn>,
     /// `Periodic` has too many unsynced entries: sync at the next chance.
     sync_soon: bool,
+    /// Wakes the writer task (see [`WakeWriter`]).
+    wake_writer: std::task::Waker,
+    /// The writer task yielded once to a leader whose write is done.
+    led_waited: bool,
     /// The log writes with `O_DIRECT` (policies that sync every batch, where the file system
     /// allows it): the write skips the page cache, and on io_uring it completes without a
     /// kernel worker thread.
@@ -148,7 +152,38 @@ struct Launched {
     recycle: Option<Bytes>,
 }
 
-type BatchIo = Pin<Box<dyn Future<Output = (std::io::Result<()>, Launched)> + Send + Sync>>;
+/// A submitted write's outcome, taken by whoever publishes it.
+type IoDone = Arc<std::sync::Mutex<Option<(std::io::Result<()>, Launched)>>>;
+
+/// A submitted write, as a future any task can drive: the writer task, or the appender that
+/// launched it and waits for it (see [`lead`]).
+type BatchIo = SharedFuture<Pin<Box<dyn Future<Output = IoDone> + Send>>>;
+
+/// A write in flight.
+struct InFlight {
+    io: BatchIo,
+    /// Launched by a leader, which publishes it when it completes; the writer task is woken at
+    /// completion too and publishes it if the leader has not (its future was dropped, or is not
+    /// being polled).
+    led: bool,
+    /// For a led write, until it is done: a clone of `io` that carries the writer task's waker
+    /// (see [`WakeWriter`]).
+    watch: Option<BatchIo>,
+}
+
+/// Wakes the writer task: registered on a led write, so its completion reaches the writer task
+/// whatever becomes of the leader.
+struct WakeWriter(Arc<Shared>);
+
+impl std::task::Wake for WakeWriter {
+    fn wake(self: Arc<Self>) {
+        self.0.stage.wake.notify_one();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.stage.wake.notify_one();
+    }
+}
 
 /// How many writes may be in flight at once. Measured on ext4: with two, the second fdatasync
 /// waits for the first anyway, and batches only get smaller; one in flight and gathering the
@@ -188,6 +223,7 @@ pub(crate) fn spawn(
         }
     };
     let shared_direct = shared.options.sync_policy.syncs_each_batch();
+    let shared_for_waker = shared.clone();
     let writer = Writer {
         shared,
         log_id,
@@ -195,7 +231,7 @@ pub(crate) fn spawn(
         active,
         unsynced_entries: 0,
         sync_deadline: None,
-        in_flight: FuturesOrdered::new(),
+        in_flight: VecDeque::new(),
         written_ticket: 0,
         durable_ticket: 0,
         expect_returns: 0,
@@ -209,6 +245,8 @@ pub(crate) fn spawn(
         spares: VecDeque::new(),
         failure_cut: None,
         sync_soon: false,
+        wake_writer: std::task::Waker::from(Arc::new(WakeWriter(shared_for_waker))),
+        led_waited: false,
         direct_io: shared_direct,
         direct: DirectTail::Unknown,
     };
@@ -237,6 +275,8 @@ enum Next {
     Wait {
         launch_at: Option<tokio::time::Instant>,
         sync_due: Option<tokio::time::Instant>,
+        /// A leader's write is done: yield once for the leader to publish it, then look again.
+        yield_first: bool,
     },
     /// The log is closed.
     Exit,
@@ -251,10 +291,15 @@ async fn run(writer: Arc<tokio::sync::Mutex<Writer>>, mut queue: mpsc::Receiver<
         let Next::Wait {
             launch_at,
             sync_due,
+            yield_first,
         } = next
         else {
             return;
         };
+        if yield_first {
+            tokio::task::yield_now().await;
+            continue;
+        }
         tokio::select! {
             biased;
             command = queue.recv() => {
@@ -280,9 +325,10 @@ struct Leader<'a> {
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
         let w = &self.writer;
-        let left = !w.in_flight.is_empty()
+        let left = w.in_flight.front().is_some_and(|f| !f.led)
             || w.failure_cut.is_some()
             || w.sync_soon
+            || w.needs_preparing()
             || w.shared.stage.lock().staged_bytes() > 0;
         if left {
             w.shared.stage.wake.notify_one();
@@ -290,37 +336,32 @@ impl Drop for Leader<'_> {
     }
 }
 
-/// An appender waiting for `ticket` to be durable does the writer's work itself when the writer
-/// is idle: it takes what is staged, writes it, and publishes it, saving the hand-offs to the
-/// writer task and back (two task wake-ups per batch, a third of a lone append's latency on a
-/// multi-threaded runtime). Only the simple case is led: nothing in flight, no new segment to
-/// start, no window to wait for, nothing deferred. Anything else, and what is staged once the
-/// ticket is durable, is left to the writer task.
+/// An appender waiting for durability does the writer's work itself when the writer is idle: it
+/// takes what is staged, submits it, waits for the write and publishes it, saving two task
+/// wake-ups per batch (the writer task's, and the appender's again), which were a third of a
+/// lone durable append's latency on a two-worker runtime. Only the simple case is led: nothing
+/// in flight, no new segment to start, no window or gathering to wait for, nothing deferred.
 ///
-/// Cancel safety: the leader's awaits are a yield (before anything is taken) and the write in
-/// flight, which stays with the writer if the future is dropped; publishing does not await.
-pub(crate) async fn lead(writer: &tokio::sync::Mutex<Writer>, shared: &Shared, ticket: u64) {
-    let Ok(guard) = writer.try_lock() else {
-        // The writer task (or another leader) works: it sees what is staged, but may be about to
-        // wait, so wake it.
-        shared.stage.wake.notify_one();
-        return;
-    };
-    let mut leader = Leader { writer: guard };
-    let w = &mut *leader.writer;
-    let progress = w.shared.stage.progress.subscribe();
-    loop {
-        if progress.borrow().durable >= ticket || w.shared.check_usable().is_err() {
+/// The leader holds the writer only while it takes and submits, and while it publishes, never
+/// across an await: an append future polled once and then left alone (a `select!` arm, say)
+/// holds nothing up. Its write is a shared future; if the leader does not publish it within
+/// [`LEAD_GRACE`], the writer task does.
+pub(crate) async fn lead(writer: &tokio::sync::Mutex<Writer>, shared: &Shared) {
+    let io = {
+        let Ok(guard) = writer.try_lock() else {
+            // The writer task (or another leader) works: it sees what is staged, but may be
+            // about to wait, so wake it.
+            shared.stage.wake.notify_one();
             return;
-        }
-        if let Some((res, launched)) = w.in_flight.next().await {
-            w.complete(res, launched);
-            continue;
-        }
-        if w.failure_cut.is_some()
+        };
+        // Dropping the leader wakes the writer task for what is left to it.
+        let mut leader = Leader { writer: guard };
+        let w = &mut *leader.writer;
+        if w.shared.check_usable().is_err()
+            || !w.in_flight.is_empty()
+            || w.failure_cut.is_some()
             || w.sync_soon
             || matches!(w.direct, DirectTail::Unknown)
-            || w.preparing.as_ref().is_some_and(|h| h.is_finished())
         {
             return;
         }
@@ -329,20 +370,37 @@ pub(crate) async fn lead(writer: &tokio::sync::Mutex<Writer>, shared: &Shared, t
             st.rotations_pending() == 0
                 && st.staged_bytes() <= w.shared.options.max_batch_bytes as usize
         };
-        if !simple {
+        if !simple || !matches!(w.decide(), Decision::Launch) {
             return;
         }
-        match w.decide() {
-            Decision::Launch => {
-                let taken = w.take_staged();
-                match taken {
-                    Some(taken) => w.launch_simple(taken),
-                    None => return,
-                }
-            }
-            Decision::Gather => tokio::task::yield_now().await,
-            Decision::Nothing | Decision::Busy | Decision::Window => return,
+        let Some(taken) = w.take_staged() else {
+            return;
+        };
+        let Some(io) = w.launch_simple(taken) else {
+            return;
+        };
+        // Submit it, with the writer task's waker registered on a clone the writer keeps: the
+        // write's completion wakes the writer task even if this future is never polled again.
+        let mut watch = io.clone();
+        let mut cx = std::task::Context::from_waker(&w.wake_writer);
+        // A Shared future must not be polled again once it is ready.
+        let pending = std::pin::Pin::new(&mut watch).poll(&mut cx).is_pending();
+        if let Some(front) = w.in_flight.front_mut() {
+            front.led = true;
+            front.watch = pending.then_some(watch);
         }
+        io
+    };
+    io.clone().await;
+    // Publish it, unless the writer task is at work (then it does).
+    let Ok(guard) = writer.try_lock() else {
+        shared.stage.wake.notify_one();
+        return;
+    };
+    let mut leader = Leader { writer: guard };
+    let w = &mut *leader.writer;
+    if w.in_flight.front().is_some_and(|f| f.io.ptr_eq(&io)) {
+        w.complete_front();
     }
 }
 
@@ -446,21 +504,50 @@ impl Writer {
                 }
                 Decision::Nothing | Decision::Busy | Decision::Window => {}
             }
+            if self.shared.stage.lock().staged_bytes() == 0 {
+                // Taken by a flush or a leader meanwhile: no window is open.
+                self.launch_at = None;
+            }
             let launch_at = self.launch_at;
-            let sync_due = self.sync_deadline.filter(|_| self.in_flight.is_empty());
-            if self.in_flight.is_empty() {
+            // A poisoned log syncs nothing: its deadline must not fire again and again.
+            let sync_due = self
+                .sync_deadline
+                .filter(|_| self.in_flight.is_empty() && self.shared.check_usable().is_ok());
+            // A led write is its leader's to publish: the writer task waits without the writer
+            // until the write is done, then lets the leader go first once.
+            let wake_writer = self.wake_writer.clone();
+            let led = self.in_flight.front_mut().filter(|f| f.led).map(|f| {
+                // Polled with the writer task's waker: drives the write, and keeps the waker
+                // registered until it is done.
+                if let Some(watch) = f.watch.as_mut() {
+                    let mut cx = std::task::Context::from_waker(&wake_writer);
+                    if std::pin::Pin::new(watch).poll(&mut cx).is_ready() {
+                        f.watch = None;
+                    }
+                }
+                f.io.peek().is_some()
+            });
+            if self.in_flight.is_empty() || led.is_some() {
+                let leader_first = led == Some(true) && !std::mem::take(&mut self.led_waited);
+                if led == Some(true) && !leader_first {
+                    self.complete_front();
+                    continue;
+                }
+                self.led_waited = leader_first;
                 return Next::Wait {
                     launch_at,
                     sync_due,
+                    yield_first: leader_first,
                 };
             }
             let shared = self.shared.clone();
+            let front = self.in_flight.front().map(|f| f.io.clone());
             // Biased: finishing in-flight work comes first, and the order of choices does not
             // depend on tokio's random fairness, so a run on the simulated disk replays.
             tokio::select! {
                 biased;
-                Some((res, launched)) = self.in_flight.next() => {
-                    self.complete(res, launched);
+                _ = async { front.expect("a write in flight").await } => {
+                    self.complete_front();
                 }
                 () = sleep_until_some(launch_at), if launch_at.is_some() => {}
                 command = queue.recv() => {
@@ -503,8 +590,35 @@ impl Writer {
     }
     /// Waits for every write in flight.
     async fn drain(&mut self) {
-        while let Some((res, launched)) = self.in_flight.next().await {
-            self.complete(res, launched);
+        while self.complete_next().await {}
+    }
+
+    /// Waits for the oldest write in flight and publishes it; false if there is none.
+    async fn complete_next(&mut self) -> bool {
+        let Some(front) = self.in_flight.front().map(|f| f.io.clone()) else {
+            return false;
+        };
+        front.await;
+        self.complete_front();
+        true
+    }
+
+    /// Publishes the oldest write in flight, which must be done.
+    fn complete_front(&mut self) {
+        let Some(front) = self.in_flight.pop_front() else {
+            return;
+        };
+        let done = front
+            .io
+            .peek()
+            .and_then(|d| d.lock().unwrap_or_else(|p| p.into_inner()).take());
+        match done {
+            Some((res, launched)) => self.complete(res, launched),
+            None => {
+                // Not done (a bug) or published twice (impossible under the writer lock): the
+                // log cannot tell what reached the disk.
+                let _ = self.poison(std::io::Error::other("wal: a write in flight was lost"));
+            }
         }
     }
 
@@ -620,6 +734,8 @@ impl Writer {
 
     /// fdatasync of the active segment, making everything written durable.
     async fn sync_now(&mut self) -> Result<()> {
+        // Whatever comes of this call, the periodic deadline it answers is over.
+        self.sync_deadline = None;
         self.shared.check_usable()?;
         let written = self.shared.written_lsn();
         if self.unsynced_entries == 0 && self.shared.durable_lsn() >= written {
@@ -679,7 +795,9 @@ impl Writer {
     fn take_staged(&self) -> Option<Taken> {
         let (taken, was_full) = {
             let mut st = self.shared.stage.lock();
-            let full = st.staged_bytes() as u64 >= self.shared.options.max_batch_bytes;
+            // Appenders wait once their call would take the stage past the bound; wake them
+            // whenever a nearly full stage empties (the bytes of one more call are not known).
+            let full = st.staged_bytes() as u64 * 2 >= self.shared.options.max_batch_bytes;
             (st.take(), full)
         };
         if was_full {
@@ -744,16 +862,16 @@ impl Writer {
                 }
             }
             while self.in_flight.len() >= PIPELINE_DEPTH {
-                let Some((res, launched)) = self.in_flight.next().await else {
+                if !self.complete_next().await {
                     break;
-                };
-                self.complete(res, launched);
+                }
             }
             if !self.usable_for(&taken, byte) {
                 return;
             }
             self.ensure_direct().await;
-            self.start_piece(&taken, frame..end, byte..byte_end, sync);
+            // The writer task drives it from `in_flight`.
+            drop(self.start_piece(&taken, frame..end, byte..byte_end, sync));
             frame = end;
             byte = byte_end;
         }
@@ -772,14 +890,14 @@ impl Writer {
 
     /// Launches what was taken as one write, without awaiting: for a leader, and only when it
     /// needs no new segment and fits one write.
-    fn launch_simple(&mut self, taken: Taken) {
+    fn launch_simple(&mut self, taken: Taken) -> Option<BatchIo> {
         debug_assert!(taken.rotations.is_empty());
         if !self.usable_for(&taken, 0) {
-            return;
+            return None;
         }
         let sync = taken.sync || self.shared.options.sync_policy.syncs_each_batch();
         let (frames, bytes) = (taken.offsets.len(), taken.buf.len());
-        self.start_piece(&taken, 0..frames, 0..bytes, sync);
+        Some(self.start_piece(&taken, 0..frames, 0..bytes, sync))
     }
 
     /// Submits the frames `frames` of what was taken, at `bytes` of its buffer, as one write
@@ -790,7 +908,7 @@ impl Writer {
         frames: std::ops::Range<usize>,
         bytes: std::ops::Range<usize>,
         sync: bool,
-    ) {
+    ) -> BatchIo {
         let last_piece = frames.end == taken.offsets.len();
         let chunk = taken.buf.slice(bytes);
         let base = self.active.write_offset;
@@ -813,14 +931,14 @@ impl Writer {
             recycle: last_piece.then(|| taken.buf.clone()),
         };
         self.active.write_offset = launched.end;
-        self.submit(chunk, base, launched);
+        self.submit(chunk, base, launched)
     }
 
     /// Submits one write. Where durability is asked: if everything before is already durable,
     /// the write carries `RWF_DSYNC` (durable for its own range, one request); otherwise it is
     /// linked to an fdatasync that covers everything written before it in this segment (earlier
     /// segments were synced at rotation).
-    fn submit(&mut self, chunk: Bytes, base: u64, launched: Launched) {
+    fn submit(&mut self, chunk: Bytes, base: u64, launched: Launched) -> BatchIo {
         let (file, chunk, base) = match self.direct_write(&chunk, base) {
             Some(direct) => direct,
             None => (self.active.file.clone(), chunk, base),
@@ -830,14 +948,21 @@ impl Writer {
             (true, true) => WriteMode::Dsync,
             (true, false) => WriteMode::ThenSync,
         };
-        self.in_flight.push_back(Box::pin(async move {
+        let io: Pin<Box<dyn Future<Output = IoDone> + Send>> = Box::pin(async move {
             let (res, _) = match mode {
                 WriteMode::Plain => file.writev_at(vec![chunk], base).await,
                 WriteMode::Dsync => file.writev_dsync_at(vec![chunk], base).await,
                 WriteMode::ThenSync => file.writev_sync_at(vec![chunk], base).await,
             };
-            (res.map(drop), launched)
-        }));
+            Arc::new(std::sync::Mutex::new(Some((res.map(drop), launched))))
+        });
+        let io = io.shared();
+        self.in_flight.push_back(InFlight {
+            io: io.clone(),
+            led: false,
+            watch: None,
+        });
+        io
     }
 
     /// The write of `chunk` at `base` as an `O_DIRECT` write of whole blocks, where the active
@@ -845,6 +970,10 @@ impl Writer {
     /// same bytes (a torn write of it leaves each sector old or new, which are equal), the last
     /// block is padded with zeros (which is what the zero-filled segment holds there).
     fn direct_write(&mut self, chunk: &[u8], base: u64) -> Option<(File, Bytes, u64)> {
+        // The partial block is rewritten from memory: the write before must be done (one write
+        // in flight at a time), or the two could land in either order.
+        const _: () = assert!(PIPELINE_DEPTH == 1, "direct writes rewrite the last block");
+        debug_assert!(self.in_flight.is_empty());
         let DirectTail::On { file, tail, block } = &mut self.direct else {
             return None;
         };
@@ -1001,16 +1130,18 @@ impl Writer {
     /// half full, so a rotation does not wait for its zeros to be written (and the zeros do not
     /// compete with the log's own writes when the log is young).
     fn maybe_prepare(&mut self) {
+        if self.needs_preparing() {
+            self.start_preparing(self.shared.options.segment_size_bytes);
+        }
+    }
+
+    /// Whether the next segment should start being prepared now.
+    fn needs_preparing(&self) -> bool {
         if self.preparing.is_some() || self.prepare_failed {
-            return;
+            return false;
         }
-        {
-            let st = self.shared.stage.lock();
-            if st.spare.is_some() || st.closed || st.seg_end < st.seg_limit / 2 {
-                return;
-            }
-        }
-        self.start_preparing(self.shared.options.segment_size_bytes);
+        let st = self.shared.stage.lock();
+        st.spare.is_none() && !st.closed && st.seg_end >= st.seg_limit / 2
     }
 
     fn start_preparing(&mut self, size: u64) {
@@ -1149,7 +1280,12 @@ impl Writer {
             }
         }
         let mut st = self.shared.stage.lock();
-        st.seg_limit = st.seg_limit.max(self.active.allocated);
+        // Only if the stage's tail is still this segment: while the space was allocated, later
+        // calls may have moved the tail into the spare (the writer, busy here, has not yet
+        // started it); then the caller tries again.
+        if st.rotations_pending() == 0 {
+            st.seg_limit = st.seg_limit.max(self.active.allocated);
+        }
         Ok(())
     }
 
