@@ -357,7 +357,11 @@ pub(crate) async fn lead(writer: &tokio::sync::Mutex<Writer>, shared: &Shared) {
         // Dropping the leader wakes the writer task for what is left to it.
         let mut leader = Leader { writer: guard };
         let w = &mut *leader.writer;
+        // Batches of many writers are the writer task's: it gathers the acknowledged
+        // appenders coming back (see `Writer::expect_returns`), which a leader racing it for
+        // each batch cut short.
         if w.shared.check_usable().is_err()
+            || w.expect_returns > 1
             || !w.in_flight.is_empty()
             || w.failure_cut.is_some()
             || w.sync_soon
