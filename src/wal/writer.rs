@@ -99,6 +99,12 @@ pub(crate) struct Writer {
     wake_writer: std::task::Waker,
     /// The writer task yielded once to a leader whose write is done.
     led_waited: bool,
+    /// Where the last background sync of the active segment started (see `maybe_sync_early`).
+    early_synced_to: u64,
+    /// An fdatasync of the active segment started in the background, for logs that do not sync
+    /// every batch, and the write offset it started at: it writes back early what the sync at
+    /// the segment's rotation would otherwise wait for.
+    early_sync: Option<(tokio::task::JoinHandle<std::io::Result<()>>, u64)>,
     /// The log writes with `O_DIRECT` (policies that sync every batch, where the file system
     /// allows it): the write skips the page cache, and on io_uring it completes without a
     /// kernel worker thread.
@@ -247,6 +253,8 @@ pub(crate) fn spawn(
         sync_soon: false,
         wake_writer: std::task::Waker::from(Arc::new(WakeWriter(shared_for_waker))),
         led_waited: false,
+        early_sync: None,
+        early_synced_to: 0,
         direct_io: shared_direct,
         direct: DirectTail::Unknown,
     };
@@ -408,6 +416,9 @@ pub(crate) async fn lead(writer: &tokio::sync::Mutex<Writer>, shared: &Shared) {
     }
 }
 
+/// Bytes of a segment written between two background syncs (see `Writer::maybe_sync_early`).
+const EARLY_SYNC_BYTES: u64 = 16 << 20;
+
 /// What `spawn` returns: the writer, for appenders that lead.
 pub(crate) type SharedWriter = Arc<tokio::sync::Mutex<Writer>>;
 
@@ -477,6 +488,13 @@ impl Writer {
     async fn deferred(&mut self) {
         if let Some(lsn) = self.failure_cut.take() {
             self.record_failure_cut(lsn).await;
+        }
+        if self
+            .early_sync
+            .as_ref()
+            .is_some_and(|(handle, _)| handle.is_finished())
+        {
+            self.finish_early_sync().await;
         }
         if std::mem::take(&mut self.sync_soon) {
             let _ = self.sync_now().await;
@@ -1104,6 +1122,7 @@ impl Writer {
             self.mark_durable(launched.last);
         } else {
             self.unsynced_entries += entries;
+            self.maybe_sync_early();
             if let SyncPolicy::Periodic {
                 interval,
                 max_unsynced_entries,
@@ -1127,6 +1146,48 @@ impl Writer {
             self.expect_returns = self.shared.stage.lock().calls + launched.calls;
             self.gather_started = Some(Instant::now());
             self.gather_yields = 0;
+        }
+    }
+
+    /// For logs that do not sync every batch: once another [`EARLY_SYNC_BYTES`] of the active
+    /// segment are written, starts an fdatasync of it in the background. Nothing is published
+    /// as durable from it; it only gets the page cache written back while the log goes on, so the
+    /// sync that a rotation must wait for finds little left to do.
+    fn maybe_sync_early(&mut self) {
+        if self.early_sync.is_some() || self.shared.options.sync_policy.syncs_each_batch() {
+            return;
+        }
+        let at = self.active.write_offset;
+        if at < self.early_synced_to + EARLY_SYNC_BYTES {
+            return;
+        }
+        let file = self.active.file.clone();
+        let shared = self.shared.clone();
+        self.early_sync = Some((
+            tokio::spawn(async move {
+                let res = file.sync_data().await;
+                shared.stage.wake.notify_one();
+                res
+            }),
+            at,
+        ));
+    }
+
+    /// Waits for the background sync, if any. It failing means the kernel may have dropped dirty
+    /// pages without writing them: the log is poisoned, as for any failed sync.
+    async fn finish_early_sync(&mut self) {
+        let Some((handle, at)) = self.early_sync.take() else {
+            return;
+        };
+        match handle.await {
+            Ok(Ok(())) => self.early_synced_to = at,
+            Ok(Err(e)) => {
+                let _ = self.poison(e);
+                self.failure_cut = Some(self.shared.durable_lsn());
+            }
+            Err(e) => {
+                let _ = self.poison(std::io::Error::other(e.to_string()));
+            }
         }
     }
 
@@ -1295,6 +1356,7 @@ impl Writer {
 
     /// Starts the segment the stage gave `first_lsn` to, on the spare it took.
     async fn rotate(&mut self, first_lsn: Lsn) -> Result<()> {
+        self.finish_early_sync().await;
         // The old segment must be durable before the next one holds data: otherwise a crash could
         // keep the new segment's synced entries and lose the old one's unsynced tail — a gap.
         if self.unsynced_entries > 0 {
@@ -1340,6 +1402,7 @@ impl Writer {
         metrics::gauge!("ringtide_wal_segments").set(index.segments.len() as f64);
         drop(index);
         self.direct = DirectTail::Unknown;
+        self.early_synced_to = 0;
         self.active = Active {
             file,
             write_offset: HEADER_LEN,
@@ -1563,6 +1626,7 @@ impl Writer {
             seg.end = cut;
         }
         self.direct = DirectTail::Unknown;
+        self.early_synced_to = 0;
         self.active = Active {
             file: cut_segment.file.clone(),
             write_offset: cut,
@@ -1651,6 +1715,7 @@ impl Writer {
         };
         self.epoch = epoch;
         self.direct = DirectTail::Unknown;
+        self.early_synced_to = 0;
         self.active = Active {
             file,
             write_offset: HEADER_LEN,
@@ -1675,6 +1740,7 @@ impl Writer {
         // Appends fail from here; what is staged is written.
         self.shared.stage.lock().closed = true;
         self.flush().await;
+        self.finish_early_sync().await;
         self.discard_spares().await;
         let synced = match self.shared.poisoned.get() {
             // Closing does not clear the poison: the caller learns the log needs a reopen.
