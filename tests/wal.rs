@@ -17,8 +17,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use ringtide::platform::{DriverOptions, IoDriver};
 use ringtide::wal::{
-    AppendOptions, ChecksumKind, LengthEncoding, Lsn, Record, RecoveryMode, SyncPolicy, Timestamps,
-    Wal, WalOptions,
+    AppendOptions, ChecksumKind, Entry, LengthEncoding, Lsn, Record, RecoveryMode, SyncPolicy,
+    Timestamps, Wal, WalOptions,
 };
 use ringtide::{CorruptionKind, Error, Result};
 
@@ -664,6 +664,25 @@ async fn streams_read_everything_and_tails_follow(driver: IoDriver) -> Result<()
     Ok(())
 }
 
+/// Reads the whole log, which ends at `last`: its lsns are dense from 1, and every acknowledged
+/// entry is there with its data. Returns the entries.
+async fn check_acknowledged<'a>(
+    wal: &Wal,
+    last: Lsn,
+    acked: impl IntoIterator<Item = (&'a Lsn, &'a Bytes)>,
+) -> Result<Vec<Entry>> {
+    let entries = wal.range(..).await?;
+    assert_eq!(entries.len() as u64, last.0, "lsns stay dense");
+    for (lsn, data) in acked {
+        assert_eq!(
+            &entries[(lsn.0 - 1) as usize].data,
+            data,
+            "acknowledged lsn {lsn}"
+        );
+    }
+    Ok(entries)
+}
+
 async fn appends_under_timeouts_keep_the_log_consistent(driver: IoDriver) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let wal = Wal::open(tmp.path(), opts(&driver)).await?;
@@ -678,15 +697,7 @@ async fn appends_under_timeouts_keep_the_log_consistent(driver: IoDriver) -> Res
     }
     let last = wal.sync().await?;
     assert_eq!(wal.durable_lsn(), last);
-    let entries = wal.range(..).await?;
-    assert_eq!(entries.len() as u64, last.0, "lsns stay dense");
-    for (lsn, data) in &acked {
-        assert_eq!(
-            &entries[(lsn.0 - 1) as usize].data,
-            data,
-            "acknowledged lsn {lsn}"
-        );
-    }
+    check_acknowledged(&wal, last, &acked).await?;
     eprintln!(
         "{} of 300 appends acknowledged within 100 us; {} written",
         acked.len(),
@@ -740,15 +751,7 @@ async fn concurrent_appends_under_timeouts_across_rotations_lose_nothing(
         acked.extend(task.await.expect("task")?);
     }
     let last = wal.sync().await?;
-    let entries = wal.range(..).await?;
-    assert_eq!(entries.len() as u64, last.0, "lsns stay dense");
-    for (lsn, data) in &acked {
-        assert_eq!(
-            &entries[(lsn.0 - 1) as usize].data,
-            data,
-            "acknowledged lsn {lsn}"
-        );
-    }
+    let entries = check_acknowledged(&wal, last, acked.iter().map(|(l, d)| (l, d))).await?;
     assert!(wal.segments().len() > 2, "the workload rotated segments");
     wal.close().await?;
     let wal = Wal::open(tmp.path(), options).await?;

@@ -96,8 +96,6 @@ pub(crate) struct State {
     buf: BytesMut,
     offsets: Vec<u32>,
     rotations: Vec<Rotation>,
-    /// The lsn of the first staged frame.
-    first_lsn: Lsn,
     /// The lsn the next staged entry gets.
     pub(crate) next_lsn: Lsn,
     /// The last ticket given out.
@@ -149,13 +147,13 @@ impl State {
             buf: std::mem::replace(&mut self.buf, next).freeze(),
             offsets: std::mem::replace(&mut self.offsets, Vec::with_capacity(frames)),
             rotations: std::mem::take(&mut self.rotations),
-            first_lsn: self.first_lsn,
+            // The staged frames are the last ones before `next_lsn`.
+            first_lsn: Lsn(self.next_lsn.0 - frames as u64),
             ticket: self.last_ticket,
             calls: self.calls,
             payload_bytes: self.payload_bytes,
             sync: self.sync_wanted,
         };
-        self.first_lsn = self.next_lsn;
         self.calls = 0;
         self.payload_bytes = 0;
         self.sync_wanted = false;
@@ -180,7 +178,6 @@ impl State {
     /// Moves the tail to a new place (after a truncation or a reset): nothing may be staged.
     pub(crate) fn restart(&mut self, next_lsn: Lsn, seg_end: u64, seg_limit: u64) {
         debug_assert!(self.buf.is_empty());
-        self.first_lsn = next_lsn;
         self.next_lsn = next_lsn;
         self.seg_end = seg_end;
         self.seg_limit = seg_limit;
@@ -204,7 +201,6 @@ impl Stage {
                 buf: BytesMut::with_capacity(BUFFER_BYTES),
                 offsets: Vec::new(),
                 rotations: Vec::new(),
-                first_lsn: next_lsn,
                 next_lsn,
                 last_ticket: 0,
                 calls: 0,

@@ -185,10 +185,6 @@ impl std::task::Wake for WakeWriter {
     fn wake(self: Arc<Self>) {
         self.0.stage.wake.notify_one();
     }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.stage.wake.notify_one();
-    }
 }
 
 /// How many writes may be in flight at once. Measured on ext4: with two, the second fdatasync
