@@ -14,6 +14,7 @@
 //! [`record`](self) and `segment.rs`.
 
 #[doc(hidden)]
+mod batch_io;
 pub mod fuzz;
 mod reader;
 mod record;

@@ -189,6 +189,8 @@ pub(crate) struct Stage {
     state: Mutex<State>,
     /// Wakes the writer: something was staged, or a reader wants it written.
     pub(crate) wake: Notify,
+    /// A leader went away before publishing its write: the writer task is to watch it.
+    pub(crate) leader_left: std::sync::atomic::AtomicBool,
     /// What the writer has done; appenders and readers wait on it. Also sent when room frees up,
     /// maintenance ends or the log fails, so that waiters look again.
     pub(crate) progress: watch::Sender<Progress>,
@@ -216,6 +218,7 @@ impl Stage {
                 pool: Vec::new(),
             }),
             wake: Notify::new(),
+            leader_left: std::sync::atomic::AtomicBool::new(false),
             progress: watch::channel(Progress::default()).0,
         }
     }

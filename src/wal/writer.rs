@@ -21,11 +21,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use super::batch_io::Party;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use futures::FutureExt;
-use futures::future::Shared as SharedFuture;
 use ringtide_platform::File;
 use tokio::sync::{mpsc, oneshot};
 
@@ -99,6 +100,12 @@ pub(crate) struct Writer {
     wake_writer: std::task::Waker,
     /// The writer task yielded once to a leader whose write is done.
     led_waited: bool,
+    /// Writes launched by leaders, and that count when the writer task last looked: while
+    /// leaders launch, the writer task looks every [`LEAD_GRACE`] (see [`InFlight::watch`]).
+    leads: u64,
+    leads_seen: u64,
+    /// The writer task looks again at a deadline; a leader that finds it not looking wakes it.
+    lead_looking: bool,
     /// Where the last background sync of the active segment started (see `maybe_sync_early`).
     early_synced_to: u64,
     /// An fdatasync of the active segment started in the background, for logs that do not sync
@@ -159,26 +166,32 @@ struct Launched {
 }
 
 /// A submitted write's outcome, taken by whoever publishes it.
-type IoDone = Arc<std::sync::Mutex<Option<(std::io::Result<()>, Launched)>>>;
+type IoDone = (std::io::Result<()>, Launched);
 
 /// A submitted write, as a future any task can drive: the writer task, or the appender that
 /// launched it and waits for it (see [`lead`]).
-type BatchIo = SharedFuture<Pin<Box<dyn Future<Output = IoDone> + Send>>>;
+type BatchIo = super::batch_io::BatchIo<IoDone>;
 
 /// A write in flight.
 struct InFlight {
     io: BatchIo,
-    /// Launched by a leader, which publishes it when it completes; the writer task is woken at
-    /// completion too and publishes it if the leader has not (its future was dropped, or is not
-    /// being polled).
+    /// Launched by a leader, which publishes it when it completes. The writer task publishes it
+    /// if the leader has not: the leader's future was dropped, or is not being polled.
     led: bool,
-    /// For a led write, until it is done: a clone of `io` that carries the writer task's waker
-    /// (see [`WakeWriter`]).
-    watch: Option<BatchIo>,
+    /// The writer task watches a led write: its waker (see [`WakeWriter`]) is registered on
+    /// `io`. That happens only once the writer task needs the completion: work waits behind the
+    /// write, the leader went away, or [`LEAD_GRACE`] passed since the launch. A lone leader's
+    /// completion then wakes one task, not two.
+    watched: bool,
+    launched: tokio::time::Instant,
 }
 
-/// Wakes the writer task: registered on a led write, so its completion reaches the writer task
-/// whatever becomes of the leader.
+/// How long a led write is left to its leader before the writer task watches it: the longest a
+/// leader whose future is kept but no longer polled can hold up the publication of its write.
+const LEAD_GRACE: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Wakes the writer task: registered on a led write once the writer task needs its completion
+/// (see [`InFlight::watched`]).
 struct WakeWriter(Arc<Shared>);
 
 impl std::task::Wake for WakeWriter {
@@ -249,6 +262,9 @@ pub(crate) fn spawn(
         sync_soon: false,
         wake_writer: std::task::Waker::from(Arc::new(WakeWriter(shared_for_waker))),
         led_waited: false,
+        leads: 0,
+        leads_seen: 0,
+        lead_looking: false,
         early_sync: None,
         early_synced_to: 0,
         direct_io: shared_direct,
@@ -279,6 +295,8 @@ enum Next {
     Wait {
         launch_at: Option<tokio::time::Instant>,
         sync_due: Option<tokio::time::Instant>,
+        /// Leaders launch writes: look at them again then (see [`InFlight::watch`]).
+        lead_check: Option<tokio::time::Instant>,
         /// A leader's write is done: yield once for the leader to publish it, then look again.
         yield_first: bool,
     },
@@ -295,6 +313,7 @@ async fn run(writer: Arc<tokio::sync::Mutex<Writer>>, mut queue: mpsc::Receiver<
         let Next::Wait {
             launch_at,
             sync_due,
+            lead_check,
             yield_first,
         } = next
         else {
@@ -313,6 +332,7 @@ async fn run(writer: Arc<tokio::sync::Mutex<Writer>>, mut queue: mpsc::Receiver<
             }
             () = shared.stage.wake.notified() => {}
             () = sleep_until_some(launch_at), if launch_at.is_some() => {}
+            () = sleep_until_some(lead_check), if lead_check.is_some() => {}
             () = sleep_until_some(sync_due), if sync_due.is_some() => {
                 let _ = writer.lock().await.sync_now().await;
             }
@@ -348,67 +368,98 @@ impl Drop for Leader<'_> {
 ///
 /// The leader holds the writer only while it takes and submits, and while it publishes, never
 /// across an await: an append future polled once and then left alone (a `select!` arm, say)
-/// holds nothing up. Its write is a shared future; if the leader does not publish it within
-/// [`LEAD_GRACE`], the writer task does.
+/// holds nothing up. Its write is a shared future, first polled with the leader's waker alone,
+/// so that its completion wakes one task. If the leader goes away, or does not publish the
+/// write within [`LEAD_GRACE`], the writer task does.
 pub(crate) async fn lead(writer: &tokio::sync::Mutex<Writer>, shared: &Shared) {
-    let io = {
-        let Ok(guard) = writer.try_lock() else {
-            // The writer task (or another leader) works: it sees what is staged, but may be
-            // about to wait, so wake it.
-            shared.stage.wake.notify_one();
-            return;
-        };
-        // Dropping the leader wakes the writer task for what is left to it.
-        let mut leader = Leader { writer: guard };
-        let w = &mut *leader.writer;
-        // Batches of many writers are the writer task's: it gathers the acknowledged
-        // appenders coming back (see `Writer::expect_returns`), which a leader racing it for
-        // each batch cut short.
-        if w.shared.check_usable().is_err()
-            || w.expect_returns > 1
-            || !w.in_flight.is_empty()
-            || w.failure_cut.is_some()
-            || w.sync_soon
-            || matches!(w.direct, DirectTail::Unknown)
-        {
-            return;
-        }
-        let simple = {
-            let st = w.shared.stage.lock();
-            st.rotations_pending() == 0
-                && st.staged_bytes() <= w.shared.options.max_batch_bytes as usize
-        };
-        if !simple || !matches!(w.decide(), Decision::Launch) {
-            return;
-        }
-        let Some(taken) = w.take_staged() else {
-            return;
-        };
-        let Some(io) = w.launch_simple(taken) else {
-            return;
-        };
-        // Submit it, with the writer task's waker registered on a clone the writer keeps: the
-        // write's completion wakes the writer task even if this future is never polled again.
-        let mut watch = io.clone();
-        let mut cx = std::task::Context::from_waker(&w.wake_writer);
-        // A Shared future must not be polled again once it is ready.
-        let pending = std::pin::Pin::new(&mut watch).poll(&mut cx).is_pending();
-        if let Some(front) = w.in_flight.front_mut() {
-            front.led = true;
-            front.watch = pending.then_some(watch);
-        }
-        io
+    // Takes and submits under the writer, polling the write first with the leader's own waker.
+    let launched = std::future::poll_fn(|cx| Poll::Ready(launch_led(writer, shared, cx))).await;
+    let Some(io) = launched else {
+        return;
     };
-    io.clone().await;
+    let handover = Handover {
+        shared,
+        armed: true,
+    };
+    io.wait(Party::Leader).await;
     // Publish it, unless the writer task is at work (then it does).
     let Ok(guard) = writer.try_lock() else {
-        shared.stage.wake.notify_one();
+        drop(handover);
         return;
     };
     let mut leader = Leader { writer: guard };
     let w = &mut *leader.writer;
     if w.in_flight.front().is_some_and(|f| f.io.ptr_eq(&io)) {
         w.complete_front();
+    }
+    disarm(handover);
+}
+
+/// The leader's part under the writer: the write it submitted, and the writer task's waker.
+fn launch_led(
+    writer: &tokio::sync::Mutex<Writer>,
+    shared: &Shared,
+    cx: &mut Context<'_>,
+) -> Option<BatchIo> {
+    let Ok(guard) = writer.try_lock() else {
+        // The writer task (or another leader) works: it sees what is staged, but may be about
+        // to wait, so wake it.
+        shared.stage.wake.notify_one();
+        return None;
+    };
+    // Dropping the leader wakes the writer task for what is left to it.
+    let mut leader = Leader { writer: guard };
+    let w = &mut *leader.writer;
+    // Batches of many writers are the writer task's: it gathers the acknowledged appenders
+    // coming back (see `Writer::expect_returns`), which a leader racing it for each batch cut
+    // short.
+    if w.shared.check_usable().is_err()
+        || w.expect_returns > 1
+        || !w.in_flight.is_empty()
+        || w.failure_cut.is_some()
+        || w.sync_soon
+        || matches!(w.direct, DirectTail::Unknown)
+    {
+        return None;
+    }
+    let simple = {
+        let st = w.shared.stage.lock();
+        st.rotations_pending() == 0
+            && st.staged_bytes() <= w.shared.options.max_batch_bytes as usize
+    };
+    if !simple || !matches!(w.decide(), Decision::Launch) {
+        return None;
+    }
+    let taken = w.take_staged()?;
+    let io = w.launch_simple(taken)?;
+    // Submitted here, under the writer, so that writes reach the kernel in launch order.
+    let _ = io.poll_as(Party::Leader, cx);
+    w.in_flight.front_mut()?.led = true;
+    w.leads += 1;
+    if !w.lead_looking {
+        w.lead_looking = true;
+        w.shared.stage.wake.notify_one();
+    }
+    Some(io)
+}
+
+/// Hands a led write over to the writer task if its leader goes away before publishing it: the
+/// writer task, woken, watches the write (see [`InFlight::watch`]).
+struct Handover<'a> {
+    shared: &'a Shared,
+    armed: bool,
+}
+
+fn disarm(mut handover: Handover<'_>) {
+    handover.armed = false;
+}
+
+impl Drop for Handover<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.stage.leader_left.store(true, Ordering::Release);
+            self.shared.stage.wake.notify_one();
+        }
     }
 }
 
@@ -532,19 +583,29 @@ impl Writer {
                 .sync_deadline
                 .filter(|_| self.in_flight.is_empty() && self.shared.check_usable().is_ok());
             // A led write is its leader's to publish: the writer task waits without the writer
-            // until the write is done, then lets the leader go first once.
+            // until the write is done, then lets the leader go first once. It watches the write
+            // only once it needs the completion: work waits behind it, its leader went away, or
+            // the leader had `LEAD_GRACE` to publish it.
             let wake_writer = self.wake_writer.clone();
+            let now = tokio::time::Instant::now();
+            let needed = self.shared.stage.lock().staged_bytes() > 0
+                || self.shared.stage.leader_left.swap(false, Ordering::AcqRel);
             let led = self.in_flight.front_mut().filter(|f| f.led).map(|f| {
-                // Polled with the writer task's waker: drives the write, and keeps the waker
-                // registered until it is done.
-                if let Some(watch) = f.watch.as_mut() {
-                    let mut cx = std::task::Context::from_waker(&wake_writer);
-                    if std::pin::Pin::new(watch).poll(&mut cx).is_ready() {
-                        f.watch = None;
-                    }
+                if f.watched || needed || now >= f.launched + LEAD_GRACE {
+                    // Polled with the writer task's waker: drives the write, and keeps the
+                    // waker registered until it is done.
+                    f.watched = true;
+                    let _ =
+                        f.io.poll_as(Party::Writer, &mut Context::from_waker(&wake_writer));
                 }
-                f.io.peek().is_some()
+                f.io.is_done()
             });
+            // While leaders launch, look again after `LEAD_GRACE`.
+            let lead_check = (self.leads != self.leads_seen
+                || self.in_flight.front().is_some_and(|f| f.led && !f.watched))
+            .then(|| now + LEAD_GRACE);
+            self.leads_seen = self.leads;
+            self.lead_looking = lead_check.is_some();
             if self.in_flight.is_empty() || led.is_some() {
                 let leader_first = led == Some(true) && !std::mem::take(&mut self.led_waited);
                 if led == Some(true) && !leader_first {
@@ -555,6 +616,7 @@ impl Writer {
                 return Next::Wait {
                     launch_at,
                     sync_due,
+                    lead_check,
                     yield_first: leader_first,
                 };
             }
@@ -564,7 +626,7 @@ impl Writer {
             // depend on tokio's random fairness, so a run on the simulated disk replays.
             tokio::select! {
                 biased;
-                _ = async { front.expect("a write in flight").await } => {
+                () = async { front.expect("a write in flight").wait(Party::Writer).await } => {
                     self.complete_front();
                 }
                 () = sleep_until_some(launch_at), if launch_at.is_some() => {}
@@ -616,7 +678,7 @@ impl Writer {
         let Some(front) = self.in_flight.front().map(|f| f.io.clone()) else {
             return false;
         };
-        front.await;
+        front.wait(Party::Writer).await;
         self.complete_front();
         true
     }
@@ -626,10 +688,7 @@ impl Writer {
         let Some(front) = self.in_flight.pop_front() else {
             return;
         };
-        let done = front
-            .io
-            .peek()
-            .and_then(|d| d.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let done = front.io.take_outcome();
         match done {
             Some((res, launched)) => self.complete(res, launched),
             None => {
@@ -972,13 +1031,14 @@ impl Writer {
                 WriteMode::Dsync => file.writev_dsync_at(vec![chunk], base).await,
                 WriteMode::ThenSync => file.writev_sync_at(vec![chunk], base).await,
             };
-            Arc::new(std::sync::Mutex::new(Some((res.map(drop), launched))))
+            (res.map(drop), launched)
         });
-        let io = io.shared();
+        let io = BatchIo::new(io);
         self.in_flight.push_back(InFlight {
             io: io.clone(),
             led: false,
-            watch: None,
+            watched: false,
+            launched: tokio::time::Instant::now(),
         });
         io
     }

@@ -262,6 +262,14 @@ impl Locked<'_> {
     /// slots that are complete are removed and returned, for the caller to drop after unlocking.
     #[must_use = "released slots are to be dropped after the lock"]
     fn reap(&mut self) -> Vec<Slot> {
+        self.reap_for(None)
+    }
+
+    /// As `reap`, from the future of slot `polling`, which is not woken: it looks at its slot
+    /// next. A task woken while it runs is rescheduled by tokio as a yield, which wakes another
+    /// worker for nothing.
+    #[must_use = "released slots are to be dropped after the lock"]
+    fn reap_for(&mut self, polling: Option<usize>) -> Vec<Slot> {
         let mut released = Vec::new();
         // SAFETY: the slot lock is held, so no other queue handle exists (invariant 4).
         let completions = unsafe { self.uring.completion_shared() };
@@ -284,7 +292,9 @@ impl Locked<'_> {
                     cleanup(&slot.results);
                 }
                 released.push(slot);
-            } else if let Some(waker) = slot.waker.take() {
+            } else if polling != Some(key)
+                && let Some(waker) = slot.waker.take()
+            {
                 waker.wake();
             }
         }
@@ -371,7 +381,7 @@ impl<T: 'static> Future for Op<T> {
             .key
             .expect("io_uring operation polled after completion");
         let mut state = self.ring.lock();
-        let released = state.reap();
+        let released = state.reap_for(Some(key));
         let slot = &mut state.slots[key];
         if slot.pending > 0 {
             if !slot.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
