@@ -29,6 +29,7 @@ both_backends!(
     concurrent_appends_get_dense_unique_lsns,
     reopen_after_close_and_after_drop,
     segments_rotate_and_recover,
+    bulk_writes_mixed_with_small_ones_read_back_and_recover,
     torn_tails_are_cut_at_every_byte,
     strict_mode_refuses_a_torn_tail,
     damage_before_valid_frames_is_corruption,
@@ -320,6 +321,71 @@ async fn segments_rotate_and_recover(driver: IoDriver) -> Result<()> {
     check_all(&wal, expect).await?;
     assert_eq!(wal.stats().recovered_segments, stats.segments);
     wal.close().await
+}
+
+/// Under policies that do not sync every batch, bulk writes go direct and small ones through the
+/// page cache (see `DIRECT_BULK_BYTES` in the writer): mixed, across rotations, every entry reads
+/// back at once, from a stream running alongside, and after reopening.
+async fn bulk_writes_mixed_with_small_ones_read_back_and_recover(driver: IoDriver) -> Result<()> {
+    for policy in [
+        SyncPolicy::None,
+        SyncPolicy::Periodic {
+            interval: Duration::from_millis(5),
+            max_unsynced_entries: 10_000,
+        },
+    ] {
+        let tmp = tempfile::tempdir()?;
+        let o = opts(&driver)
+            .segment_size_bytes(1 << 20)
+            .sync_policy(policy);
+        let wal = Wal::open(tmp.path(), o.clone()).await?;
+        let rounds = 0..12u64;
+        let last = rounds
+            .clone()
+            .map(|r| 2000 + r * 37 + r % 4 + 1)
+            .sum::<u64>();
+        // A change feed from the start follows every entry as it becomes durable.
+        let reader = {
+            let wal = wal.clone();
+            tokio::spawn(async move {
+                let mut tail = Box::pin(wal.tail(Lsn(1)));
+                for want in 1..=last {
+                    let e = tail.next().await.expect("the tail ends only at close")?;
+                    assert_eq!((e.lsn, &e.data), (Lsn(want), &payload(want)));
+                }
+                Ok::<(), Error>(())
+            })
+        };
+        let mut next = 1u64;
+        for round in rounds {
+            // ~300 KiB in one call, then a few small appends, then a read of both.
+            let n = 2000 + round * 37;
+            let range = wal.append_batch((next..next + n).map(payload)).await?;
+            assert_eq!(range, Lsn(next)..Lsn(next + n));
+            next += n;
+            for _ in 0..(round % 4 + 1) {
+                assert_eq!(wal.append(payload(next)).await?, Lsn(next));
+                next += 1;
+            }
+            for lsn in [range.start.0, range.end.0 - 1, next - 1] {
+                assert_eq!(wal.read(Lsn(lsn)).await?.data, payload(lsn), "lsn {lsn}");
+            }
+        }
+        assert_eq!(next - 1, last);
+        wal.sync().await?;
+        tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .expect("the tail delivers every durable entry")
+            .expect("reader task")?;
+        let stats = wal.stats();
+        assert!(stats.segments > 3, "{stats:?}");
+        wal.close().await?;
+        let wal = Wal::open(tmp.path(), o).await?;
+        assert_eq!(wal.last_lsn(), Lsn(next - 1));
+        check_all(&wal, payload).await?;
+        wal.close().await?;
+    }
+    Ok(())
 }
 
 /// Writes `n` entries and closes; returns the last segment and its frame offsets' region end.
