@@ -345,7 +345,10 @@ async fn poll_completions(ring: Weak<Ring>, notifier: AsyncFd<Arc<OwnedFd>>) {
         };
         // Reset the counter before reaping: a completion posted after the reap raises it again.
         match ready.try_io(|fd| drain_eventfd(fd.get_ref())) {
-            Ok(_) => {}
+            // Drained: clear the readiness now rather than learn it from one more read's EAGAIN
+            // (a syscall per wake-up). A completion signalled since the readiness was reported
+            // keeps it set: tokio clears only the readiness event it handed out.
+            Ok(_) => ready.clear_ready(),
             Err(_would_block) => continue,
         }
         let Some(ring) = ring.upgrade() else { return };
