@@ -719,7 +719,7 @@ fn main() {
     }
     println!();
 
-    println!("## Non-durable appends (page cache only)\n");
+    println!("## Non-durable appends (no fsync)\n");
     println!(
         "| workload | writers | ringtide ops/s | fjall ops/s | ringtide ÷ fjall | CPU µs/op ringtide | CPU µs/op fjall |"
     );
