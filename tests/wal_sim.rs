@@ -579,6 +579,44 @@ async fn read_faults_reach_only_the_reader() -> Result<()> {
     wal.close().await
 }
 
+/// A file system that opens files `O_DIRECT` but refuses the writes (`EINVAL`: it wants another
+/// alignment) gets the same writes buffered: nothing fails, nothing is poisoned, and what was
+/// acknowledged as durable survives a crash. Durable logs write everything directly; the others
+/// their bulk writes.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn writes_a_file_system_refuses_direct_are_made_buffered() -> Result<()> {
+    for (name, policy) in [
+        ("immediate", SyncPolicy::Immediate),
+        ("none", SyncPolicy::None),
+    ] {
+        let disk = SimDisk::new(11);
+        disk.refuse_direct_writes(true);
+        let wal = Wal::open(DIR, options(&disk, policy)).await?;
+        for i in 0..40u64 {
+            assert_eq!(wal.append(payload(i, i, 0, 1)).await?, Lsn(i + 1), "{name}");
+        }
+        // ~180 KB in one call: larger than a segment, written in one piece (direct if it could).
+        let bulk: Vec<Record> = (40..160u64)
+            .map(|i| Record::from(payload(i, 40, (i - 40) as u32, 120)))
+            .collect();
+        assert_eq!(wal.append_batch(bulk).await?, Lsn(41)..Lsn(161), "{name}");
+        for i in 160..170u64 {
+            wal.append(payload(i, i, 0, 1)).await?;
+        }
+        let durable = wal.sync().await?;
+        assert_eq!(durable, Lsn(170), "{name}");
+        disk.crash();
+        let wal = Wal::open(DIR, options(&disk, policy)).await?;
+        assert_eq!(wal.last_lsn(), Lsn(170), "{name}");
+        for (i, e) in wal.range(..).await?.iter().enumerate() {
+            let d = describe(&e.data).expect("a workload payload");
+            assert_eq!(d.id, i as u64, "{name}: lsn {}", e.lsn);
+        }
+        wal.close().await?;
+    }
+    Ok(())
+}
+
 /// ENOSPC while the next segment is created fails the appends that need it without poisoning;
 /// once space returns, appends work and everything acknowledged is there after a crash.
 #[tokio::test(flavor = "current_thread", start_paused = true)]

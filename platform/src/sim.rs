@@ -307,6 +307,8 @@ struct World {
     open: HashMap<u64, u64>,
     next_handle: u64,
     stats: SimStats,
+    /// Writes through `O_DIRECT` handles fail with `EINVAL` (see `SimDisk::refuse_direct_writes`).
+    refuse_direct_writes: bool,
 }
 
 fn err(code: i32) -> io::Error {
@@ -599,6 +601,7 @@ impl SimDisk {
                 open: HashMap::new(),
                 next_handle: 1,
                 stats: SimStats::default(),
+                refuse_direct_writes: false,
             })),
         }
     }
@@ -657,6 +660,14 @@ impl SimDisk {
     /// extensions past it fail with `ENOSPC`.
     pub fn set_capacity(&self, bytes: Option<u64>) {
         self.lock().capacity = bytes;
+    }
+
+    /// Makes every write through an `O_DIRECT` handle fail with `EINVAL`, aligned or not, while
+    /// such handles still open: as on a file system whose direct I/O wants a larger alignment
+    /// than the caller's (a device with larger logical blocks, some network or FUSE file
+    /// systems), which a caller can only learn from a refused write.
+    pub fn refuse_direct_writes(&self, refuse: bool) {
+        self.lock().refuse_direct_writes = refuse;
     }
 
     /// The bytes all files hold now.
@@ -1012,6 +1023,9 @@ impl SimFile {
             return (Err(err(libc::EBADF)), bufs);
         }
         if self.direct {
+            if self.disk.lock().refuse_direct_writes {
+                return (Err(err(libc::EINVAL)), bufs);
+            }
             let segments = bufs.iter().map(|b| (b.as_ptr() as usize, b.len()));
             if let Err(e) = check_direct(offset, segments) {
                 return (Err(e), bufs);

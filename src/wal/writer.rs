@@ -158,6 +158,16 @@ enum WriteMode {
     ThenSync,
 }
 
+/// Writes `chunk` at `base` as `mode` says.
+async fn write_with(mode: WriteMode, file: &File, chunk: Bytes, base: u64) -> std::io::Result<()> {
+    let (res, _) = match mode {
+        WriteMode::Plain => file.writev_at(vec![chunk], base).await,
+        WriteMode::Dsync => file.writev_dsync_at(vec![chunk], base).await,
+        WriteMode::ThenSync => file.writev_sync_at(vec![chunk], base).await,
+    };
+    res.map(drop)
+}
+
 /// A submitted write: what `complete` needs once its I/O is done.
 struct Launched {
     first: Lsn,
@@ -173,6 +183,9 @@ struct Launched {
     started: Instant,
     /// On the last piece: the whole buffer taken, to give back to the stage once written.
     recycle: Option<Bytes>,
+    /// The file system refused the write through `O_DIRECT` (`EINVAL`), so it was made
+    /// buffered: the log writes buffered from now on.
+    direct_refused: bool,
 }
 
 /// A submitted write's outcome, taken by whoever publishes it.
@@ -1021,6 +1034,7 @@ impl Writer {
             payload_bytes: if last_piece { taken.payload_bytes } else { 0 },
             started: Instant::now(),
             recycle: last_piece.then(|| taken.buf.clone()),
+            direct_refused: false,
         };
         self.active.write_offset = launched.end;
         self.submit(chunk, base, launched)
@@ -1036,12 +1050,18 @@ impl Writer {
         } else {
             None
         };
-        let (file, chunk, base) = match direct {
-            Some(direct) => direct,
+        // A direct write keeps what a buffered one needs, in case the file system refuses it.
+        let (file, chunk, base, buffered) = match direct {
+            Some((file, blocks, start)) => (
+                file,
+                blocks,
+                start,
+                Some((self.active.file.clone(), chunk, base)),
+            ),
             None => {
                 self.track_tail(&chunk, base);
                 self.buffered_unsynced += chunk.len() as u64;
-                (self.active.file.clone(), chunk, base)
+                (self.active.file.clone(), chunk, base, None)
             }
         };
         let mode = match (launched.sync, self.unsynced_entries == 0) {
@@ -1050,12 +1070,18 @@ impl Writer {
             (true, false) => WriteMode::ThenSync,
         };
         let io: Pin<Box<dyn Future<Output = IoDone> + Send>> = Box::pin(async move {
-            let (res, _) = match mode {
-                WriteMode::Plain => file.writev_at(vec![chunk], base).await,
-                WriteMode::Dsync => file.writev_dsync_at(vec![chunk], base).await,
-                WriteMode::ThenSync => file.writev_sync_at(vec![chunk], base).await,
-            };
-            (res.map(drop), launched)
+            let mut launched = launched;
+            let mut res = write_with(mode, &file, chunk, base).await;
+            // `EINVAL` from a direct write: the request was refused before any I/O (alignment
+            // the file system wants and the log cannot know); the same bytes are written
+            // buffered instead. Anything already written of it is written again, unchanged.
+            if let (Err(e), Some((file, chunk, base))) = (&res, buffered)
+                && e.kind() == std::io::ErrorKind::InvalidInput
+            {
+                launched.direct_refused = true;
+                res = write_with(mode, &file, chunk, base).await;
+            }
+            (res, launched)
         });
         let io = BatchIo::new(io);
         self.in_flight.push_back(InFlight {
@@ -1176,6 +1202,11 @@ impl Writer {
     /// writer task.
     fn complete(&mut self, res: std::io::Result<()>, mut launched: Launched) {
         self.release(launched.bytes);
+        if launched.direct_refused && self.direct_io {
+            tracing::warn!(dir = %self.shared.dir.display(), "wal: the file system refused a direct write; writing buffered from now on");
+            self.direct_io = false;
+            self.direct = DirectTail::Off;
+        }
         if let Some(buf) = launched.recycle.take() {
             self.shared.stage.lock().recycle(buf);
         }
