@@ -38,6 +38,7 @@ both_backends!(
     log_transactions_commit_roll_back_and_expire,
     a_second_open_is_locked_out,
     streams_read_everything_and_tails_follow,
+    a_stream_never_yields_what_a_cut_replaced_past_its_chunk,
     appends_under_timeouts_keep_the_log_consistent,
     concurrent_appends_under_timeouts_across_rotations_lose_nothing,
     staged_entries_are_readable_at_once_and_the_stage_stays_bounded,
@@ -1169,6 +1170,39 @@ async fn regression_4_a_tail_ends_when_the_log_is_cut_below_it(driver: IoDriver)
         other => panic!("expected the tail to end with an error, got {other:?}"),
     }
     assert!(tail.next().await.is_none());
+    wal.close().await
+}
+
+/// A stream reads 4 MiB chunks. A `truncate_back` past the chunk it is consuming, then new
+/// appends there, reach the stream as the new entries (a read ahead of the next chunk, were
+/// there one, would have to be dropped).
+async fn a_stream_never_yields_what_a_cut_replaced_past_its_chunk(driver: IoDriver) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let wal = Wal::open(tmp.path(), opts(&driver).segment_size_bytes(4 << 20)).await?;
+    let old = |i: u64| Bytes::from(vec![(i % 251) as u8; 1000]);
+    let new = |i: u64| Bytes::from(format!("new {i}"));
+    for start in (1..=12_000u64).step_by(1000) {
+        wal.append_batch((start..start + 1000).map(old)).await?;
+    }
+    let mut stream = wal.stream(Lsn(1));
+    // The first chunk is read: about 4,000 entries.
+    assert_eq!(stream.next().await.expect("entry")?.data, old(1));
+    wal.truncate_back(Lsn(6_000)).await?;
+    wal.append_batch((6_001..=7_000).map(new)).await?;
+    let mut want = 2u64;
+    while let Some(e) = stream.next().await {
+        let e = e?;
+        assert_eq!(e.lsn, Lsn(want));
+        let expect = if want <= 6_000 { old(want) } else { new(want) };
+        assert_eq!(e.data, expect, "lsn {want}");
+        want += 1;
+    }
+    assert_eq!(want, 7_001, "the stream ends at the log's end");
+    // Dropping a stream in the middle holds nothing up.
+    let mut stream = wal.stream(Lsn(1));
+    stream.next().await.expect("entry")?;
+    drop(stream);
+    wal.append(new(7_001)).await?;
     wal.close().await
 }
 
