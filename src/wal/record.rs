@@ -247,6 +247,11 @@ impl FrameFormat {
                     value |= u64::from(byte & 0x7f) << (7 * i);
                     i += 1;
                     if byte & 0x80 == 0 {
+                        // Over-long ("0x85 0x00" for 5) is not how the log writes a length: one
+                        // spelling per frame, as the checksum does not cover the length.
+                        if i > 1 && byte == 0 {
+                            return Decoded::Bad(CorruptionKind::FrameLength { len: value });
+                        }
                         break;
                     }
                 }
@@ -680,5 +685,31 @@ mod tests {
         for f in formats() {
             assert!(!matches!(f.decode(&garbage, 0, 1 << 20), Decoded::Frame(_)));
         }
+    }
+
+    #[test]
+    fn an_over_long_uvarint_length_is_bad() {
+        let f = FrameFormat {
+            length: LengthEncoding::Uvarint,
+            checksum: ChecksumKind::Crc32,
+            timestamps: false,
+        };
+        let mut buf = BytesMut::new();
+        let fields = FrameFields {
+            lsn: Lsn(1),
+            synced_lsn: Lsn(0),
+            term: None,
+            timestamp_us: 0,
+            continues: false,
+        };
+        f.encode(&mut buf, fields, b"hello world");
+        assert!(matches!(f.decode(&buf, 0, 1 << 20), Decoded::Frame(_)));
+        // The same frame with its length (11) spelled in two bytes: the checksum still matches.
+        let mut long = vec![buf[0] | 0x80, 0x00];
+        long.extend_from_slice(&buf[1..]);
+        assert!(matches!(
+            f.decode(&long, 0, 1 << 20),
+            Decoded::Bad(CorruptionKind::FrameLength { len: 11 })
+        ));
     }
 }

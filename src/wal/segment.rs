@@ -367,7 +367,10 @@ pub(crate) fn segment_name(epoch: u64, first_lsn: Lsn) -> String {
 pub(crate) fn parse_segment_name(name: &str) -> Option<(u64, Lsn)> {
     let stem = name.strip_suffix(".wal")?;
     let (epoch, first) = stem.split_once('-')?;
-    if epoch.len() != 10 || first.len() != 20 {
+    let digits = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit());
+    // Only the canonical spelling: `u64::from_str` would also take "+000000001", a second name
+    // for the same segment.
+    if !digits(epoch, 10) || !digits(first, 20) {
         return None;
     }
     Some((epoch.parse().ok()?, Lsn(first.parse().ok()?)))
@@ -572,5 +575,18 @@ mod tests {
         assert_eq!(parse_segment_name(&b), Some((0, Lsn(10))));
         assert_eq!(parse_segment_name("0-1.wal"), None);
         assert_eq!(parse_segment_name("wal.meta"), None);
+        // One spelling per segment: no sign, no other characters in the digits' places.
+        assert_eq!(
+            parse_segment_name("+000000000-00000000000000000010.wal"),
+            None
+        );
+        assert_eq!(
+            parse_segment_name("0000000000-+0000000000000000010.wal"),
+            None
+        );
+        assert_eq!(
+            parse_segment_name("0000000000-0000000000000000001 .wal"),
+            None
+        );
     }
 }
