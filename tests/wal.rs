@@ -28,6 +28,7 @@ both_backends!(
     entries_too_large_are_refused_and_nothing_is_lost,
     concurrent_appends_get_dense_unique_lsns,
     reopen_after_close_and_after_drop,
+    leftover_temporary_records_are_removed_at_open,
     segments_rotate_and_recover,
     bulk_writes_mixed_with_small_ones_read_back_and_recover,
     torn_tails_are_cut_at_every_byte,
@@ -284,6 +285,28 @@ async fn reopen_after_close_and_after_drop(driver: IoDriver) -> Result<()> {
     assert_eq!(wal.last_lsn(), Lsn(51));
     check_all(&wal, payload).await?;
     assert_eq!(wal.stats().recovered_entries, 51);
+    wal.close().await
+}
+
+/// A crash while the meta or cut record is written leaves its temporary file: opening the log
+/// removes it (the real record, or none, stands), and a read-only open leaves the directory be.
+async fn leftover_temporary_records_are_removed_at_open(driver: IoDriver) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let wal = Wal::open(tmp.path(), opts(&driver)).await?;
+    wal.append(payload(1)).await?;
+    wal.close().await?;
+    for name in ["wal.meta.tmp", "wal.cut.tmp"] {
+        std::fs::write(tmp.path().join(name), [7u8; 48])?;
+    }
+    let ro = Wal::open_read_only(tmp.path(), opts(&driver)).await?;
+    assert_eq!(ro.read(Lsn(1)).await?.data, payload(1));
+    drop(ro);
+    assert!(tmp.path().join("wal.cut.tmp").exists());
+    let wal = Wal::open(tmp.path(), opts(&driver)).await?;
+    assert_eq!(wal.read(Lsn(1)).await?.data, payload(1));
+    for name in ["wal.meta.tmp", "wal.cut.tmp"] {
+        assert!(!tmp.path().join(name).exists(), "{name} left behind");
+    }
     wal.close().await
 }
 

@@ -161,9 +161,11 @@ pub(crate) async fn recover(
     let cut_record_found = cut.is_some();
     let cut =
         cut.filter(|c| c.log_id == meta.log_id && c.epoch == meta.epoch && c.format == meta.format);
-    // A temporary meta file is the leftover of an interrupted replacement; the real one stands.
+    // A temporary meta or cut file is the leftover of an interrupted write of it; the real one
+    // (or none) stands.
     if writable {
         let _ = driver.remove_file(dir.join("wal.meta.tmp")).await;
+        let _ = driver.remove_file(dir.join("wal.cut.tmp")).await;
     }
 
     // Segments of older epochs are leftovers of an interrupted reset.
