@@ -154,6 +154,10 @@ mod tests {
         }
     }
 
+    fn poll(io: &BatchIo<u32>, party: Party, waker: &Waker) -> Poll<()> {
+        io.poll_as(party, &mut Context::from_waker(waker))
+    }
+
     fn counting() -> (Arc<Count>, Waker) {
         let count = Arc::new(Count::default());
         (count.clone(), Waker::from(count))
@@ -194,23 +198,14 @@ mod tests {
         let io = BatchIo::new(gate.future());
         let (leader_wakes, leader) = counting();
         let (writer_wakes, writer) = counting();
-        assert!(
-            io.poll_as(Party::Leader, &mut Context::from_waker(&leader))
-                .is_pending()
-        );
-        assert!(
-            io.poll_as(Party::Writer, &mut Context::from_waker(&writer))
-                .is_pending()
-        );
+        assert!(poll(&io, Party::Leader, &leader).is_pending());
+        assert!(poll(&io, Party::Writer, &writer).is_pending());
         gate.open();
         // The progress wakes both parties.
         assert_eq!(leader_wakes.0.load(Ordering::SeqCst), 1);
         assert_eq!(writer_wakes.0.load(Ordering::SeqCst), 1);
         // The writer completes it: no one is woken (the leader waits no more since its wake).
-        assert!(
-            io.poll_as(Party::Writer, &mut Context::from_waker(&writer))
-                .is_ready()
-        );
+        assert!(poll(&io, Party::Writer, &writer).is_ready());
         assert_eq!(io.take_outcome(), Some(7));
         assert_eq!(io.take_outcome(), None);
         assert!(io.is_done());
@@ -224,23 +219,14 @@ mod tests {
         let io = BatchIo::new(gate.future());
         let (leader_wakes, leader) = counting();
         let (writer_wakes, writer) = counting();
-        assert!(
-            io.poll_as(Party::Writer, &mut Context::from_waker(&writer))
-                .is_pending()
-        );
+        assert!(poll(&io, Party::Writer, &writer).is_pending());
         // The gate opens without waking (as a completion reaped while the leader polls).
         gate.ready.store(true, Ordering::SeqCst);
-        assert!(
-            io.poll_as(Party::Leader, &mut Context::from_waker(&leader))
-                .is_ready()
-        );
+        assert!(poll(&io, Party::Leader, &leader).is_ready());
         assert_eq!(leader_wakes.0.load(Ordering::SeqCst), 0);
         assert_eq!(writer_wakes.0.load(Ordering::SeqCst), 1);
         // Done: every later poll is ready at once, from either party.
-        assert!(
-            io.poll_as(Party::Writer, &mut Context::from_waker(&writer))
-                .is_ready()
-        );
+        assert!(poll(&io, Party::Writer, &writer).is_ready());
         assert!(io.ptr_eq(&io.clone()));
     }
 }

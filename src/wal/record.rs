@@ -658,25 +658,28 @@ mod tests {
         }
     }
 
-    #[test]
-    fn lengths_above_the_limit_are_bad() {
+    /// One frame of `payload` at lsn 1, with a crc32 and no timestamp: its format and bytes.
+    fn one_frame(length: LengthEncoding, payload: &[u8]) -> (FrameFormat, BytesMut) {
         let f = FrameFormat {
-            length: LengthEncoding::U32,
+            length,
             checksum: ChecksumKind::Crc32,
             timestamps: false,
         };
         let mut buf = BytesMut::new();
-        f.encode(
-            &mut buf,
-            FrameFields {
-                lsn: Lsn(1),
-                synced_lsn: Lsn(0),
-                term: None,
-                timestamp_us: 0,
-                continues: false,
-            },
-            &[0u8; 100],
-        );
+        let fields = FrameFields {
+            lsn: Lsn(1),
+            synced_lsn: Lsn(0),
+            term: None,
+            timestamp_us: 0,
+            continues: false,
+        };
+        f.encode(&mut buf, fields, payload);
+        (f, buf)
+    }
+
+    #[test]
+    fn lengths_above_the_limit_are_bad() {
+        let (f, buf) = one_frame(LengthEncoding::U32, &[0u8; 100]);
         assert!(matches!(
             f.decode(&buf, 0, 99),
             Decoded::Bad(CorruptionKind::FrameLength { len: 100 })
@@ -689,20 +692,7 @@ mod tests {
 
     #[test]
     fn an_over_long_uvarint_length_is_bad() {
-        let f = FrameFormat {
-            length: LengthEncoding::Uvarint,
-            checksum: ChecksumKind::Crc32,
-            timestamps: false,
-        };
-        let mut buf = BytesMut::new();
-        let fields = FrameFields {
-            lsn: Lsn(1),
-            synced_lsn: Lsn(0),
-            term: None,
-            timestamp_us: 0,
-            continues: false,
-        };
-        f.encode(&mut buf, fields, b"hello world");
+        let (f, buf) = one_frame(LengthEncoding::Uvarint, b"hello world");
         assert!(matches!(f.decode(&buf, 0, 1 << 20), Decoded::Frame(_)));
         // The same frame with its length (11) spelled in two bytes: the checksum still matches.
         let mut long = vec![buf[0] | 0x80, 0x00];

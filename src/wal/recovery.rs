@@ -408,7 +408,7 @@ async fn load_segment(
 }
 
 /// The alignment of a direct read's offset, length and memory.
-const DIRECT_READ_ALIGN: usize = 4096;
+const DIRECT_READ_ALIGN: usize = segment::DIRECT_BLOCK as usize;
 
 /// Reads a whole segment into `buf`: with `O_DIRECT` where it is whole blocks and the file
 /// system allows it (no copy through the page cache, and the cache is not filled with a log

@@ -48,6 +48,9 @@ use crate::error::{CorruptionKind, Error, Result};
 
 pub(crate) const FORMAT_VERSION: u16 = 1;
 pub(crate) const HEADER_LEN: u64 = 64;
+
+/// The block that direct I/O on segments is aligned to: offsets, lengths and memory.
+pub(crate) const DIRECT_BLOCK: u64 = 4096;
 const SEGMENT_MAGIC: &[u8; 8] = b"RTDWAL\r\n";
 const META_MAGIC: &[u8; 8] = b"RTDMETA\n";
 const CUT_MAGIC: &[u8; 8] = b"RTDCUT\r\n";

@@ -91,6 +91,25 @@ const BUFFER_BYTES: usize = 1 << 20;
 const POOLED_BUFFERS: usize = 2;
 const MAX_POOLED_BYTES: usize = 16 << 20;
 
+/// Keeps `buf`, emptied, in `pool` if nothing else holds it, the pool has fewer than
+/// `max_buffers` and it is at most `max_bytes`: reused memory costs no page faults.
+pub(crate) fn keep_for_reuse(
+    pool: &mut Vec<BytesMut>,
+    buf: Bytes,
+    max_buffers: usize,
+    max_bytes: usize,
+) {
+    if pool.len() >= max_buffers {
+        return;
+    }
+    if let Ok(mut buf) = buf.try_into_mut()
+        && buf.capacity() <= max_bytes
+    {
+        buf.clear();
+        pool.push(buf);
+    }
+}
+
 /// The stage's state, under its lock.
 pub(crate) struct State {
     buf: BytesMut,
@@ -164,15 +183,7 @@ impl State {
     /// Takes back a buffer the writer is done with, if nothing else holds it and it is not too
     /// large to keep.
     pub(crate) fn recycle(&mut self, buf: Bytes) {
-        if self.pool.len() >= POOLED_BUFFERS {
-            return;
-        }
-        if let Ok(mut buf) = buf.try_into_mut()
-            && buf.capacity() <= MAX_POOLED_BYTES
-        {
-            buf.clear();
-            self.pool.push(buf);
-        }
+        keep_for_reuse(&mut self.pool, buf, POOLED_BUFFERS, MAX_POOLED_BYTES);
     }
 
     /// Moves the tail to a new place (after a truncation or a reset): nothing may be staged.

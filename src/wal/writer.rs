@@ -22,17 +22,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-
-use super::batch_io::Party;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use ringtide_platform::File;
 use tokio::sync::{mpsc, oneshot};
 
+use super::batch_io::Party;
 use super::record::Decoded;
-use super::segment::{self, CutRecord, HEADER_LEN, Meta, SegmentHeader};
-use super::stage::Taken;
+use super::segment::{self, CutRecord, DIRECT_BLOCK, HEADER_LEN, Meta, SegmentHeader};
+use super::stage::{self, Taken};
 use super::{Lsn, SegmentIndex, Shared, SyncPolicy};
 use crate::error::{Error, Result};
 
@@ -101,7 +100,7 @@ pub(crate) struct Writer {
     /// The writer task yielded once to a leader whose write is done.
     led_waited: bool,
     /// Writes launched by leaders, and that count when the writer task last looked: while
-    /// leaders launch, the writer task looks every [`LEAD_GRACE`] (see [`InFlight::watch`]).
+    /// leaders launch, the writer task looks every [`LEAD_GRACE`] (see [`InFlight::watched`]).
     leads: u64,
     leads_seen: u64,
     /// The writer task looks again at a deadline; a leader that finds it not looking wakes it.
@@ -135,9 +134,6 @@ const DIRECT_BUF_MAX_BYTES: usize = 16 << 20;
 /// while the disk takes ~2 GB/s of direct writes of a MiB or more. Smaller writes stay buffered,
 /// where a write returns at memory speed and a reader right behind finds the page cache warm.
 const DIRECT_BULK_BYTES: usize = 128 << 10;
-
-/// The block size direct writes are aligned to (offsets, lengths and memory).
-const DIRECT_BLOCK: u64 = 4096;
 
 /// The active segment's direct-write state.
 enum DirectTail {
@@ -338,7 +334,7 @@ enum Next {
     Wait {
         launch_at: Option<tokio::time::Instant>,
         sync_due: Option<tokio::time::Instant>,
-        /// Leaders launch writes: look at them again then (see [`InFlight::watch`]).
+        /// Leaders launch writes: look at them again then (see [`InFlight::watched`]).
         lead_check: Option<tokio::time::Instant>,
         /// A leader's write is done: yield once for the leader to publish it, then look again.
         yield_first: bool,
@@ -420,7 +416,7 @@ pub(crate) async fn lead(writer: &tokio::sync::Mutex<Writer>, shared: &Shared) {
     let Some(io) = launched else {
         return;
     };
-    let handover = Handover {
+    let mut handover = Handover {
         shared,
         armed: true,
     };
@@ -435,10 +431,11 @@ pub(crate) async fn lead(writer: &tokio::sync::Mutex<Writer>, shared: &Shared) {
     if w.in_flight.front().is_some_and(|f| f.io.ptr_eq(&io)) {
         w.complete_front();
     }
-    disarm(handover);
+    handover.armed = false;
 }
 
-/// The leader's part under the writer: the write it submitted, and the writer task's waker.
+/// The leader's part under the writer: takes what is staged and submits it; the write, if it
+/// did.
 fn launch_led(
     writer: &tokio::sync::Mutex<Writer>,
     shared: &Shared,
@@ -487,14 +484,10 @@ fn launch_led(
 }
 
 /// Hands a led write over to the writer task if its leader goes away before publishing it: the
-/// writer task, woken, watches the write (see [`InFlight::watch`]).
+/// writer task, woken, watches the write (see [`InFlight::watched`]).
 struct Handover<'a> {
     shared: &'a Shared,
     armed: bool,
-}
-
-fn disarm(mut handover: Handover<'_>) {
-    handover.armed = false;
 }
 
 impl Drop for Handover<'_> {
@@ -616,7 +609,8 @@ impl Writer {
                 }
                 Decision::Nothing | Decision::Busy | Decision::Window => {}
             }
-            if self.shared.stage.lock().staged_bytes() == 0 {
+            let staged = self.shared.stage.lock().staged_bytes() > 0;
+            if !staged {
                 // Taken by a flush or a leader meanwhile: no window is open.
                 self.launch_at = None;
             }
@@ -631,8 +625,7 @@ impl Writer {
             // the leader had `LEAD_GRACE` to publish it.
             let wake_writer = self.wake_writer.clone();
             let now = tokio::time::Instant::now();
-            let needed = self.shared.stage.lock().staged_bytes() > 0
-                || self.shared.stage.leader_left.swap(false, Ordering::AcqRel);
+            let needed = staged || self.shared.stage.leader_left.swap(false, Ordering::AcqRel);
             let led = self.in_flight.front_mut().filter(|f| f.led).map(|f| {
                 if f.watched || needed || now >= f.launched + LEAD_GRACE {
                     // Polled with the writer task's waker: drives the write, and keeps the
@@ -711,6 +704,7 @@ impl Writer {
             }
         }
     }
+
     /// Waits for every write in flight.
     async fn drain(&mut self) {
         while self.complete_next().await {}
@@ -1229,13 +1223,13 @@ impl Writer {
     /// writer task.
     fn complete(&mut self, res: std::io::Result<()>, mut launched: Launched) {
         self.release(launched.bytes);
-        if let Some(buf) = launched.direct_buf.take()
-            && self.direct_bufs.len() < DIRECT_BUFS
-            && let Ok(mut buf) = buf.try_into_mut()
-            && buf.capacity() <= DIRECT_BUF_MAX_BYTES
-        {
-            buf.clear();
-            self.direct_bufs.push(buf);
+        if let Some(buf) = launched.direct_buf.take() {
+            stage::keep_for_reuse(
+                &mut self.direct_bufs,
+                buf,
+                DIRECT_BUFS,
+                DIRECT_BUF_MAX_BYTES,
+            );
         }
         if launched.direct_refused && self.direct_io {
             tracing::warn!(dir = %self.shared.dir.display(), "wal: the file system refused a direct write; writing buffered from now on");
@@ -1320,8 +1314,7 @@ impl Writer {
     /// segment are written through the page cache, starts an fdatasync of it in the background.
     /// Nothing is published as durable from it; it only gets the page cache written back while
     /// the log goes on, so the sync that a rotation must wait for finds little left to do. Direct
-    /// writes do not count: a sync after them would only flush the disk's cache, which costs a
-    /// bulk writer half its throughput on this machine's virtual disk.
+    /// writes do not count: they leave nothing to write back.
     fn maybe_sync_early(&mut self) {
         if self.early_sync.is_some() || self.shared.options.sync_policy.syncs_each_batch() {
             return;
@@ -1568,13 +1561,19 @@ impl Writer {
         });
         metrics::gauge!("ringtide_wal_segments").set(index.segments.len() as f64);
         drop(index);
-        self.direct = DirectTail::Unknown;
-        self.buffered_unsynced = 0;
-        self.active = Active {
+        self.set_active(Active {
             file,
             write_offset: HEADER_LEN,
             allocated: size,
-        };
+        });
+    }
+
+    /// Makes `active` the segment the log writes to, forgetting what was known of the last one's
+    /// direct writes and write-back.
+    fn set_active(&mut self, active: Active) {
+        self.direct = DirectTail::Unknown;
+        self.buffered_unsynced = 0;
+        self.active = active;
     }
 
     /// A new segment for `header` outside the stage's rotations (a reset): the spare if it is
@@ -1792,13 +1791,11 @@ impl Writer {
             seg.offsets.truncate(keep);
             seg.end = cut;
         }
-        self.direct = DirectTail::Unknown;
-        self.buffered_unsynced = 0;
-        self.active = Active {
+        self.set_active(Active {
             file: cut_segment.file.clone(),
             write_offset: cut,
             allocated: cut_segment.allocated.max(cut + 1),
-        };
+        });
         self.unsynced_entries = 0;
         self.sync_deadline = None;
         self.shared
@@ -1881,13 +1878,11 @@ impl Writer {
             std::mem::replace(&mut index.segments, vec![new])
         };
         self.epoch = epoch;
-        self.direct = DirectTail::Unknown;
-        self.buffered_unsynced = 0;
-        self.active = Active {
+        self.set_active(Active {
             file,
             write_offset: HEADER_LEN,
             allocated: size,
-        };
+        });
         self.unsynced_entries = 0;
         self.sync_deadline = None;
         self.shared
