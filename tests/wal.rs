@@ -31,6 +31,7 @@ both_backends!(
     leftover_temporary_records_are_removed_at_open,
     segments_rotate_and_recover,
     bulk_writes_mixed_with_small_ones_read_back_and_recover,
+    calls_larger_than_a_segment_are_staged_while_small_ones_rotate,
     torn_tails_are_cut_at_every_byte,
     strict_mode_refuses_a_torn_tail,
     damage_before_valid_frames_is_corruption,
@@ -410,6 +411,92 @@ async fn bulk_writes_mixed_with_small_ones_read_back_and_recover(driver: IoDrive
         wal.close().await?;
     }
     Ok(())
+}
+
+/// A call larger than a segment needs a segment made for it. Small appenders that fill their
+/// segments meanwhile must not take that room first (and again each time it is made): each large
+/// call is staged in the segment made for it, within a bound, and everything reads back, in
+/// order, after a reopen.
+async fn calls_larger_than_a_segment_are_staged_while_small_ones_rotate(
+    driver: IoDriver,
+) -> Result<()> {
+    const SMALL_TASKS: u64 = 3;
+    const LARGE_CALLS: u64 = 8;
+    const LARGE_ENTRIES: u64 = 220;
+    let tmp = tempfile::tempdir()?;
+    let o = opts(&driver)
+        .segment_size_bytes(64 << 10)
+        .sync_policy(SyncPolicy::None);
+    let wal = Wal::open(tmp.path(), o.clone()).await?;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut small = Vec::new();
+    for t in 0..SMALL_TASKS {
+        let (wal, done) = (wal.clone(), done.clone());
+        small.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                wal.append(Bytes::from(format!("s{t}:{n}:{}", "x".repeat(90))))
+                    .await?;
+                n += 1;
+                if n.is_multiple_of(64) {
+                    tokio::task::yield_now().await;
+                }
+            }
+            Result::<_, Error>::Ok(n)
+        }));
+    }
+    let mut large = Vec::new();
+    for c in 0..LARGE_CALLS {
+        // ~1 KiB entries: each call is ~3.5 segments.
+        let batch =
+            (0..LARGE_ENTRIES).map(|i| Bytes::from(format!("L{c}:{i}:{}", "y".repeat(1000))));
+        let range = tokio::time::timeout(Duration::from_secs(20), wal.append_batch(batch))
+            .await
+            .expect("a large call gets its room while small calls rotate")?;
+        assert_eq!(range.end.0 - range.start.0, LARGE_ENTRIES);
+        large.push(range);
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut small_counts = Vec::new();
+    for task in small {
+        small_counts.push(task.await.expect("small task")?);
+    }
+    wal.close().await?;
+
+    let wal = Wal::open(tmp.path(), o).await?;
+    let entries = wal.range(..).await?;
+    assert_eq!(
+        entries.len() as u64,
+        LARGE_CALLS * LARGE_ENTRIES + small_counts.iter().sum::<u64>()
+    );
+    let mut next_small = vec![0u64; SMALL_TASKS as usize];
+    for e in &entries {
+        let text = std::str::from_utf8(&e.data).expect("utf-8");
+        let mut parts = text.split(':');
+        let who = parts.next().expect("writer");
+        let seq: u64 = parts.next().expect("seq").parse().expect("number");
+        if let Some(c) = who.strip_prefix('L') {
+            let c: usize = c.parse().expect("call");
+            assert_eq!(
+                e.lsn,
+                Lsn(large[c].start.0 + seq),
+                "large call {c} is contiguous"
+            );
+        } else {
+            let t: usize = who[1..].parse().expect("task");
+            assert_eq!(seq, next_small[t], "task {t}'s appends in order");
+            next_small[t] += 1;
+        }
+    }
+    assert_eq!(next_small, small_counts);
+    eprintln!(
+        "{} large calls of {} entries among {:?} small appends; {} segments",
+        LARGE_CALLS,
+        LARGE_ENTRIES,
+        small_counts,
+        wal.stats().segments
+    );
+    wal.close().await
 }
 
 /// Writes `n` entries and closes; returns the last segment and its frame offsets' region end.

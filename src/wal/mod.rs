@@ -835,21 +835,24 @@ impl Wal {
         // An appender that may lead (see `writer::lead`) wakes the writer task only if it cannot.
         let windowed = matches!(policy, SyncPolicy::Grouped { window } if !window.is_zero());
         let may_lead = durable && !windowed && self.writer.is_some();
+        let call = stage::Call {
+            records,
+            frame_bytes,
+            payload_bytes,
+            sync: durable,
+        };
         let (lsns, ticket) = loop {
-            match stage::stage_call(
-                &self.shared,
-                &records,
-                frame_bytes,
-                payload_bytes,
-                durable,
-                !may_lead,
-            )? {
-                stage::Staged::Done { lsns, ticket } => break (lsns, ticket),
+            match stage::stage_call(&self.shared, &call, !may_lead)? {
+                stage::Staged::Done(placed) => break placed,
                 stage::Staged::Wait(mut changed) => {
                     let _ = changed.changed().await;
                 }
-                stage::Staged::NeedRoom(bytes) => {
-                    self.command(|reply| writer::Command::MakeRoom(bytes, reply))
+                // The writer stages the call where it makes room, so that no later call can
+                // take that room first (a call larger than a segment could otherwise lose its
+                // spare to small ones again and again). Handed over, the call is queued.
+                stage::Staged::NeedRoom => {
+                    break self
+                        .command(|reply| writer::Command::MakeRoom(Box::new(call), reply))
                         .await?;
                 }
             }

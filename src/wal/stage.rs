@@ -50,6 +50,20 @@ impl Records {
     }
 }
 
+/// One append call, encoded sizes included.
+pub(crate) struct Call {
+    pub(crate) records: Records,
+    /// The encoded size of its frames.
+    pub(crate) frame_bytes: u64,
+    /// The size of its entries.
+    pub(crate) payload_bytes: u64,
+    /// It waits for a sync.
+    pub(crate) sync: bool,
+}
+
+/// A staged call: its lsns and its ticket.
+pub(crate) type Placed = (Range<Lsn>, u64);
+
 /// What the writer has done, in tickets.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Progress {
@@ -247,11 +261,11 @@ impl Stage {
 /// What became of an attempt to stage a call.
 pub(crate) enum Staged {
     /// Staged: these lsns, this ticket.
-    Done { lsns: Range<Lsn>, ticket: u64 },
+    Done(Placed),
     /// Not now (maintenance runs, or too many bytes are queued): wait for a change, then retry.
     Wait(watch::Receiver<Progress>),
-    /// No room: the writer must make a segment with room for this many bytes first.
-    NeedRoom(u64),
+    /// No room: the writer is to make a segment with room for the call, and stage it there.
+    NeedRoom,
 }
 
 fn now_micros() -> u64 {
@@ -260,16 +274,8 @@ fn now_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// Tries to stage one call: `frame_bytes` is the encoded size of its frames, `payload_bytes` the
-/// size of its entries; `wake_writer` false if the caller will (see `writer::lead`).
-pub(crate) fn stage_call(
-    shared: &Shared,
-    records: &Records,
-    frame_bytes: u64,
-    payload_bytes: u64,
-    sync: bool,
-    wake_writer: bool,
-) -> Result<Staged> {
+/// Tries to stage one call; `wake_writer` false if the caller will (see `writer::lead`).
+pub(crate) fn stage_call(shared: &Shared, call: &Call, wake_writer: bool) -> Result<Staged> {
     let stage = &shared.stage;
     let mut guard = stage.lock();
     let st = &mut *guard;
@@ -277,6 +283,7 @@ pub(crate) fn stage_call(
         return Err(Error::Closed);
     }
     shared.check_usable()?;
+    let frame_bytes = call.frame_bytes;
     let max_pending = shared.options.max_pending_bytes;
     // Bounds: the bytes queued in all (`max_pending_bytes`), and the stage buffer itself, which
     // the writer takes as one write (`max_batch_bytes`): the producer fills the next buffer
@@ -289,11 +296,40 @@ pub(crate) fn stage_call(
     {
         return Ok(Staged::Wait(stage.progress.subscribe()));
     }
-    // Room: in the tail's segment, or in the spare that becomes the next one.
+    let was_empty = st.buf.is_empty();
+    let Some(placed) = place(shared, st, call) else {
+        return Ok(Staged::NeedRoom);
+    };
+    drop(guard);
+    if wake_writer && (was_empty || call.sync) {
+        stage.wake.notify_one();
+    }
+    Ok(Staged::Done(placed))
+}
+
+/// Stages a call for which the writer just made room, under the same lock that checked the
+/// room (so no other call can take it first); `None` if there is still no room. The bounds on
+/// queued bytes are not looked at again: the call passed them when it asked for room.
+pub(crate) fn stage_made_room(
+    shared: &Shared,
+    st: &mut State,
+    call: &Call,
+) -> Result<Option<Placed>> {
+    if st.closed {
+        return Err(Error::Closed);
+    }
+    shared.check_usable()?;
+    Ok(place(shared, st, call))
+}
+
+/// Gives the call its place: in the tail's segment, or in the spare that becomes the next one;
+/// assigns its lsns, encodes its frames and takes its ticket. `None` if neither has room.
+fn place(shared: &Shared, st: &mut State, call: &Call) -> Option<Placed> {
+    let frame_bytes = call.frame_bytes;
     if st.seg_end + frame_bytes > st.seg_limit {
         if st.seg_end == HEADER_LEN {
             // An empty segment too small for this call: the writer grows it.
-            return Ok(Staged::NeedRoom(frame_bytes));
+            return None;
         }
         match st.spare {
             Some(size) if HEADER_LEN + frame_bytes <= size => {
@@ -307,10 +343,10 @@ pub(crate) fn stage_call(
                 st.seg_end = HEADER_LEN;
                 st.seg_limit = size;
             }
-            _ => return Ok(Staged::NeedRoom(frame_bytes)),
+            _ => return None,
         }
     }
-    let was_empty = st.buf.is_empty();
+    let records = &call.records;
     let format = shared.format;
     let first = st.next_lsn;
     // Every frame records what was durable before it was written (see `record.rs`): read under
@@ -340,22 +376,15 @@ pub(crate) fn stage_call(
     st.next_lsn = Lsn(first.0 + n as u64);
     st.last_ticket += 1;
     st.calls += 1;
-    st.payload_bytes += payload_bytes;
+    st.payload_bytes += call.payload_bytes;
     st.pending_bytes += frame_bytes;
-    st.sync_wanted |= sync;
+    st.sync_wanted |= call.sync;
     let ticket = st.last_ticket;
     let last = st.next_lsn.0 - 1;
     shared
         .appended
         .store(last, std::sync::atomic::Ordering::Release);
-    drop(guard);
-    if wake_writer && (was_empty || sync) {
-        stage.wake.notify_one();
-    }
-    Ok(Staged::Done {
-        lsns: first..Lsn(last + 1),
-        ticket,
-    })
+    Some((first..Lsn(last + 1), ticket))
 }
 
 /// Waits until every entry up to `lsn` that is staged is written, so a reader finds it in the

@@ -19,8 +19,8 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -41,9 +41,9 @@ pub(crate) const QUEUE_COMMANDS: usize = 1024;
 /// What the writer is asked to do besides writing what is staged, in queue order. Each runs
 /// after everything staged before it is written.
 pub(crate) enum Command {
-    /// Make a segment with room for a call of this many bytes (a spare, or the empty active
-    /// segment grown).
-    MakeRoom(u64, oneshot::Sender<Result<()>>),
+    /// Make a segment with room for a call (a spare, or the empty active segment grown), and
+    /// stage the call there.
+    MakeRoom(Box<stage::Call>, oneshot::Sender<Result<stage::Placed>>),
     Sync(oneshot::Sender<Result<Lsn>>),
     TruncateFront(Lsn, oneshot::Sender<Result<()>>),
     TruncateBack(Lsn, oneshot::Sender<Result<()>>),
@@ -773,8 +773,8 @@ impl Writer {
     async fn handle(&mut self, command: Command) {
         match command {
             Command::Close(_) => unreachable!("handled by the run loop"),
-            Command::MakeRoom(bytes, reply) => {
-                let res = self.make_room(bytes).await;
+            Command::MakeRoom(call, reply) => {
+                let res = self.make_room(&call).await;
                 let _ = reply.send(res);
             }
             Command::Sync(reply) => {
@@ -1397,7 +1397,7 @@ impl Writer {
     ) {
         match res {
             Ok(Ok(prepared)) => {
-                self.offer_spare(prepared);
+                drop(self.offer_spare(prepared));
             }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "preparing the next wal segment failed; an append that needs it will try again");
@@ -1410,19 +1410,34 @@ impl Writer {
         }
     }
 
-    /// Makes a ready segment the stage's spare.
-    fn offer_spare(&mut self, prepared: segment::Prepared) {
+    /// Makes a ready segment the stage's spare; gives back the stage, still locked.
+    fn offer_spare(&mut self, prepared: segment::Prepared) -> MutexGuard<'_, stage::State> {
         let size = prepared.size;
         self.spares.push_back(prepared);
         let mut st = self.shared.stage.lock();
         debug_assert!(st.spare.is_none(), "one spare at a time");
         st.spare = Some(size);
+        st
     }
 
-    /// Makes room for a call of `bytes` that fits neither the stage's tail segment nor the
-    /// spare: grows the tail segment if it is empty, else makes a spare large enough.
-    async fn make_room(&mut self, bytes: u64) -> Result<()> {
+    /// Stages a call that fits neither the stage's tail segment nor the spare, making room for
+    /// it first: grows the tail segment if it is empty, else makes a spare large enough.
+    ///
+    /// The call is staged under the lock that offers the room, so a call larger than a segment
+    /// cannot lose the spare made for it to smaller calls that rotate into it first.
+    async fn make_room(&mut self, call: &stage::Call) -> Result<stage::Placed> {
+        loop {
+            if let Some(placed) = self.make_room_once(call).await? {
+                return Ok(placed);
+            }
+        }
+    }
+
+    /// One attempt of `make_room`: `None` if other calls took the room made (only after
+    /// growing the empty tail segment, which they may fill before this call is staged).
+    async fn make_room_once(&mut self, call: &stage::Call) -> Result<Option<stage::Placed>> {
         self.shared.check_usable()?;
+        let bytes = call.frame_bytes;
         // A whole number of blocks, so that the segment can be written directly.
         let needed = (HEADER_LEN + bytes).next_multiple_of(DIRECT_BLOCK);
         // A preparation in flight: its result first.
@@ -1430,26 +1445,27 @@ impl Writer {
             let res = handle.await;
             self.prepared(res);
         }
-        let (fits, grow, small) = {
+        let (grow, small) = {
             let mut st = self.shared.stage.lock();
-            let fits = st.seg_end + bytes <= st.seg_limit || st.spare.is_some_and(|s| s >= needed);
+            if let Some(placed) = stage::stage_made_room(&self.shared, &mut st, call)? {
+                return Ok(Some(placed));
+            }
             let grow = st.seg_end == HEADER_LEN;
             // A spare too small for this call is given up; a larger one is made below.
-            let small = if !fits && !grow && st.spare.take().is_some() {
+            let small = if !grow && st.spare.take().is_some() {
                 self.spares.pop_back()
             } else {
                 None
             };
-            (fits, grow, small)
+            (grow, small)
         };
-        if fits {
-            return Ok(());
-        }
         if let Some(small) = small {
             self.remove_prepared(small).await;
         }
         if grow {
-            return self.grow_active(needed).await;
+            self.grow_active(needed).await?;
+            let mut st = self.shared.stage.lock();
+            return stage::stage_made_room(&self.shared, &mut st, call);
         }
         self.prepare_seq += 1;
         let name = format!("next-{:06}", self.prepare_seq);
@@ -1466,8 +1482,9 @@ impl Writer {
         {
             Ok(prepared) => {
                 self.prepare_failed = false;
-                self.offer_spare(prepared);
-                Ok(())
+                let shared = self.shared.clone();
+                let mut st = self.offer_spare(prepared);
+                stage::stage_made_room(&shared, &mut st, call)
             }
             Err(e @ Error::DiskFull { .. }) => {
                 tracing::warn!(dir = %self.shared.dir.display(), "disk full: no room for a new wal segment");
@@ -1938,8 +1955,8 @@ impl Writer {
 fn refuse(command: Command, err: &Error) {
     match command {
         Command::Sync(reply) => drop(reply.send(Err(error_for_waiter(err)))),
-        Command::MakeRoom(_, reply)
-        | Command::TruncateFront(_, reply)
+        Command::MakeRoom(_, reply) => drop(reply.send(Err(error_for_waiter(err)))),
+        Command::TruncateFront(_, reply)
         | Command::TruncateBack(_, reply)
         | Command::Reset(_, reply)
         | Command::Close(reply) => drop(reply.send(Err(error_for_waiter(err)))),
