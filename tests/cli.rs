@@ -79,6 +79,30 @@ async fn the_command_inspects_dumps_verifies_and_truncates() -> ringtide::Result
     bytes[200] ^= 0xff;
     std::fs::write(&first, &bytes)?;
 
+    // Stray bytes past the last frame (what a crash leaves of an unsynced write): a torn tail,
+    // reported, exit code 1; an open for writing cuts it.
+    let last = std::fs::read_dir(&dir)?
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .max()
+        .unwrap();
+    let mut bytes = std::fs::read(&last)?;
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    bytes[end + 1..end + 9].copy_from_slice(b"torn!!!!");
+    std::fs::write(&last, &bytes)?;
+    let (ok, out, _) = ringtide(&["wal", "verify", d]);
+    assert!(!ok, "verify must fail on a torn tail: {out}");
+    assert!(
+        out.contains("301 entries") && out.contains("torn tail in"),
+        "{out}"
+    );
+    Wal::open(&dir, WalOptions::default())
+        .await?
+        .close()
+        .await?;
+    let (ok, out, _) = ringtide(&["wal", "verify", d]);
+    assert!(ok && !out.contains("torn"), "{out}");
+
     let (ok, out, _) = ringtide(&["wal", "truncate-back", d, "250"]);
     assert!(ok, "{out}");
     let (ok, out, _) = ringtide(&["wal", "truncate-front", d, "10"]);

@@ -809,6 +809,27 @@ async fn streams_read_everything_and_tails_follow(driver: IoDriver) -> Result<()
         Some(Err(Error::OutOfRange { .. }))
     ));
     assert!(bad.next().await.is_none());
+    // Past the end + 1: it would skip entries not yet written.
+    for from in [Lsn(1002), Lsn(5000)] {
+        let mut past = wal.stream(from);
+        match past.next().await {
+            Some(Err(Error::OutOfRange { lsn, first, last })) => {
+                assert_eq!((lsn, first, last), (from, Lsn(1), Lsn(1000)));
+            }
+            other => panic!("stream from {from}: {other:?}"),
+        }
+        assert!(past.next().await.is_none());
+        let mut past = wal.tail(from);
+        assert!(matches!(
+            past.next().await,
+            Some(Err(Error::OutOfRange { .. }))
+        ));
+    }
+    // At the end + 1: nothing yet, and no error.
+    assert!(wal.stream(Lsn(1001)).next().await.is_none());
+    // A tail that has not yielded everything when the log closes says so.
+    let mut behind = Box::pin(wal.tail(Lsn(1)));
+    assert_eq!(behind.next().await.expect("entry")?.lsn, Lsn(1));
 
     let mut tail = Box::pin(wal.tail(Lsn(998)));
     for want in 998..=1000 {
@@ -832,12 +853,27 @@ async fn streams_read_everything_and_tails_follow(driver: IoDriver) -> Result<()
         assert_eq!((e.lsn, e.data), (Lsn(want), payload(want)));
     }
     writer.await.expect("task")?;
+    // Complete: it ends.
     assert!(
         tokio::time::timeout(Duration::from_secs(5), tail.next())
             .await
             .expect("tail ends")
             .is_none()
     );
+    // Behind: what it had read ahead, then `Closed` (not a silent end), then the end.
+    let mut last = Lsn(1);
+    let end = loop {
+        match behind.next().await {
+            Some(Ok(e)) => {
+                assert_eq!(e.lsn, last.next());
+                last = e.lsn;
+            }
+            other => break other,
+        }
+    };
+    assert!(last < Lsn(1010), "read {last}");
+    assert!(matches!(end, Some(Err(Error::Closed))), "{end:?}");
+    assert!(behind.next().await.is_none());
     Ok(())
 }
 

@@ -56,7 +56,9 @@ enum WalCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Checks every header and every frame's checksum; exit code 0 if all are sound, 1 if not.
+    /// Checks every header and every frame's checksum; exit code 0 if all are sound, 1 if not
+    /// (a torn tail too: what a crash left of writes never acknowledged as durable, which the
+    /// next open for writing cuts).
     Verify {
         /// The log directory.
         dir: PathBuf,
@@ -201,20 +203,23 @@ async fn verify(dir: PathBuf) -> ringtide::Result<bool> {
     }
     bar.finish_and_clear();
     let stats = wal.stats();
-    println!(
-        "{}: {seen} entries in {} segments, lsns {first}..={last}, every checksum sound",
-        dir.display(),
-        stats.segments
-    );
-    if let Some(t) = stats.torn_tail {
-        println!(
-            "torn tail in {} at offset {} ({} bytes): unacknowledged data, cut at the next open for writing",
+    match &stats.torn_tail {
+        None => println!(
+            "{}: {seen} entries in {} segments, lsns {first}..={last}, every checksum sound",
+            dir.display(),
+            stats.segments
+        ),
+        // Not every checksum is sound: say where, and what recovery makes of it.
+        Some(t) => println!(
+            "{}: {seen} entries in {} segments, lsns {first}..={last} sound; then a torn tail in {} at offset {} ({} bytes): data never acknowledged as durable, cut at the next open for writing",
+            dir.display(),
+            stats.segments,
             t.file.display(),
             t.offset,
             t.bytes
-        );
+        ),
     }
-    Ok(seen == total)
+    Ok(seen == total && stats.torn_tail.is_none())
 }
 
 async fn truncate(dir: PathBuf, lsn: u64, front: bool) -> ringtide::Result<()> {

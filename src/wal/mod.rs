@@ -987,8 +987,10 @@ impl Wal {
     /// Reads forward from `from` to the entries written so far, in chunks of up to 4 MiB.
     /// Dropping the stream stops it.
     ///
-    /// The stream yields [`Error::OutOfRange`] first if `from` is below the log's start (or
-    /// past its end + 1), and an error for any damaged frame it meets, then ends.
+    /// The stream yields [`Error::OutOfRange`] first if `from` is below the log's start or past
+    /// its end + 1 when first polled, and an error for any damaged frame it meets, then ends.
+    /// If the log is closed before the stream has yielded what it was to yield, it yields
+    /// [`Error::Closed`] and ends.
     pub fn stream(&self, from: Lsn) -> EntryStream {
         EntryStream {
             inner: Box::pin(reader::stream(
@@ -1000,8 +1002,12 @@ impl Wal {
     }
 
     /// Like [`stream`](Self::stream), but follows the log: after the entries written so far it
-    /// waits for new durable entries and yields them as they arrive (a change feed). It ends when
-    /// the log is closed or dropped.
+    /// waits for new durable entries and yields them as they arrive (a change feed).
+    ///
+    /// When the log is closed, a tail that has yielded every entry durable at the close ends
+    /// (`None`). A tail still behind yields [`Error::Closed`] instead, then ends: a change feed
+    /// can tell being complete from being cut off, and resume after its last lsn on a reopened
+    /// log.
     pub fn tail(&self, from: Lsn) -> EntryStream {
         EntryStream {
             inner: Box::pin(reader::stream(
@@ -1097,7 +1103,8 @@ impl Wal {
     }
 
     /// Flushes and syncs everything written, waits for in-flight work, and releases the directory
-    /// lock. Every later call on any clone fails with [`Error::Closed`]; streams end.
+    /// lock. Every later call on any clone fails with [`Error::Closed`]; streams and tails
+    /// end (see [`tail`](Self::tail)).
     ///
     /// # Errors
     ///

@@ -190,6 +190,8 @@ struct StreamState {
     durable: tokio::sync::watch::Receiver<u64>,
     /// `Shared::cuts` when the stream last looked.
     cuts_seen: u64,
+    /// The start was checked against the log's end (at the first poll).
+    started: bool,
     done: bool,
 }
 
@@ -207,6 +209,7 @@ pub(crate) fn stream(
         follow,
         durable,
         cuts_seen,
+        started: false,
         done: false,
     };
     futures::stream::unfold(state, |mut st| async move {
@@ -216,6 +219,21 @@ pub(crate) fn stream(
             }
             if st.done {
                 return None;
+            }
+            // A start past the end + 1 would skip entries not yet written: refused, as by `read`.
+            // (A start below the log's first lsn is refused by the first read.)
+            if !st.started {
+                st.started = true;
+                let last = st.shared.last_lsn();
+                if st.next > last.next() {
+                    st.done = true;
+                    let err = Error::OutOfRange {
+                        lsn: st.next,
+                        first: st.shared.first_lsn(),
+                        last,
+                    };
+                    return Some((Err(err), st));
+                }
             }
             // The log was cut below this stream's position (truncate_back, reset): what follows
             // would be another history, so the stream ends with an error instead.
@@ -244,7 +262,14 @@ pub(crate) fn stream(
                     Follow::No => return None,
                     Follow::Durable => {
                         if st.shared.closed.load(std::sync::atomic::Ordering::Acquire) {
-                            return None;
+                            // `close` publishes its last sync before it marks the log closed:
+                            // a tail that has yielded all of it is complete and ends. One
+                            // behind goes on to read, which fails with `Closed`.
+                            let end = (*st.durable.borrow()).min(st.shared.last_lsn().0);
+                            if st.next.0 > end {
+                                return None;
+                            }
+                            continue;
                         }
                         if st.durable.changed().await.is_err() {
                             return None;
@@ -258,7 +283,6 @@ pub(crate) fn stream(
                     st.next = entries.last().map_or(st.next, |e| e.lsn.next());
                     st.buffered.extend(entries);
                 }
-                Err(Error::Closed) => return None,
                 Err(err) => {
                     st.done = true;
                     return Some((Err(err), st));
