@@ -35,6 +35,7 @@ both_backends!(
     torn_tails_are_cut_at_every_byte,
     strict_mode_refuses_a_torn_tail,
     damage_before_valid_frames_is_corruption,
+    a_clean_close_lets_recovery_tell_damage_from_a_torn_tail,
     truncate_front_back_and_reset_survive_reopen,
     truncate_back_inside_a_batch_keeps_the_prefix,
     log_transactions_commit_roll_back_and_expire,
@@ -499,14 +500,33 @@ async fn calls_larger_than_a_segment_are_staged_while_small_ones_rotate(
     wal.close().await
 }
 
-/// Writes `n` entries and closes; returns the last segment and its frame offsets' region end.
+/// Writes `n` entries and closes, then removes the seal `close` writes after the last entry, so
+/// that the files are as a crash after the last append leaves them; returns the last segment.
 async fn small_log(driver: &IoDriver, dir: &Path, n: u64) -> Result<PathBuf> {
     let wal = Wal::open(dir, opts(driver)).await?;
     for i in 1..=n {
         wal.append(payload(i)).await?;
     }
     wal.close().await?;
-    Ok(segments(dir).pop().expect("a segment"))
+    let seg = segments(dir).pop().expect("a segment");
+    remove_seal(driver, dir, &seg).await?;
+    Ok(seg)
+}
+
+/// Zeroes what follows the last entry of `seg`, the last segment of the closed log in `dir`.
+async fn remove_seal(driver: &IoDriver, dir: &Path, seg: &Path) -> Result<()> {
+    let wal = Wal::open_read_only(dir, opts(driver)).await?;
+    let info = wal.segments().pop().expect("a segment");
+    assert_eq!(info.path, seg);
+    wal.close().await?;
+    let end = data_end(seg);
+    assert!(end > info.data_bytes, "close wrote a seal");
+    let f = std::fs::OpenOptions::new().write(true).open(seg)?;
+    f.write_all_at(
+        &vec![0u8; (end - info.data_bytes) as usize],
+        info.data_bytes,
+    )?;
+    Ok(())
 }
 
 fn data_end(path: &Path) -> u64 {
@@ -605,6 +625,90 @@ async fn strict_mode_refuses_a_torn_tail(driver: IoDriver) -> Result<()> {
     let wal = Wal::open(tmp.path(), opts(&driver)).await?;
     assert_eq!(wal.last_lsn(), Lsn(4));
     wal.close().await
+}
+
+/// Entries of the last sync before `close` have no later frame to vouch that they were durable;
+/// the seal `close` writes does. Damage to them, whether valid frames follow or not, is then
+/// corruption under both recovery modes, never a torn tail to cut. Without the seal (as a crash
+/// leaves the files) the same damage cannot be told from a torn write, and is cut.
+async fn a_clean_close_lets_recovery_tell_damage_from_a_torn_tail(driver: IoDriver) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    for policy in [SyncPolicy::None, SyncPolicy::Immediate] {
+        let master = tmp.path().join(format!("{policy:?}"));
+        let o = opts(&driver).sync_policy(policy);
+        let wal = Wal::open(&master, o.clone()).await?;
+        // Under `None` nothing is synced before `close`; under `Immediate` the last append is
+        // the last sync, and each earlier one is vouched for by the frames after it.
+        for i in 1..=10 {
+            wal.append(payload(i)).await?;
+        }
+        wal.close().await?;
+        let seg = segments(&master).pop().expect("a segment");
+        let original = std::fs::read(&seg)?;
+        // The last occurrence: an entry's payload may also be part of an earlier one's.
+        let at = |lsn: u64| {
+            let p = payload(lsn);
+            original
+                .windows(p.len())
+                .rposition(|w| w == &p[..])
+                .expect("payload in the file")
+        };
+        for (lsn, sealed) in [(5, true), (10, true), (5, false), (10, false)] {
+            let dir = tmp.path().join(format!("{policy:?}-{lsn}-{sealed}"));
+            std::fs::create_dir_all(&dir)?;
+            std::fs::copy(master.join("wal.meta"), dir.join("wal.meta"))?;
+            let copy = dir.join(seg.file_name().unwrap());
+            std::fs::write(&copy, &original)?;
+            if !sealed {
+                remove_seal(&driver, &dir, &copy).await?;
+            }
+            let mut bytes = std::fs::read(&copy)?;
+            bytes[at(lsn)] ^= 0x40;
+            std::fs::write(&copy, &bytes)?;
+            let vouched_without_seal = policy == SyncPolicy::Immediate && lsn < 10;
+            if sealed || vouched_without_seal {
+                for mode in [RecoveryMode::TolerateTornTail, RecoveryMode::Strict] {
+                    match Wal::open(&dir, o.clone().recovery_mode(mode)).await {
+                        Err(Error::Corruption { file, kind, .. }) => {
+                            assert_eq!(file, copy);
+                            assert!(
+                                matches!(kind, CorruptionKind::DamageBeforeValidData { .. }),
+                                "{policy:?} lsn {lsn} {mode:?}: {kind:?}"
+                            );
+                        }
+                        other => panic!("{policy:?} lsn {lsn} {mode:?}: {other:?}"),
+                    }
+                }
+                if !sealed {
+                    continue;
+                }
+                // Nothing was cut: with the byte back, every entry is there.
+                std::fs::write(&copy, &original)?;
+                let wal = Wal::open(&dir, o.clone()).await?;
+                assert_eq!(wal.last_lsn(), Lsn(10));
+                assert!(wal.stats().torn_tail.is_none());
+                check_all(&wal, payload).await?;
+                // The next append overwrites the seal; the log reopens with both.
+                assert_eq!(wal.append(payload(11)).await?, Lsn(11));
+                wal.close().await?;
+                let wal = Wal::open(&dir, o.clone()).await?;
+                assert_eq!(wal.last_lsn(), Lsn(11));
+                assert!(wal.stats().torn_tail.is_none());
+                check_all(&wal, payload).await?;
+                wal.close().await?;
+            } else {
+                let wal = Wal::open(&dir, o.clone()).await?;
+                assert_eq!(
+                    wal.last_lsn(),
+                    Lsn(lsn - 1),
+                    "{policy:?}: cut as a torn tail"
+                );
+                assert!(wal.stats().torn_tail.is_some());
+                wal.close().await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn damage_before_valid_frames_is_corruption(driver: IoDriver) -> Result<()> {

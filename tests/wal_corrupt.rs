@@ -106,6 +106,10 @@ fn frames(seg: &[u8]) -> Vec<Frame> {
     while pos + 17 <= seg.len() && seg[pos..pos + 17].iter().any(|&b| b != 0) {
         let len = u32::from_le_bytes(seg[pos..pos + 4].try_into().unwrap()) as usize;
         let flags = seg[pos + 8];
+        if flags & 4 != 0 {
+            // The seal a clean close writes after the last entry: not an entry.
+            break;
+        }
         let lsn = u64::from_le_bytes(seg[pos + 9..pos + 17].try_into().unwrap());
         let end = pos + 21 + if flags & 1 != 0 { 8 } else { 0 } + len;
         out.push(Frame {
@@ -425,6 +429,15 @@ async fn write_log(driver: &IoDriver, dir: &Path) -> Result<Vec<Record>> {
     assert_eq!(wal.append(tail(i + 2)).await?, Lsn(i + 2));
     written.push(tail(i + 2));
     wal.close().await?;
+    // The files as a crash right after the last append leaves them: without the seal that
+    // `close` writes after the last entry (what it changes is tested in `tests/wal.rs`).
+    let last = segments(dir).pop().expect("a segment");
+    edit(&last, |b| {
+        let end = frames(b).last().expect("frames").end;
+        let seal_end = nonzero_end(b);
+        assert!(seal_end > end, "close wrote a seal");
+        b[end..seal_end].fill(0);
+    });
     Ok(written)
 }
 
@@ -1348,7 +1361,12 @@ async fn bug_1_body(driver: IoDriver) -> Result<()> {
     let seg = dir.join(FIXTURE_SEGMENT);
     let f = frames(&std::fs::read(&seg)?);
     let (lost, end) = (f[5], f[7].end);
-    edit(&seg, |b| b[lost.start..lost.end].fill(0));
+    // As a crash leaves it: no seal after the last entry, and lsn 6 lost.
+    edit(&seg, |b| {
+        let seal_end = nonzero_end(b);
+        b[end..seal_end].fill(0);
+        b[lost.start..lost.end].fill(0);
+    });
 
     let mut found = Vec::new();
     match Wal::open(dir, opts(&driver, RecoveryMode::Strict)).await {

@@ -126,6 +126,7 @@ fn walk_frames(format: FrameFormat, buf: &[u8]) {
         check_decoded(format, buf, pos, &decoded);
         check_decode_cut(format, buf, pos, &decoded);
         match decoded {
+            Decoded::Frame(frame) if frame.seal && frame.lsn == expected => break false,
             Decoded::Frame(frame) if frame.lsn == expected => {
                 pos += frame.len;
                 expected = expected.next();

@@ -98,7 +98,7 @@ async fn read_span(shared: &Shared, span: Span, out: &mut Vec<Entry>) -> Result<
     for i in 0..span.count {
         let expected = Lsn(span.first.0 + i as u64);
         match shared.format.decode(&buf, pos, ACCEPT_MAX_PAYLOAD) {
-            Decoded::Frame(frame) if frame.lsn == expected => {
+            Decoded::Frame(frame) if frame.lsn == expected && !frame.seal => {
                 out.push(Entry {
                     lsn: frame.lsn,
                     term: frame.term,

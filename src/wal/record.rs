@@ -4,7 +4,8 @@
 //! field       size            meaning
 //! length      2/4/8/1..10     payload length (u16, u32 or u64 little endian, or uvarint)
 //! checksum    4 or 8          crc32 or crc64 (the log's choice) of every byte after it
-//! flags       1               bit 0: a term follows; bit 1: the batch continues in the next frame
+//! flags       1               bit 0: a term follows; bit 1: the batch continues in the next frame;
+//!                             bit 2: a seal, not an entry (see below)
 //! lsn         8               the entry's sequence number, u64 little endian
 //! synced      4               lsn minus the log's durable lsn when the frame was written, u32 LE,
 //!                             clamped to u32::MAX (so never claiming more durability than real)
@@ -23,6 +24,12 @@
 //! whose synced lsn is at least L hit durable data: corruption. If every later frame's synced lsn
 //! is below L, the damage and those frames are unsynced writes that reached the disk out of
 //! order: a torn tail.
+//!
+//! No frame after them vouches for the entries of the last sync, though. So `close`, after its
+//! last sync, writes a seal where the next entry would go: a frame with flag bit 2, the next
+//! lsn, its synced lsn the last one, no term and no payload. Recovery ends the segment's entries
+//! at it, and it vouches for everything before it; the next append overwrites it (an entry's
+//! frame is never shorter).
 
 use bytes::{BufMut, BytesMut};
 
@@ -34,7 +41,9 @@ const FLAG_TERM: u8 = 1;
 /// Flag: the next frame belongs to the same atomic batch; the batch's last frame has it clear
 /// and serves as its commit marker.
 const FLAG_CONTINUES: u8 = 2;
-const KNOWN_FLAGS: u8 = FLAG_TERM | FLAG_CONTINUES;
+/// Flag: a seal, not an entry (see the module documentation).
+const FLAG_SEAL: u8 = 4;
+const KNOWN_FLAGS: u8 = FLAG_TERM | FLAG_CONTINUES | FLAG_SEAL;
 
 /// The per-log parameters of the frame layout, read from each segment's header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +62,8 @@ pub(crate) struct FrameRef {
     pub(crate) term: Option<u64>,
     pub(crate) timestamp_us: Option<u64>,
     pub(crate) continues: bool,
+    /// A seal, not an entry: everything before its lsn was durable.
+    pub(crate) seal: bool,
     pub(crate) payload: std::ops::Range<usize>,
     /// Bytes from the frame's start to its end.
     pub(crate) len: usize,
@@ -275,6 +286,12 @@ impl FrameFormat {
             });
         }
         let has_term = flags & FLAG_TERM != 0;
+        let seal = flags & FLAG_SEAL != 0;
+        if seal && (has_term || flags & FLAG_CONTINUES != 0 || len != 0) {
+            return Decoded::Bad(CorruptionKind::BadHeader {
+                field: "frame flags",
+            });
+        }
         let extra = 4 + if has_term { 8 } else { 0 } + if self.timestamps { 8 } else { 0 };
         let Some(total) = (fixed as u64 + extra as u64)
             .checked_add(len)
@@ -342,6 +359,7 @@ impl FrameFormat {
             term,
             timestamp_us,
             continues: flags & FLAG_CONTINUES != 0,
+            seal,
             payload: payload_start..payload_start + len as usize,
             len: total,
         })
@@ -458,6 +476,22 @@ impl FrameFormat {
         }
     }
 
+    /// Appends a seal for a log whose entries up to `next - 1` are all durable.
+    pub(crate) fn encode_seal(&self, out: &mut BytesMut, next: Lsn) {
+        let start = out.len();
+        let fields = FrameFields {
+            lsn: next,
+            synced_lsn: Lsn(next.0 - 1),
+            term: None,
+            timestamp_us: 0,
+            continues: false,
+        };
+        self.encode(out, fields, &[]);
+        let len_bytes = self.length_len(0);
+        out[start + len_bytes + self.checksum_len()] |= FLAG_SEAL;
+        self.store_checksum(&mut out[start..], len_bytes);
+    }
+
     /// Rewrites the flags of the frame at the start of `frame` (a whole encoded frame) to clear
     /// the "batch continues" bit, and recomputes its checksum. Used when the log is cut inside a
     /// batch, so that the kept part ends with a commit marker.
@@ -483,6 +517,46 @@ impl FrameFormat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seal_decodes_as_one_and_only_bare() {
+        for f in formats() {
+            let mut buf = BytesMut::new();
+            f.encode_seal(&mut buf, Lsn(42));
+            let Decoded::Frame(seal) = f.decode(&buf, 0, u64::MAX) else {
+                panic!("{f:?}: the seal does not decode");
+            };
+            assert!(seal.seal && !seal.continues && seal.term.is_none(), "{f:?}");
+            assert_eq!(
+                (seal.lsn, seal.synced_lsn, seal.len),
+                (Lsn(42), Lsn(41), buf.len())
+            );
+            assert_eq!(buf.len(), f.frame_len(0, false));
+            // The seal flag on anything but a bare frame is refused, even with a valid checksum.
+            for (term, continues, payload) in [
+                (Some(7), false, &b""[..]),
+                (None, true, &b""[..]),
+                (None, false, &b"x"[..]),
+            ] {
+                let mut buf = BytesMut::new();
+                let fields = FrameFields {
+                    lsn: Lsn(42),
+                    synced_lsn: Lsn(41),
+                    term,
+                    timestamp_us: 0,
+                    continues,
+                };
+                f.encode(&mut buf, fields, payload);
+                let len_bytes = f.length_len(payload.len() as u64);
+                buf[len_bytes + f.checksum_len()] |= FLAG_SEAL;
+                f.store_checksum(&mut buf, len_bytes);
+                assert!(
+                    matches!(f.decode(&buf, 0, u64::MAX), Decoded::Bad(_)),
+                    "{f:?}"
+                );
+            }
+        }
+    }
 
     fn formats() -> Vec<FrameFormat> {
         let mut out = Vec::new();

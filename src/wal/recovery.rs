@@ -512,6 +512,8 @@ async fn scan_segment(
     let mut bad: Option<(usize, CorruptionKind)> = None;
     let mut cut_frame: Option<(usize, Vec<u8>)> = None;
     let mut cut_applied = false;
+    // Where the seal a clean close wrote ends, if the entries end at one.
+    let mut sealed_end: Option<usize> = None;
     loop {
         if cut.is_some_and(|c| expected > c) {
             // An interrupted `truncate_back` ends the log before this frame: whatever is left
@@ -523,7 +525,7 @@ async fn scan_segment(
             && pos <= u32::MAX as usize
             && let Some((frame, bytes)) = format
                 .decode_cut(buf, pos, ACCEPT_MAX_PAYLOAD)
-                .filter(|(f, _)| f.lsn == expected)
+                .filter(|(f, _)| f.lsn == expected && !f.seal)
         {
             // The last frame kept by an interrupted `truncate_back`, which may have been
             // rewriting it to end its batch: it ends the log, whatever of the rewrite landed.
@@ -536,6 +538,14 @@ async fn scan_segment(
             break;
         }
         match format.decode(buf, pos, ACCEPT_MAX_PAYLOAD) {
+            // A clean close's seal: the entries end here. (After an unfinished batch it is
+            // found below as a valid frame vouching for lost data: corruption.)
+            Decoded::Frame(frame) if frame.seal && frame.lsn == expected => {
+                if committed == offsets.len() {
+                    sealed_end = Some(pos + frame.len);
+                }
+                break;
+            }
             Decoded::Frame(frame) if frame.lsn == expected && pos <= u32::MAX as usize => {
                 offsets.push(pos as u32);
                 pos += frame.len;
@@ -616,7 +626,7 @@ async fn scan_segment(
             && bad.is_none()
             && !incomplete
             && buf
-                .get(committed_end..)
+                .get(sealed_end.unwrap_or(committed_end)..)
                 .is_some_and(|rest| first_nonzero(rest).is_some());
         if bad.is_some() || incomplete || stray {
             let (at, kind) = match bad {

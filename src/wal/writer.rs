@@ -1914,6 +1914,28 @@ impl Writer {
         Ok(())
     }
 
+    /// Writes a seal after the last entry, once everything is durable: recovery then knows the
+    /// last sync's entries were durable too, and calls damage to them corruption rather than a
+    /// torn tail (see `record.rs`). Only a hint: if it cannot be written, recovery knows less.
+    async fn seal(&mut self) {
+        let next = self.next_lsn();
+        debug_assert_eq!(self.shared.durable_lsn(), Lsn(next.0 - 1));
+        let mut seal = BytesMut::new();
+        self.shared.format.encode_seal(&mut seal, next);
+        let at = self.active.write_offset;
+        if at + seal.len() as u64 > self.active.allocated {
+            return;
+        }
+        let (res, _) = self
+            .active
+            .file
+            .writev_dsync_at(vec![seal.freeze()], at)
+            .await;
+        if let Err(e) = res {
+            tracing::warn!(dir = %self.shared.dir.display(), error = %e, "wal: the seal after the last entry could not be written; a later recovery cannot vouch for the last sync's entries");
+        }
+    }
+
     /// Syncs what is written, marks the log closed, releases the lock and wakes every tail.
     async fn close(&mut self) -> Result<()> {
         // Appends fail from here; what is staged is written.
@@ -1929,6 +1951,9 @@ impl Writer {
             None if self.shared.written_lsn() > self.shared.durable_lsn() => self.sync_now().await,
             None => Ok(()),
         };
+        if synced.is_ok() {
+            self.seal().await;
+        }
         self.shared.closed.store(true, Ordering::Release);
         self.shared.stage.notify_waiters();
         let lock = self
