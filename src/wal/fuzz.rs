@@ -295,17 +295,21 @@ fn check_frame(format: FrameFormat, buf: &[u8], at: usize, frame: &super::record
 
     // Re-encode the decoded fields.
     let mut encoded = BytesMut::new();
-    format.encode(
-        &mut encoded,
-        FrameFields {
-            lsn: frame.lsn,
-            synced_lsn: frame.synced_lsn,
-            term: frame.term,
-            timestamp_us: frame.timestamp_us.unwrap_or(0),
-            continues: frame.continues,
-        },
-        payload,
-    );
+    if frame.seal {
+        format.encode_seal(&mut encoded, frame.lsn);
+    } else {
+        format.encode(
+            &mut encoded,
+            FrameFields {
+                lsn: frame.lsn,
+                synced_lsn: frame.synced_lsn,
+                term: frame.term,
+                timestamp_us: frame.timestamp_us.unwrap_or(0),
+                continues: frame.continues,
+            },
+            payload,
+        );
+    }
     // A uvarint length may be written with redundant continuation bytes: the decoder accepts
     // that, the encoder writes the shortest form, and the rest of the frame is the same.
     assert!(

@@ -27,7 +27,8 @@
 //!
 //! No frame after them vouches for the entries of the last sync, though. So `close`, after its
 //! last sync, writes a seal where the next entry would go: a frame with flag bit 2, the next
-//! lsn, its synced lsn the last one, no term and no payload. Recovery ends the segment's entries
+//! lsn, its synced lsn the last one, no term, no payload and a zero timestamp (any other seal
+//! is refused). Recovery ends the segment's entries
 //! at it, and it vouches for everything before it; the next append overwrites it (an entry's
 //! frame is never shorter).
 
@@ -352,6 +353,12 @@ impl FrameFormat {
         } else {
             None
         };
+        // A seal is written one way only (see `encode_seal`).
+        if seal && (back != 1 || timestamp_us.is_some_and(|t| t != 0)) {
+            return Decoded::Bad(CorruptionKind::BadHeader {
+                field: "frame flags",
+            });
+        }
         let payload_start = at + checksum_at + self.checksum_len() + pos;
         Decoded::Frame(FrameRef {
             lsn,
