@@ -12,10 +12,34 @@
 //!
 //! The on-disk format is described in `docs/design.md` and, field by field, in
 //! [`record`](self) and `segment.rs`.
+//!
+//! # Metrics
+//!
+//! Each log reports through the [`metrics`](https://docs.rs/metrics) facade, every series with the
+//! label `dir` (the log's directory), so that several logs in one process stay apart; with no
+//! recorder installed this costs nothing. The series are registered when the log is opened: install
+//! the recorder before. [`Wal::stats`] gives the same counts for one handle.
+//!
+//! | name | kind | what |
+//! |---|---|---|
+//! | `ringtide_wal_appends_total` | counter | entries written |
+//! | `ringtide_wal_appended_bytes_total` | counter | their payload bytes |
+//! | `ringtide_wal_batches_total` | counter | write submissions |
+//! | `ringtide_wal_batch_entries` | histogram | entries per write submission |
+//! | `ringtide_wal_syncs_total` | counter | syncs (an fdatasync, or a write with `RWF_DSYNC`) |
+//! | `ringtide_wal_sync_seconds` | histogram | time of a write that syncs, or of a sync |
+//! | `ringtide_wal_segments` | gauge | segment files |
+//! | `ringtide_wal_disk_bytes` | gauge | bytes the segment files take on disk |
+//! | `ringtide_wal_recoveries_total` | counter | opens (each recovers the log) |
+//! | `ringtide_wal_recovered_entries_total` | counter | entries found by those recoveries |
+//! | `ringtide_wal_torn_tails_total` | counter | torn tails found (and cut, by a writable open) |
+//! | `ringtide_wal_torn_tail_bytes_total` | counter | their bytes |
+//! | `ringtide_wal_poisoned_total` | counter | a write or sync failed and poisoned the log |
 
 #[doc(hidden)]
 mod batch_io;
 pub mod fuzz;
+mod observe;
 mod reader;
 mod record;
 mod recovery;
@@ -467,7 +491,7 @@ pub struct WalStats {
     pub disk_bytes: u64,
     /// Segments read by recovery at open.
     pub recovered_segments: u64,
-    /// Entries found by recovery at open.
+    /// Entries in the log when recovery at open ended (frames below its first lsn not counted).
     pub recovered_entries: u64,
     /// The torn tail cut by recovery at open, if any.
     pub torn_tail: Option<TornTail>,
@@ -537,6 +561,8 @@ struct Shared {
     poisoned: OnceLock<Arc<std::io::Error>>,
     closed: AtomicBool,
     counters: Counters,
+    /// Where the log's numbers go (the `metrics` facade).
+    observe: observe::Observe,
     recovered_segments: u64,
     recovered_entries: u64,
     torn_tail: Option<TornTail>,
@@ -556,6 +582,18 @@ struct Shared {
 impl Shared {
     fn max_entry_bytes(&self) -> u64 {
         self.options.max_entry_bytes.min(self.format.max_payload())
+    }
+
+    /// Sets the gauges of the log's files.
+    fn report_space(&self) {
+        let segments = self
+            .index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .segments
+            .len();
+        let disk_bytes = self.counters.disk_bytes.load(Ordering::Relaxed);
+        self.observe.space(segments, disk_bytes);
     }
 
     fn check_usable(&self) -> Result<()> {
@@ -678,6 +716,11 @@ impl Wal {
             .map_or((segment::HEADER_LEN, segment::HEADER_LEN), |s| {
                 (s.end, s.allocated)
             });
+        let observe = observe::Observe::open(
+            &dir,
+            recovered.recovered_entries,
+            recovered.torn_tail.as_ref().map(|t| t.bytes),
+        );
         let shared = Arc::new(Shared {
             dir,
             driver,
@@ -694,6 +737,7 @@ impl Wal {
             poisoned: OnceLock::new(),
             closed: AtomicBool::new(false),
             counters: Counters::default(),
+            observe,
             recovered_segments: recovered.recovered_segments,
             recovered_entries: recovered.recovered_entries,
             torn_tail: recovered.torn_tail,
@@ -708,6 +752,7 @@ impl Wal {
             .counters
             .disk_bytes
             .store(recovered.disk_bytes, Ordering::Relaxed);
+        shared.report_space();
         let (commands, queue) = mpsc::channel(writer::QUEUE_COMMANDS);
         let writer = (access == recovery::Access::ReadWrite)
             .then(|| writer::spawn(shared.clone(), queue, recovered.epoch, recovered.log_id));

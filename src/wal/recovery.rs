@@ -264,7 +264,6 @@ pub(crate) async fn recover(
         }
     }
     let recovered_segments = segments.len() as u64;
-    let recovered_entries = segments.iter().map(|s| s.offsets.len() as u64).sum();
 
     if segments.is_empty() && !writable {
         return Err(Error::invalid(
@@ -309,6 +308,9 @@ pub(crate) async fn recover(
         ));
     }
     let first_lsn = meta.first_lsn.max(segments[0].first_lsn);
+    // The log's entries: frames below its first lsn (left by `truncate_front` in the first
+    // segment) are not among them.
+    let recovered_entries = next.0.saturating_sub(first_lsn.0);
     if first_lsn > next {
         return Err(Error::corruption(
             dir.join(META_FILE),
@@ -339,8 +341,6 @@ pub(crate) async fn recover(
         tracing::warn!(file = %torn.file.display(), offset = torn.offset, bytes = torn.bytes, dropped_entries = torn.dropped_entries, "wal recovery cut a torn tail");
     }
     tracing::info!(dir = %dir.display(), segments = recovered_segments, entries = recovered_entries, first_lsn = first_lsn.0, last_lsn = next.0 - 1, "wal recovered");
-    metrics::counter!("ringtide_wal_recoveries_total").increment(1);
-    metrics::gauge!("ringtide_wal_segments").set(segments.len() as f64);
     Ok(Recovered {
         format: meta.format,
         log_id: meta.log_id,

@@ -762,6 +762,8 @@ impl Writer {
             st.restart(next, self.active.write_offset, self.active.allocated);
             st.frozen = false;
         }
+        // Maintenance may have deleted or made segments.
+        self.shared.report_space();
         self.shared.stage.notify_waiters();
     }
 
@@ -808,6 +810,7 @@ impl Writer {
         let cause = Arc::new(err);
         if self.shared.poisoned.set(cause.clone()).is_ok() {
             tracing::error!(dir = %self.shared.dir.display(), error = %cause, "wal poisoned: a write or sync failed");
+            self.shared.observe.poisoned();
         }
         {
             // Nothing staged will be written: the log ends at what was.
@@ -895,8 +898,7 @@ impl Writer {
         c.syncs.fetch_add(1, Ordering::Relaxed);
         c.sync_time_us
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-        metrics::counter!("ringtide_wal_syncs_total").increment(1);
-        metrics::histogram!("ringtide_wal_sync_seconds").record(elapsed.as_secs_f64());
+        self.shared.observe.sync(elapsed);
     }
 
     /// Gives back queue room for bytes that will not be written, or were.
@@ -1272,9 +1274,7 @@ impl Writer {
             .fetch_add(launched.payload_bytes, Ordering::Relaxed);
         c.batches.fetch_add(1, Ordering::Relaxed);
         c.max_batch_entries.fetch_max(entries, Ordering::Relaxed);
-        metrics::counter!("ringtide_wal_appends_total").increment(entries);
-        metrics::counter!("ringtide_wal_appended_bytes_total").increment(launched.payload_bytes);
-        metrics::histogram!("ringtide_wal_batch_entries").record(entries as f64);
+        self.shared.observe.batch(entries, launched.payload_bytes);
         if let Some(ticket) = launched.ticket {
             self.written_ticket = ticket;
         }
@@ -1514,6 +1514,7 @@ impl Writer {
                 .disk_bytes
                 .fetch_add(grow, Ordering::Relaxed);
             self.active.allocated = size;
+            self.shared.report_space();
             // Direct writes need a whole number of blocks: look again.
             self.direct = DirectTail::Unknown;
             let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
@@ -1576,8 +1577,8 @@ impl Writer {
             allocated: size,
             patch: None,
         });
-        metrics::gauge!("ringtide_wal_segments").set(index.segments.len() as f64);
         drop(index);
+        self.shared.report_space();
         self.set_active(Active {
             file,
             write_offset: HEADER_LEN,
