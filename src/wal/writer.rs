@@ -1534,6 +1534,11 @@ impl Writer {
 
     /// Starts the segment the stage gave `first_lsn` to, on the spare it took.
     async fn rotate(&mut self, first_lsn: Lsn) -> Result<()> {
+        // A write to the old segment that failed (the caller drained them all) poisoned the log:
+        // a new segment now would hold entries after a gap, and recovery would refuse the log
+        // ("a segment is missing") until the cut record is written. Under the policies that
+        // sync every batch nothing is left unsynced, so the sync below would not notice.
+        self.shared.check_usable()?;
         self.finish_early_sync().await;
         // The old segment must be durable before the next one holds data: otherwise a crash could
         // keep the new segment's synced entries and lose the old one's unsynced tail — a gap.
