@@ -70,13 +70,16 @@ pub enum Error {
         last: Lsn,
     },
 
-    /// An entry larger than the log accepts.
-    #[error("entry of {len} bytes exceeds the limit of {max} bytes")]
+    /// An entry larger than the log accepts, or one call's entries together larger than one
+    /// call may carry (they go into one segment, within `max_pending_bytes`).
+    #[error(
+        "{len} bytes exceed the limit of {max} bytes (of one entry, or of one call's entries together)"
+    )]
     TooLarge {
-        /// The entry's size.
+        /// The entry's size, or the call's entries' together.
         len: u64,
-        /// The largest size accepted (the smaller of `max_entry_bytes` and the length encoding's
-        /// range).
+        /// The largest size accepted: for an entry, the smaller of `max_entry_bytes` and the
+        /// length encoding's range; for a call, the smaller of `max_pending_bytes` and 1 GiB.
         max: u64,
     },
 

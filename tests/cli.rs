@@ -39,6 +39,7 @@ async fn the_command_inspects_dumps_verifies_and_truncates() -> ringtide::Result
     assert!(ok);
     assert!(out.contains("1..=301 (301 entries)"), "{out}");
     assert!(out.contains("torn tail    none"), "{out}");
+    assert!(out.contains("format       version 1,"), "{out}");
 
     let (ok, out, _) = ringtide(&["wal", "dump", d, "--from", "299", "--to", "301"]);
     assert!(ok);
@@ -96,7 +97,7 @@ async fn the_command_inspects_dumps_verifies_and_truncates() -> ringtide::Result
         out.contains("301 entries") && out.contains("torn tail in"),
         "{out}"
     );
-    Wal::open(&dir, WalOptions::default())
+    Wal::open(&dir, WalOptions::default().segment_size_bytes(64 << 10))
         .await?
         .close()
         .await?;
@@ -107,7 +108,11 @@ async fn the_command_inspects_dumps_verifies_and_truncates() -> ringtide::Result
     assert!(ok, "{out}");
     let (ok, out, _) = ringtide(&["wal", "truncate-front", d, "10"]);
     assert!(ok, "{out}");
-    let wal = Wal::open(&dir, WalOptions::default()).await?;
+    let wal = Wal::open_read_only(&dir, WalOptions::default()).await?;
     assert_eq!((wal.first_lsn(), wal.last_lsn()), (Lsn(10), Lsn(250)));
+    // The truncations opened the log with its own segment size, not the default 64 MiB.
+    for s in wal.segments() {
+        assert_eq!(s.file_bytes, 64 << 10, "{s:?}");
+    }
     wal.close().await
 }

@@ -243,7 +243,10 @@ async fn concurrent_appends_get_dense_unique_lsns(driver: IoDriver) -> Result<()
     }
     let mut by_lsn = HashMap::new();
     for task in tasks {
-        for (lsn, data) in task.await.expect("task")? {
+        let got = task.await.expect("task")?;
+        // One task's appends, each awaited before the next, get increasing lsns.
+        assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "in order");
+        for (lsn, data) in got {
             assert!(by_lsn.insert(lsn, data).is_none(), "lsn {lsn} given twice");
         }
     }
@@ -833,6 +836,21 @@ async fn truncate_back_inside_a_batch_keeps_the_prefix(driver: IoDriver) -> Resu
 }
 
 async fn log_transactions_commit_roll_back_and_expire(driver: IoDriver) -> Result<()> {
+    // A commit is one call: with less room for pending appends than `max_txn_bytes`, the
+    // transaction is bounded by that room, and says so with `TxnTooLarge` at `push`.
+    {
+        let tmp = tempfile::tempdir()?;
+        let o = opts(&driver).max_pending_bytes(1 << 20);
+        let wal = Wal::open(tmp.path(), o).await?;
+        let mut txn = wal.begin_txn(Duration::from_secs(10));
+        txn.push(vec![1u8; 600 << 10])?;
+        assert!(matches!(
+            txn.push(vec![2u8; 600 << 10]),
+            Err(Error::TxnTooLarge { max, .. }) if max == 1 << 20
+        ));
+        assert_eq!(txn.commit().await?.end, Lsn(2));
+        wal.close().await?;
+    }
     let tmp = tempfile::tempdir()?;
     let wal = Wal::open(tmp.path(), opts(&driver).max_txn_bytes(1000)).await?;
     let mut txn = wal.begin_txn(Duration::from_secs(10));

@@ -10,7 +10,7 @@
 )]
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -88,7 +88,10 @@ async fn inspect(dir: PathBuf) -> ringtide::Result<()> {
     let (length, checksum, timestamps) = wal.format();
     let stats = wal.stats();
     println!("log          {}", dir.display());
-    println!("format       length {length:?}, checksum {checksum:?}, timestamps {timestamps:?}");
+    println!(
+        "format       version {}, length {length:?}, checksum {checksum:?}, timestamps {timestamps:?}",
+        ringtide::wal::FORMAT_VERSION
+    );
     println!(
         "lsns         {}..={} ({} entries)",
         stats.first_lsn,
@@ -222,8 +225,22 @@ async fn verify(dir: PathBuf) -> ringtide::Result<bool> {
     Ok(seen == total && stats.torn_tail.is_none())
 }
 
+/// Options to open an existing log for writing with: its own segment size (the smallest of its
+/// segment files; larger ones were made for large calls), so that recovery does not give its last
+/// segment the default size.
+async fn options_of(dir: &Path) -> ringtide::Result<WalOptions> {
+    let wal = Wal::open_read_only(dir, WalOptions::default()).await?;
+    let size = wal.segments().iter().map(|s| s.file_bytes).min();
+    wal.close().await?;
+    let options = WalOptions::default();
+    Ok(match size {
+        Some(size) => options.segment_size_bytes(size.clamp(64 << 10, 1 << 30)),
+        None => options,
+    })
+}
+
 async fn truncate(dir: PathBuf, lsn: u64, front: bool) -> ringtide::Result<()> {
-    let wal = Wal::open(&dir, WalOptions::default()).await?;
+    let wal = Wal::open(&dir, options_of(&dir).await?).await?;
     if front {
         wal.truncate_front(Lsn(lsn)).await?;
     } else {

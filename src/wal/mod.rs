@@ -63,6 +63,10 @@ use tracing::Instrument;
 
 pub use txn::WalTxn;
 
+/// The on-disk format version this build writes, and the only one it reads (recorded in every
+/// segment header and in the meta file; see `docs/design.md`).
+pub const FORMAT_VERSION: u16 = segment::FORMAT_VERSION;
+
 use crate::error::{Error, Result};
 use record::FrameFormat;
 
@@ -125,7 +129,8 @@ pub enum Timestamps {
     /// No timestamps (the default).
     #[default]
     Off,
-    /// Microseconds since the Unix epoch, taken by the writer when it writes the batch.
+    /// Microseconds since the Unix epoch (the system clock, so not monotonic), taken when the
+    /// append call is staged: every entry of one call gets the same time.
     UnixMicros,
 }
 
@@ -249,7 +254,9 @@ impl WalOptions {
         self
     }
 
-    /// When appends are acknowledged. Default: [`SyncPolicy::Immediate`].
+    /// When appends are acknowledged. Default: [`SyncPolicy::Immediate`]. Refused at open:
+    /// `Periodic` with a zero `interval` or `max_unsynced_entries`, and `Grouped` with a
+    /// `window` above 1 s.
     pub fn sync_policy(mut self, policy: SyncPolicy) -> Self {
         self.sync_policy = policy;
         self
@@ -285,7 +292,8 @@ impl WalOptions {
     }
 
     /// Most bytes one log transaction may collect ([`Error::TxnTooLarge`] beyond). Default:
-    /// 64 MiB; accepted: 1 byte to 1 GiB (and a commit carries at most `max_pending_bytes`).
+    /// 64 MiB; accepted: 1 byte to 1 GiB. The bound applied is the smaller of this and
+    /// `max_pending_bytes` (one commit is one call).
     pub fn max_txn_bytes(mut self, bytes: u64) -> Self {
         self.max_txn_bytes = bytes;
         self
@@ -459,7 +467,8 @@ pub struct TornTail {
     pub offset: u64,
     /// Bytes removed (from the cut to the end of the written data).
     pub bytes: u64,
-    /// Entries dropped because their batch was incomplete.
+    /// Entries of a batch left incomplete before the cut, dropped with it. Frames past damage
+    /// (unsynced writes that reached the disk out of order) are not counted: they are in `bytes`.
     pub dropped_entries: u64,
 }
 

@@ -11,7 +11,8 @@ use crate::error::{Error, Result};
 /// A log transaction from [`Wal::begin_txn`]: [`push`](Self::push) entries, then
 /// [`commit`](Self::commit) them as one atomic batch or [`rollback`](Self::rollback). Dropping it
 /// rolls back. Once its timeout passes it is expired: every later call fails with
-/// [`Error::TxnExpired`] and its entries are released.
+/// [`Error::TxnExpired`], and it no longer counts in [`Wal::open_txns`]. Its entries are freed at
+/// its first call after the timeout, or when it is dropped.
 #[derive(Debug)]
 pub struct WalTxn {
     wal: Wal,
@@ -85,7 +86,11 @@ impl WalTxn {
         if len > max {
             return Err(Error::TooLarge { len, max });
         }
-        let bound = self.wal.shared.options.max_txn_bytes;
+        // A commit is one call: it may carry no more than `max_pending_bytes`.
+        let options = &self.wal.shared.options;
+        let bound = options
+            .max_txn_bytes
+            .min(options.max_pending_bytes.min(super::MAX_CALL_BYTES));
         if self.bytes + len > bound {
             return Err(Error::TxnTooLarge {
                 bytes: self.bytes + len,
