@@ -35,6 +35,7 @@ use ringtide::{CorruptionKind, Error, Result};
 
 both_backends!(
     every_damage_is_repaired_or_refused,
+    a_sealed_log_vouches_for_its_last_entries,
     checked_in_fixtures_open_as_recorded,
 );
 
@@ -395,7 +396,9 @@ impl Lab {
 /// Writes the master log in `dir`: entries 1..=400 (100..=109 one batch), small entries until the
 /// last segment has room, then a batch of two small entries and one small entry. Returns what was
 /// written, indexed by lsn - 1.
-async fn write_log(driver: &IoDriver, dir: &Path) -> Result<Vec<Record>> {
+/// Writes the damage tests' log and closes it; `seal` false removes the seal `close` writes
+/// after the last entry, as a crash leaves the files.
+async fn write_log(driver: &IoDriver, dir: &Path, seal: bool) -> Result<Vec<Record>> {
     let wal = Wal::open(dir, opts(driver, RecoveryMode::TolerateTornTail)).await?;
     let mut written: Vec<Record> = Vec::new();
     let mut i = 1;
@@ -429,14 +432,17 @@ async fn write_log(driver: &IoDriver, dir: &Path) -> Result<Vec<Record>> {
     assert_eq!(wal.append(tail(i + 2)).await?, Lsn(i + 2));
     written.push(tail(i + 2));
     wal.close().await?;
+    if seal {
+        return Ok(written);
+    }
     // The files as a crash right after the last append leaves them: without the seal that
-    // `close` writes after the last entry (what it changes is tested in `tests/wal.rs`).
+    // `close` writes after the last entry (`a_sealed_log_vouches_for_its_last_entries` keeps it).
     let last = segments(dir).pop().expect("a segment");
+    // (`close` writes none where it would cross a sector.)
     edit(&last, |b| {
         let end = frames(b).last().expect("frames").end;
         let seal_end = nonzero_end(b);
-        assert!(seal_end > end, "close wrote a seal");
-        b[end..seal_end].fill(0);
+        b[end..seal_end.max(end)].fill(0);
     });
     Ok(written)
 }
@@ -488,7 +494,7 @@ async fn every_damage_is_repaired_or_refused(driver: IoDriver) -> Result<()> {
     let started = Instant::now();
     let tmp = tempfile::tempdir()?;
     let master = tmp.path().join("master");
-    let written = write_log(&driver, &master).await?;
+    let written = write_log(&driver, &master, false).await?;
     let segs: Vec<String> = segments(&master).iter().map(|p| name(p)).collect();
     assert!(segs.len() >= 4, "{} segments", segs.len());
     let seg_bytes: Vec<Vec<u8>> = segs
@@ -969,7 +975,7 @@ async fn every_damage_is_repaired_or_refused(driver: IoDriver) -> Result<()> {
 
     // 7. Segments of another log (same content and segment names, another log id).
     let other = tmp.path().join("other");
-    let other_written = write_log(&driver, &other).await?;
+    let other_written = write_log(&driver, &other, false).await?;
     assert_eq!(other_written, written);
     let other_meta = std::fs::read(other.join("wal.meta"))?;
     let other_id = u64::from_le_bytes(other_meta[16..24].try_into().unwrap());
@@ -1118,6 +1124,143 @@ async fn every_damage_is_repaired_or_refused(driver: IoDriver) -> Result<()> {
             .join("\n")
     );
     assert_eq!(panics, 0);
+    Ok(())
+}
+
+/// A cleanly closed log keeps the seal `close` writes after its last entry (see `record.rs`).
+/// Damage to any entry is then corruption in both modes, the last one's included, which no later
+/// frame would vouch for; damage to the seal itself, or its loss, costs no entry.
+async fn a_sealed_log_vouches_for_its_last_entries(driver: IoDriver) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let master = tmp.path().join("master");
+    let mut written = write_log(&driver, &master, true).await?;
+    // `close` writes no seal across a 512-byte sector: if the log's end falls so, one more entry,
+    // sized for the seal (21 bytes in this format) to fit.
+    let end = {
+        let wal = Wal::open_read_only(&master, opts(&driver, RecoveryMode::Strict)).await?;
+        let end = wal.segments().pop().expect("a segment").data_bytes;
+        wal.close().await?;
+        end
+    };
+    if end % 512 + 21 > 512 {
+        let wal = Wal::open(&master, opts(&driver, RecoveryMode::Strict)).await?;
+        let len = (0..512u64)
+            .find(|p| (end + 21 + p) % 512 + 21 <= 512)
+            .expect("a size");
+        let r = Record::from(Bytes::from(vec![b'p'; len as usize]));
+        wal.append(r.clone()).await?;
+        written.push(r);
+        wal.close().await?;
+    }
+    let n = written.len() as u64;
+    let last_seg = name(&segments(&master).pop().expect("a segment"));
+    let last_bytes = std::fs::read(master.join(&last_seg))?;
+    let lf = frames(&last_bytes);
+    let lc = lf.len();
+    let (b2, s) = (lf[lc - 2], lf[lc - 1]);
+    assert_eq!(s.lsn, n);
+    let seal_end = nonzero_end(&last_bytes);
+    assert!(seal_end > s.end, "close wrote a seal");
+    let mut lab = Lab {
+        driver: driver.clone(),
+        master: master.clone(),
+        scratch: tmp.path().join("cases"),
+        written,
+        tally: Tally::default(),
+        failures: Vec::new(),
+        next_dir: 0,
+    };
+    let whole = || {
+        both(Want::Opens {
+            last: n,
+            torn: None,
+        })
+    };
+    lab.case("sealed, undamaged", &|_| {}, whole()).await;
+    // The seal lost, as a crash right after the last append leaves the files: every entry.
+    let seg = last_seg.clone();
+    lab.case(
+        "seal cut off",
+        &move |d| edit(&d.join(&seg), |b| b.truncate(s.end)),
+        whole(),
+    )
+    .await;
+    let seg = last_seg.clone();
+    lab.case(
+        "seal zeroed",
+        &move |d| edit(&d.join(&seg), |b| b[s.end..seal_end].fill(0)),
+        whole(),
+    )
+    .await;
+    // Each bit of the last two entries flipped: the batch's last frame (vouched for by the
+    // entry after it, as without a seal) and the last entry (vouched for by the seal only).
+    for at in b2.start..s.end {
+        let (frame, next_valid) = if at < b2.end {
+            (b2.start, s.start)
+        } else {
+            (s.start, s.end)
+        };
+        for bit in 0..8 {
+            let seg = last_seg.clone();
+            lab.case(
+                &format!("sealed: bit {bit} of byte {at} flipped"),
+                &move |d| edit(&d.join(&seg), |b| b[at] ^= 1 << bit),
+                both(corrupt(
+                    &last_seg,
+                    frame,
+                    CorruptionKind::DamageBeforeValidData {
+                        next_valid_offset: next_valid as u64,
+                    },
+                )),
+            )
+            .await;
+        }
+    }
+    // The last entry zeroed (lost) under an intact seal: corruption, not a torn tail.
+    let seg = last_seg.clone();
+    lab.case(
+        "sealed: the last entry zeroed",
+        &move |d| edit(&d.join(&seg), |b| b[s.start..s.end].fill(0)),
+        both(corrupt(
+            &last_seg,
+            s.start,
+            CorruptionKind::DamageBeforeValidData {
+                next_valid_offset: s.end as u64,
+            },
+        )),
+    )
+    .await;
+    // Each bit of the seal flipped: a damaged seal vouches for nothing and is a torn tail.
+    for at in s.end..seal_end {
+        for bit in 0..8 {
+            let mut flipped = last_bytes.clone();
+            flipped[at] ^= 1 << bit;
+            let want = torn_model(&last_seg, &lf, lc, &flipped);
+            let seg = last_seg.clone();
+            lab.case(
+                &format!("seal: bit {bit} of byte {at} flipped"),
+                &move |d| edit(&d.join(&seg), |b| b[at] ^= 1 << bit),
+                want,
+            )
+            .await;
+        }
+    }
+    let Tally { cases, opens, .. } = lab.tally;
+    eprintln!(
+        "{:?}: {cases} damaged sealed logs, {opens} opens",
+        driver.backend()
+    );
+    assert!(
+        lab.failures.is_empty(),
+        "{} of {opens} opens did not behave as expected:\n{}",
+        lab.failures.len(),
+        lab.failures
+            .iter()
+            .take(40)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     Ok(())
 }
 
@@ -1427,7 +1570,7 @@ async fn regression_5_frames_after_a_zeroed_frame_are_cut_as_a_torn_tail() -> Re
 async fn bug_2_body(driver: IoDriver) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let master = tmp.path().join("master");
-    let written = write_log(&driver, &master).await?;
+    let written = write_log(&driver, &master, false).await?;
     let last = segments(&master).pop().expect("a segment");
     let mut found = Vec::new();
     for mode in MODES {
@@ -1477,7 +1620,7 @@ async fn regression_6_a_zeroed_last_header_is_corruption_and_the_file_is_kept() 
 async fn bug_3_body(driver: IoDriver) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let master = tmp.path().join("master");
-    let written = write_log(&driver, &master).await?;
+    let written = write_log(&driver, &master, false).await?;
     let before = segments(&master).len();
     let beyond = written.len() as u64 + 5;
     let mut found = Vec::new();

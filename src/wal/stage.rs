@@ -200,6 +200,17 @@ impl State {
         keep_for_reuse(&mut self.pool, buf, POOLED_BUFFERS, MAX_POOLED_BYTES);
     }
 
+    /// Whether a call of `frame_bytes` must wait for the writer. The bounds: the bytes queued
+    /// in all (`max_pending_bytes`), and the stage buffer itself, which the writer takes as one
+    /// write (`max_batch_bytes`): the producer fills the next buffer while the writer writes the
+    /// last, and buffers stay small enough to be reused. A call alone always fits.
+    pub(crate) fn over_bounds(&self, frame_bytes: u64, options: &super::WalOptions) -> bool {
+        let staged = self.buf.len() as u64;
+        (staged > 0 && staged + frame_bytes > options.max_batch_bytes)
+            || (self.pending_bytes > 0
+                && self.pending_bytes + frame_bytes > options.max_pending_bytes)
+    }
+
     /// Moves the tail to a new place (after a truncation or a reset): nothing may be staged.
     pub(crate) fn restart(&mut self, next_lsn: Lsn, seg_end: u64, seg_limit: u64) {
         debug_assert!(self.buf.is_empty());
@@ -284,16 +295,7 @@ pub(crate) fn stage_call(shared: &Shared, call: &Call, wake_writer: bool) -> Res
     }
     shared.check_usable()?;
     let frame_bytes = call.frame_bytes;
-    let max_pending = shared.options.max_pending_bytes;
-    // Bounds: the bytes queued in all (`max_pending_bytes`), and the stage buffer itself, which
-    // the writer takes as one write (`max_batch_bytes`): the producer fills the next buffer
-    // while the writer writes the last, and buffers stay small enough to be reused.
-    let staged = st.buf.len() as u64;
-    let stage_full = staged > 0 && staged + frame_bytes > shared.options.max_batch_bytes;
-    if st.frozen
-        || stage_full
-        || (st.pending_bytes > 0 && st.pending_bytes + frame_bytes > max_pending)
-    {
+    if st.frozen || st.over_bounds(frame_bytes, &shared.options) {
         return Ok(Staged::Wait(stage.progress.subscribe()));
     }
     let was_empty = st.buf.is_empty();

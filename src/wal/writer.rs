@@ -161,6 +161,9 @@ enum WriteMode {
     ThenSync,
 }
 
+/// The unit a disk writes whole (or not at all) on a power loss.
+const SECTOR: u64 = 512;
+
 /// Writes `chunk` at `base` as `mode` says; gives the buffer back.
 async fn write_with(
     mode: WriteMode,
@@ -1426,11 +1429,30 @@ impl Writer {
     /// The call is staged under the lock that offers the room, so a call larger than a segment
     /// cannot lose the spare made for it to smaller calls that rotate into it first.
     async fn make_room(&mut self, call: &stage::Call) -> Result<stage::Placed> {
-        loop {
-            if let Some(placed) = self.make_room_once(call).await? {
-                return Ok(placed);
-            }
+        // The call passed the bounds on queued bytes when it asked for room, but other calls
+        // may have been staged since (other large calls among them): if it no longer fits the
+        // bounds, what is staged is written first, appends held back meanwhile.
+        let over = self
+            .shared
+            .stage
+            .lock()
+            .over_bounds(call.frame_bytes, &self.shared.options);
+        if over {
+            self.freeze().await;
         }
+        let placed = loop {
+            match self.make_room_once(call).await {
+                Ok(Some(placed)) => break Ok(placed),
+                Ok(None) => {}
+                Err(e) => break Err(e),
+            }
+        };
+        if over {
+            // Nothing moved the tail: appends go on from where they were.
+            self.shared.stage.lock().frozen = false;
+            self.shared.stage.notify_waiters();
+        }
+        placed
     }
 
     /// One attempt of `make_room`: `None` if other calls took the room made (only after
@@ -1534,12 +1556,13 @@ impl Writer {
 
     /// Starts the segment the stage gave `first_lsn` to, on the spare it took.
     async fn rotate(&mut self, first_lsn: Lsn) -> Result<()> {
-        // A write to the old segment that failed (the caller drained them all) poisoned the log:
-        // a new segment now would hold entries after a gap, and recovery would refuse the log
-        // ("a segment is missing") until the cut record is written. Under the policies that
-        // sync every batch nothing is left unsynced, so the sync below would not notice.
-        self.shared.check_usable()?;
         self.finish_early_sync().await;
+        // A write to the old segment that failed (the caller drained them all), or the early
+        // sync just finished, poisoned the log: a new segment now would hold entries after a
+        // gap, and recovery would refuse the log ("a segment is missing") until the cut record
+        // is written. Under the policies that sync every batch nothing is left unsynced, so the
+        // sync below would not notice.
+        self.shared.check_usable()?;
         // The old segment must be durable before the next one holds data: otherwise a crash could
         // keep the new segment's synced entries and lose the old one's unsynced tail — a gap.
         if self.unsynced_entries > 0 {
@@ -1929,7 +1952,10 @@ impl Writer {
         let mut seal = BytesMut::new();
         self.shared.format.encode_seal(&mut seal, next);
         let at = self.active.write_offset;
-        if at + seal.len() as u64 > self.active.allocated {
+        let end = at + seal.len() as u64;
+        // Only where it fits, and within one 512-byte sector: a seal torn by a power loss
+        // during `close` would read as a torn tail, which `Strict` refuses.
+        if end > self.active.allocated || at / SECTOR != (end - 1) / SECTOR {
             return;
         }
         let (res, _) = self
