@@ -611,6 +611,60 @@ async fn no_segment_is_made_after_a_failed_write() -> Result<()> {
     wal.close().await
 }
 
+/// Several calls that each need a segment made for them, at once (on this runtime every one asks
+/// before the writer runs): the writer stages each where it makes room, and still within
+/// `max_pending_bytes`, writing what was staged before first. The bound is checked where every
+/// call is staged (a debug assertion, as the test command builds): a sampler cannot see it passed
+/// for the moment between the writer staging a call and writing it.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn large_calls_needing_room_at_once_stay_within_the_pending_bound() -> Result<()> {
+    const BOUND: u64 = 1 << 20;
+    let disk = SimDisk::new(5);
+    let o = options(&disk, SyncPolicy::None).max_pending_bytes(BOUND);
+    let wal = Wal::open(DIR, o.clone()).await?;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls: Vec<_> = (0..8u8)
+        .map(|c| {
+            let wal = wal.clone();
+            // ~700 KiB a call: eleven segments' worth, and two calls pass the bound together.
+            let batch: Vec<Bytes> = (0..700).map(|_| Bytes::from(vec![c; 1000])).collect();
+            tokio::spawn(async move { wal.append_batch(batch).await })
+        })
+        .collect();
+    let sampler = {
+        let (wal, done) = (wal.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut max = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                max = max.max(wal.stats().pending_bytes);
+                tokio::task::yield_now().await;
+            }
+            max
+        })
+    };
+    let mut ranges = Vec::new();
+    for call in calls {
+        ranges.push(call.await.expect("task")?);
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let max = sampler.await.expect("sampler");
+    assert!(max <= BOUND, "{max} bytes pending, bound {BOUND}");
+    assert!(max > BOUND / 2, "the sampler saw the calls: {max}");
+    wal.close().await?;
+    let wal = Wal::open(DIR, o).await?;
+    for range in ranges {
+        let entries = wal.range(range).await?;
+        let c = entries[0].data[0];
+        assert_eq!(entries.len(), 700);
+        assert!(
+            entries
+                .iter()
+                .all(|e| e.data.len() == 1000 && e.data[0] == c)
+        );
+    }
+    wal.close().await
+}
+
 /// A read error reaches that reader only; a flipped bit read back is caught by the checksum and
 /// is an error, not wrong data; the log goes on.
 #[tokio::test(flavor = "current_thread", start_paused = true)]

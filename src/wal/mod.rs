@@ -506,6 +506,9 @@ pub struct WalStats {
     pub torn_tail: Option<TornTail>,
     /// Log transactions begun and not yet committed, rolled back or expired.
     pub open_txns: usize,
+    /// Bytes of frames appended and not yet written (staged, or being written): at most
+    /// `max_pending_bytes`, or one call's alone.
+    pub pending_bytes: u64,
     /// The I/O backend in use.
     pub backend: ringtide_platform::Backend,
 }
@@ -1243,6 +1246,7 @@ impl Wal {
             recovered_entries: s.recovered_entries,
             torn_tail: s.torn_tail.clone(),
             open_txns: s.open_txns(),
+            pending_bytes: s.stage.lock().pending_bytes,
             backend: s.driver.backend(),
         }
     }

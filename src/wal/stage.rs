@@ -380,6 +380,11 @@ fn place(shared: &Shared, st: &mut State, call: &Call) -> Option<Placed> {
     st.calls += 1;
     st.payload_bytes += call.payload_bytes;
     st.pending_bytes += frame_bytes;
+    debug_assert!(
+        st.pending_bytes == frame_bytes || st.pending_bytes <= shared.options.max_pending_bytes,
+        "{} bytes pending, over max_pending_bytes",
+        st.pending_bytes
+    );
     st.sync_wanted |= call.sync;
     let ticket = st.last_ticket;
     let last = st.next_lsn.0 - 1;
