@@ -3,6 +3,8 @@
 
 #![cfg(feature = "cli")]
 
+mod common;
+
 use std::process::Command;
 
 use ringtide::wal::{Lsn, Record, Wal, WalOptions};
@@ -63,11 +65,7 @@ async fn the_command_inspects_dumps_verifies_and_truncates() -> ringtide::Result
     assert!(out.contains("301 entries"), "{out}");
 
     // Damage a frame in the first segment: verify fails with file and offset.
-    let first = std::fs::read_dir(&dir)?
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
-        .min()
-        .unwrap();
+    let first = common::segments(&dir).first().cloned().unwrap();
     let mut bytes = std::fs::read(&first)?;
     bytes[200] ^= 0xff;
     std::fs::write(&first, &bytes)?;
@@ -82,11 +80,7 @@ async fn the_command_inspects_dumps_verifies_and_truncates() -> ringtide::Result
 
     // Stray bytes past the last frame (what a crash leaves of an unsynced write): a torn tail,
     // reported, exit code 1; an open for writing cuts it.
-    let last = std::fs::read_dir(&dir)?
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
-        .max()
-        .unwrap();
+    let last = common::segments(&dir).last().cloned().unwrap();
     let mut bytes = std::fs::read(&last)?;
     let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
     bytes[end + 1..end + 9].copy_from_slice(b"torn!!!!");

@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::segments;
+
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -71,16 +73,6 @@ fn payload(i: u64) -> Bytes {
             .map(|j| (i as usize + j) as u8)
             .collect::<Vec<u8>>(),
     )
-}
-
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
-        .collect();
-    out.sort();
-    out
 }
 
 async fn check_all(wal: &Wal, expect: impl Fn(u64) -> Bytes) -> Result<()> {

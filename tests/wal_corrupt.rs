@@ -24,6 +24,8 @@
 
 mod common;
 
+use common::segments;
+
 use std::any::Any;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -70,17 +72,6 @@ fn record(i: u64) -> Record {
         term: term(i),
         data: payload(i),
     }
-}
-
-/// The segment files of a log directory, in log order.
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("log dir")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
-        .collect();
-    out.sort();
-    out
 }
 
 fn name(path: &Path) -> String {
@@ -281,6 +272,34 @@ struct Lab {
 }
 
 impl Lab {
+    fn new(driver: &IoDriver, master: PathBuf, scratch: PathBuf, written: Vec<Record>) -> Lab {
+        Lab {
+            driver: driver.clone(),
+            master,
+            scratch,
+            written,
+            tally: Tally::default(),
+            failures: Vec::new(),
+            next_dir: 0,
+        }
+    }
+
+    /// Fails the test with the first failures, if any open did not behave as expected.
+    fn assert_behaved(&self) {
+        assert!(
+            self.failures.is_empty(),
+            "{} of {} opens did not behave as expected:\n{}",
+            self.failures.len(),
+            self.tally.opens,
+            self.failures
+                .iter()
+                .take(40)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+
     /// Tries one damage: `want[0]` under TolerateTornTail, `want[1]` under Strict.
     async fn case(&mut self, label: &str, damage: &dyn Fn(&Path), want: [Want; 2]) {
         self.tally.cases += 1;
@@ -515,15 +534,12 @@ async fn every_damage_is_repaired_or_refused(driver: IoDriver) -> Result<()> {
     let log_id = u64::from_le_bytes(meta[16..24].try_into().unwrap());
     let first_lsn = |i: usize| seg_frames[i][0].lsn;
 
-    let mut lab = Lab {
-        driver: driver.clone(),
-        master: master.clone(),
-        scratch: tmp.path().join("cases"),
-        written: written.clone(),
-        tally: Tally::default(),
-        failures: Vec::new(),
-        next_dir: 0,
-    };
+    let mut lab = Lab::new(
+        &driver,
+        master.clone(),
+        tmp.path().join("cases"),
+        written.clone(),
+    );
 
     // The undamaged log opens as written, in both modes.
     lab.case(
@@ -1112,17 +1128,7 @@ async fn every_damage_is_repaired_or_refused(driver: IoDriver) -> Result<()> {
         segs.len(),
         started.elapsed().as_secs_f64()
     );
-    assert!(
-        lab.failures.is_empty(),
-        "{} of {opens} opens did not behave as expected:\n{}",
-        lab.failures.len(),
-        lab.failures
-            .iter()
-            .take(40)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    lab.assert_behaved();
     assert_eq!(panics, 0);
     Ok(())
 }
@@ -1161,15 +1167,7 @@ async fn a_sealed_log_vouches_for_its_last_entries(driver: IoDriver) -> Result<(
     assert_eq!(s.lsn, n);
     let seal_end = nonzero_end(&last_bytes);
     assert!(seal_end > s.end, "close wrote a seal");
-    let mut lab = Lab {
-        driver: driver.clone(),
-        master: master.clone(),
-        scratch: tmp.path().join("cases"),
-        written,
-        tally: Tally::default(),
-        failures: Vec::new(),
-        next_dir: 0,
-    };
+    let mut lab = Lab::new(&driver, master.clone(), tmp.path().join("cases"), written);
     let whole = || {
         both(Want::Opens {
             last: n,
@@ -1250,17 +1248,7 @@ async fn a_sealed_log_vouches_for_its_last_entries(driver: IoDriver) -> Result<(
         "{:?}: {cases} damaged sealed logs, {opens} opens",
         driver.backend()
     );
-    assert!(
-        lab.failures.is_empty(),
-        "{} of {opens} opens did not behave as expected:\n{}",
-        lab.failures.len(),
-        lab.failures
-            .iter()
-            .take(40)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    lab.assert_behaved();
     Ok(())
 }
 
@@ -1372,15 +1360,7 @@ async fn checked_in_fixtures_open_as_recorded(driver: IoDriver) -> Result<()> {
     let torn = std::fs::metadata(fixtures_dir().join("torn-tail").join(FIXTURE_SEGMENT))?;
     assert_eq!(torn.len(), FIXTURE_TORN_LEN);
     let tmp = tempfile::tempdir()?;
-    let mut lab = Lab {
-        driver: driver.clone(),
-        master: PathBuf::new(),
-        scratch: tmp.path().to_path_buf(),
-        written,
-        tally: Tally::default(),
-        failures: Vec::new(),
-        next_dir: 0,
-    };
+    let mut lab = Lab::new(&driver, PathBuf::new(), tmp.path().to_path_buf(), written);
     for (fixture, want) in cases {
         let src = fixtures_dir().join(fixture);
         assert!(

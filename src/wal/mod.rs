@@ -592,6 +592,12 @@ struct Shared {
 }
 
 impl Shared {
+    /// The most payload one call may carry: its entries go into one segment (32-bit offsets),
+    /// within `max_pending_bytes`.
+    fn max_call_bytes(&self) -> u64 {
+        MAX_CALL_BYTES.min(self.options.max_pending_bytes)
+    }
+
     fn max_entry_bytes(&self) -> u64 {
         self.options.max_entry_bytes.min(self.format.max_payload())
     }
@@ -874,8 +880,7 @@ impl Wal {
             payload_bytes += len;
             frame_bytes += format.frame_len(r.data.len(), r.term.is_some()) as u64;
         }
-        // One call's entries go into one segment, whose offsets are 32-bit.
-        let max_call = MAX_CALL_BYTES.min(self.shared.options.max_pending_bytes);
+        let max_call = self.shared.max_call_bytes();
         if payload_bytes > max_call {
             return Err(Error::TooLarge {
                 len: payload_bytes,

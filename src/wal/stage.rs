@@ -290,10 +290,7 @@ pub(crate) fn stage_call(shared: &Shared, call: &Call, wake_writer: bool) -> Res
     let stage = &shared.stage;
     let mut guard = stage.lock();
     let st = &mut *guard;
-    if st.closed {
-        return Err(Error::Closed);
-    }
-    shared.check_usable()?;
+    check_open(shared, st)?;
     let frame_bytes = call.frame_bytes;
     if st.frozen || st.over_bounds(frame_bytes, &shared.options) {
         return Ok(Staged::Wait(stage.progress.subscribe()));
@@ -317,11 +314,16 @@ pub(crate) fn stage_made_room(
     st: &mut State,
     call: &Call,
 ) -> Result<Option<Placed>> {
+    check_open(shared, st)?;
+    Ok(place(shared, st, call))
+}
+
+/// Appends are refused once the log is closed or poisoned.
+fn check_open(shared: &Shared, st: &State) -> Result<()> {
     if st.closed {
         return Err(Error::Closed);
     }
-    shared.check_usable()?;
-    Ok(place(shared, st, call))
+    shared.check_usable()
 }
 
 /// Gives the call its place: in the tail's segment, or in the spare that becomes the next one;

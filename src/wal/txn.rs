@@ -87,10 +87,8 @@ impl WalTxn {
             return Err(Error::TooLarge { len, max });
         }
         // A commit is one call: it may carry no more than `max_pending_bytes`.
-        let options = &self.wal.shared.options;
-        let bound = options
-            .max_txn_bytes
-            .min(options.max_pending_bytes.min(super::MAX_CALL_BYTES));
+        let shared = &self.wal.shared;
+        let bound = shared.options.max_txn_bytes.min(shared.max_call_bytes());
         if self.bytes + len > bound {
             return Err(Error::TxnTooLarge {
                 bytes: self.bytes + len,

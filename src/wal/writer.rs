@@ -1441,10 +1441,8 @@ impl Writer {
             self.freeze().await;
         }
         let placed = loop {
-            match self.make_room_once(call).await {
-                Ok(Some(placed)) => break Ok(placed),
-                Ok(None) => {}
-                Err(e) => break Err(e),
+            if let Some(placed) = self.make_room_once(call).await.transpose() {
+                break placed;
             }
         };
         if over {

@@ -8,6 +8,17 @@
 
 use ringtide::platform::{Backend, DriverOptions, IoDriver};
 
+/// The segment files of a log directory, in log order.
+pub fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .expect("log dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    out.sort();
+    out
+}
+
 /// The driver for `backend`, or `None` when `RINGTIDE_IO_BACKEND` restricts the run to the other
 /// one.
 pub fn driver_for(backend: Backend) -> Option<IoDriver> {
