@@ -213,7 +213,7 @@ impl Default for WalOptions {
             recovery_mode: RecoveryMode::default(),
             lock_timeout: Duration::from_secs(1),
             max_pending_bytes: 64 << 20,
-            max_batch_bytes: 4 << 20,
+            max_batch_bytes: 1 << 20,
             max_txn_bytes: 64 << 20,
             driver: None,
         }
@@ -285,7 +285,10 @@ impl WalOptions {
 
     /// Most bytes the writer puts into one write submission, and most bytes the stage (the
     /// buffer appenders encode into) holds before appenders wait for the writer to take it.
-    /// Default: 4 MiB; accepted: 4 KiB to 1 GiB.
+    /// Default: 1 MiB; accepted: 4 KiB to 1 GiB. On the disk it was tuned on, one write at a
+    /// time, 1–2 MiB writes moved ~15% more bytes per second than 4 MiB ones (a MiB of stage and
+    /// its write buffer stay in a core's cache); under half a MiB, the fixed cost per write
+    /// shows.
     pub fn max_batch_bytes(mut self, bytes: u64) -> Self {
         self.max_batch_bytes = bytes;
         self
