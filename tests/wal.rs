@@ -508,14 +508,6 @@ async fn small_log(driver: &IoDriver, dir: &Path, n: u64) -> Result<PathBuf> {
     Ok(seg)
 }
 
-/// Where the entries of the closed log in `dir` end in its last segment.
-async fn wal_data_end(driver: &IoDriver, dir: &Path) -> Result<u64> {
-    let wal = Wal::open_read_only(dir, opts(driver)).await?;
-    let end = wal.segments().pop().expect("a segment").data_bytes;
-    wal.close().await?;
-    Ok(end)
-}
-
 /// Zeroes what follows the last entry of `seg`, the last segment of the closed log in `dir`.
 async fn remove_seal(driver: &IoDriver, dir: &Path, seg: &Path) -> Result<()> {
     let wal = Wal::open_read_only(dir, opts(driver)).await?;
@@ -649,7 +641,7 @@ async fn a_clean_close_lets_recovery_tell_damage_from_a_torn_tail(driver: IoDriv
         let seg = segments(&master).pop().expect("a segment");
         let original = std::fs::read(&seg)?;
         assert!(
-            data_end(&seg) > wal_data_end(&driver, &master).await?,
+            data_end(&seg) > common::wal_data_end(&master, opts(&driver)).await?,
             "{policy:?}: close wrote a seal (these sizes keep it within a sector)"
         );
         // The last occurrence: an entry's payload may also be part of an earlier one's.

@@ -1142,12 +1142,7 @@ async fn a_sealed_log_vouches_for_its_last_entries(driver: IoDriver) -> Result<(
     let mut written = write_log(&driver, &master, true).await?;
     // `close` writes no seal across a 512-byte sector: if the log's end falls so, one more entry,
     // sized for the seal (21 bytes in this format) to fit.
-    let end = {
-        let wal = Wal::open_read_only(&master, opts(&driver, RecoveryMode::Strict)).await?;
-        let end = wal.segments().pop().expect("a segment").data_bytes;
-        wal.close().await?;
-        end
-    };
+    let end = common::wal_data_end(&master, opts(&driver, RecoveryMode::Strict)).await?;
     if end % 512 + 21 > 512 {
         let wal = Wal::open(&master, opts(&driver, RecoveryMode::Strict)).await?;
         let len = (0..512u64)

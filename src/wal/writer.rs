@@ -763,10 +763,15 @@ impl Writer {
             let next = self.next_lsn();
             let mut st = self.shared.stage.lock();
             st.restart(next, self.active.write_offset, self.active.allocated);
-            st.frozen = false;
         }
         // Maintenance may have deleted or made segments.
         self.shared.report_space();
+        self.unfreeze();
+    }
+
+    /// Lets appends go on, the tail where it is.
+    fn unfreeze(&self) {
+        self.shared.stage.lock().frozen = false;
         self.shared.stage.notify_waiters();
     }
 
@@ -1446,9 +1451,8 @@ impl Writer {
             }
         };
         if over {
-            // Nothing moved the tail: appends go on from where they were.
-            self.shared.stage.lock().frozen = false;
-            self.shared.stage.notify_waiters();
+            // Nothing moved the tail but this call: appends go on after it.
+            self.unfreeze();
         }
         placed
     }

@@ -19,6 +19,18 @@ pub fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// Where the entries of the closed log in `dir` end in its last segment (opened read-only with
+/// `options`).
+pub async fn wal_data_end(
+    dir: &std::path::Path,
+    options: ringtide::wal::WalOptions,
+) -> ringtide::Result<u64> {
+    let wal = ringtide::wal::Wal::open_read_only(dir, options).await?;
+    let end = wal.segments().pop().expect("a segment").data_bytes;
+    wal.close().await?;
+    Ok(end)
+}
+
 /// The driver for `backend`, or `None` when `RINGTIDE_IO_BACKEND` restricts the run to the other
 /// one.
 pub fn driver_for(backend: Backend) -> Option<IoDriver> {
