@@ -7,7 +7,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::wal::Lsn;
+use crate::types::Lsn;
 
 /// The result type of ringtide.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -83,13 +83,13 @@ pub enum Error {
         max: u64,
     },
 
-    /// The transaction's timeout passed; it was rolled back.
-    #[error("the transaction expired after its timeout and was rolled back")]
-    TxnExpired,
+    /// The log transaction's timeout passed; it was rolled back.
+    #[error("the log transaction expired after its timeout and was rolled back")]
+    LogTxnExpired,
 
-    /// The transaction would exceed its size bound.
-    #[error("the transaction would hold {bytes} bytes, more than its bound of {max} bytes")]
-    TxnTooLarge {
+    /// The log transaction would exceed its size bound (`max_log_txn_bytes`).
+    #[error("the log transaction would hold {bytes} bytes, more than its bound of {max} bytes")]
+    LogTxnTooLarge {
         /// The size it would reach.
         bytes: u64,
         /// The bound.

@@ -29,7 +29,7 @@
 //! assert_eq!(batch, Lsn(2)..Lsn(4));
 //!
 //! // A log transaction: collected in memory, appended atomically, bounded in time.
-//! let mut txn = wal.begin_txn(Duration::from_secs(5));
+//! let mut txn = wal.begin_log_txn(Duration::from_secs(5));
 //! txn.push("c")?;
 //! txn.commit().await?;
 //!
@@ -45,7 +45,9 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod types;
 pub mod wal;
 
 pub use error::{CorruptionKind, Error, Result};
 pub use ringtide_platform as platform;
+pub use types::{Lsn, SeqNo};

@@ -122,7 +122,7 @@ async fn fill(wal: &Wal) -> ringtide::Result<()> {
         Record::with_term(4, "last"),
     ])
     .await?;
-    let mut txn = wal.begin_txn(Duration::from_secs(5));
+    let mut txn = wal.begin_log_txn(Duration::from_secs(5));
     txn.push("txn a")?;
     txn.push("txn b")?;
     txn.commit().await?;

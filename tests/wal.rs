@@ -19,8 +19,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use ringtide::platform::{DriverOptions, IoDriver};
 use ringtide::wal::{
-    AppendOptions, ChecksumKind, Entry, LengthEncoding, Lsn, Record, RecoveryMode, SyncPolicy,
-    Timestamps, Wal, WalOptions,
+    Ack, ChecksumKind, Entry, LengthEncoding, Lsn, Record, RecoveryMode, SyncPolicy, Timestamps,
+    Wal, WalOptions,
 };
 use ringtide::{CorruptionKind, Error, Result};
 
@@ -832,46 +832,46 @@ async fn truncate_back_inside_a_batch_keeps_the_prefix(driver: IoDriver) -> Resu
 }
 
 async fn log_transactions_commit_roll_back_and_expire(driver: IoDriver) -> Result<()> {
-    // A commit is one call: with less room for pending appends than `max_txn_bytes`, the
-    // transaction is bounded by that room, and says so with `TxnTooLarge` at `push`.
+    // A commit is one call: with less room for pending appends than `max_log_txn_bytes`, the
+    // transaction is bounded by that room, and says so with `LogTxnTooLarge` at `push`.
     {
         let tmp = tempfile::tempdir()?;
         let o = opts(&driver).max_pending_bytes(1 << 20);
         let wal = Wal::open(tmp.path(), o).await?;
-        let mut txn = wal.begin_txn(Duration::from_secs(10));
+        let mut txn = wal.begin_log_txn(Duration::from_secs(10));
         txn.push(vec![1u8; 600 << 10])?;
         assert!(matches!(
             txn.push(vec![2u8; 600 << 10]),
-            Err(Error::TxnTooLarge { max, .. }) if max == 1 << 20
+            Err(Error::LogTxnTooLarge { max, .. }) if max == 1 << 20
         ));
         assert_eq!(txn.commit().await?.end, Lsn(2));
         wal.close().await?;
     }
     let tmp = tempfile::tempdir()?;
-    let wal = Wal::open(tmp.path(), opts(&driver).max_txn_bytes(1000)).await?;
-    let mut txn = wal.begin_txn(Duration::from_secs(10));
-    let mut other = wal.begin_txn(Duration::from_secs(10));
-    assert_eq!(wal.open_txns(), 2);
+    let wal = Wal::open(tmp.path(), opts(&driver).max_log_txn_bytes(1000)).await?;
+    let mut txn = wal.begin_log_txn(Duration::from_secs(10));
+    let mut other = wal.begin_log_txn(Duration::from_secs(10));
+    assert_eq!(wal.open_log_txns(), 2);
     txn.push(payload(1))?;
     txn.push(payload(2))?;
     other.push(Bytes::from_static(b"never"))?;
     assert!(matches!(
         txn.push(vec![0u8; 990]),
-        Err(Error::TxnTooLarge { max: 1000, .. })
+        Err(Error::LogTxnTooLarge { max: 1000, .. })
     ));
     assert_eq!(txn.len(), 2, "a refused push leaves the transaction usable");
     assert_eq!(txn.commit().await?, Lsn(1)..Lsn(3));
     other.rollback();
-    assert_eq!(wal.open_txns(), 0);
-    let mut short = wal.begin_txn(Duration::from_millis(20));
+    assert_eq!(wal.open_log_txns(), 0);
+    let mut short = wal.begin_log_txn(Duration::from_millis(20));
     short.push(payload(3))?;
     tokio::time::sleep(Duration::from_millis(40)).await;
-    assert_eq!(wal.open_txns(), 0, "an expired transaction is not open");
-    assert!(matches!(short.push(payload(4)), Err(Error::TxnExpired)));
-    assert!(matches!(short.commit().await, Err(Error::TxnExpired)));
-    let dropped = wal.begin_txn(Duration::from_secs(1));
+    assert_eq!(wal.open_log_txns(), 0, "an expired transaction is not open");
+    assert!(matches!(short.push(payload(4)), Err(Error::LogTxnExpired)));
+    assert!(matches!(short.commit().await, Err(Error::LogTxnExpired)));
+    let dropped = wal.begin_log_txn(Duration::from_secs(1));
     drop(dropped);
-    assert_eq!(wal.open_txns(), 0);
+    assert_eq!(wal.open_log_txns(), 0);
     assert_eq!(wal.last_lsn(), Lsn(2));
     check_all(&wal, payload).await?;
     wal.close().await
@@ -1195,11 +1195,7 @@ async fn sync_policies_do_what_they_say(driver: IoDriver) -> Result<()> {
     .await?;
     wal.append(payload(1)).await?;
     assert_eq!((wal.last_lsn(), wal.durable_lsn()), (Lsn(1), Lsn(0)));
-    assert_eq!(
-        wal.append_with(payload(2), AppendOptions::durable())
-            .await?,
-        Lsn(2)
-    );
+    assert_eq!(wal.append_with(payload(2), Ack::Durable).await?, Lsn(2));
     assert_eq!(
         wal.durable_lsn(),
         Lsn(2),

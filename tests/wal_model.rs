@@ -141,7 +141,7 @@ async fn run(ops: Vec<Op>, policy: SyncPolicy, seed: u64) -> std::result::Result
                 model.entries.extend(recs);
             }
             Op::Txn(lens, commit) => {
-                let mut txn = wal.begin_txn(Duration::from_secs(60));
+                let mut txn = wal.begin_log_txn(Duration::from_secs(60));
                 for &l in lens {
                     txn.push(data(l, salt)).map_err(e).map_err(ctx)?;
                 }
@@ -156,7 +156,7 @@ async fn run(ops: Vec<Op>, policy: SyncPolicy, seed: u64) -> std::result::Result
                 } else {
                     txn.rollback();
                 }
-                if wal.open_txns() != 0 {
+                if wal.open_log_txns() != 0 {
                     return Err(ctx("a transaction is still open".into()));
                 }
             }

@@ -248,7 +248,7 @@ async fn writer(
                 let n = 2 + (round % 2) as u32;
                 let group = ids.next();
                 let idv: Vec<u64> = (0..n).map(|_| ids.next()).collect();
-                let mut txn = wal.begin_txn(Duration::from_secs(30));
+                let mut txn = wal.begin_log_txn(Duration::from_secs(30));
                 for (i, &id) in idv.iter().enumerate() {
                     txn.push(payload(id, group, i as u32, n))?;
                 }

@@ -61,7 +61,8 @@ use ringtide_platform::{DriverOptions, File, IoDriver};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
-pub use txn::WalTxn;
+pub use crate::types::Lsn;
+pub use txn::LogTxn;
 
 /// The on-disk format version this build writes, and the only one it reads (recorded in every
 /// segment header and in the meta file; see `docs/design.md`).
@@ -73,28 +74,6 @@ use record::FrameFormat;
 /// The most payload bytes one append call (a batch, a log transaction) may carry: a call's
 /// frames share one segment, whose frame offsets are 32-bit.
 const MAX_CALL_BYTES: u64 = 1 << 30;
-
-/// A log sequence number: entries are numbered densely from 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Lsn(pub u64);
-
-impl Lsn {
-    /// The number.
-    pub fn get(self) -> u64 {
-        self.0
-    }
-
-    /// The next lsn.
-    pub fn next(self) -> Lsn {
-        Lsn(self.0 + 1)
-    }
-}
-
-impl fmt::Display for Lsn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
 
 /// How a frame's payload length is stored. Recorded in each segment's header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -197,7 +176,7 @@ pub struct WalOptions {
     lock_timeout: Duration,
     max_pending_bytes: u64,
     max_batch_bytes: u64,
-    max_txn_bytes: u64,
+    max_log_txn_bytes: u64,
     driver: Option<IoDriver>,
 }
 
@@ -214,7 +193,7 @@ impl Default for WalOptions {
             lock_timeout: Duration::from_secs(1),
             max_pending_bytes: 64 << 20,
             max_batch_bytes: 1 << 20,
-            max_txn_bytes: 64 << 20,
+            max_log_txn_bytes: 64 << 20,
             driver: None,
         }
     }
@@ -294,11 +273,11 @@ impl WalOptions {
         self
     }
 
-    /// Most bytes one log transaction may collect ([`Error::TxnTooLarge`] beyond). Default:
+    /// Most bytes one log transaction may collect ([`Error::LogTxnTooLarge`] beyond). Default:
     /// 64 MiB; accepted: 1 byte to 1 GiB. The bound applied is the smaller of this and
     /// `max_pending_bytes` (one commit is one call).
-    pub fn max_txn_bytes(mut self, bytes: u64) -> Self {
-        self.max_txn_bytes = bytes;
+    pub fn max_log_txn_bytes(mut self, bytes: u64) -> Self {
+        self.max_log_txn_bytes = bytes;
         self
     }
 
@@ -339,7 +318,12 @@ impl WalOptions {
             1 << 20,
             u64::from(u32::MAX),
         )?;
-        range("max_txn_bytes", self.max_txn_bytes, 1, MAX_CALL_BYTES)?;
+        range(
+            "max_log_txn_bytes",
+            self.max_log_txn_bytes,
+            1,
+            MAX_CALL_BYTES,
+        )?;
         match self.sync_policy {
             SyncPolicy::Periodic {
                 interval,
@@ -427,22 +411,25 @@ pub struct Entry {
     pub data: Bytes,
 }
 
-/// Per-call options of an append.
+/// When one append call is acknowledged: a floor under the log's [`SyncPolicy`], per call.
+///
+/// The call waits for the stronger of what it asks and what the policy gives: a level weaker
+/// than the policy's changes nothing. The policies give: [`SyncPolicy::None`] returns once the
+/// entries are staged in memory (readable at once, not yet handed to the OS);
+/// [`SyncPolicy::Periodic`] gives [`Ack::Written`]; [`SyncPolicy::Immediate`] and
+/// [`SyncPolicy::Grouped`] give [`Ack::Durable`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct AppendOptions {
-    /// Ask for more durability than the log's policy: `Some(SyncPolicy::Immediate)` makes this
-    /// append return only after an fdatasync that covers it. Weaker policies than the log's are
-    /// ignored.
-    pub sync: Option<SyncPolicy>,
-}
-
-impl AppendOptions {
-    /// Acknowledge only after an fdatasync covering the entry, whatever the log's policy.
-    pub fn durable() -> AppendOptions {
-        AppendOptions {
-            sync: Some(SyncPolicy::Immediate),
-        }
-    }
+#[non_exhaustive]
+pub enum Ack {
+    /// What the log's [`SyncPolicy`] gives (the default).
+    #[default]
+    Policy,
+    /// Returns once the entries are written to the OS (the page cache): they survive a crash of
+    /// the process, not a power loss or a crash of the machine.
+    Written,
+    /// Returns once an fdatasync covers the entries: they survive a power loss. Under a policy
+    /// that does not sync each batch, the writer syncs the batch that holds them.
+    Durable,
 }
 
 /// One segment file, as [`Wal::segments`] lists it.
@@ -508,7 +495,7 @@ pub struct WalStats {
     /// The torn tail cut by recovery at open, if any.
     pub torn_tail: Option<TornTail>,
     /// Log transactions begun and not yet committed, rolled back or expired.
-    pub open_txns: usize,
+    pub open_log_txns: usize,
     /// Bytes of frames appended and not yet written (staged, or being written): at most
     /// `max_pending_bytes`, or one call's alone.
     pub pending_bytes: u64,
@@ -804,10 +791,11 @@ impl Wal {
     /// its fate can be learned from [`last_lsn`](Self::last_lsn) and
     /// [`durable_lsn`](Self::durable_lsn). The same holds under `tokio::time::timeout`.
     pub async fn append(&self, record: impl Into<Record>) -> Result<Lsn> {
-        self.append_with(record, AppendOptions::default()).await
+        self.append_with(record, Ack::Policy).await
     }
 
-    /// [`append`](Self::append) with per-call options.
+    /// [`append`](Self::append), acknowledged at `ack` or at what the log's policy gives,
+    /// whichever is stronger (see [`Ack`]).
     ///
     /// # Errors
     ///
@@ -816,14 +804,8 @@ impl Wal {
     /// # Cancel safety
     ///
     /// As [`append`](Self::append).
-    pub async fn append_with(
-        &self,
-        record: impl Into<Record>,
-        options: AppendOptions,
-    ) -> Result<Lsn> {
-        let range = self
-            .submit(stage::Records::One(record.into()), options)
-            .await?;
+    pub async fn append_with(&self, record: impl Into<Record>, ack: Ack) -> Result<Lsn> {
+        let range = self.submit(stage::Records::One(record.into()), ack).await?;
         Ok(range.start)
     }
 
@@ -843,11 +825,11 @@ impl Wal {
         &self,
         records: impl IntoIterator<Item = R>,
     ) -> Result<Range<Lsn>> {
-        self.append_batch_with(records, AppendOptions::default())
-            .await
+        self.append_batch_with(records, Ack::Policy).await
     }
 
-    /// [`append_batch`](Self::append_batch) with per-call options.
+    /// [`append_batch`](Self::append_batch), acknowledged at `ack` or at what the log's policy
+    /// gives, whichever is stronger (see [`Ack`]).
     ///
     /// # Errors
     ///
@@ -859,7 +841,7 @@ impl Wal {
     pub async fn append_batch_with<R: Into<Record>>(
         &self,
         records: impl IntoIterator<Item = R>,
-        options: AppendOptions,
+        ack: Ack,
     ) -> Result<Range<Lsn>> {
         let records: Vec<Record> = records.into_iter().map(Into::into).collect();
         if records.is_empty() {
@@ -867,10 +849,10 @@ impl Wal {
             let next = self.shared.last_lsn().next();
             return Ok(next..next);
         }
-        self.submit(stage::Records::Many(records), options).await
+        self.submit(stage::Records::Many(records), ack).await
     }
 
-    async fn submit(&self, records: stage::Records, options: AppendOptions) -> Result<Range<Lsn>> {
+    async fn submit(&self, records: stage::Records, ack: Ack) -> Result<Range<Lsn>> {
         self.check_writable()?;
         let max = self.shared.max_entry_bytes();
         let format = self.shared.format;
@@ -891,10 +873,8 @@ impl Wal {
             });
         }
         let policy = self.shared.options.sync_policy;
-        let durable =
-            policy.syncs_each_batch() || options.sync.is_some_and(|p| p.syncs_each_batch());
-        let written = matches!(policy, SyncPolicy::Periodic { .. })
-            || matches!(options.sync, Some(SyncPolicy::Periodic { .. }));
+        let durable = policy.syncs_each_batch() || ack == Ack::Durable;
+        let written = matches!(policy, SyncPolicy::Periodic { .. }) || ack == Ack::Written;
         // Stage the call; wait first while maintenance runs or the queue is full, or for the
         // writer to make room.
         // An appender that may lead (see `writer::lead`) wakes the writer task only if it cannot.
@@ -1156,14 +1136,14 @@ impl Wal {
     }
 
     /// Begins a log transaction: entries collected in memory and appended atomically by
-    /// [`WalTxn::commit`]. After `timeout` it expires: every later call fails with
-    /// [`Error::TxnExpired`].
-    pub fn begin_txn(&self, timeout: Duration) -> WalTxn {
-        WalTxn::new(self.clone(), timeout)
+    /// [`LogTxn::commit`]. After `timeout` it expires: every later call fails with
+    /// [`Error::LogTxnExpired`].
+    pub fn begin_log_txn(&self, timeout: Duration) -> LogTxn {
+        LogTxn::new(self.clone(), timeout)
     }
 
     /// Log transactions begun and not yet committed, rolled back, expired or dropped.
-    pub fn open_txns(&self) -> usize {
+    pub fn open_log_txns(&self) -> usize {
         self.shared.open_txns()
     }
 
@@ -1253,7 +1233,7 @@ impl Wal {
             recovered_segments: s.recovered_segments,
             recovered_entries: s.recovered_entries,
             torn_tail: s.torn_tail.clone(),
-            open_txns: s.open_txns(),
+            open_log_txns: s.open_txns(),
             pending_bytes: s.stage.lock().pending_bytes,
             backend: s.driver.backend(),
         }

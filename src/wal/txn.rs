@@ -5,16 +5,16 @@ use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{AppendOptions, Lsn, Record, Wal};
+use super::{Ack, Lsn, Record, Wal};
 use crate::error::{Error, Result};
 
-/// A log transaction from [`Wal::begin_txn`]: [`push`](Self::push) entries, then
+/// A log transaction from [`Wal::begin_log_txn`]: [`push`](Self::push) entries, then
 /// [`commit`](Self::commit) them as one atomic batch or [`rollback`](Self::rollback). Dropping it
 /// rolls back. Once its timeout passes it is expired: every later call fails with
-/// [`Error::TxnExpired`], and it no longer counts in [`Wal::open_txns`]. Its entries are freed at
+/// [`Error::LogTxnExpired`], and it no longer counts in [`Wal::open_log_txns`]. Its entries are freed at
 /// its first call after the timeout, or when it is dropped.
 #[derive(Debug)]
-pub struct WalTxn {
+pub struct LogTxn {
     wal: Wal,
     records: Vec<Record>,
     bytes: u64,
@@ -25,8 +25,8 @@ pub struct WalTxn {
     open: bool,
 }
 
-impl WalTxn {
-    pub(crate) fn new(wal: Wal, timeout: Duration) -> WalTxn {
+impl LogTxn {
+    pub(crate) fn new(wal: Wal, timeout: Duration) -> LogTxn {
         let deadline = Instant::now()
             .checked_add(timeout)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
@@ -36,7 +36,7 @@ impl WalTxn {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, deadline);
-        WalTxn {
+        LogTxn {
             wal,
             records: Vec::new(),
             bytes: 0,
@@ -59,14 +59,14 @@ impl WalTxn {
         }
     }
 
-    /// Fails with [`Error::TxnExpired`] (and releases the entries) once the deadline has passed.
+    /// Fails with [`Error::LogTxnExpired`] (and releases the entries) once the deadline has passed.
     fn check(&mut self) -> Result<()> {
         if !self.open {
-            return Err(Error::TxnExpired);
+            return Err(Error::LogTxnExpired);
         }
         if Instant::now() >= self.deadline {
             self.end();
-            return Err(Error::TxnExpired);
+            return Err(Error::LogTxnExpired);
         }
         Ok(())
     }
@@ -75,8 +75,8 @@ impl WalTxn {
     ///
     /// # Errors
     ///
-    /// [`Error::TxnExpired`]; [`Error::TooLarge`] for an entry over the log's limit;
-    /// [`Error::TxnTooLarge`] if the transaction would exceed `max_txn_bytes` (the entry is not
+    /// [`Error::LogTxnExpired`]; [`Error::TooLarge`] for an entry over the log's limit;
+    /// [`Error::LogTxnTooLarge`] if the transaction would exceed `max_log_txn_bytes` (the entry is not
     /// added; the transaction stays usable).
     pub fn push(&mut self, record: impl Into<Record>) -> Result<()> {
         self.check()?;
@@ -88,9 +88,12 @@ impl WalTxn {
         }
         // A commit is one call: it may carry no more than `max_pending_bytes`.
         let shared = &self.wal.shared;
-        let bound = shared.options.max_txn_bytes.min(shared.max_call_bytes());
+        let bound = shared
+            .options
+            .max_log_txn_bytes
+            .min(shared.max_call_bytes());
         if self.bytes + len > bound {
-            return Err(Error::TxnTooLarge {
+            return Err(Error::LogTxnTooLarge {
                 bytes: self.bytes + len,
                 max: bound,
             });
@@ -124,7 +127,7 @@ impl WalTxn {
     ///
     /// # Errors
     ///
-    /// [`Error::TxnExpired`] if the deadline passed before the commit began; otherwise as
+    /// [`Error::LogTxnExpired`] if the deadline passed before the commit began; otherwise as
     /// [`Wal::append_batch`].
     ///
     /// # Cancel safety
@@ -132,10 +135,11 @@ impl WalTxn {
     /// As [`Wal::append_batch`]: dropped before the batch is queued, nothing is written; after,
     /// the batch is written whole.
     pub async fn commit(self) -> Result<Range<Lsn>> {
-        self.commit_with(AppendOptions::default()).await
+        self.commit_with(Ack::Policy).await
     }
 
-    /// [`commit`](Self::commit) with per-call options.
+    /// [`commit`](Self::commit), acknowledged at `ack` or at what the log's policy gives,
+    /// whichever is stronger (see [`Ack`](super::Ack)).
     ///
     /// # Errors
     ///
@@ -144,11 +148,11 @@ impl WalTxn {
     /// # Cancel safety
     ///
     /// As [`commit`](Self::commit).
-    pub async fn commit_with(mut self, options: AppendOptions) -> Result<Range<Lsn>> {
+    pub async fn commit_with(mut self, ack: Ack) -> Result<Range<Lsn>> {
         self.check()?;
         let records = std::mem::take(&mut self.records);
         self.end();
-        self.wal.append_batch_with(records, options).await
+        self.wal.append_batch_with(records, ack).await
     }
 
     /// Discards the entries.
@@ -157,7 +161,7 @@ impl WalTxn {
     }
 }
 
-impl Drop for WalTxn {
+impl Drop for LogTxn {
     fn drop(&mut self) {
         self.end();
     }
