@@ -27,6 +27,7 @@ use ringtide::{CorruptionKind, Error, Result};
 both_backends!(
     appends_are_dense_and_read_back,
     every_length_encoding_and_checksum_round_trips,
+    caller_timestamps_are_kept_and_the_log_stamps_the_rest,
     entries_too_large_are_refused_and_nothing_is_lost,
     concurrent_appends_get_dense_unique_lsns,
     reopen_after_close_and_after_drop,
@@ -164,6 +165,75 @@ async fn every_length_encoding_and_checksum_round_trips(driver: IoDriver) -> Res
         }
     }
     Ok(())
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_micros() as u64
+}
+
+async fn caller_timestamps_are_kept_and_the_log_stamps_the_rest(driver: IoDriver) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("stamped");
+    let wal = Wal::open(&dir, opts(&driver).timestamps(Timestamps::UnixMicros)).await?;
+    let before = now_us();
+    wal.append(Record::new("own").timestamp_us(42)).await?;
+    wal.append("log's").await?;
+    wal.append_batch([
+        Record::new("b1").term(2).timestamp_us(7),
+        Record::new("b2").term(2),
+        Record::with_term(2, "b3").timestamp_us(0),
+    ])
+    .await?;
+    let mut txn = wal.begin_log_txn(Duration::from_secs(10));
+    txn.push(Record::new("t1").timestamp_us(u64::MAX))?;
+    txn.push("t2")?;
+    txn.commit().await?;
+    let after = now_us();
+    let stamped = |e: &Entry| {
+        e.timestamp_us
+            .is_some_and(|t| (before..=after).contains(&t))
+    };
+    for reopen in [false, true] {
+        let wal = if reopen {
+            wal.close().await?;
+            Wal::open(&dir, opts(&driver)).await?
+        } else {
+            wal.clone()
+        };
+        let entries = wal.range(..).await?;
+        let stamps: Vec<Option<u64>> = entries.iter().map(|e| e.timestamp_us).collect();
+        assert_eq!(
+            stamps[0],
+            Some(42),
+            "the caller's stamp, reopened: {reopen}"
+        );
+        assert!(stamped(&entries[1]), "the log's stamp: {:?}", entries[1]);
+        assert_eq!((stamps[2], entries[2].term), (Some(7), Some(2)));
+        assert!(stamped(&entries[3]) && entries[3].term == Some(2));
+        assert_eq!(stamps[4], Some(0), "a zero stamp is the caller's too");
+        assert_eq!(stamps[5], Some(u64::MAX));
+        assert!(stamped(&entries[6]));
+        assert_eq!(wal.read(Lsn(1)).await?.timestamp_us, Some(42));
+        let streamed: Vec<Option<u64>> = wal
+            .stream(Lsn(1))
+            .map(|e| e.map(|e| e.timestamp_us))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_>>()?;
+        assert_eq!(streamed, stamps);
+        if reopen {
+            wal.close().await?;
+        }
+    }
+    // A log without timestamps keeps none, the caller's included.
+    let wal = Wal::open(tmp.path().join("plain"), opts(&driver)).await?;
+    wal.append(Record::new("own").timestamp_us(42)).await?;
+    assert_eq!(wal.read(Lsn(1)).await?.timestamp_us, None);
+    wal.close().await
 }
 
 async fn entries_too_large_are_refused_and_nothing_is_lost(driver: IoDriver) -> Result<()> {

@@ -68,10 +68,7 @@ fn term(i: u64) -> Option<u64> {
 }
 
 fn record(i: u64) -> Record {
-    Record {
-        term: term(i),
-        data: payload(i),
-    }
+    Record::new(payload(i)).term(term(i))
 }
 
 fn name(path: &Path) -> String {
@@ -1262,10 +1259,7 @@ fn fixture_record(lsn: u64) -> Record {
         _ => Some(7),
     };
     let text = format!("fixture entry {lsn}: {}", "ab".repeat((lsn % 7) as usize));
-    Record {
-        term,
-        data: Bytes::from(text),
-    }
+    Record::new(text).term(term)
 }
 
 const FIXTURE_ENTRIES: u64 = 24;

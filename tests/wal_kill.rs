@@ -211,7 +211,7 @@ async fn child(dir: &Path, cycle: u32) {
                     .iter()
                     .map(|&s| {
                         let (term, data) = entry(cycle, task, s);
-                        Record { term, data }
+                        Record::new(data).term(term)
                     })
                     .collect();
                 let first = if n == 1 {

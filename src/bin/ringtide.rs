@@ -85,12 +85,12 @@ fn hex(bytes: &[u8]) -> String {
 
 async fn inspect(dir: PathBuf) -> ringtide::Result<()> {
     let wal = Wal::open_read_only(&dir, WalOptions::default()).await?;
-    let (length, checksum, timestamps) = wal.format();
+    let format = wal.format();
     let stats = wal.stats();
     println!("log          {}", dir.display());
     println!(
-        "format       version {}, length {length:?}, checksum {checksum:?}, timestamps {timestamps:?}",
-        ringtide::wal::FORMAT_VERSION
+        "format       version {}, length {:?}, checksum {:?}, timestamps {:?}",
+        format.version, format.length_encoding, format.checksum, format.timestamps
     );
     println!(
         "lsns         {}..={} ({} entries)",

@@ -108,8 +108,9 @@ pub enum Timestamps {
     /// No timestamps (the default).
     #[default]
     Off,
-    /// Microseconds since the Unix epoch (the system clock, so not monotonic), taken when the
-    /// append call is staged: every entry of one call gets the same time.
+    /// Microseconds since the Unix epoch: the entry's [`Record::timestamp_us`] if the caller set
+    /// one, else the system clock (so not monotonic) read when the append call is staged: every
+    /// entry of one call without a stamp of its own gets the same time.
     UnixMicros,
 }
 
@@ -346,66 +347,95 @@ impl WalOptions {
     }
 }
 
-/// An entry to append: its payload and, for Raft, its term.
+/// An entry to append: its payload and, optionally, a Raft term and a timestamp.
+///
+/// Built with [`Record::new`] and the setters, [`Record::with_term`], or `From` a payload
+/// (`Bytes`, `Vec<u8>`, `&'static [u8]`, `&'static str`):
+///
+/// ```
+/// use ringtide::wal::Record;
+///
+/// let r = Record::new("payload").term(3).timestamp_us(1_700_000_000_000_000);
+/// assert_eq!((r.term, r.timestamp_us), (Some(3), Some(1_700_000_000_000_000)));
+/// assert_eq!(Record::with_term(3, "payload").timestamp_us(None), Record::new("payload").term(3));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct Record {
     /// The Raft term, if the log is used by Raft.
     pub term: Option<u64>,
+    /// The entry's time in microseconds since the Unix epoch, if the caller sets it (e.g. the
+    /// time an event happened, or the leader's stamp replicated to a follower). Kept only by a
+    /// log that records timestamps ([`Timestamps::UnixMicros`]); without one, such a log stamps
+    /// the entry itself. Ignored by a log without timestamps.
+    pub timestamp_us: Option<u64>,
     /// The payload; may be empty.
     pub data: Bytes,
 }
 
 impl Record {
-    /// A record with a term.
-    pub fn with_term(term: u64, data: impl Into<Bytes>) -> Record {
+    /// A record with this payload, no term and no timestamp of its own.
+    pub fn new(data: impl Into<Bytes>) -> Record {
         Record {
-            term: Some(term),
+            term: None,
+            timestamp_us: None,
             data: data.into(),
         }
+    }
+
+    /// A record with a term.
+    pub fn with_term(term: u64, data: impl Into<Bytes>) -> Record {
+        Record::new(data).term(term)
+    }
+
+    /// Sets the Raft term (`None` for none).
+    pub fn term(mut self, term: impl Into<Option<u64>>) -> Record {
+        self.term = term.into();
+        self
+    }
+
+    /// Sets the entry's timestamp, in microseconds since the Unix epoch (`None`: the log's own
+    /// stamp). See [`timestamp_us`](Record#structfield.timestamp_us).
+    pub fn timestamp_us(mut self, timestamp_us: impl Into<Option<u64>>) -> Record {
+        self.timestamp_us = timestamp_us.into();
+        self
     }
 }
 
 impl From<Bytes> for Record {
     fn from(data: Bytes) -> Record {
-        Record { term: None, data }
+        Record::new(data)
     }
 }
 
 impl From<Vec<u8>> for Record {
     fn from(data: Vec<u8>) -> Record {
-        Record {
-            term: None,
-            data: data.into(),
-        }
+        Record::new(data)
     }
 }
 
 impl From<&'static [u8]> for Record {
     fn from(data: &'static [u8]) -> Record {
-        Record {
-            term: None,
-            data: Bytes::from_static(data),
-        }
+        Record::new(data)
     }
 }
 
 impl From<&'static str> for Record {
     fn from(data: &'static str) -> Record {
-        Record {
-            term: None,
-            data: Bytes::from_static(data.as_bytes()),
-        }
+        Record::new(data)
     }
 }
 
 /// An entry read from the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Entry {
     /// Its sequence number.
     pub lsn: Lsn,
     /// Its Raft term, if one was given.
     pub term: Option<u64>,
-    /// When it was written (µs since the Unix epoch), if the log records timestamps.
+    /// Its time (µs since the Unix epoch), if the log records timestamps: the one its
+    /// [`Record`] carried, or else the time its append call was staged.
     pub timestamp_us: Option<u64>,
     /// The payload, sliced from the read buffer without a copy.
     pub data: Bytes,
@@ -432,6 +462,20 @@ pub enum Ack {
     Durable,
 }
 
+/// A log's on-disk format, as [`Wal::format`] reads it from the log's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WalFormat {
+    /// The format version (this build reads and writes only [`FORMAT_VERSION`]).
+    pub version: u16,
+    /// How frame lengths are stored.
+    pub length_encoding: LengthEncoding,
+    /// The frame checksum.
+    pub checksum: ChecksumKind,
+    /// Whether entries carry a timestamp.
+    pub timestamps: Timestamps,
+}
+
 /// One segment file, as [`Wal::segments`] lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -450,6 +494,7 @@ pub struct SegmentInfo {
 
 /// A torn tail found and cut by recovery.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TornTail {
     /// The segment it was in.
     pub file: PathBuf,
@@ -1200,17 +1245,18 @@ impl Wal {
     }
 
     /// The log's on-disk format, as recorded in its files.
-    pub fn format(&self) -> (LengthEncoding, ChecksumKind, Timestamps) {
+    pub fn format(&self) -> WalFormat {
         let f = self.shared.format;
-        (
-            f.length,
-            f.checksum,
-            if f.timestamps {
+        WalFormat {
+            version: FORMAT_VERSION,
+            length_encoding: f.length,
+            checksum: f.checksum,
+            timestamps: if f.timestamps {
                 Timestamps::UnixMicros
             } else {
                 Timestamps::Off
             },
-        )
+        }
     }
 
     /// A snapshot of the log's state and counters.

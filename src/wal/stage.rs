@@ -369,7 +369,8 @@ fn place(shared: &Shared, st: &mut State, call: &Call) -> Option<Placed> {
             lsn: Lsn(first.0 + i as u64),
             synced_lsn: synced,
             term: r.term,
-            timestamp_us: timestamp,
+            // The caller's stamp where it gave one (a log without timestamps ignores both).
+            timestamp_us: r.timestamp_us.unwrap_or(timestamp),
             continues: i + 1 < n,
         };
         format.encode(&mut st.buf, fields, &r.data);
