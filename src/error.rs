@@ -70,16 +70,18 @@ pub enum Error {
         last: Lsn,
     },
 
-    /// An entry larger than the log accepts, or one call's entries together larger than one
-    /// call may carry (they go into one segment, within `max_pending_bytes`).
+    /// An entry larger than the log accepts, one call's entries together larger than one
+    /// call may carry (they go into one segment, within `max_pending_bytes`), or a range read
+    /// larger than one read may hold in memory (`max_range_bytes`).
     #[error(
-        "{len} bytes exceed the limit of {max} bytes (of one entry, or of one call's entries together)"
+        "{len} bytes exceed the limit of {max} bytes (of one entry, of one call's entries together, or of one range read)"
     )]
     TooLarge {
-        /// The entry's size, or the call's entries' together.
+        /// The entry's size, the call's entries' together, or the range's frames' on disk.
         len: u64,
         /// The largest size accepted: for an entry, the smaller of `max_entry_bytes` and the
-        /// length encoding's range; for a call, the smaller of `max_pending_bytes` and 1 GiB.
+        /// length encoding's range; for a call, the smaller of `max_pending_bytes` and 1 GiB;
+        /// for a range, `max_range_bytes`.
         max: u64,
     },
 

@@ -51,6 +51,8 @@ both_backends!(
     an_append_polled_once_and_left_alone_holds_nothing_up,
     sync_policies_do_what_they_say,
     out_of_range_reads_name_the_bounds,
+    a_range_is_bounded_in_bytes,
+    check_integrity_reads_every_entry_and_names_the_first_damage,
     a_failed_write_poisons_the_log_until_reopened,
     regression_1_truncate_front_syncs_what_it_keeps,
     regression_2_a_missing_first_segment_is_corruption,
@@ -1358,6 +1360,128 @@ async fn out_of_range_reads_name_the_bounds(driver: IoDriver) -> Result<()> {
         Err(Error::OutOfRange { .. })
     ));
     assert!(wal.range(Lsn(4)..Lsn(4)).await?.is_empty());
+    wal.close().await
+}
+
+async fn a_range_is_bounded_in_bytes(driver: IoDriver) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    assert!(matches!(
+        Wal::open(tmp.path(), opts(&driver).max_range_bytes(1000)).await,
+        Err(Error::InvalidArgument {
+            name: "max_range_bytes",
+            ..
+        })
+    ));
+    let wal = Wal::open(tmp.path(), opts(&driver).max_range_bytes(4 << 10)).await?;
+    let kib = |i: u64| Bytes::from(vec![i as u8; 1000]);
+    wal.append_batch((1..=20).map(kib)).await?;
+    let big = Bytes::from(vec![7u8; 10_000]);
+    wal.append(big.clone()).await?;
+    // Within the bound: read whole.
+    let three = wal.range(Lsn(1)..Lsn(4)).await?;
+    assert_eq!(three.len(), 3);
+    assert!(three.iter().all(|e| e.data == kib(e.lsn.0)));
+    // Beyond it: refused, naming the range's size and the bound; nothing else changes.
+    match wal.range(..).await {
+        Err(Error::TooLarge { len, max }) => {
+            assert_eq!(max, 4 << 10);
+            assert!(len > 20 * 1000 + 10_000, "{len}");
+        }
+        other => panic!("a range over max_range_bytes: {other:?}"),
+    }
+    match wal.range(Lsn(20)..=Lsn(21)).await {
+        Err(Error::TooLarge { max, .. }) => assert_eq!(max, 4 << 10),
+        other => panic!("{other:?}"),
+    }
+    // A single entry is always read, however large; a stream reads everything in chunks.
+    assert_eq!(wal.range(Lsn(21)..=Lsn(21)).await?[0].data, big);
+    assert_eq!(wal.read(Lsn(21)).await?.data, big);
+    let all: Vec<Entry> = wal
+        .stream(Lsn(1))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
+    assert_eq!(all.len(), 21);
+    assert_eq!(wal.last_lsn(), Lsn(21));
+    wal.close().await
+}
+
+async fn check_integrity_reads_every_entry_and_names_the_first_damage(
+    driver: IoDriver,
+) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("log");
+    let o = opts(&driver).segment_size_bytes(64 << 10);
+    let wal = Wal::open(&dir, o.clone()).await?;
+    for chunk in (1..=1000u64).collect::<Vec<_>>().chunks(50) {
+        wal.append_batch(chunk.iter().map(|&i| payload(i))).await?;
+    }
+    let payload_bytes: u64 = (1..=1000).map(|i| payload(i).len() as u64).sum();
+    let mut seen = Vec::new();
+    let report = wal.check_integrity(|p| seen.push(p)).await?;
+    assert!(report.is_sound(), "{report:?}");
+    assert_eq!((report.first_lsn, report.last_lsn), (Lsn(1), Lsn(1000)));
+    assert_eq!(report.entries, 1000);
+    assert_eq!(report.segments, wal.segments().len() as u64);
+    assert!(report.segments >= 3, "{report:?}");
+    assert!(
+        report.bytes > payload_bytes,
+        "frames are larger than payloads"
+    );
+    let last = seen.last().expect("progress reported");
+    assert_eq!((last.entries_checked, last.entries_total), (1000, 1000));
+    assert_eq!(last.bytes_checked, report.bytes);
+    assert!(
+        seen.windows(2)
+            .all(|w| w[0].entries_checked < w[1].entries_checked),
+        "progress moves forward"
+    );
+
+    // Damage under the open handle: the check stops at it and names it, after what was sound.
+    let first = wal.segments()[0].clone();
+    let at = first.data_bytes / 2;
+    let file = std::fs::OpenOptions::new().write(true).open(&first.path)?;
+    let mut byte = [0u8; 1];
+    std::fs::File::open(&first.path)?.read_exact_at(&mut byte, at)?;
+    file.write_all_at(&[byte[0] ^ 0x5a], at)?;
+    let report = wal.check_integrity(|_| {}).await?;
+    let problem = report.problem.clone().expect("the damage is found");
+    assert_eq!(problem.file, first.path);
+    assert!(problem.offset <= at, "{problem:?} for a byte at {at}");
+    assert!(!report.is_sound() && report.entries < 1000, "{report:?}");
+    assert!(
+        problem.to_string().starts_with("corruption in "),
+        "{problem}"
+    );
+    file.write_all_at(&byte, at)?;
+    wal.close().await?;
+    assert!(matches!(
+        wal.check_integrity(|_| {}).await,
+        Err(Error::Closed)
+    ));
+
+    // Stray bytes past the end (what a crash leaves of an unsynced write): a read-only handle
+    // reports the torn tail it may not cut; a writable open cuts it, and the log is sound.
+    let last_seg = segments(&dir).last().cloned().expect("a segment");
+    let mut bytes = std::fs::read(&last_seg)?;
+    let end = bytes.iter().rposition(|&b| b != 0).expect("data") + 1;
+    bytes[end + 1..end + 9].copy_from_slice(b"torn!!!!");
+    std::fs::write(&last_seg, &bytes)?;
+    let ro = Wal::open_read_only(&dir, o.clone()).await?;
+    let report = ro.check_integrity(|_| {}).await?;
+    assert_eq!(report.entries, 1000);
+    match report.problem {
+        Some(p) => {
+            assert_eq!(p.file, last_seg);
+            assert!(matches!(p.kind, CorruptionKind::TornTail { .. }), "{p:?}");
+        }
+        None => panic!("a read-only check reports the torn tail"),
+    }
+    ro.close().await?;
+    let wal = Wal::open(&dir, o).await?;
+    assert!(wal.stats().torn_tail.is_some());
+    assert!(wal.check_integrity(|_| {}).await?.is_sound());
     wal.close().await
 }
 

@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
+use ringtide::CorruptionKind;
 use ringtide::wal::{Lsn, Wal, WalOptions};
 
 #[derive(Parser)]
@@ -195,34 +196,30 @@ async fn verify(dir: PathBuf) -> ringtide::Result<bool> {
         ProgressBar::hidden()
     };
     // Reading every entry back checks each checksum again, through the read path.
-    let mut stream = wal.stream(first);
-    let mut seen = 0u64;
-    while let Some(entry) = stream.next().await {
-        entry?;
-        seen += 1;
-        if seen.is_multiple_of(4096) {
-            bar.set_position(seen);
-        }
-    }
+    let report = wal
+        .check_integrity(|p| bar.set_position(p.entries_checked))
+        .await?;
     bar.finish_and_clear();
-    let stats = wal.stats();
-    match &stats.torn_tail {
+    let seen = report.entries;
+    match &report.problem {
         None => println!(
             "{}: {seen} entries in {} segments, lsns {first}..={last}, every checksum sound",
             dir.display(),
-            stats.segments
+            report.segments
         ),
         // Not every checksum is sound: say where, and what recovery makes of it.
-        Some(t) => println!(
-            "{}: {seen} entries in {} segments, lsns {first}..={last} sound; then a torn tail in {} at offset {} ({} bytes): data never acknowledged as durable, cut at the next open for writing",
-            dir.display(),
-            stats.segments,
-            t.file.display(),
-            t.offset,
-            t.bytes
-        ),
+        Some(p) => match p.kind {
+            CorruptionKind::TornTail { bytes } => println!(
+                "{}: {seen} entries in {} segments, lsns {first}..={last} sound; then a torn tail in {} at offset {} ({bytes} bytes): data never acknowledged as durable, cut at the next open for writing",
+                dir.display(),
+                report.segments,
+                p.file.display(),
+                p.offset,
+            ),
+            _ => eprintln!("ringtide: {p}"),
+        },
     }
-    Ok(seen == total && stats.torn_tail.is_none())
+    Ok(report.problem.is_none() && seen == total)
 }
 
 /// Options to open an existing log for writing with: its own segment size (the smallest of its

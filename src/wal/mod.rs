@@ -39,6 +39,7 @@
 #[doc(hidden)]
 mod batch_io;
 pub mod fuzz;
+mod integrity;
 mod observe;
 mod reader;
 mod record;
@@ -62,6 +63,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 pub use crate::types::Lsn;
+pub use integrity::{IntegrityProblem, IntegrityProgress, IntegrityReport};
 pub use txn::LogTxn;
 
 /// The on-disk format version this build writes, and the only one it reads (recorded in every
@@ -178,6 +180,7 @@ pub struct WalOptions {
     max_pending_bytes: u64,
     max_batch_bytes: u64,
     max_log_txn_bytes: u64,
+    max_range_bytes: u64,
     driver: Option<IoDriver>,
 }
 
@@ -195,6 +198,7 @@ impl Default for WalOptions {
             max_pending_bytes: 64 << 20,
             max_batch_bytes: 1 << 20,
             max_log_txn_bytes: 64 << 20,
+            max_range_bytes: 64 << 20,
             driver: None,
         }
     }
@@ -282,6 +286,14 @@ impl WalOptions {
         self
     }
 
+    /// Most bytes of frames one [`Wal::range`] call reads into memory; a larger range of more
+    /// than one entry fails with [`Error::TooLarge`] (a single entry is always read).
+    /// Default: 64 MiB; accepted: 4 KiB to 4 GiB.
+    pub fn max_range_bytes(mut self, bytes: u64) -> Self {
+        self.max_range_bytes = bytes;
+        self
+    }
+
     /// The I/O driver to use; by default the log builds its own with [`DriverOptions::default`]
     /// (io_uring where available, `RINGTIDE_IO_BACKEND` obeyed).
     pub fn driver(mut self, driver: IoDriver) -> Self {
@@ -325,6 +337,7 @@ impl WalOptions {
             1,
             MAX_CALL_BYTES,
         )?;
+        range("max_range_bytes", self.max_range_bytes, 4 << 10, 4 << 30)?;
         match self.sync_policy {
             SyncPolicy::Periodic {
                 interval,
@@ -1039,7 +1052,7 @@ impl Wal {
     ///
     /// Cancel safe: it only reads.
     pub async fn read(&self, lsn: Lsn) -> Result<Entry> {
-        let mut entries = reader::read_range(&self.shared, lsn, lsn.next()).await?;
+        let mut entries = reader::read_range(&self.shared, lsn, lsn.next(), u64::MAX).await?;
         entries.pop().ok_or(Error::OutOfRange {
             lsn,
             first: self.first_lsn(),
@@ -1050,9 +1063,16 @@ impl Wal {
     /// Reads a range of entries, in order. Each entry's data is a slice of one read buffer per
     /// segment, without a copy per entry.
     ///
+    /// One call holds the whole range in memory, so it is bounded: a range whose frames take
+    /// more than [`max_range_bytes`](WalOptions::max_range_bytes) on disk (default 64 MiB) is
+    /// refused before anything is read, unless it holds a single entry. To read more, read in
+    /// smaller ranges, or use [`stream`](Self::stream), which reads in bounded chunks.
+    ///
     /// # Errors
     ///
-    /// [`Error::OutOfRange`] if the range reaches outside the log; as [`read`](Self::read).
+    /// [`Error::OutOfRange`] if the range reaches outside the log; [`Error::TooLarge`] (with the
+    /// range's frame bytes and the bound) if it holds more than one entry and its frames take
+    /// more than `max_range_bytes`; as [`read`](Self::read).
     ///
     /// # Cancel safety
     ///
@@ -1071,7 +1091,13 @@ impl Wal {
         if end <= start {
             return Ok(Vec::new());
         }
-        reader::read_range(&self.shared, start, end).await
+        reader::read_range(
+            &self.shared,
+            start,
+            end,
+            self.shared.options.max_range_bytes,
+        )
+        .await
     }
 
     /// Reads forward from `from` to the entries written so far, in chunks of up to 4 MiB.
@@ -1106,6 +1132,47 @@ impl Wal {
                 reader::Follow::Durable,
             )),
         }
+    }
+
+    /// Checks the whole log: reads every entry back through the read path, checking each
+    /// frame's checksum, its lsn and its place, and calls `progress` after each chunk (at most
+    /// 4 MiB of frames). Segment headers, and frames below the first lsn, were checked when the
+    /// handle was opened (recovery reads every segment). Entries appended while the check runs
+    /// are not included. What `ringtide wal verify` runs.
+    ///
+    /// Damage is not an error: the check stops at the first, and the report names its file,
+    /// offset and kind, after what was read sound before it. On a read-only handle, a torn tail
+    /// found at open (which a writable open would cut) is reported as a problem of kind
+    /// [`CorruptionKind::TornTail`](crate::CorruptionKind::TornTail).
+    ///
+    /// ```
+    /// # use ringtide::wal::{Wal, WalOptions};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> ringtide::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let wal = Wal::open(dir.path(), WalOptions::default()).await?;
+    /// wal.append_batch(["a", "b", "c"]).await?;
+    /// let mut checked = 0;
+    /// let report = wal.check_integrity(|p| checked = p.entries_checked).await?;
+    /// assert!(report.is_sound() && checked == 3);
+    /// assert_eq!(report.entries, 3);
+    /// # wal.close().await
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] or [`Error::Poisoned`] for a handle that cannot read; [`Error::Io`] if
+    /// a read fails; [`Error::OutOfRange`] if the log is truncated under the check.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads; dropping it stops the check.
+    pub async fn check_integrity(
+        &self,
+        progress: impl FnMut(IntegrityProgress),
+    ) -> Result<IntegrityReport> {
+        integrity::check(self, progress).await
     }
 
     /// Makes every written entry durable (fdatasync) and returns the durable lsn.

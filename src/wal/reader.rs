@@ -15,8 +15,8 @@ use super::recovery::ACCEPT_MAX_PAYLOAD;
 use super::{Entry, Lsn, Shared};
 use crate::error::{CorruptionKind, Error, Result};
 
-/// The most bytes a stream reads at once.
-const STREAM_CHUNK_BYTES: u64 = 4 << 20;
+/// The most bytes a stream (or an integrity check) reads at once.
+pub(crate) const STREAM_CHUNK_BYTES: u64 = 4 << 20;
 
 /// The frames `first..first + count` of one segment, at `start..end` in its file.
 struct Span {
@@ -134,12 +134,42 @@ async fn read_span(shared: &Shared, span: Span, out: &mut Vec<Entry>) -> Result<
     Ok(())
 }
 
+/// How much one read may take.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Limit {
+    /// All of the range, unless its frames take more than this many bytes and it holds more
+    /// than one entry: then `Error::TooLarge`, before anything is read.
+    Refuse(u64),
+    /// A prefix of the range whose frames take at most this many bytes (at least one entry).
+    Cut(u64),
+}
+
 /// Reads `start..end`, which must lie inside the log.
-pub(crate) async fn read_range(shared: &Shared, start: Lsn, end: Lsn) -> Result<Vec<Entry>> {
-    read_chunk(shared, start, end, u64::MAX).await
+pub(crate) async fn read_range(
+    shared: &Shared,
+    start: Lsn,
+    end: Lsn,
+    max_bytes: u64,
+) -> Result<Vec<Entry>> {
+    Ok(read_counted(shared, start, end, Limit::Refuse(max_bytes))
+        .await?
+        .0)
 }
 
 async fn read_chunk(shared: &Shared, start: Lsn, end: Lsn, max_bytes: u64) -> Result<Vec<Entry>> {
+    Ok(read_counted(shared, start, end, Limit::Cut(max_bytes))
+        .await?
+        .0)
+}
+
+/// Reads `start..end` (or the prefix `limit` allows), which must lie inside the log; returns the
+/// entries and the bytes their frames took on disk.
+pub(crate) async fn read_counted(
+    shared: &Shared,
+    start: Lsn,
+    end: Lsn,
+    limit: Limit,
+) -> Result<(Vec<Entry>, u64)> {
     shared.check_usable()?;
     let (first, last) = (shared.first_lsn(), shared.last_lsn());
     if start < first || end > last.next() || start.0 == 0 {
@@ -152,16 +182,29 @@ async fn read_chunk(shared: &Shared, start: Lsn, end: Lsn, max_bytes: u64) -> Re
     }
     // Entries appended but still in the stage are written first.
     super::stage::flush_to(shared, Lsn(end.0 - 1)).await?;
-    let spans = locate(shared, start, end, max_bytes);
+    let spans = match limit {
+        Limit::Cut(max_bytes) => locate(shared, start, end, max_bytes),
+        Limit::Refuse(max_bytes) => {
+            let spans = locate(shared, start, end, u64::MAX);
+            let bytes: u64 = spans.iter().map(|s| s.end - s.start).sum();
+            if bytes > max_bytes && end.0 - start.0 > 1 {
+                return Err(Error::TooLarge {
+                    len: bytes,
+                    max: max_bytes,
+                });
+            }
+            spans
+        }
+    };
+    let bytes = spans.iter().map(|s| s.end - s.start).sum();
     let mut out = Vec::with_capacity(spans.iter().map(|s| s.count).sum());
     for span in spans {
         read_span(shared, span, &mut out).await?;
     }
     // The log was truncated between the bounds check and the lookup: say so, never return less.
-    let complete = if max_bytes == u64::MAX {
-        out.len() as u64 == end.0 - start.0
-    } else {
-        !out.is_empty()
+    let complete = match limit {
+        Limit::Refuse(_) => out.len() as u64 == end.0 - start.0,
+        Limit::Cut(_) => !out.is_empty(),
     };
     if !complete {
         return Err(Error::OutOfRange {
@@ -170,7 +213,7 @@ async fn read_chunk(shared: &Shared, start: Lsn, end: Lsn, max_bytes: u64) -> Re
             last: shared.last_lsn(),
         });
     }
-    Ok(out)
+    Ok((out, bytes))
 }
 
 /// Whether a stream follows the log past its current end.
