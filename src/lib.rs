@@ -8,6 +8,9 @@
 //!    tails, truncation at both ends, Raft terms, log transactions.
 //! 3. `kv` — a transactional LSM key-value store (not built yet).
 //!
+//! The numbers every layer shares are crate-level newtypes: [`Lsn`] (a log's sequence numbers;
+//! also `ringtide::wal::Lsn`) and [`SeqNo`] (the key-value store's commit sequence numbers).
+//!
 //! # Example
 //!
 //! ```
