@@ -50,6 +50,7 @@ both_backends!(
     staged_entries_are_readable_at_once_and_the_stage_stays_bounded,
     an_append_polled_once_and_left_alone_holds_nothing_up,
     sync_policies_do_what_they_say,
+    ack_levels_are_a_floor_under_the_policy,
     out_of_range_reads_name_the_bounds,
     a_range_is_bounded_in_bytes,
     check_integrity_reads_every_entry_and_names_the_first_damage,
@@ -1255,6 +1256,38 @@ async fn staged_entries_are_readable_at_once_and_the_stage_stays_bounded(
     let wal = Wal::open(tmp.path(), options).await?;
     assert_eq!(wal.last_lsn(), Lsn(20_050));
     assert_eq!(wal.read(Lsn(20_050)).await?.data, payload(20_050));
+    wal.close().await
+}
+
+async fn ack_levels_are_a_floor_under_the_policy(driver: IoDriver) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    // Under `None`, `Written` waits for the write but asks for no sync; `Durable` gets one, for
+    // a log transaction too.
+    let wal = Wal::open(
+        tmp.path().join("none"),
+        opts(&driver).sync_policy(SyncPolicy::None),
+    )
+    .await?;
+    assert_eq!(wal.append_with(payload(1), Ack::Written).await?, Lsn(1));
+    assert_eq!(
+        wal.append_batch_with((2..=4).map(payload), Ack::Written)
+            .await?,
+        Lsn(2)..Lsn(5)
+    );
+    assert_eq!((wal.durable_lsn(), wal.stats().syncs), (Lsn(0), 0));
+    let mut txn = wal.begin_log_txn(Duration::from_secs(10));
+    txn.push(payload(5))?;
+    assert_eq!(txn.commit_with(Ack::Durable).await?, Lsn(5)..Lsn(6));
+    assert_eq!(wal.durable_lsn(), Lsn(5));
+    check_all(&wal, payload).await?;
+    wal.close().await?;
+    // Under `Immediate`, a weaker level changes nothing: every call returns durable.
+    let wal = Wal::open(tmp.path().join("immediate"), opts(&driver)).await?;
+    for (i, ack) in [(1, Ack::Policy), (2, Ack::Written), (3, Ack::Durable)] {
+        assert_eq!(wal.append_with(payload(i), ack).await?, Lsn(i));
+        assert_eq!(wal.durable_lsn(), Lsn(i), "{ack:?}");
+    }
+    assert_eq!(Ack::default(), Ack::Policy);
     wal.close().await
 }
 

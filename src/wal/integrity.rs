@@ -74,7 +74,8 @@ impl IntegrityReport {
     /// Whether every entry from `first_lsn` to `last_lsn` was read back sound, with no damage
     /// found.
     pub fn is_sound(&self) -> bool {
-        self.problem.is_none() && self.entries == self.last_lsn.0 + 1 - self.first_lsn.0
+        self.problem.is_none()
+            && self.entries == (self.last_lsn.0 + 1).saturating_sub(self.first_lsn.0)
     }
 }
 
@@ -95,7 +96,7 @@ pub(crate) async fn check(
         bytes: 0,
         problem: None,
     };
-    let total = last.0 + 1 - first.0;
+    let total = (last.0 + 1).saturating_sub(first.0);
     let mut next = first;
     while next <= last {
         match reader::read_counted(shared, next, last.next(), Limit::Cut(STREAM_CHUNK_BYTES)).await
