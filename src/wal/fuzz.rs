@@ -37,8 +37,8 @@ use bytes::BytesMut;
 use futures::StreamExt;
 use ringtide_platform::{DriverOptions, IoDriver};
 
-use super::record::{Decoded, FrameFields, FrameFormat};
-use super::recovery::{ACCEPT_MAX_PAYLOAD, MAX_LSN, find_valid_frame};
+use super::record::{ACCEPT_MAX_PAYLOAD, Decoded, FrameFields, FrameFormat, MAX_LSN};
+use super::recovery::find_valid_frame;
 use super::segment::{self, HEADER_LEN, Meta, SegmentHeader};
 use super::{ChecksumKind, LengthEncoding, Lsn, RecoveryMode, Wal, WalOptions};
 
@@ -310,42 +310,18 @@ fn check_frame(format: FrameFormat, buf: &[u8], at: usize, frame: &super::record
             payload,
         );
     }
-    // A uvarint length may be written with redundant continuation bytes: the decoder accepts
-    // that, the encoder writes the shortest form, and the rest of the frame is the same.
-    assert!(
-        encoded.len() <= bytes.len(),
-        "{format:?}: the frame at {at} re-encodes longer ({} > {} bytes)",
-        encoded.len(),
-        bytes.len()
+    // The decoder refuses every length spelling but the shortest, the one the encoder writes:
+    // a frame re-encodes to its own bytes.
+    assert_eq!(
+        format.frame_len(payload.len(), frame.term.is_some()),
+        frame.len,
+        "{format:?}: frame_len disagrees with the frame at {at}"
     );
-    let extra = bytes.len() - encoded.len();
-    if extra == 0 {
-        assert_eq!(
-            format.frame_len(payload.len(), frame.term.is_some()),
-            frame.len,
-            "{format:?}: frame_len disagrees with the frame at {at}"
-        );
-        assert_eq!(
-            &encoded[..],
-            bytes,
-            "{format:?}: the frame at {at} does not re-encode to the same bytes"
-        );
-    } else {
-        assert_eq!(
-            format.length,
-            LengthEncoding::Uvarint,
-            "{format:?}: the frame at {at} re-encodes shorter"
-        );
-        let length_len = encoded
-            .iter()
-            .position(|b| b & 0x80 == 0)
-            .map_or(encoded.len(), |i| i + 1);
-        assert_eq!(
-            &encoded[length_len..],
-            &bytes[length_len + extra..],
-            "{format:?}: the frame at {at} does not re-encode to the same bytes after its length"
-        );
-    }
+    assert_eq!(
+        &encoded[..],
+        bytes,
+        "{format:?}: the frame at {at} does not re-encode to the same bytes"
+    );
 
     // Clearing the "continues" flag keeps the frame valid and changes nothing else.
     let mut cleared = bytes.to_vec();
@@ -375,85 +351,18 @@ fn check_frame(format: FrameFormat, buf: &[u8], at: usize, frame: &super::record
     }
 }
 
-fn checksum_len(kind: ChecksumKind) -> usize {
-    match kind {
-        ChecksumKind::Crc32 => 4,
-        ChecksumKind::Crc64 => 8,
-    }
-}
-
-/// Reads a frame's length field at the start of `rest`: (payload length, field bytes).
-fn read_length(encoding: LengthEncoding, rest: &[u8]) -> Option<(u64, usize)> {
-    let fixed = |n: usize| {
-        let b = rest.get(..n)?;
-        let mut v = [0u8; 8];
-        v[..n].copy_from_slice(b);
-        Some((u64::from_le_bytes(v), n))
-    };
-    match encoding {
-        LengthEncoding::U16 => fixed(2),
-        LengthEncoding::U32 => fixed(4),
-        LengthEncoding::U64 => fixed(8),
-        LengthEncoding::Uvarint => {
-            let mut value = 0u64;
-            for i in 0..10 {
-                let byte = *rest.get(i)?;
-                if i == 9 && byte > 1 {
-                    return None;
-                }
-                value |= u64::from(byte & 0x7f) << (7 * i);
-                if byte & 0x80 == 0 {
-                    return Some((value, i + 1));
-                }
-            }
-            None
-        }
-    }
-}
-
-const CRC64: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_XZ);
-
 /// Recomputes the checksum of every frame from `buf[pos..]` on, as far as frames are laid out
 /// whole in the buffer and not all zeros: what a fuzzer cannot do, so that it reaches the checks
-/// behind the checksum.
+/// behind the checksum. Frames are found by the codec's own reading of their length and flags.
 fn fix_frame_checksums(format: FrameFormat, buf: &mut [u8], mut pos: usize) {
-    let sum_len = checksum_len(format.checksum);
     while let Some(rest) = buf.get_mut(pos..) {
-        let Some((len, len_bytes)) = read_length(format.length, rest) else {
+        let Some((length_len, total)) = format.frame_extent(rest) else {
             return;
         };
-        let flags_at = len_bytes + sum_len;
-        let Some(head) = rest.get(..flags_at + 9) else {
+        let Some(frame) = rest.get_mut(..total) else {
             return;
         };
-        if head.iter().all(|&b| b == 0) {
-            return;
-        }
-        let flags = head[flags_at];
-        let fixed = flags_at
-            + 1
-            + 8
-            + 4
-            + if flags & 1 != 0 { 8 } else { 0 }
-            + if format.timestamps { 8 } else { 0 };
-        let Some(total) = len
-            .checked_add(fixed as u64)
-            .filter(|&t| t <= rest.len() as u64)
-        else {
-            return;
-        };
-        let total = total as usize;
-        let body = &rest[flags_at..total];
-        match format.checksum {
-            ChecksumKind::Crc32 => {
-                let sum = crc32fast::hash(body);
-                rest[len_bytes..flags_at].copy_from_slice(&sum.to_le_bytes());
-            }
-            ChecksumKind::Crc64 => {
-                let sum = CRC64.checksum(body);
-                rest[len_bytes..flags_at].copy_from_slice(&sum.to_le_bytes());
-            }
-        }
+        format.store_checksum(frame, length_len);
         pos += total;
     }
 }
@@ -470,7 +379,6 @@ fn fix_record_crc(record: &mut [u8], len: usize) {
 }
 
 const META_LEN: usize = 48;
-const CUT_TMP: &str = "wal.cut.tmp";
 const SEGMENT_MAGIC: &[u8; 8] = b"RTDWAL\r\n";
 const META_MAGIC: &[u8; 8] = b"RTDMETA\n";
 
@@ -650,11 +558,11 @@ pub fn image_from_bytes(data: &[u8]) -> Vec<(String, Vec<u8>)> {
                 let (epoch, first) = explicit.unwrap_or_default();
                 segment::segment_name(epoch, Lsn(first))
             }
-            3 => "wal.meta.tmp".to_owned(),
+            3 => segment::META_TMP.to_owned(),
             4 => format!("next-000001{}", segment::PREPARED_SUFFIX),
             5 => segment::LOCK_FILE.to_owned(),
             6 => segment::CUT_FILE.to_owned(),
-            _ => CUT_TMP.to_owned(),
+            _ => segment::CUT_TMP.to_owned(),
         };
         if fixups & 1 != 0 {
             match kind {
@@ -688,7 +596,7 @@ pub fn image_to_bytes(files: &[(String, Vec<u8>)], fixups: u8) -> Vec<u8> {
         let mut head = Vec::new();
         if name == segment::META_FILE {
             head.push(0);
-        } else if name == "wal.meta.tmp" {
+        } else if name == segment::META_TMP {
             head.push(3);
         } else if name.ends_with(segment::PREPARED_SUFFIX) {
             head.push(4);
@@ -696,7 +604,7 @@ pub fn image_to_bytes(files: &[(String, Vec<u8>)], fixups: u8) -> Vec<u8> {
             head.push(5);
         } else if name == segment::CUT_FILE {
             head.push(6);
-        } else if name == CUT_TMP {
+        } else if name == segment::CUT_TMP {
             head.push(7);
         } else if let Some((epoch, first)) = segment::parse_segment_name(name) {
             if *name == segment::segment_name(u64_le(bytes, 24), Lsn(u64_le(bytes, 32))) {

@@ -331,7 +331,12 @@ impl WalOptions {
             64 << 10,
             1 << 30,
         )?;
-        range("max_entry_bytes", self.max_entry_bytes, 1, 1 << 30)?;
+        range(
+            "max_entry_bytes",
+            self.max_entry_bytes,
+            1,
+            record::ACCEPT_MAX_PAYLOAD,
+        )?;
         range("max_batch_bytes", self.max_batch_bytes, 4 << 10, 1 << 30)?;
         range(
             "max_pending_bytes",
@@ -1145,10 +1150,10 @@ impl Wal {
     /// Once queued it runs to the end. Crash-safe: the reset is recorded atomically (a new epoch
     /// in the meta file) before old segments are deleted.
     pub async fn reset(&self, next_lsn: Lsn) -> Result<()> {
-        if next_lsn.0 == 0 || next_lsn.0 > recovery::MAX_LSN {
+        if next_lsn.0 == 0 || next_lsn.0 > record::MAX_LSN {
             return Err(Error::invalid(
                 "next_lsn",
-                format!("lsns run from 1 to {}", recovery::MAX_LSN),
+                format!("lsns run from 1 to {}", record::MAX_LSN),
             ));
         }
         self.command(|reply| writer::Command::Reset(next_lsn, reply))

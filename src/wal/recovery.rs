@@ -15,20 +15,10 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use ringtide_platform::{File, IoDriver, OpenOptions};
 
-use super::record::{Decoded, FrameFormat};
+use super::record::{ACCEPT_MAX_PAYLOAD, Decoded, FrameFormat, MAX_SEGMENT_BYTES};
 use super::segment::{self, CutRecord, HEADER_LEN, LOCK_FILE, META_FILE, Meta, SegmentHeader};
 use super::{Lsn, RecoveryMode, SegmentIndex, TornTail, WalOptions};
 use crate::error::{CorruptionKind, Error, Result};
-
-/// The largest payload recovery accepts in a frame: the largest `max_entry_bytes` allowed.
-pub(crate) const ACCEPT_MAX_PAYLOAD: u64 = 1 << 30;
-
-/// The largest segment file a writer makes: frame offsets in the index are 32-bit.
-pub(crate) const MAX_SEGMENT_BYTES: u64 = u32::MAX as u64;
-
-/// The largest lsn the log hands out; lsns from disk above it are refused, so arithmetic on
-/// them cannot overflow.
-pub(crate) const MAX_LSN: u64 = 1 << 62;
 
 /// What recovery hands to the log.
 pub(crate) struct Recovered {
@@ -164,8 +154,8 @@ pub(crate) async fn recover(
     // A temporary meta or cut file is the leftover of an interrupted write of it; the real one
     // (or none) stands.
     if writable {
-        let _ = driver.remove_file(dir.join("wal.meta.tmp")).await;
-        let _ = driver.remove_file(dir.join("wal.cut.tmp")).await;
+        let _ = driver.remove_file(dir.join(segment::META_TMP)).await;
+        let _ = driver.remove_file(dir.join(segment::CUT_TMP)).await;
     }
 
     // Segments of older epochs are leftovers of an interrupted reset.

@@ -56,10 +56,12 @@ const META_MAGIC: &[u8; 8] = b"RTDMETA\n";
 const CUT_MAGIC: &[u8; 8] = b"RTDCUT\r\n";
 /// The cut record of a `truncate_back` that ends a batch (see [`CutRecord`]).
 pub(crate) const CUT_FILE: &str = "wal.cut";
-const CUT_TMP: &str = "wal.cut.tmp";
+/// The temporary file a new cut record is written to before it is renamed into place.
+pub(crate) const CUT_TMP: &str = "wal.cut.tmp";
 const META_LEN: usize = 48;
 pub(crate) const META_FILE: &str = "wal.meta";
-const META_TMP: &str = "wal.meta.tmp";
+/// The temporary file a new meta file is written to before it is renamed into place.
+pub(crate) const META_TMP: &str = "wal.meta.tmp";
 pub(crate) const LOCK_FILE: &str = "LOCK";
 
 /// What a segment's header says.
@@ -190,7 +192,7 @@ fn decode_fields(
     check_header(b, magic, len)?;
     let format = decode_format(&b[10..13])?;
     let first_lsn = Lsn(u64_at(b, 32));
-    if first_lsn.0 == 0 || first_lsn.0 > super::recovery::MAX_LSN {
+    if first_lsn.0 == 0 || first_lsn.0 > super::record::MAX_LSN {
         return Err(CorruptionKind::BadHeader { field: "first lsn" });
     }
     Ok((format, u64_at(b, 16), u64_at(b, 24), first_lsn))
