@@ -38,7 +38,7 @@ use futures::StreamExt;
 use ringtide_platform::{DriverOptions, IoDriver};
 
 use super::record::{ACCEPT_MAX_PAYLOAD, Decoded, FrameFields, FrameFormat, MAX_LSN};
-use super::recovery::find_valid_frame;
+use super::recovery::walk::find_valid_frame;
 use super::segment::{self, HEADER_LEN, Meta, SegmentHeader};
 use super::{ChecksumKind, LengthEncoding, Lsn, RecoveryMode, Wal, WalOptions};
 

@@ -508,6 +508,19 @@ pub(crate) async fn create_segment(
     Ok((file, path))
 }
 
+/// Cuts a segment at byte `at` and re-extends it with zeros to `allocated` bytes (at least one
+/// past the cut), then syncs data and size: nothing past the cut can be read again, not even by
+/// recovery's search for valid frames after damage, and the cut survives a crash before the
+/// next write. Used where the log's end moves back: a torn tail cut by recovery, a finished
+/// `truncate_back`.
+pub(crate) async fn cut_tail(file: &File, at: u64, allocated: u64) -> std::io::Result<()> {
+    file.set_len(at).await?;
+    file.allocate(at, allocated.saturating_sub(at).max(1))
+        .await?;
+    // fsync, not fdatasync: the new size is metadata, and the cut must survive a crash.
+    file.sync_all().await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
