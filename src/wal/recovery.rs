@@ -499,20 +499,20 @@ async fn scan_segment(
         cut,
         is_last,
     };
-    let walk = walk::walk_frames(buf, &params).map_err(|d| corrupt((d.offset, d.kind)))?;
     let walk::Walk {
         mut offsets,
         kept,
         end,
         outcome,
         ..
-    } = walk;
+    } = walk::walk_frames(buf, &params);
     let end = end as u64;
     let mut torn = None;
     let mut patch = None;
     let cut_applied = matches!(outcome, walk::Outcome::Cut { .. });
     match outcome {
         walk::Outcome::Clean => {}
+        walk::Outcome::Corrupt(damage) => return Err(corrupt((damage.offset, damage.kind))),
         walk::Outcome::Cut { repair } => {
             // Finish the interrupted `truncate_back`: the last kept frame rewritten whole (if it
             // was being rewritten), the rest cut. A read-only open may not write: its readers see

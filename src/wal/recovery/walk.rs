@@ -69,6 +69,8 @@ pub(crate) enum Outcome {
     /// At a torn tail starting at `end`: `bytes` of data up to the last non-zero byte of the
     /// buffer (at least the damage), to be cut.
     TornTail { bytes: u64 },
+    /// At damage that is corruption: the segment cannot be opened.
+    Corrupt(Damage),
 }
 
 /// Damage that is corruption: a byte offset in the segment and what is wrong there.
@@ -94,7 +96,7 @@ enum Stop {
 
 /// Walks the frames of `buf` (a segment's bytes from offset 0, or a prefix of them) and judges
 /// where its entries end. See the [module](self) documentation for the rules and invariants.
-pub(crate) fn walk_frames(buf: &[u8], params: &WalkParams) -> Result<Walk, Damage> {
+pub(crate) fn walk_frames(buf: &[u8], params: &WalkParams) -> Walk {
     assert!(
         (1..=MAX_LSN).contains(&params.first_lsn.0),
         "a segment's first lsn {} comes from a checked header",
@@ -116,8 +118,8 @@ pub(crate) fn walk_frames(buf: &[u8], params: &WalkParams) -> Result<Walk, Damag
         walk.end,
         walk.stopped_at
     );
-    walk.outcome = judge(buf, params, &walk, stop)?;
-    Ok(walk)
+    walk.outcome = judge(buf, params, &walk, stop).unwrap_or_else(Outcome::Corrupt);
+    walk
 }
 
 /// Decodes frames from `params.start` while they are the next ones, recording them in `walk`.
@@ -389,6 +391,14 @@ mod tests {
         }
     }
 
+    /// The damage a walk found; a panic if it found none.
+    fn corrupt(walk: Walk) -> Damage {
+        match walk.outcome {
+            Outcome::Corrupt(damage) => damage,
+            _ => panic!("no corruption found: {walk:?}"),
+        }
+    }
+
     fn offsets(image: &Image, n: usize) -> Vec<u32> {
         image.offsets[..n].iter().map(|&o| o as u32).collect()
     }
@@ -400,7 +410,7 @@ mod tests {
         let image = image.zeros(4096);
         for is_last in [true, false] {
             for buf in [&image.buf[..], &image.buf[..data_end]] {
-                let walk = walk_frames(buf, &params(is_last)).unwrap();
+                let walk = walk_frames(buf, &params(is_last));
                 assert_eq!(walk.offsets, offsets(&image, 5));
                 assert_eq!((walk.kept, walk.end), (5, data_end));
                 assert_eq!(walk.outcome, Outcome::Clean);
@@ -415,7 +425,7 @@ mod tests {
         let image = image.seal(6);
         let sealed_end = image.buf.len();
         let image = image.zeros(100);
-        let walk = walk_frames(&image.buf, &params(true)).unwrap();
+        let walk = walk_frames(&image.buf, &params(true));
         assert_eq!(
             (walk.kept, walk.end, walk.stopped_at),
             (5, data_end, data_end)
@@ -424,7 +434,7 @@ mod tests {
         // Unsynced bytes that landed past the seal: cut as a torn tail, seal and all.
         let mut stray = image.buf.clone();
         stray[sealed_end + 50] = 1;
-        let walk = walk_frames(&stray, &params(true)).unwrap();
+        let walk = walk_frames(&stray, &params(true));
         let bytes = (sealed_end + 51 - data_end) as u64;
         assert_eq!(walk.outcome, Outcome::TornTail { bytes });
     }
@@ -434,10 +444,10 @@ mod tests {
         let image = Image::five();
         let cut = image.offsets[4] + 10;
         let torn = &image.buf[..cut];
-        let walk = walk_frames(torn, &params(true)).unwrap();
+        let walk = walk_frames(torn, &params(true));
         assert_eq!((walk.kept, walk.end), (4, image.offsets[4]));
         assert_eq!(walk.outcome, Outcome::TornTail { bytes: 10 });
-        let damage = walk_frames(torn, &params(false)).unwrap_err();
+        let damage = corrupt(walk_frames(torn, &params(false)));
         assert_eq!(damage.offset, image.offsets[4] as u64);
         assert!(matches!(damage.kind, CorruptionKind::FrameLength { .. }));
     }
@@ -449,12 +459,12 @@ mod tests {
             .frame(2, 1, true)
             .frame(3, 1, true)
             .zeros(64);
-        let walk = walk_frames(&image.buf, &params(true)).unwrap();
+        let walk = walk_frames(&image.buf, &params(true));
         assert_eq!(walk.offsets, offsets(&image, 3));
         assert_eq!((walk.kept, walk.end), (1, image.offsets[1]));
         let data = image.buf.len() - 64 - image.offsets[1];
         assert_eq!(walk.outcome, Outcome::TornTail { bytes: data as u64 });
-        let damage = walk_frames(&image.buf, &params(false)).unwrap_err();
+        let damage = corrupt(walk_frames(&image.buf, &params(false)));
         assert_eq!(
             damage,
             Damage {
@@ -470,7 +480,7 @@ mod tests {
         let image = Image::five();
         let mut damaged = image.buf.clone();
         damaged[image.offsets[1] + 25] ^= 1;
-        let damage = walk_frames(&damaged, &params(true)).unwrap_err();
+        let damage = corrupt(walk_frames(&damaged, &params(true)));
         let kind = CorruptionKind::DamageBeforeValidData {
             next_valid_offset: image.offsets[2] as u64,
         };
@@ -483,7 +493,7 @@ mod tests {
             .frame(3, 1, false);
         let mut damaged = image.buf.clone();
         damaged[image.offsets[1] + 25] ^= 1;
-        let walk = walk_frames(&damaged, &params(true)).unwrap();
+        let walk = walk_frames(&damaged, &params(true));
         assert_eq!((walk.kept, walk.stopped_at), (1, image.offsets[1]));
         assert!(matches!(walk.outcome, Outcome::TornTail { .. }));
     }
@@ -495,7 +505,7 @@ mod tests {
             .frame(1, 0, false)
             .frame(3, 2, false)
             .frame(4, 3, false);
-        let damage = walk_frames(&image.buf, &params(true)).unwrap_err();
+        let damage = corrupt(walk_frames(&image.buf, &params(true)));
         let kind = CorruptionKind::DamageBeforeValidData {
             next_valid_offset: image.offsets[2] as u64,
         };
@@ -503,10 +513,10 @@ mod tests {
         assert_eq!(damage, Damage { offset, kind });
         // Nothing synced past 2: a torn tail in the last segment, the mismatch in any other.
         let image = Image::new().frame(1, 0, false).frame(7, 1, false);
-        let walk = walk_frames(&image.buf, &params(true)).unwrap();
+        let walk = walk_frames(&image.buf, &params(true));
         assert_eq!((walk.kept, walk.end), (1, image.offsets[1]));
         assert!(matches!(walk.outcome, Outcome::TornTail { .. }));
-        let damage = walk_frames(&image.buf, &params(false)).unwrap_err();
+        let damage = corrupt(walk_frames(&image.buf, &params(false)));
         let kind = CorruptionKind::LsnMismatch {
             expected: Lsn(2),
             found: Lsn(7),
@@ -522,7 +532,7 @@ mod tests {
             cut: Some(Lsn(3)),
             ..params(true)
         };
-        let walk = walk_frames(&image.buf, &cut).unwrap();
+        let walk = walk_frames(&image.buf, &cut);
         assert_eq!((walk.kept, walk.end), (3, image.offsets[3]));
         let Outcome::Cut {
             repair: Some((at, bytes)),
@@ -539,7 +549,7 @@ mod tests {
                 cut: Some(Lsn(lsn)),
                 ..params(true)
             };
-            let walk = walk_frames(buf, &cut).unwrap();
+            let walk = walk_frames(buf, &cut);
             assert_eq!(walk.kept as u64, lsn);
             assert_eq!(walk.outcome, Outcome::Cut { repair: None });
         }
@@ -549,7 +559,7 @@ mod tests {
             cut: Some(Lsn(3)),
             ..params(true)
         };
-        let walk = walk_frames(&image.buf, &before).unwrap();
+        let walk = walk_frames(&image.buf, &before);
         assert_eq!((walk.kept, walk.end), (0, START));
         assert_eq!(walk.outcome, Outcome::Cut { repair: None });
     }
