@@ -36,8 +36,9 @@
 //! | `ringtide_wal_torn_tail_bytes_total` | counter | their bytes |
 //! | `ringtide_wal_poisoned_total` | counter | a write or sync failed and poisoned the log |
 
-#[doc(hidden)]
 mod batch_io;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
 pub mod fuzz;
 mod observe;
 mod reader;
