@@ -244,9 +244,10 @@ fn check_cut_walk(buf: &[u8], params: &WalkParams, walk: &Walk) {
     let Some((frame, bytes)) = format.decode_cut(buf, start, ACCEPT_MAX_PAYLOAD) else {
         panic!("{format:?}: a cut applied at {start} where decode_cut finds no frame")
     };
+    let offsets: Vec<usize> = walk.offsets.iter().map(|&o| o as usize).collect();
     assert_eq!(
-        (&walk.offsets[..], walk.kept, walk.end, frame.lsn),
-        (&[start as u32][..], 1, start + frame.len, params.first_lsn),
+        (&offsets[..], walk.kept, walk.end, frame.lsn),
+        (&[start][..], 1, start + frame.len, params.first_lsn),
         "{format:?}: the cut did not keep exactly the frame of its lsn"
     );
     let on_disk = &buf[start..start + frame.len];

@@ -177,17 +177,17 @@ fn uvarint_len(mut v: u64) -> usize {
     n
 }
 
-/// The little-endian number in `bytes` (at most 8 of them).
-fn le_uint(bytes: &[u8]) -> u64 {
-    let mut v = [0u8; 8];
-    let n = bytes.len().min(8);
-    v[..n].copy_from_slice(&bytes[..n]);
-    u64::from_le_bytes(v)
+/// The `N` bytes at `b[at..]`; zeros if `b` is too short (callers checked that it is not).
+/// Fixed-size reads: this is on the read and recovery paths.
+#[inline]
+fn bytes_at<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    b.get(at..at + N)
+        .and_then(|s| s.try_into().ok())
+        .unwrap_or([0; N])
 }
 
-/// The u64 LE at `b[at..]`; zero if `b` is too short (callers checked that it is not).
 fn u64_at(b: &[u8], at: usize) -> u64 {
-    b.get(at..at + 8).map_or(0, le_uint)
+    u64::from_le_bytes(bytes_at(b, at))
 }
 
 /// The size of a frame whose fields before the payload take `header` bytes, if it is
@@ -251,17 +251,17 @@ impl FrameFormat {
     /// Reads the length field at the start of `rest`: the one parser of it.
     #[inline]
     pub(crate) fn read_length(&self, rest: &[u8]) -> LengthField {
-        let fixed = |bytes: usize| match rest.get(..bytes) {
-            Some(field) => LengthField::Read {
-                len: le_uint(field),
-                bytes,
-            },
-            None => LengthField::Short { need: bytes },
+        let fixed = |len: u64, bytes: usize| {
+            if rest.len() >= bytes {
+                LengthField::Read { len, bytes }
+            } else {
+                LengthField::Short { need: bytes }
+            }
         };
         match self.length {
-            LengthEncoding::U16 => fixed(2),
-            LengthEncoding::U32 => fixed(4),
-            LengthEncoding::U64 => fixed(8),
+            LengthEncoding::U16 => fixed(u16::from_le_bytes(bytes_at(rest, 0)).into(), 2),
+            LengthEncoding::U32 => fixed(u32::from_le_bytes(bytes_at(rest, 0)).into(), 4),
+            LengthEncoding::U64 => fixed(u64_at(rest, 0), 8),
             LengthEncoding::Uvarint => {
                 let mut len = 0u64;
                 for i in 0..UVARINT_MAX_LEN {
@@ -394,7 +394,10 @@ impl FrameFormat {
         let Some(frame) = rest.get(..total) else {
             return Decoded::Short { need: total };
         };
-        let stored = le_uint(&frame[length_len..flags_at]);
+        let stored = match self.checksum {
+            ChecksumKind::Crc32 => u32::from_le_bytes(bytes_at(frame, length_len)).into(),
+            ChecksumKind::Crc64 => u64_at(frame, length_len),
+        };
         if self.checksum_of(&frame[flags_at..]) != stored {
             return Decoded::Bad(CorruptionKind::FrameChecksum);
         }
@@ -404,7 +407,7 @@ impl FrameFormat {
             return Decoded::Bad(CorruptionKind::BadHeader { field: "frame lsn" });
         }
         let synced_at = lsn_at + LSN_LEN;
-        let back = le_uint(&frame[synced_at..synced_at + SYNCED_LEN]);
+        let back = u64::from(u32::from_le_bytes(bytes_at::<SYNCED_LEN>(frame, synced_at)));
         if back == 0 || back > lsn.0 {
             return Decoded::Bad(CorruptionKind::BadHeader {
                 field: "frame synced lsn",
@@ -425,7 +428,18 @@ impl FrameFormat {
                 field: "frame flags",
             });
         }
-        let frame = FrameRef {
+        // What every accepted frame satisfies, whatever the bytes were: its fields before the
+        // payload are the header's size, it was durable only below its own lsn, and a seal is
+        // bare (see the checks above).
+        assert!(
+            pos == header && (1..=lsn.0).contains(&back),
+            "decode accepted a frame with a broken header at {at}: lsn {lsn}, synced {back} back"
+        );
+        assert!(
+            !seal || (len == 0 && !continues && !has_term),
+            "decode accepted a seal that is not bare at {at}"
+        );
+        Decoded::Frame(FrameRef {
             lsn,
             synced_lsn: Lsn(lsn.0 - back),
             term,
@@ -434,17 +448,7 @@ impl FrameFormat {
             seal,
             payload: at + pos..at + total,
             len: total,
-        };
-        // What every accepted frame satisfies, whatever the bytes were.
-        assert!(
-            pos == header && frame.synced_lsn < frame.lsn && frame.lsn.0 >= 1,
-            "decode accepted a frame with a broken header: {frame:?}"
-        );
-        assert!(
-            !frame.seal || (frame.payload.is_empty() && !frame.continues && frame.term.is_none()),
-            "decode accepted a seal that is not bare: {frame:?}"
-        );
-        Decoded::Frame(frame)
+        })
     }
 
     /// The lsn a frame starting at `buf[at..]` would carry, read without checking anything else:
@@ -455,7 +459,8 @@ impl FrameFormat {
             return None;
         };
         let lsn_at = self.flags_at(bytes) + FLAGS_LEN;
-        Some(Lsn(le_uint(rest.get(lsn_at..lsn_at + LSN_LEN)?)))
+        rest.get(lsn_at..lsn_at + LSN_LEN)?;
+        Some(Lsn(u64_at(rest, lsn_at)))
     }
 
     /// The checksum of a frame's bytes after its checksum field.
@@ -469,8 +474,13 @@ impl FrameFormat {
     /// whose length field takes `length_len` bytes) and stores it there.
     pub(crate) fn store_checksum(&self, frame: &mut [u8], length_len: usize) {
         let body_at = self.flags_at(length_len);
-        let sum = self.checksum_of(&frame[body_at..]).to_le_bytes();
-        frame[length_len..body_at].copy_from_slice(&sum[..self.checksum_len()]);
+        let sum = self.checksum_of(&frame[body_at..]);
+        let field = &mut frame[length_len..body_at];
+        match self.checksum {
+            // A crc32 is a u32 held in a u64: its 4 low bytes.
+            ChecksumKind::Crc32 => field.copy_from_slice(&sum.to_le_bytes()[..4]),
+            ChecksumKind::Crc64 => field.copy_from_slice(&sum.to_le_bytes()),
+        }
     }
 
     /// At the end of the buffer: all zeros so far is the end of the data, else more is needed.

@@ -96,7 +96,10 @@ pub fn image_to_bytes(files: &[(String, Vec<u8>)], fixups: u8) -> Vec<u8> {
     let mut out = vec![0, fixups];
     let mut count = 0u8;
     for (name, bytes) in files {
-        if count == 7 || bytes.len() > usize::from(u16::MAX) {
+        let Ok(len) = u16::try_from(bytes.len()) else {
+            continue;
+        };
+        if count == 7 {
             continue;
         }
         let mut head = Vec::new();
@@ -124,7 +127,7 @@ pub fn image_to_bytes(files: &[(String, Vec<u8>)], fixups: u8) -> Vec<u8> {
             continue;
         }
         out.extend_from_slice(&head);
-        out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+        out.extend_from_slice(&len.to_le_bytes());
         out.extend_from_slice(bytes);
         count += 1;
     }

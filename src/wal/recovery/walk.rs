@@ -400,7 +400,10 @@ mod tests {
     }
 
     fn offsets(image: &Image, n: usize) -> Vec<u32> {
-        image.offsets[..n].iter().map(|&o| o as u32).collect()
+        image.offsets[..n]
+            .iter()
+            .map(|&o| u32::try_from(o).expect("a small image"))
+            .collect()
     }
 
     #[test]
