@@ -3,8 +3,11 @@
 //! `tests/fuzz_regressions/<target>-<what>`. A crash the fuzzer found gets its own named test
 //! here, `#[ignore]`d with the reason until its bug is fixed.
 //!
-//! The seeds come from real small logs: `cargo test --test fuzz_regressions -- --ignored
-//! write_seed_corpus` writes them again (log ids and timestamps differ at every run).
+//! The entry points are compiled only with the cargo feature `fuzzing`, which this test requires
+//! (`cargo test --features fuzzing --test fuzz_regressions`, or `--all-features`).
+//!
+//! The seeds come from real small logs: `cargo test --features fuzzing --test fuzz_regressions
+//! -- --ignored write_seed_corpus` writes them again (log ids and timestamps differ at every run).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,5 +1,6 @@
-//! Frames: every length encoding × checksum × timestamps walks the input as recovery walks a
-//! segment (`ringtide::wal::fuzz::decode_frames`).
+//! Frames: in every length encoding × checksum × timestamps, the input walked by recovery's own
+//! frame walk, the walk and every frame on it checked against the codec
+//! (`ringtide::wal::fuzz::decode_frames`).
 
 #![no_main]
 

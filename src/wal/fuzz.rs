@@ -1,18 +1,24 @@
-//! Not part of the API; for cargo-fuzz targets and their regression tests.
+//! Not part of the API: the entry points of the cargo-fuzz targets in `fuzz/` and of their
+//! regression tests (`tests/fuzz_regressions.rs`). Compiled only with the non-default cargo
+//! feature `fuzzing`, and hidden from the documentation.
 //!
 //! Thin entry points that feed arbitrary bytes to the log's decoders and to recovery. The property
 //! every one of them checks is that nothing panics on any input; where the code allows it they
 //! also check invariants and panic when one fails, so the fuzzer reports it:
 //!
-//! - [`decode_frames`]: every frame format (length encoding × checksum × timestamps) walks the
-//!   buffer the way recovery does, then searches for a valid frame past the stop as recovery does.
-//!   A decoded frame lies inside the buffer, its payload ends the frame, its length is the one the
-//!   encoder gives, `FrameFormat::peek_lsn` agrees with it, re-encoding its fields gives back the
-//!   same bytes (for uvarint lengths: when the length is written in its shortest form) and
-//!   clearing its "continues" flag keeps it valid. `FrameFormat::decode_cut` (the frame a
-//!   `truncate_back` may have torn while rewriting it) is tried at every frame and where the walk
-//!   stops: what it accepts is a valid frame that ends its batch, stored where it was found, and
-//!   a valid frame is always accepted as itself.
+//! - [`decode_frames`]: for every frame format (length encoding × checksum × timestamps), the
+//!   buffer is walked by recovery's own frame walk (`recovery::walk`), without and with a cut
+//!   record at its first lsn, and the walk is checked against the codec: the frames it took are
+//!   contiguous, decode with dense lsns and are kept up to the last batch's end; a clean end has
+//!   only zeros (or a seal) after it; a torn tail's size is the data after the end and no frame
+//!   after it vouches for the lost lsn; corruption names a frame that does; a cut keeps exactly
+//!   the frame of its lsn, repaired. Every frame on the way, and the place the walk stops, is
+//!   checked too: a decoded frame lies inside the buffer, its payload ends the frame, its length
+//!   is the one the encoder gives, `FrameFormat::peek_lsn` agrees with it, re-encoding its fields
+//!   gives back the same bytes and clearing its "continues" flag keeps it valid.
+//!   `FrameFormat::decode_cut` (the frame a `truncate_back` may have torn while rewriting it)
+//!   accepts only a valid frame that ends its batch, stored where it was found, and always
+//!   accepts a valid frame as itself.
 //! - [`decode_segment_header`], [`decode_meta`]: a decoded record re-encodes to the same fields.
 //! - [`recover_image`]: the files are written into a fresh temporary directory, and the log is
 //!   opened read-only and read-write under both recovery modes, every entry read back through
@@ -29,18 +35,17 @@
 //! Everything here is blocking (the recovery entry points run their own current-thread runtime,
 //! one per thread): call it from a plain `#[test]` or a fuzz target, not from inside a runtime.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
 use bytes::BytesMut;
-use futures::StreamExt;
-use ringtide_platform::{DriverOptions, IoDriver};
 
-use super::record::{Decoded, FrameFields, FrameFormat};
-use super::recovery::{ACCEPT_MAX_PAYLOAD, MAX_LSN, find_valid_frame};
-use super::segment::{self, HEADER_LEN, Meta, SegmentHeader};
-use super::{ChecksumKind, LengthEncoding, Lsn, RecoveryMode, Wal, WalOptions};
+use super::record::{ACCEPT_MAX_PAYLOAD, Decoded, FrameFields, FrameFormat, FrameRef, MAX_LSN};
+use super::recovery::walk::{Damage, Outcome, Walk, WalkParams, find_valid_frame, walk_frames};
+use super::segment::{HEADER_LEN, Meta, SegmentHeader};
+use super::{ChecksumKind, LengthEncoding, Lsn};
+use crate::error::CorruptionKind;
+
+mod recover;
+
+pub use recover::{image_from_bytes, image_to_bytes, recover_image, recover_image_with};
 
 /// A fuzz target's entry point: the raw fuzzer input in, a panic on a bug.
 pub type Target = fn(&[u8]);
@@ -101,68 +106,166 @@ fn all_formats() -> impl Iterator<Item = FrameFormat> {
 /// fails (see the [module](self) documentation).
 pub fn decode_frames(data: &[u8]) {
     for format in all_formats() {
-        walk_frames(format, data);
+        walk_and_check(format, data);
         let mut fixed = data.to_vec();
         fix_frame_checksums(format, &mut fixed, 0);
         if fixed != data {
-            walk_frames(format, &fixed);
+            walk_and_check(format, &fixed);
         }
     }
 }
 
-/// One walk over `buf` from offset 0, the way `recovery::scan_segment` walks a segment.
-fn walk_frames(format: FrameFormat, buf: &[u8]) {
-    // The walk expects the lsns to run on from the first frame's, as from a header's first lsn.
+/// Walks `buf` from offset 0 with recovery's own frame walk ([`walk_frames`]), as the last segment
+/// of a log whose lsns start at the first frame's, and checks every frame it took, where it
+/// stopped and its verdict against the codec; then again with a cut record at the first lsn.
+fn walk_and_check(format: FrameFormat, buf: &[u8]) {
     let first = match format.decode(buf, 0, ACCEPT_MAX_PAYLOAD) {
         Decoded::Frame(frame) if frame.lsn.0 <= MAX_LSN => frame.lsn,
         _ => Lsn(1),
     };
-    let mut pos = 0usize;
-    let mut expected = first;
-    let mut frames = 0u64;
-    let mut committed = 0u64;
-    let stopped_at_damage = loop {
-        let decoded = format.decode(buf, pos, ACCEPT_MAX_PAYLOAD);
-        check_decoded(format, buf, pos, &decoded);
-        check_decode_cut(format, buf, pos, &decoded);
-        match decoded {
-            Decoded::Frame(frame) if frame.seal && frame.lsn == expected => break false,
-            Decoded::Frame(frame) if frame.lsn == expected => {
-                pos += frame.len;
-                expected = expected.next();
-                frames += 1;
-                if !frame.continues {
-                    committed = frames;
-                }
-            }
-            Decoded::End => break false,
-            Decoded::Frame(_) | Decoded::Short { .. } | Decoded::Bad(_) => break true,
-        }
+    let params = WalkParams {
+        format,
+        first_lsn: first,
+        start: 0,
+        cut: None,
+        is_last: true,
     };
-    let search_from = if stopped_at_damage { pos + 1 } else { pos };
-    let min_lsn = Lsn(first.0 + committed);
-    if let Some(at) = find_valid_frame(buf, search_from, format, min_lsn) {
-        assert!(
-            at >= search_from,
-            "{format:?}: found a frame at {at} before {search_from}"
-        );
-        match format.decode(buf, at, ACCEPT_MAX_PAYLOAD) {
-            Decoded::Frame(frame) => assert!(
-                frame.lsn >= min_lsn && frame.synced_lsn >= min_lsn,
-                "{format:?}: find_valid_frame took {frame:?} at {at} for lost lsn {min_lsn}"
-            ),
-            other => {
-                panic!("{format:?}: find_valid_frame returned {at}, which decodes as {other:?}")
-            }
-        }
-    }
+    check_walk(buf, &params, &walk_frames(buf, &params));
+    let cut = WalkParams {
+        cut: Some(first),
+        ..params
+    };
+    check_cut_walk(buf, &cut, &walk_frames(buf, &cut));
     // peek_lsn never panics anywhere, and decode never panics past the end.
-    for at in pos..buf.len().min(pos + 16) {
+    for at in 0..buf.len().min(16) {
         let _ = format.peek_lsn(buf, at);
     }
     let _ = format.peek_lsn(buf, buf.len() + 1);
     let _ = format.decode(buf, buf.len() + 1, ACCEPT_MAX_PAYLOAD);
     let _ = format.decode_cut(buf, buf.len() + 1, ACCEPT_MAX_PAYLOAD);
+}
+
+/// Checks a walk without a cut record: its frames are the codec's, one after another with dense
+/// lsns; it kept the frames up to the last batch's end; and its verdict is the one the bytes
+/// past that call for.
+fn check_walk(buf: &[u8], params: &WalkParams, walk: &Walk) {
+    let format = params.format;
+    let mut pos = params.start;
+    let mut kept = (0, pos);
+    for (i, &offset) in walk.offsets.iter().enumerate() {
+        assert_eq!(
+            offset as usize, pos,
+            "{format:?}: frame {i} is not where {i} - 1 ends"
+        );
+        let decoded = format.decode(buf, pos, ACCEPT_MAX_PAYLOAD);
+        check_decoded(format, buf, pos, &decoded);
+        check_decode_cut(format, buf, pos, &decoded);
+        let Decoded::Frame(frame) = decoded else {
+            panic!("{format:?}: the walk took {decoded:?} at {pos} for a frame")
+        };
+        let lsn = Lsn(params.first_lsn.0 + i as u64);
+        assert!(
+            frame.lsn == lsn && !frame.seal,
+            "{format:?}: the walk took {frame:?} at {pos} for the entry of lsn {lsn}"
+        );
+        pos += frame.len;
+        if !frame.continues {
+            kept = (i + 1, pos);
+        }
+    }
+    assert_eq!(
+        walk.stopped_at, pos,
+        "{format:?}: the walk stopped elsewhere"
+    );
+    let decoded = format.decode(buf, pos, ACCEPT_MAX_PAYLOAD);
+    check_decoded(format, buf, pos, &decoded);
+    check_decode_cut(format, buf, pos, &decoded);
+    assert_eq!(
+        (walk.kept, walk.end),
+        kept,
+        "{format:?}: the walk kept other frames than those up to the last batch's end"
+    );
+    let (end, lost) = (walk.end, Lsn(params.first_lsn.0 + walk.kept as u64));
+    match &walk.outcome {
+        Outcome::Clean => {
+            // Nothing after the entries but zeros, or a seal at the next lsn and then zeros.
+            let after = match &decoded {
+                Decoded::Frame(seal) if seal.seal && seal.lsn == lost => pos + seal.len,
+                _ => pos,
+            };
+            assert!(
+                walk.kept == walk.offsets.len() && buf.get(after..).is_none_or(all_zero),
+                "{format:?}: a clean end at {end} with data after it"
+            );
+        }
+        Outcome::TornTail { bytes } => {
+            let data_end = buf.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+            assert_eq!(
+                (*bytes, data_end > end),
+                ((data_end.max(end) - end) as u64, true),
+                "{format:?}: a torn tail at {end} of other bytes than the data after it"
+            );
+            assert_eq!(
+                find_valid_frame(buf, pos + 1, format, lost),
+                None,
+                "{format:?}: a torn tail at {end} before a frame that vouches for lsn {lost}"
+            );
+        }
+        Outcome::Corrupt(Damage {
+            offset,
+            kind: CorruptionKind::DamageBeforeValidData { next_valid_offset },
+        }) => {
+            assert_eq!(*offset, pos as u64, "{format:?}: damage reported elsewhere");
+            let at = *next_valid_offset as usize;
+            match format.decode(buf, at, ACCEPT_MAX_PAYLOAD) {
+                Decoded::Frame(frame) => assert!(
+                    at >= pos && frame.lsn >= lost && frame.synced_lsn >= lost,
+                    "{format:?}: {frame:?} at {at} taken as proof that lsn {lost} was durable"
+                ),
+                other => panic!("{format:?}: the valid frame at {at} decodes as {other:?}"),
+            }
+        }
+        other => panic!("{format:?}: the last segment's walk without a cut record: {other:?}"),
+    }
+}
+
+/// Checks a walk with a cut record at its first lsn: it ends the log after the frame of that lsn,
+/// repaired to end its batch; or, where no such frame is, it walks as without the record.
+fn check_cut_walk(buf: &[u8], params: &WalkParams, walk: &Walk) {
+    let format = params.format;
+    let Outcome::Cut { repair } = &walk.outcome else {
+        assert!(
+            walk.offsets.is_empty(),
+            "{format:?}: a walk past the cut record's lsn: {walk:?}"
+        );
+        return check_walk(buf, params, walk);
+    };
+    let start = params.start;
+    let Some((frame, bytes)) = format.decode_cut(buf, start, ACCEPT_MAX_PAYLOAD) else {
+        panic!("{format:?}: a cut applied at {start} where decode_cut finds no frame")
+    };
+    let offsets: Vec<usize> = walk.offsets.iter().map(|&o| o as usize).collect();
+    assert_eq!(
+        (&offsets[..], walk.kept, walk.end, frame.lsn),
+        (&[start][..], 1, start + frame.len, params.first_lsn),
+        "{format:?}: the cut did not keep exactly the frame of its lsn"
+    );
+    let on_disk = &buf[start..start + frame.len];
+    match repair {
+        Some((at, repaired)) => assert!(
+            *at == start && *repaired == bytes && on_disk != &bytes[..],
+            "{format:?}: a repair of the cut frame that is not its rewrite"
+        ),
+        None => assert_eq!(
+            on_disk,
+            &bytes[..],
+            "{format:?}: a torn cut frame left as it is"
+        ),
+    }
+}
+
+fn all_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == 0)
 }
 
 /// Checks what `decode_cut(buf, at)` returns, given what `decode(buf, at)` returned.
@@ -261,7 +364,7 @@ fn check_decoded(format: FrameFormat, buf: &[u8], at: usize, decoded: &Decoded) 
     }
 }
 
-fn check_frame(format: FrameFormat, buf: &[u8], at: usize, frame: &super::record::FrameRef) {
+fn check_frame(format: FrameFormat, buf: &[u8], at: usize, frame: &FrameRef) {
     let end = at.checked_add(frame.len);
     assert!(
         end.is_some_and(|end| end <= buf.len()),
@@ -310,42 +413,18 @@ fn check_frame(format: FrameFormat, buf: &[u8], at: usize, frame: &super::record
             payload,
         );
     }
-    // A uvarint length may be written with redundant continuation bytes: the decoder accepts
-    // that, the encoder writes the shortest form, and the rest of the frame is the same.
-    assert!(
-        encoded.len() <= bytes.len(),
-        "{format:?}: the frame at {at} re-encodes longer ({} > {} bytes)",
-        encoded.len(),
-        bytes.len()
+    // The decoder refuses every length spelling but the shortest, the one the encoder writes:
+    // a frame re-encodes to its own bytes.
+    assert_eq!(
+        format.frame_len(payload.len(), frame.term.is_some()),
+        frame.len,
+        "{format:?}: frame_len disagrees with the frame at {at}"
     );
-    let extra = bytes.len() - encoded.len();
-    if extra == 0 {
-        assert_eq!(
-            format.frame_len(payload.len(), frame.term.is_some()),
-            frame.len,
-            "{format:?}: frame_len disagrees with the frame at {at}"
-        );
-        assert_eq!(
-            &encoded[..],
-            bytes,
-            "{format:?}: the frame at {at} does not re-encode to the same bytes"
-        );
-    } else {
-        assert_eq!(
-            format.length,
-            LengthEncoding::Uvarint,
-            "{format:?}: the frame at {at} re-encodes shorter"
-        );
-        let length_len = encoded
-            .iter()
-            .position(|b| b & 0x80 == 0)
-            .map_or(encoded.len(), |i| i + 1);
-        assert_eq!(
-            &encoded[length_len..],
-            &bytes[length_len + extra..],
-            "{format:?}: the frame at {at} does not re-encode to the same bytes after its length"
-        );
-    }
+    assert_eq!(
+        &encoded[..],
+        bytes,
+        "{format:?}: the frame at {at} does not re-encode to the same bytes"
+    );
 
     // Clearing the "continues" flag keeps the frame valid and changes nothing else.
     let mut cleared = bytes.to_vec();
@@ -375,85 +454,18 @@ fn check_frame(format: FrameFormat, buf: &[u8], at: usize, frame: &super::record
     }
 }
 
-fn checksum_len(kind: ChecksumKind) -> usize {
-    match kind {
-        ChecksumKind::Crc32 => 4,
-        ChecksumKind::Crc64 => 8,
-    }
-}
-
-/// Reads a frame's length field at the start of `rest`: (payload length, field bytes).
-fn read_length(encoding: LengthEncoding, rest: &[u8]) -> Option<(u64, usize)> {
-    let fixed = |n: usize| {
-        let b = rest.get(..n)?;
-        let mut v = [0u8; 8];
-        v[..n].copy_from_slice(b);
-        Some((u64::from_le_bytes(v), n))
-    };
-    match encoding {
-        LengthEncoding::U16 => fixed(2),
-        LengthEncoding::U32 => fixed(4),
-        LengthEncoding::U64 => fixed(8),
-        LengthEncoding::Uvarint => {
-            let mut value = 0u64;
-            for i in 0..10 {
-                let byte = *rest.get(i)?;
-                if i == 9 && byte > 1 {
-                    return None;
-                }
-                value |= u64::from(byte & 0x7f) << (7 * i);
-                if byte & 0x80 == 0 {
-                    return Some((value, i + 1));
-                }
-            }
-            None
-        }
-    }
-}
-
-const CRC64: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_XZ);
-
 /// Recomputes the checksum of every frame from `buf[pos..]` on, as far as frames are laid out
 /// whole in the buffer and not all zeros: what a fuzzer cannot do, so that it reaches the checks
-/// behind the checksum.
+/// behind the checksum. Frames are found by the codec's own reading of their length and flags.
 fn fix_frame_checksums(format: FrameFormat, buf: &mut [u8], mut pos: usize) {
-    let sum_len = checksum_len(format.checksum);
     while let Some(rest) = buf.get_mut(pos..) {
-        let Some((len, len_bytes)) = read_length(format.length, rest) else {
+        let Some((length_len, total)) = format.frame_extent(rest) else {
             return;
         };
-        let flags_at = len_bytes + sum_len;
-        let Some(head) = rest.get(..flags_at + 9) else {
+        let Some(frame) = rest.get_mut(..total) else {
             return;
         };
-        if head.iter().all(|&b| b == 0) {
-            return;
-        }
-        let flags = head[flags_at];
-        let fixed = flags_at
-            + 1
-            + 8
-            + 4
-            + if flags & 1 != 0 { 8 } else { 0 }
-            + if format.timestamps { 8 } else { 0 };
-        let Some(total) = len
-            .checked_add(fixed as u64)
-            .filter(|&t| t <= rest.len() as u64)
-        else {
-            return;
-        };
-        let total = total as usize;
-        let body = &rest[flags_at..total];
-        match format.checksum {
-            ChecksumKind::Crc32 => {
-                let sum = crc32fast::hash(body);
-                rest[len_bytes..flags_at].copy_from_slice(&sum.to_le_bytes());
-            }
-            ChecksumKind::Crc64 => {
-                let sum = CRC64.checksum(body);
-                rest[len_bytes..flags_at].copy_from_slice(&sum.to_le_bytes());
-            }
-        }
+        format.store_checksum(frame, length_len);
         pos += total;
     }
 }
@@ -470,7 +482,6 @@ fn fix_record_crc(record: &mut [u8], len: usize) {
 }
 
 const META_LEN: usize = 48;
-const CUT_TMP: &str = "wal.cut.tmp";
 const SEGMENT_MAGIC: &[u8; 8] = b"RTDWAL\r\n";
 const META_MAGIC: &[u8; 8] = b"RTDMETA\n";
 
@@ -599,352 +610,10 @@ fn check_fields(encoded: &[u8], data: &[u8], len: usize) {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Directory images
-
-/// File kinds of the image format, chosen by a byte modulo their count.
-const KINDS: u8 = 8;
-
-/// Splits a fuzzer input into a small directory image (file names and contents):
-///
-/// - byte 0: the number of files, modulo 8;
-/// - byte 1: fix-ups: bit 0 recomputes the crc of each meta file and segment header, bit 1 the
-///   checksum of each frame in a segment (in the format its header names);
-/// - then per file: a kind byte, a u16 LE length, and that many bytes (fewer if the input ends).
-///   Kinds (the byte modulo 8): 0 `wal.meta`; 1 a segment named after its own header (epoch at
-///   offset 24, first lsn at 32: so the name matches unless the fuzzer makes them disagree); 2 a
-///   segment named by 16 more bytes after the kind (epoch, first lsn, u64 LE); 3 `wal.meta.tmp`;
-///   4 `next-000001.prepared`; 5 `LOCK`; 6 `wal.cut` (the cut record of `truncate_back`);
-///   7 `wal.cut.tmp`.
-///
-/// A name that would not parse as a segment's (an epoch above 10 digits) is still written: it is
-/// a file recovery must ignore.
-pub fn image_from_bytes(data: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let mut input = data;
-    let mut take = |n: usize| {
-        let (head, rest) = input.split_at(n.min(input.len()));
-        input = rest;
-        head
-    };
-    let count = take(1).first().map_or(0, |b| b % 8);
-    let fixups = take(1).first().copied().unwrap_or(0);
-    let mut files = Vec::new();
-    for _ in 0..count {
-        let Some(&kind) = take(1).first() else { break };
-        let kind = kind % KINDS;
-        let explicit = (kind == 2).then(|| {
-            let ids = take(16);
-            (u64_le(ids, 0), u64_le(ids, 8))
-        });
-        let len = take(2);
-        let len = match len {
-            [a, b] => usize::from(u16::from_le_bytes([*a, *b])),
-            [a] => usize::from(*a),
-            _ => 0,
-        };
-        let mut bytes = take(len).to_vec();
-        let name = match kind {
-            0 => segment::META_FILE.to_owned(),
-            1 => segment::segment_name(u64_le(&bytes, 24), Lsn(u64_le(&bytes, 32))),
-            2 => {
-                let (epoch, first) = explicit.unwrap_or_default();
-                segment::segment_name(epoch, Lsn(first))
-            }
-            3 => "wal.meta.tmp".to_owned(),
-            4 => format!("next-000001{}", segment::PREPARED_SUFFIX),
-            5 => segment::LOCK_FILE.to_owned(),
-            6 => segment::CUT_FILE.to_owned(),
-            _ => CUT_TMP.to_owned(),
-        };
-        if fixups & 1 != 0 {
-            match kind {
-                0 | 3 | 6 | 7 => fix_record_crc(&mut bytes, META_LEN),
-                1 | 2 | 4 => fix_record_crc(&mut bytes, HEADER_LEN as usize),
-                _ => {}
-            }
-        }
-        if fixups & 2 != 0
-            && matches!(kind, 1 | 2 | 4)
-            && let Ok(header) = SegmentHeader::decode(&bytes)
-        {
-            fix_frame_checksums(header.format, &mut bytes, HEADER_LEN as usize);
-        }
-        files.push((name, bytes));
-    }
-    files
-}
-
-/// The inverse of [`image_from_bytes`] for files of the kinds it makes, with `fixups` as its byte
-/// 1: for writing seed inputs from a real log. Files of other names, past the 7th, or longer than
-/// 65,535 bytes are left out; segments get kind 2 (named explicitly) unless their name is the one
-/// their header gives.
-pub fn image_to_bytes(files: &[(String, Vec<u8>)], fixups: u8) -> Vec<u8> {
-    let mut out = vec![0, fixups];
-    let mut count = 0u8;
-    for (name, bytes) in files {
-        if count == 7 || bytes.len() > usize::from(u16::MAX) {
-            continue;
-        }
-        let mut head = Vec::new();
-        if name == segment::META_FILE {
-            head.push(0);
-        } else if name == "wal.meta.tmp" {
-            head.push(3);
-        } else if name.ends_with(segment::PREPARED_SUFFIX) {
-            head.push(4);
-        } else if name == segment::LOCK_FILE {
-            head.push(5);
-        } else if name == segment::CUT_FILE {
-            head.push(6);
-        } else if name == CUT_TMP {
-            head.push(7);
-        } else if let Some((epoch, first)) = segment::parse_segment_name(name) {
-            if *name == segment::segment_name(u64_le(bytes, 24), Lsn(u64_le(bytes, 32))) {
-                head.push(1);
-            } else {
-                head.push(2);
-                head.extend_from_slice(&epoch.to_le_bytes());
-                head.extend_from_slice(&first.0.to_le_bytes());
-            }
-        } else {
-            continue;
-        }
-        out.extend_from_slice(&head);
-        out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
-        out.extend_from_slice(bytes);
-        count += 1;
-    }
-    out[0] = count;
-    out
-}
-
-/// The u64 LE at `at`, with zeros for the bytes past the end of `b`.
-fn u64_le(b: &[u8], at: usize) -> u64 {
-    let mut v = [0u8; 8];
-    for (i, byte) in v.iter_mut().enumerate() {
-        *byte = b.get(at + i).copied().unwrap_or(0);
-    }
-    u64::from_le_bytes(v)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Recovery
-
-thread_local! {
-    /// A current-thread runtime and a driver built in it, reused by every call on this thread.
-    static RUNTIME: (tokio::runtime::Runtime, IoDriver) = {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("the fuzz harness builds a tokio runtime");
-        let driver = {
-            let _in_runtime = runtime.enter();
-            // The backend follows RINGTIDE_IO_BACKEND (io_uring where available otherwise).
-            IoDriver::new(DriverOptions::default().pool_threads(4))
-                .expect("the fuzz harness builds an I/O driver")
-        };
-        (runtime, driver)
-    };
-}
-
-/// Writes `files` (name, contents) into a fresh temporary directory and opens the log there
-/// read-only and read-write under both recovery modes, reading back every entry through
-/// `range(..)` and `stream`. A failed open is fine; a panic is a bug (see the [module](self)
-/// documentation for the invariants checked). Names other than plain file names are skipped.
-///
-/// Blocking: runs a current-thread runtime of its own (one per thread). Not for use inside a
-/// runtime; there, call [`recover_image_with`].
-pub fn recover_image(files: &[(String, Vec<u8>)]) {
-    RUNTIME.with(|(runtime, driver)| runtime.block_on(recover_image_with(driver, files)));
-}
-
-/// [`recover_image`] on the given driver, for callers inside a runtime.
-pub async fn recover_image_with(driver: &IoDriver, files: &[(String, Vec<u8>)]) {
-    let dir = ScratchDir::new();
-    for (name, bytes) in files {
-        let plain = !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0']);
-        if plain {
-            // A failed write leaves the image smaller; recovery must cope with any image.
-            let _ = std::fs::write(dir.path.join(name), bytes);
-        }
-    }
-    let options = |mode| {
-        WalOptions::default()
-            .driver(driver.clone())
-            .segment_size_bytes(64 << 10)
-            .lock_timeout(Duration::ZERO)
-            .recovery_mode(mode)
-    };
-    let strict = RecoveryMode::Strict;
-    let tolerant = RecoveryMode::TolerateTornTail;
-    let path = dir.path.as_path();
-
-    // Read-only first: it changes nothing.
-    let ro_strict = open_and_read(path, options(strict), false).await;
-    let ro_tolerant = open_and_read(path, options(tolerant), false).await;
-    strict_implies_tolerant("read-only", &ro_strict, &ro_tolerant);
-    let rw_strict = open_and_read(path, options(strict), true).await;
-    let rw_tolerant = open_and_read(path, options(tolerant), true).await;
-    strict_implies_tolerant("read-write", &rw_strict, &rw_tolerant);
-    if let (Some(ro), Some(rw)) = (&ro_tolerant, &rw_tolerant) {
-        same_entries("read-only and read-write opens", ro, rw);
-    }
-    if let (Some(ro), Some(rw)) = (&ro_strict, &rw_strict) {
-        same_entries("strict read-only and read-write opens", ro, rw);
-    }
-    if let Some(recovered) = &rw_tolerant {
-        // Recovery cut any torn tail, so the log reopens strictly, as it was.
-        match open_and_read(path, options(strict), true).await {
-            Some(again) => {
-                same_entries("a reopen after read-write recovery", recovered, &again);
-                assert_eq!(again.torn, None, "a torn tail survived recovery");
-            }
-            None => panic!(
-                "a log recovered read-write does not reopen strictly: {}",
-                open_error(path, options(strict)).await
-            ),
-        }
-    }
-}
-
-/// (lsn, term, timestamp, payload) of an entry read back.
-type SeenEntry = (Lsn, Option<u64>, Option<u64>, Vec<u8>);
-
-/// What one open saw.
-#[derive(Debug)]
-struct Seen {
-    first: Lsn,
-    last: Lsn,
-    /// (lsn, term, timestamp, payload) of every entry.
-    entries: Vec<SeenEntry>,
-    torn: Option<(u64, u64, u64)>,
-}
-
-/// Opens, reads everything through `range(..)` and `stream`, closes; `None` if the open failed.
-async fn open_and_read(dir: &Path, options: WalOptions, writable: bool) -> Option<Seen> {
-    let wal = if writable {
-        Wal::open(dir, options).await
-    } else {
-        Wal::open_read_only(dir, options).await
-    }
-    .ok()?;
-    let seen = read_all(&wal).await;
-    let _ = wal.close().await;
-    Some(seen)
-}
-
-async fn open_error(dir: &Path, options: WalOptions) -> String {
-    match Wal::open(dir, options).await {
-        Ok(wal) => {
-            let _ = wal.close().await;
-            "it opens on a second try".to_owned()
-        }
-        Err(e) => e.to_string(),
-    }
-}
-
-async fn read_all(wal: &Wal) -> Seen {
-    let (first, last) = (wal.first_lsn(), wal.last_lsn());
-    assert!(
-        last.0 + 1 >= first.0,
-        "the log ends ({last}) before it starts ({first})"
-    );
-    let stats = wal.stats();
-    let torn = stats
-        .torn_tail
-        .map(|t| (t.offset, t.bytes, t.dropped_entries));
-    let as_tuple = |e: super::Entry| (e.lsn, e.term, e.timestamp_us, e.data.to_vec());
-    // Recovery checked every frame it indexed, so every one of them reads back.
-    let entries: Vec<SeenEntry> = match wal.range(..).await {
-        Ok(entries) => entries.into_iter().map(as_tuple).collect(),
-        Err(e) => panic!("entries {first}..={last} were recovered but range(..) fails: {e}"),
-    };
-    assert_eq!(
-        entries.len() as u64,
-        last.0 + 1 - first.0,
-        "range(..) returned another count than first..=last"
-    );
-    for (i, entry) in entries.iter().enumerate() {
-        assert_eq!(entry.0, Lsn(first.0 + i as u64), "range(..) is not dense");
-    }
-    let mut streamed = Vec::new();
-    let mut stream = wal.stream(first);
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(entry) => streamed.push(as_tuple(entry)),
-            Err(e) => panic!("entries {first}..={last} were recovered but stream fails: {e}"),
-        }
-    }
-    assert!(entries == streamed, "stream and range(..) disagree");
-    // A few single reads at the edges.
-    for lsn in [first, last, Lsn(first.0.saturating_sub(1)), last.next()] {
-        let _ = wal.read(lsn).await;
-    }
-    Seen {
-        first,
-        last,
-        entries,
-        torn,
-    }
-}
-
-fn strict_implies_tolerant(what: &str, strict: &Option<Seen>, tolerant: &Option<Seen>) {
-    let Some(strict) = strict else { return };
-    let Some(tolerant) = tolerant else {
-        panic!("{what}: a strict open succeeds where a tolerant one fails");
-    };
-    assert_eq!(
-        strict.torn, None,
-        "{what}: a strict open reports a torn tail"
-    );
-    same_entries(what, strict, tolerant);
-}
-
-fn same_entries(what: &str, a: &Seen, b: &Seen) {
-    assert_eq!(
-        (a.first, a.last),
-        (b.first, b.last),
-        "{what}: the log's bounds differ"
-    );
-    assert!(a.entries == b.entries, "{what}: the entries differ");
-}
-
-/// A fresh directory under the system's temporary directory (`TMPDIR`), removed on drop.
-struct ScratchDir {
-    path: PathBuf,
-}
-
-impl ScratchDir {
-    fn new() -> ScratchDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let base = std::env::temp_dir();
-        loop {
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let path = base.join(format!("ringtide-fuzz-{}-{n}", std::process::id()));
-            match std::fs::create_dir(&path) {
-                Ok(()) => return ScratchDir { path },
-                // Left by an earlier process with the same id: clear it and take the next name.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let _ = std::fs::remove_dir_all(&path);
-                }
-                Err(e) => panic!(
-                    "cannot create a scratch directory in {}: {e}",
-                    base.display()
-                ),
-            }
-        }
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wal::segment;
 
     #[test]
     fn the_entry_points_take_empty_and_small_inputs() {

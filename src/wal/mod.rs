@@ -36,8 +36,9 @@
 //! | `ringtide_wal_torn_tail_bytes_total` | counter | their bytes |
 //! | `ringtide_wal_poisoned_total` | counter | a write or sync failed and poisoned the log |
 
-#[doc(hidden)]
 mod batch_io;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
 pub mod fuzz;
 mod integrity;
 mod observe;
@@ -323,7 +324,12 @@ impl WalOptions {
             64 << 10,
             1 << 30,
         )?;
-        range("max_entry_bytes", self.max_entry_bytes, 1, 1 << 30)?;
+        range(
+            "max_entry_bytes",
+            self.max_entry_bytes,
+            1,
+            record::ACCEPT_MAX_PAYLOAD,
+        )?;
         range("max_batch_bytes", self.max_batch_bytes, 4 << 10, 1 << 30)?;
         range(
             "max_pending_bytes",
@@ -1237,10 +1243,10 @@ impl Wal {
     /// Once queued it runs to the end. Crash-safe: the reset is recorded atomically (a new epoch
     /// in the meta file) before old segments are deleted.
     pub async fn reset(&self, next_lsn: Lsn) -> Result<()> {
-        if next_lsn.0 == 0 || next_lsn.0 > recovery::MAX_LSN {
+        if next_lsn.0 == 0 || next_lsn.0 > record::MAX_LSN {
             return Err(Error::invalid(
                 "next_lsn",
-                format!("lsns run from 1 to {}", recovery::MAX_LSN),
+                format!("lsns run from 1 to {}", record::MAX_LSN),
             ));
         }
         self.command(|reply| writer::Command::Reset(next_lsn, reply))

@@ -10,8 +10,7 @@ use bytes::BytesMut;
 use futures::Stream;
 use ringtide_platform::File;
 
-use super::record::Decoded;
-use super::recovery::ACCEPT_MAX_PAYLOAD;
+use super::record::{ACCEPT_MAX_PAYLOAD, Decoded};
 use super::{Entry, Lsn, Shared};
 use crate::error::{CorruptionKind, Error, Result};
 

@@ -1,4 +1,7 @@
-//! The frame codec: how one entry is laid out in a segment.
+//! The frame codec: how one entry is laid out in a segment, and the limits every reader of frames
+//! applies. Everything that reads or writes a frame's bytes goes through [`FrameFormat`]: the
+//! length field is parsed in one place ([`FrameFormat::read_length`]) and the size of the fields
+//! before the payload is computed in one place ([`FrameFormat::header_len`]).
 //!
 //! ```text
 //! field       size            meaning
@@ -17,7 +20,13 @@
 //! Invariants: a frame is never all zeros in its first `length + checksum + flags + lsn` bytes
 //! (its lsn is at least 1), so zeros mark the end of a segment's data (segments are preallocated
 //! with zeros). The checksum covers the lsn, so a frame found at the wrong place is detected.
-//! Decoding never panics: every length is checked against the buffer before it is used.
+//! A uvarint length is written in its shortest form, and any other spelling is refused: the
+//! checksum does not cover the length, so each frame has one spelling. Decoding never panics on
+//! any bytes: every length is checked against the buffer before it is used. The encoder asserts
+//! its own bounds before it writes (a payload within [`ACCEPT_MAX_PAYLOAD`] and the length
+//! encoding, an lsn of at least 1 above its synced lsn, exactly [`FrameFormat::frame_len`]
+//! bytes), and the decoder asserts what holds for every frame it accepts: both are real
+//! `assert!`s, as a frame that breaks them would be refused or misread by recovery.
 //!
 //! The `synced` field lets recovery tell a torn tail from corruption: everything up to a frame's
 //! synced lsn was durable before the frame was written. Damage at lsn L followed by a valid frame
@@ -37,6 +46,19 @@ use bytes::{BufMut, BytesMut};
 use super::{ChecksumKind, LengthEncoding, Lsn};
 use crate::error::CorruptionKind;
 
+/// The largest payload a frame may carry, for recovery and reads alike: the largest
+/// `max_entry_bytes` allowed, so every frame a writer makes is accepted.
+pub(crate) const ACCEPT_MAX_PAYLOAD: u64 = 1 << 30;
+
+/// The largest segment file a writer makes: frame offsets in the index are 32-bit.
+pub(crate) const MAX_SEGMENT_BYTES: u64 = u32::MAX as u64;
+
+/// The largest lsn the log hands out; lsns from disk above it are refused, so arithmetic on
+/// them cannot overflow.
+pub(crate) const MAX_LSN: u64 = 1 << 62;
+
+const _: () = assert!(ACCEPT_MAX_PAYLOAD < MAX_SEGMENT_BYTES);
+
 /// Flag: a Raft term follows the lsn.
 const FLAG_TERM: u8 = 1;
 /// Flag: the next frame belongs to the same atomic batch; the batch's last frame has it clear
@@ -45,6 +67,15 @@ const FLAG_CONTINUES: u8 = 2;
 /// Flag: a seal, not an entry (see the module documentation).
 const FLAG_SEAL: u8 = 4;
 const KNOWN_FLAGS: u8 = FLAG_TERM | FLAG_CONTINUES | FLAG_SEAL;
+
+/// Sizes of the fields after the checksum (see the table in the module documentation).
+const FLAGS_LEN: usize = 1;
+const LSN_LEN: usize = 8;
+const SYNCED_LEN: usize = 4;
+const TERM_LEN: usize = 8;
+const TIMESTAMP_LEN: usize = 8;
+/// The longest uvarint length field: 64 bits, 7 per byte.
+const UVARINT_MAX_LEN: usize = 10;
 
 /// The per-log parameters of the frame layout, read from each segment's header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +126,18 @@ pub(crate) enum Decoded {
     Bad(CorruptionKind),
 }
 
+/// A frame's length field, as [`FrameFormat::read_length`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LengthField {
+    /// The payload length, and the size of the field in bytes.
+    Read { len: u64, bytes: usize },
+    /// The buffer ends inside the field: it needs at least this many bytes.
+    Short { need: usize },
+    /// No length the log writes: a uvarint above 64 bits (`len` is then `u64::MAX`) or not in its
+    /// shortest form.
+    Bad { len: u64 },
+}
+
 const CRC64: crc::Crc<u64, crc::Table<16>> = crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_XZ);
 
 enum Hasher {
@@ -134,6 +177,25 @@ fn uvarint_len(mut v: u64) -> usize {
     n
 }
 
+/// The `N` bytes at `b[at..]`; zeros if `b` is too short (callers checked that it is not).
+/// Fixed-size reads: this is on the read and recovery paths.
+#[inline]
+fn bytes_at<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    b.get(at..at + N)
+        .and_then(|s| s.try_into().ok())
+        .unwrap_or([0; N])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes_at(b, at))
+}
+
+/// The size of a frame whose fields before the payload take `header` bytes, if it is
+/// addressable.
+fn frame_total(header: usize, len: u64) -> Option<usize> {
+    usize::try_from((header as u64).checked_add(len)?).ok()
+}
+
 impl FrameFormat {
     /// The largest payload the length encoding can express.
     pub(crate) fn max_payload(&self) -> u64 {
@@ -160,19 +222,72 @@ impl FrameFormat {
         }
     }
 
-    /// The encoded size of a frame.
-    pub(crate) fn frame_len(&self, payload_len: usize, has_term: bool) -> usize {
-        self.length_len(payload_len as u64)
-            + self.checksum_len()
-            + 1
-            + 8
-            + 4
-            + if has_term { 8 } else { 0 }
-            + if self.timestamps { 8 } else { 0 }
-            + payload_len
+    /// Where the flags byte sits in a frame whose length field takes `length_len` bytes (the
+    /// checksum covers everything from there on).
+    fn flags_at(&self, length_len: usize) -> usize {
+        length_len + self.checksum_len()
     }
 
-    /// Appends one frame to `out`. The caller has checked `payload.len() <= max_payload()`.
+    /// The bytes that are never all zeros at the start of a frame: length, checksum, flags, lsn.
+    fn never_zero_len(&self, length_len: usize) -> usize {
+        self.flags_at(length_len) + FLAGS_LEN + LSN_LEN
+    }
+
+    /// The size of every field before the payload, for a length field of `length_len` bytes.
+    fn header_len(&self, length_len: usize, has_term: bool) -> usize {
+        self.flags_at(length_len)
+            + FLAGS_LEN
+            + LSN_LEN
+            + SYNCED_LEN
+            + if has_term { TERM_LEN } else { 0 }
+            + if self.timestamps { TIMESTAMP_LEN } else { 0 }
+    }
+
+    /// The encoded size of a frame.
+    pub(crate) fn frame_len(&self, payload_len: usize, has_term: bool) -> usize {
+        self.header_len(self.length_len(payload_len as u64), has_term) + payload_len
+    }
+
+    /// Reads the length field at the start of `rest`: the one parser of it.
+    #[inline]
+    pub(crate) fn read_length(&self, rest: &[u8]) -> LengthField {
+        let fixed = |len: u64, bytes: usize| {
+            if rest.len() >= bytes {
+                LengthField::Read { len, bytes }
+            } else {
+                LengthField::Short { need: bytes }
+            }
+        };
+        match self.length {
+            LengthEncoding::U16 => fixed(u16::from_le_bytes(bytes_at(rest, 0)).into(), 2),
+            LengthEncoding::U32 => fixed(u32::from_le_bytes(bytes_at(rest, 0)).into(), 4),
+            LengthEncoding::U64 => fixed(u64_at(rest, 0), 8),
+            LengthEncoding::Uvarint => {
+                let mut len = 0u64;
+                for i in 0..UVARINT_MAX_LEN {
+                    let Some(&byte) = rest.get(i) else {
+                        return LengthField::Short { need: i + 1 };
+                    };
+                    // The tenth byte holds bit 63 only.
+                    if i == UVARINT_MAX_LEN - 1 && byte > 1 {
+                        return LengthField::Bad { len: u64::MAX };
+                    }
+                    len |= u64::from(byte & 0x7f) << (7 * i);
+                    if byte & 0x80 == 0 {
+                        // Over-long ("0x85 0x00" for 5) is not how the log writes a length.
+                        if i > 0 && byte == 0 {
+                            return LengthField::Bad { len };
+                        }
+                        return LengthField::Read { len, bytes: i + 1 };
+                    }
+                }
+                LengthField::Bad { len: u64::MAX }
+            }
+        }
+    }
+
+    /// Appends one frame to `out`. The caller has checked the payload against the log's limits
+    /// (`max_entry_bytes`, [`max_payload`](Self::max_payload)); this asserts them.
     pub(crate) fn encode(&self, out: &mut BytesMut, fields: FrameFields, payload: &[u8]) {
         let FrameFields {
             lsn,
@@ -181,23 +296,31 @@ impl FrameFormat {
             timestamp_us,
             continues,
         } = fields;
-        debug_assert!(lsn.0 >= 1, "lsn 0 is never written");
-        debug_assert!(
-            synced_lsn < lsn,
-            "a frame cannot be durable before it is written"
-        );
-        debug_assert!(payload.len() as u64 <= self.max_payload());
-        let start = out.len();
-        out.reserve(self.frame_len(payload.len(), term.is_some()));
         let len = payload.len() as u64;
+        assert!(lsn.0 >= 1, "a frame for lsn 0 (lsns start at 1)");
+        assert!(
+            synced_lsn < lsn,
+            "a frame for lsn {lsn} claims {synced_lsn} durable: not before it is written"
+        );
+        assert!(
+            len <= self.max_payload().min(ACCEPT_MAX_PAYLOAD),
+            "a frame of {len} payload bytes, over the limit of its format {self:?}"
+        );
+        let start = out.len();
+        let frame_len = self.frame_len(payload.len(), term.is_some());
+        out.reserve(frame_len);
         match self.length {
-            LengthEncoding::U16 => out.put_u16_le(len as u16),
-            LengthEncoding::U32 => out.put_u32_le(len as u32),
+            LengthEncoding::U16 => {
+                out.put_u16_le(u16::try_from(len).expect("a u16 length within max_payload"))
+            }
+            LengthEncoding::U32 => {
+                out.put_u32_le(u32::try_from(len).expect("a u32 length within max_payload"))
+            }
             LengthEncoding::U64 => out.put_u64_le(len),
             LengthEncoding::Uvarint => {
                 let mut v = len;
                 while v >= 0x80 {
-                    out.put_u8((v as u8) | 0x80);
+                    out.put_u8((v & 0x7f) as u8 | 0x80);
                     v >>= 7;
                 }
                 out.put_u8(v as u8);
@@ -214,7 +337,8 @@ impl FrameFormat {
         }
         out.put_u8(flags);
         out.put_u64_le(lsn.0);
-        out.put_u32_le(lsn.0.saturating_sub(synced_lsn.0).min(u64::from(u32::MAX)) as u32);
+        // Clamped: a frame never claims more durability than there was.
+        out.put_u32_le(u32::try_from(lsn.0 - synced_lsn.0).unwrap_or(u32::MAX));
         if let Some(term) = term {
             out.put_u64_le(term);
         }
@@ -223,56 +347,24 @@ impl FrameFormat {
         }
         out.put_slice(payload);
         self.store_checksum(&mut out[start..], checksum_at - start);
-        debug_assert_eq!(
+        assert_eq!(
             out.len() - start,
-            self.frame_len(payload.len(), term.is_some())
+            frame_len,
+            "a frame encoded to another size than frame_len gives"
         );
     }
 
     /// Decodes the frame starting at `buf[at..]`, accepting payloads up to `max_payload` bytes.
     pub(crate) fn decode(&self, buf: &[u8], at: usize, max_payload: u64) -> Decoded {
         let rest = buf.get(at..).unwrap_or_default();
-        // Length.
-        let (len, len_bytes) = match self.length {
-            LengthEncoding::U16 => match rest.get(..2) {
-                Some(b) => (u64::from(u16::from_le_bytes([b[0], b[1]])), 2),
-                None => return self.short_or_end(rest, 2),
-            },
-            LengthEncoding::U32 => match rest.get(..4) {
-                Some(b) => (u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])), 4),
-                None => return self.short_or_end(rest, 4),
-            },
-            LengthEncoding::U64 => match rest.get(..8) {
-                Some(b) => (u64::from_le_bytes(b.try_into().unwrap_or([0; 8])), 8),
-                None => return self.short_or_end(rest, 8),
-            },
-            LengthEncoding::Uvarint => {
-                let mut value = 0u64;
-                let mut i = 0;
-                loop {
-                    let Some(&byte) = rest.get(i) else {
-                        return self.short_or_end(rest, i + 1);
-                    };
-                    if i == 9 && byte > 1 {
-                        return Decoded::Bad(CorruptionKind::FrameLength { len: u64::MAX });
-                    }
-                    value |= u64::from(byte & 0x7f) << (7 * i);
-                    i += 1;
-                    if byte & 0x80 == 0 {
-                        // Over-long ("0x85 0x00" for 5) is not how the log writes a length: one
-                        // spelling per frame, as the checksum does not cover the length.
-                        if i > 1 && byte == 0 {
-                            return Decoded::Bad(CorruptionKind::FrameLength { len: value });
-                        }
-                        break;
-                    }
-                }
-                (value, i)
-            }
+        let (len, length_len) = match self.read_length(rest) {
+            LengthField::Read { len, bytes } => (len, bytes),
+            LengthField::Short { need } => return self.short_or_end(rest, need),
+            LengthField::Bad { len } => return Decoded::Bad(CorruptionKind::FrameLength { len }),
         };
-        let fixed = len_bytes + self.checksum_len() + 1 + 8;
-        let Some(head) = rest.get(..fixed) else {
-            return self.short_or_end(rest, fixed);
+        let never_zero = self.never_zero_len(length_len);
+        let Some(head) = rest.get(..never_zero) else {
+            return self.short_or_end(rest, never_zero);
         };
         if head.iter().all(|&b| b == 0) {
             return Decoded::End;
@@ -280,94 +372,81 @@ impl FrameFormat {
         if len > max_payload {
             return Decoded::Bad(CorruptionKind::FrameLength { len });
         }
-        let flags = head[len_bytes + self.checksum_len()];
+        let flags_at = self.flags_at(length_len);
+        let flags = head[flags_at];
         if flags & !KNOWN_FLAGS != 0 {
             return Decoded::Bad(CorruptionKind::BadHeader {
                 field: "frame flags",
             });
         }
         let has_term = flags & FLAG_TERM != 0;
+        let continues = flags & FLAG_CONTINUES != 0;
         let seal = flags & FLAG_SEAL != 0;
-        if seal && (has_term || flags & FLAG_CONTINUES != 0 || len != 0) {
+        if seal && (has_term || continues || len != 0) {
             return Decoded::Bad(CorruptionKind::BadHeader {
                 field: "frame flags",
             });
         }
-        let extra = 4 + if has_term { 8 } else { 0 } + if self.timestamps { 8 } else { 0 };
-        let Some(total) = (fixed as u64 + extra as u64)
-            .checked_add(len)
-            .filter(|&t| t <= usize::MAX as u64)
-        else {
+        let header = self.header_len(length_len, has_term);
+        let Some(total) = frame_total(header, len) else {
             return Decoded::Bad(CorruptionKind::FrameLength { len });
         };
-        let total = total as usize;
         let Some(frame) = rest.get(..total) else {
             return Decoded::Short { need: total };
         };
-        let checksum_at = len_bytes;
-        let body = &frame[checksum_at + self.checksum_len()..];
         let stored = match self.checksum {
-            ChecksumKind::Crc32 => u64::from(u32::from_le_bytes(
-                frame[checksum_at..checksum_at + 4]
-                    .try_into()
-                    .unwrap_or([0; 4]),
-            )),
-            ChecksumKind::Crc64 => u64::from_le_bytes(
-                frame[checksum_at..checksum_at + 8]
-                    .try_into()
-                    .unwrap_or([0; 8]),
-            ),
+            ChecksumKind::Crc32 => u32::from_le_bytes(bytes_at(frame, length_len)).into(),
+            ChecksumKind::Crc64 => u64_at(frame, length_len),
         };
-        let mut hasher = Hasher::new(self.checksum);
-        hasher.update(body);
-        if hasher.finish() != stored {
+        if self.checksum_of(&frame[flags_at..]) != stored {
             return Decoded::Bad(CorruptionKind::FrameChecksum);
         }
-        let mut pos = 1;
-        let read_u64 =
-            |pos: usize| u64::from_le_bytes(body[pos..pos + 8].try_into().unwrap_or([0; 8]));
-        let lsn = Lsn(read_u64(pos));
-        pos += 8;
+        let lsn_at = flags_at + FLAGS_LEN;
+        let lsn = Lsn(u64_at(frame, lsn_at));
         if lsn.0 == 0 {
             return Decoded::Bad(CorruptionKind::BadHeader { field: "frame lsn" });
         }
-        let back = u64::from(u32::from_le_bytes(
-            body[pos..pos + 4].try_into().unwrap_or([0; 4]),
-        ));
-        pos += 4;
+        let synced_at = lsn_at + LSN_LEN;
+        let back = u64::from(u32::from_le_bytes(bytes_at::<SYNCED_LEN>(frame, synced_at)));
         if back == 0 || back > lsn.0 {
             return Decoded::Bad(CorruptionKind::BadHeader {
                 field: "frame synced lsn",
             });
         }
-        let synced_lsn = Lsn(lsn.0 - back);
-        let term = if has_term {
-            pos += 8;
-            Some(read_u64(pos - 8))
-        } else {
-            None
-        };
-        let timestamp_us = if self.timestamps {
-            pos += 8;
-            Some(read_u64(pos - 8))
-        } else {
-            None
-        };
+        let mut pos = synced_at + SYNCED_LEN;
+        let term = has_term.then(|| {
+            pos += TERM_LEN;
+            u64_at(frame, pos - TERM_LEN)
+        });
+        let timestamp_us = self.timestamps.then(|| {
+            pos += TIMESTAMP_LEN;
+            u64_at(frame, pos - TIMESTAMP_LEN)
+        });
         // A seal is written one way only (see `encode_seal`).
         if seal && (back != 1 || timestamp_us.is_some_and(|t| t != 0)) {
             return Decoded::Bad(CorruptionKind::BadHeader {
                 field: "frame flags",
             });
         }
-        let payload_start = at + checksum_at + self.checksum_len() + pos;
+        // What every accepted frame satisfies, whatever the bytes were: its fields before the
+        // payload are the header's size, it was durable only below its own lsn, and a seal is
+        // bare (see the checks above).
+        assert!(
+            pos == header && (1..=lsn.0).contains(&back),
+            "decode accepted a frame with a broken header at {at}: lsn {lsn}, synced {back} back"
+        );
+        assert!(
+            !seal || (len == 0 && !continues && !has_term),
+            "decode accepted a seal that is not bare at {at}"
+        );
         Decoded::Frame(FrameRef {
             lsn,
-            synced_lsn,
+            synced_lsn: Lsn(lsn.0 - back),
             term,
             timestamp_us,
-            continues: flags & FLAG_CONTINUES != 0,
+            continues,
             seal,
-            payload: payload_start..payload_start + len as usize,
+            payload: at + pos..at + total,
             len: total,
         })
     }
@@ -376,29 +455,31 @@ impl FrameFormat {
     /// a cheap filter before [`decode`](Self::decode) when searching damaged data.
     pub(crate) fn peek_lsn(&self, buf: &[u8], at: usize) -> Option<Lsn> {
         let rest = buf.get(at..)?;
-        let len_bytes = match self.length {
-            LengthEncoding::U16 => 2,
-            LengthEncoding::U32 => 4,
-            LengthEncoding::U64 => 8,
-            LengthEncoding::Uvarint => rest.iter().take(10).position(|b| b & 0x80 == 0)? + 1,
+        let LengthField::Read { bytes, .. } = self.read_length(rest) else {
+            return None;
         };
-        let lsn_at = len_bytes + self.checksum_len() + 1;
-        let bytes = rest.get(lsn_at..lsn_at + 8)?;
-        Some(Lsn(u64::from_le_bytes(bytes.try_into().ok()?)))
+        let lsn_at = self.flags_at(bytes) + FLAGS_LEN;
+        rest.get(lsn_at..lsn_at + LSN_LEN)?;
+        Some(Lsn(u64_at(rest, lsn_at)))
     }
 
-    /// Computes the checksum of everything after the checksum field of `frame` (which starts at
-    /// `checksum_at`) and stores it there.
-    fn store_checksum(&self, frame: &mut [u8], checksum_at: usize) {
-        let body_at = checksum_at + self.checksum_len();
+    /// The checksum of a frame's bytes after its checksum field.
+    fn checksum_of(&self, body: &[u8]) -> u64 {
         let mut hasher = Hasher::new(self.checksum);
-        hasher.update(&frame[body_at..]);
-        let sum = hasher.finish();
+        hasher.update(body);
+        hasher.finish()
+    }
+
+    /// Computes the checksum of everything after the checksum field of `frame` (a whole frame,
+    /// whose length field takes `length_len` bytes) and stores it there.
+    pub(crate) fn store_checksum(&self, frame: &mut [u8], length_len: usize) {
+        let body_at = self.flags_at(length_len);
+        let sum = self.checksum_of(&frame[body_at..]);
+        let field = &mut frame[length_len..body_at];
         match self.checksum {
-            ChecksumKind::Crc32 => {
-                frame[checksum_at..body_at].copy_from_slice(&(sum as u32).to_le_bytes())
-            }
-            ChecksumKind::Crc64 => frame[checksum_at..body_at].copy_from_slice(&sum.to_le_bytes()),
+            // A crc32 is a u32 held in a u64: its 4 low bytes.
+            ChecksumKind::Crc32 => field.copy_from_slice(&sum.to_le_bytes()[..4]),
+            ChecksumKind::Crc64 => field.copy_from_slice(&sum.to_le_bytes()),
         }
     }
 
@@ -412,36 +493,18 @@ impl FrameFormat {
     }
 
     /// The size of the length field and of the whole frame starting at `rest[0]`, read from its
-    /// length and flags without checking anything else; `None` if `rest` is too short to say.
-    fn frame_extent(&self, rest: &[u8]) -> Option<(usize, usize)> {
-        let (len, len_bytes) = match self.length {
-            LengthEncoding::U16 => (
-                u64::from(u16::from_le_bytes(rest.get(..2)?.try_into().ok()?)),
-                2,
-            ),
-            LengthEncoding::U32 => (
-                u64::from(u32::from_le_bytes(rest.get(..4)?.try_into().ok()?)),
-                4,
-            ),
-            LengthEncoding::U64 => (u64::from_le_bytes(rest.get(..8)?.try_into().ok()?), 8),
-            LengthEncoding::Uvarint => {
-                let end = rest.iter().take(10).position(|b| b & 0x80 == 0)?;
-                let mut value = 0u64;
-                for (i, &b) in rest[..=end].iter().enumerate() {
-                    value |= u64::from(b & 0x7f).checked_shl(7 * i as u32)?;
-                }
-                (value, end + 1)
-            }
+    /// length and flags without checking anything else; `None` if `rest` is too short to say,
+    /// its length field is not one the log writes, or its first bytes are zeros (no frame).
+    pub(crate) fn frame_extent(&self, rest: &[u8]) -> Option<(usize, usize)> {
+        let LengthField::Read { len, bytes } = self.read_length(rest) else {
+            return None;
         };
-        let flags = *rest.get(len_bytes + self.checksum_len())?;
-        let extra = 1
-            + 8
-            + 4
-            + if flags & FLAG_TERM != 0 { 8 } else { 0 }
-            + if self.timestamps { 8 } else { 0 };
-        let total = (len_bytes + self.checksum_len() + extra) as u64;
-        let total = usize::try_from(total.checked_add(len)?).ok()?;
-        Some((len_bytes, total))
+        let head = rest.get(..self.never_zero_len(bytes))?;
+        if head.iter().all(|&b| b == 0) {
+            return None;
+        }
+        let has_term = head[self.flags_at(bytes)] & FLAG_TERM != 0;
+        Some((bytes, frame_total(self.header_len(bytes, has_term), len)?))
     }
 
     /// Decodes the frame at `buf[at..]` as `truncate_back` may have left it when power failed while
@@ -457,16 +520,16 @@ impl FrameFormat {
         max_payload: u64,
     ) -> Option<(FrameRef, Vec<u8>)> {
         let rest = buf.get(at..)?;
-        let (len_bytes, total) = self.frame_extent(rest)?;
+        let (length_len, total) = self.frame_extent(rest)?;
         let frame = rest.get(..total)?;
-        let flags_at = len_bytes + self.checksum_len();
+        let flags_at = self.flags_at(length_len);
         let mut old = frame.to_vec();
         old[flags_at] |= FLAG_CONTINUES;
-        self.store_checksum(&mut old, len_bytes);
+        self.store_checksum(&mut old, length_len);
         let mut new = frame.to_vec();
         new[flags_at] &= !FLAG_CONTINUES;
-        self.store_checksum(&mut new, len_bytes);
-        let field = len_bytes..=flags_at;
+        self.store_checksum(&mut new, length_len);
+        let field = length_len..=flags_at;
         let (s, o, n) = (&frame[field.clone()], &old[field.clone()], &new[field]);
         let torn_mix = (0..=s.len()).any(|i| {
             (s[..i] == n[..i] && s[i..] == o[i..]) || (s[..i] == o[..i] && s[i..] == n[i..])
@@ -494,293 +557,26 @@ impl FrameFormat {
             continues: false,
         };
         self.encode(out, fields, &[]);
-        let len_bytes = self.length_len(0);
-        out[start + len_bytes + self.checksum_len()] |= FLAG_SEAL;
-        self.store_checksum(&mut out[start..], len_bytes);
+        let length_len = self.length_len(0);
+        out[start + self.flags_at(length_len)] |= FLAG_SEAL;
+        self.store_checksum(&mut out[start..], length_len);
     }
 
     /// Rewrites the flags of the frame at the start of `frame` (a whole encoded frame) to clear
     /// the "batch continues" bit, and recomputes its checksum. Used when the log is cut inside a
-    /// batch, so that the kept part ends with a commit marker.
+    /// batch, so that the kept part ends with a commit marker. Bytes that do not start with a
+    /// length field and flags are left as they are.
     pub(crate) fn clear_continues(&self, frame: &mut [u8]) {
-        let len_bytes = match self.length {
-            LengthEncoding::U16 => 2,
-            LengthEncoding::U32 => 4,
-            LengthEncoding::U64 => 8,
-            LengthEncoding::Uvarint => frame
-                .iter()
-                .position(|b| b & 0x80 == 0)
-                .map_or(frame.len(), |i| i + 1),
-        };
-        let body_at = len_bytes + self.checksum_len();
-        if body_at >= frame.len() {
+        let LengthField::Read { bytes, .. } = self.read_length(frame) else {
             return;
-        }
-        frame[body_at] &= !FLAG_CONTINUES;
-        self.store_checksum(frame, len_bytes);
+        };
+        let Some(flags) = frame.get_mut(self.flags_at(bytes)) else {
+            return;
+        };
+        *flags &= !FLAG_CONTINUES;
+        self.store_checksum(frame, bytes);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_seal_decodes_as_one_and_only_bare() {
-        for f in formats() {
-            let mut buf = BytesMut::new();
-            f.encode_seal(&mut buf, Lsn(42));
-            let Decoded::Frame(seal) = f.decode(&buf, 0, u64::MAX) else {
-                panic!("{f:?}: the seal does not decode");
-            };
-            assert!(seal.seal && !seal.continues && seal.term.is_none(), "{f:?}");
-            assert_eq!(
-                (seal.lsn, seal.synced_lsn, seal.len),
-                (Lsn(42), Lsn(41), buf.len())
-            );
-            assert_eq!(buf.len(), f.frame_len(0, false));
-            // The seal flag on anything but a bare frame is refused, even with a valid checksum.
-            for (term, continues, payload) in [
-                (Some(7), false, &b""[..]),
-                (None, true, &b""[..]),
-                (None, false, &b"x"[..]),
-            ] {
-                let mut buf = BytesMut::new();
-                let fields = FrameFields {
-                    lsn: Lsn(42),
-                    synced_lsn: Lsn(41),
-                    term,
-                    timestamp_us: 0,
-                    continues,
-                };
-                f.encode(&mut buf, fields, payload);
-                let len_bytes = f.length_len(payload.len() as u64);
-                buf[len_bytes + f.checksum_len()] |= FLAG_SEAL;
-                f.store_checksum(&mut buf, len_bytes);
-                assert!(
-                    matches!(f.decode(&buf, 0, u64::MAX), Decoded::Bad(_)),
-                    "{f:?}"
-                );
-            }
-        }
-    }
-
-    fn formats() -> Vec<FrameFormat> {
-        let mut out = Vec::new();
-        for length in [
-            LengthEncoding::U16,
-            LengthEncoding::U32,
-            LengthEncoding::U64,
-            LengthEncoding::Uvarint,
-        ] {
-            for checksum in [ChecksumKind::Crc32, ChecksumKind::Crc64] {
-                for timestamps in [false, true] {
-                    out.push(FrameFormat {
-                        length,
-                        checksum,
-                        timestamps,
-                    });
-                }
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn a_batch_end_rewrite_torn_anywhere_decodes_as_the_new_frame() {
-        for f in formats() {
-            let mut buf = BytesMut::new();
-            let fields = FrameFields {
-                lsn: Lsn(9),
-                synced_lsn: Lsn(3),
-                term: Some(2),
-                timestamp_us: 5,
-                continues: true,
-            };
-            f.encode(&mut buf, fields, &[0xAB; 40]);
-            let old = buf.to_vec();
-            let mut new = old.clone();
-            f.clear_continues(&mut new);
-            let (len_bytes, total) = f.frame_extent(&old).unwrap();
-            assert_eq!(total, old.len());
-            let end = len_bytes + f.checksum_len() + 1;
-            for cut in 0..=old.len() {
-                for (a, b) in [(&old, &new), (&new, &old)] {
-                    let mut torn = a[..cut].to_vec();
-                    torn.extend_from_slice(&b[cut..]);
-                    let mut image = vec![0u8; 3];
-                    image.extend_from_slice(&torn);
-                    let (frame, bytes) = f.decode_cut(&image, 3, u64::MAX).unwrap();
-                    assert!(!frame.continues);
-                    assert_eq!(frame.lsn, Lsn(9));
-                    assert_eq!(&image[frame.payload], &[0xAB; 40]);
-                    assert_eq!(bytes, new);
-                }
-            }
-            // Damage anywhere else is not taken for a torn rewrite.
-            for i in (0..old.len()).filter(|i| !(len_bytes..end).contains(i)) {
-                let mut bad = old.clone();
-                bad[i] ^= 0x10;
-                if let Some((frame, _)) = f.decode_cut(&bad, 0, u64::MAX) {
-                    panic!("{f:?}: byte {i} flipped, still decoded as {frame:?}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn frames_round_trip_in_every_format() {
-        for f in formats() {
-            let mut buf = BytesMut::new();
-            let payloads: [&[u8]; 4] = [b"", b"x", &[7u8; 300], &[1u8; 20_000]];
-            for (i, p) in payloads.iter().enumerate() {
-                let term = if i % 2 == 0 {
-                    Some(i as u64 * 10)
-                } else {
-                    None
-                };
-                f.encode(
-                    &mut buf,
-                    FrameFields {
-                        lsn: Lsn(i as u64 + 1),
-                        synced_lsn: Lsn(i as u64),
-                        term,
-                        timestamp_us: 42,
-                        continues: i == 1,
-                    },
-                    p,
-                );
-            }
-            let mut at = 0;
-            for (i, p) in payloads.iter().enumerate() {
-                let Decoded::Frame(fr) = f.decode(&buf, at, u64::MAX) else {
-                    panic!("{f:?} frame {i}")
-                };
-                assert_eq!(fr.lsn, Lsn(i as u64 + 1));
-                assert_eq!(fr.synced_lsn, Lsn(i as u64));
-                assert_eq!(f.peek_lsn(&buf, at), Some(fr.lsn));
-                assert_eq!(
-                    fr.term,
-                    if i % 2 == 0 {
-                        Some(i as u64 * 10)
-                    } else {
-                        None
-                    }
-                );
-                assert_eq!(fr.timestamp_us, f.timestamps.then_some(42));
-                assert_eq!(fr.continues, i == 1);
-                assert_eq!(&buf[fr.payload.clone()], *p);
-                assert_eq!(fr.len, f.frame_len(p.len(), i % 2 == 0));
-                at += fr.len;
-            }
-            assert_eq!(at, buf.len());
-            assert_eq!(f.decode(&buf, at, u64::MAX), Decoded::End);
-            buf.put_bytes(0, 64);
-            assert_eq!(f.decode(&buf, at, u64::MAX), Decoded::End);
-        }
-    }
-
-    #[test]
-    fn every_truncation_and_bit_flip_is_detected_without_panic() {
-        for f in formats() {
-            let mut buf = BytesMut::new();
-            f.encode(
-                &mut buf,
-                FrameFields {
-                    lsn: Lsn(5),
-                    synced_lsn: Lsn(2),
-                    term: Some(3),
-                    timestamp_us: 9,
-                    continues: false,
-                },
-                b"hello world",
-            );
-            let whole = buf.to_vec();
-            for cut in 0..whole.len() {
-                match f.decode(&whole[..cut], 0, u64::MAX) {
-                    Decoded::Short { .. } | Decoded::End => {}
-                    other => panic!("{f:?} cut at {cut}: {other:?}"),
-                }
-            }
-            for byte in 0..whole.len() {
-                for bit in 0..8 {
-                    let mut damaged = whole.clone();
-                    damaged[byte] ^= 1 << bit;
-                    match f.decode(&damaged, 0, u64::MAX) {
-                        Decoded::Frame(fr) => panic!("{f:?} flip {byte}.{bit} accepted: {fr:?}"),
-                        Decoded::Bad(_) | Decoded::Short { .. } | Decoded::End => {}
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn clearing_the_continues_flag_keeps_the_frame_valid() {
-        for f in formats() {
-            let mut buf = BytesMut::new();
-            f.encode(
-                &mut buf,
-                FrameFields {
-                    lsn: Lsn(9),
-                    synced_lsn: Lsn(0),
-                    term: None,
-                    timestamp_us: 0,
-                    continues: true,
-                },
-                b"abc",
-            );
-            f.clear_continues(&mut buf);
-            let Decoded::Frame(fr) = f.decode(&buf, 0, u64::MAX) else {
-                panic!("{f:?}")
-            };
-            assert!(!fr.continues);
-            assert_eq!(fr.lsn, Lsn(9));
-        }
-    }
-
-    /// One frame of `payload` at lsn 1, with a crc32 and no timestamp: its format and bytes.
-    fn one_frame(length: LengthEncoding, payload: &[u8]) -> (FrameFormat, BytesMut) {
-        let f = FrameFormat {
-            length,
-            checksum: ChecksumKind::Crc32,
-            timestamps: false,
-        };
-        let mut buf = BytesMut::new();
-        let fields = FrameFields {
-            lsn: Lsn(1),
-            synced_lsn: Lsn(0),
-            term: None,
-            timestamp_us: 0,
-            continues: false,
-        };
-        f.encode(&mut buf, fields, payload);
-        (f, buf)
-    }
-
-    #[test]
-    fn lengths_above_the_limit_are_bad() {
-        let (f, buf) = one_frame(LengthEncoding::U32, &[0u8; 100]);
-        assert!(matches!(
-            f.decode(&buf, 0, 99),
-            Decoded::Bad(CorruptionKind::FrameLength { len: 100 })
-        ));
-        let garbage = [0xffu8; 64];
-        for f in formats() {
-            assert!(!matches!(f.decode(&garbage, 0, 1 << 20), Decoded::Frame(_)));
-        }
-    }
-
-    #[test]
-    fn an_over_long_uvarint_length_is_bad() {
-        let (f, buf) = one_frame(LengthEncoding::Uvarint, b"hello world");
-        assert!(matches!(f.decode(&buf, 0, 1 << 20), Decoded::Frame(_)));
-        // The same frame with its length (11) spelled in two bytes: the checksum still matches.
-        let mut long = vec![buf[0] | 0x80, 0x00];
-        long.extend_from_slice(&buf[1..]);
-        assert!(matches!(
-            f.decode(&long, 0, 1 << 20),
-            Decoded::Bad(CorruptionKind::FrameLength { len: 11 })
-        ));
-    }
-}
+mod tests;

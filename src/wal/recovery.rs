@@ -8,6 +8,10 @@
 //! - Damage in a segment that is not the last is corruption: a segment is synced before the next
 //!   one receives data, so only the last can be torn.
 //! - Nothing here panics on any file content: every length is checked before it is used.
+//!
+//! The decisions about one segment's frames (which are entries, where a torn tail starts, what
+//! is corruption) are made by the pure walk in [`walk`], over the bytes read; this module does
+//! the I/O around it and carries out its verdict.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -15,20 +19,12 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use ringtide_platform::{File, IoDriver, OpenOptions};
 
-use super::record::{Decoded, FrameFormat};
+use super::record::{FrameFormat, MAX_SEGMENT_BYTES};
 use super::segment::{self, CutRecord, HEADER_LEN, LOCK_FILE, META_FILE, Meta, SegmentHeader};
 use super::{Lsn, RecoveryMode, SegmentIndex, TornTail, WalOptions};
 use crate::error::{CorruptionKind, Error, Result};
 
-/// The largest payload recovery accepts in a frame: the largest `max_entry_bytes` allowed.
-pub(crate) const ACCEPT_MAX_PAYLOAD: u64 = 1 << 30;
-
-/// The largest segment file a writer makes: frame offsets in the index are 32-bit.
-pub(crate) const MAX_SEGMENT_BYTES: u64 = u32::MAX as u64;
-
-/// The largest lsn the log hands out; lsns from disk above it are refused, so arithmetic on
-/// them cannot overflow.
-pub(crate) const MAX_LSN: u64 = 1 << 62;
+pub(crate) mod walk;
 
 /// What recovery hands to the log.
 pub(crate) struct Recovered {
@@ -164,8 +160,8 @@ pub(crate) async fn recover(
     // A temporary meta or cut file is the leftover of an interrupted write of it; the real one
     // (or none) stands.
     if writable {
-        let _ = driver.remove_file(dir.join("wal.meta.tmp")).await;
-        let _ = driver.remove_file(dir.join("wal.cut.tmp")).await;
+        let _ = driver.remove_file(dir.join(segment::META_TMP)).await;
+        let _ = driver.remove_file(dir.join(segment::CUT_TMP)).await;
     }
 
     // Segments of older epochs are leftovers of an interrupted reset.
@@ -444,6 +440,40 @@ struct ScanContext<'a> {
     access: Access,
 }
 
+/// Checks a segment's header against the log's meta file and the segment's name.
+fn check_header(
+    buf: &[u8],
+    name_first: Lsn,
+    meta: &Meta,
+) -> std::result::Result<SegmentHeader, (u64, CorruptionKind)> {
+    // Every segment's header is synced before the segment gets its name (see
+    // `segment::install_segment`), so a damaged or zeroed header is never a leftover of an
+    // interrupted creation: it is corruption, even in the last segment.
+    let header = SegmentHeader::decode(buf).map_err(|kind| (0, kind))?;
+    let bad = |offset, field| Err((offset, CorruptionKind::BadHeader { field }));
+    if header.log_id != meta.log_id {
+        let kind = CorruptionKind::ForeignSegment {
+            expected: meta.log_id,
+            found: header.log_id,
+        };
+        return Err((16, kind));
+    }
+    if header.epoch != meta.epoch {
+        return bad(24, "epoch (differs from the file name's)");
+    }
+    if header.first_lsn != name_first {
+        return bad(32, "first lsn (differs from the file name's)");
+    }
+    if header.format != meta.format {
+        return bad(10, "format (differs from the log's)");
+    }
+    Ok(header)
+}
+
+/// Checks one segment read whole into `buf` (the file is `len` bytes): its header, then its
+/// frames through the pure [`walk::walk_frames`], whose verdict it carries out — a torn tail cut
+/// (or refused under `Strict`), an interrupted `truncate_back` finished, the active segment's
+/// preallocation restored. A read-only open changes no file.
 async fn scan_segment(
     path: &Path,
     file: File,
@@ -460,212 +490,64 @@ async fn scan_segment(
         access,
     } = *ctx;
     let writable = access == Access::ReadWrite;
-    // Every segment's header is synced before the segment gets its name (see
-    // `segment::install_segment`), so a damaged or zeroed header is never a leftover of an
-    // interrupted creation: it is corruption, even in the last segment.
-    let corrupt = |offset: u64, kind| Err(Error::corruption(path, offset, kind));
-    let header = match SegmentHeader::decode(buf) {
-        Ok(h) => h,
-        Err(kind) => return corrupt(0, kind),
+    let corrupt = |(offset, kind)| Error::corruption(path, offset, kind);
+    let header = check_header(buf, name_first, meta).map_err(corrupt)?;
+    let params = walk::WalkParams {
+        format: meta.format,
+        first_lsn: header.first_lsn,
+        start: HEADER_LEN as usize,
+        cut,
+        is_last,
     };
-    if header.log_id != meta.log_id {
-        return corrupt(
-            16,
-            CorruptionKind::ForeignSegment {
-                expected: meta.log_id,
-                found: header.log_id,
-            },
-        );
-    }
-    if header.epoch != meta.epoch {
-        return corrupt(
-            24,
-            CorruptionKind::BadHeader {
-                field: "epoch (differs from the file name's)",
-            },
-        );
-    }
-    if header.first_lsn != name_first {
-        return corrupt(
-            32,
-            CorruptionKind::BadHeader {
-                field: "first lsn (differs from the file name's)",
-            },
-        );
-    }
-    if header.format != meta.format {
-        return corrupt(
-            10,
-            CorruptionKind::BadHeader {
-                field: "format (differs from the log's)",
-            },
-        );
-    }
-    let format = meta.format;
-
-    // Walk the frames.
-    let mut offsets: Vec<u32> = Vec::new();
-    let mut pos = HEADER_LEN as usize;
-    let mut expected = header.first_lsn;
-    let mut committed = 0usize;
-    let mut committed_end = pos;
-    let mut bad: Option<(usize, CorruptionKind)> = None;
-    let mut cut_frame: Option<(usize, Vec<u8>)> = None;
-    let mut cut_applied = false;
-    // Where the seal a clean close wrote ends, if the entries end at one.
-    let mut sealed_end: Option<usize> = None;
-    loop {
-        if cut.is_some_and(|c| expected > c) {
-            // An interrupted `truncate_back` ends the log before this frame: whatever is left
-            // of the frames after its cut (whole, zeroed or torn sector by sector) is not read.
-            cut_applied = true;
-            break;
-        }
-        if cut == Some(expected)
-            && pos <= u32::MAX as usize
-            && let Some((frame, bytes)) = format
-                .decode_cut(buf, pos, ACCEPT_MAX_PAYLOAD)
-                .filter(|(f, _)| f.lsn == expected && !f.seal)
-        {
-            // The last frame kept by an interrupted `truncate_back`, which may have been
-            // rewriting it to end its batch: it ends the log, whatever of the rewrite landed.
-            offsets.push(pos as u32);
-            cut_frame = Some((pos, bytes));
-            cut_applied = true;
-            pos += frame.len;
-            committed = offsets.len();
-            committed_end = pos;
-            break;
-        }
-        match format.decode(buf, pos, ACCEPT_MAX_PAYLOAD) {
-            // A clean close's seal: the entries end here. (After an unfinished batch it is
-            // found below as a valid frame vouching for lost data: corruption.)
-            Decoded::Frame(frame) if frame.seal && frame.lsn == expected => {
-                if committed == offsets.len() {
-                    sealed_end = Some(pos + frame.len);
-                }
-                break;
-            }
-            Decoded::Frame(frame) if frame.lsn == expected && pos <= u32::MAX as usize => {
-                offsets.push(pos as u32);
-                pos += frame.len;
-                expected = expected.next();
-                if !frame.continues {
-                    committed = offsets.len();
-                    committed_end = pos;
-                }
-            }
-            Decoded::Frame(frame) => {
-                bad = Some((
-                    pos,
-                    CorruptionKind::LsnMismatch {
-                        expected,
-                        found: frame.lsn,
-                    },
-                ));
-                break;
-            }
-            Decoded::End => break,
-            Decoded::Short { need } => {
-                bad = Some((pos, CorruptionKind::FrameLength { len: need as u64 }));
-                break;
-            }
-            Decoded::Bad(kind) => {
-                bad = Some((pos, kind));
-                break;
-            }
-        }
-    }
+    let walk::Walk {
+        mut offsets,
+        kept,
+        end,
+        outcome,
+        ..
+    } = walk::walk_frames(buf, &params);
+    let end = end as u64;
     let mut torn = None;
     let mut patch = None;
-    if cut_applied {
-        // Finish the interrupted `truncate_back`: the last kept frame rewritten whole (if it was
-        // being rewritten), the rest cut and re-extended with zeros, synced. A read-only open
-        // may not write: its readers see the repaired frame through the index instead.
-        let repair = cut_frame
-            .filter(|(at, bytes)| buf.get(*at..*at + bytes.len()) != Some(&bytes[..]))
-            .map(|(at, bytes)| (at as u64, bytes::Bytes::from(bytes)));
-        if !writable {
-            patch = repair;
-        } else {
-            if let Some((at, bytes)) = repair {
-                let (res, _) = file.writev_sync_at(vec![bytes], at).await;
-                res.map_err(io_err(path))?;
-            }
-            let cut = committed_end as u64;
-            file.set_len(cut).await.map_err(io_err(path))?;
-            file.allocate(cut, len.saturating_sub(cut).max(1))
-                .await
-                .map_err(io_err(path))?;
-            file.sync_all().await.map_err(io_err(path))?;
-        }
-    } else {
-        // A valid frame after the point where the walk stopped, written when the lost lsn was already
-        // durable, means durable data is damaged: corruption, not a torn tail. (Past a clean end this
-        // finds a zeroed block followed by frames; past a bad frame, frames after it.) Later frames
-        // that are not synced past the loss are unsynced writes that reached the disk out of order.
-        let search_from = match &bad {
-            Some((at, _)) => at + 1,
-            None => pos,
-        };
-        let min_lsn = Lsn(header.first_lsn.0 + committed as u64);
-        if let Some(next_valid) = find_valid_frame(buf, search_from, format, min_lsn) {
-            let at = bad.as_ref().map_or(pos, |(at, _)| *at) as u64;
-            return corrupt(
-                at,
-                CorruptionKind::DamageBeforeValidData {
-                    next_valid_offset: next_valid as u64,
-                },
-            );
-        }
-        let incomplete = committed < offsets.len();
-        // Bytes past a clean end of the last segment (a zeroed frame, then frames that were not
-        // synced past it) are unsynced writes that landed out of order: a torn tail, to be cut, or a
-        // later append of the same size would make them part of the log again.
-        let stray = is_last
-            && bad.is_none()
-            && !incomplete
-            && buf
-                .get(sealed_end.unwrap_or(committed_end)..)
-                .is_some_and(|rest| first_nonzero(rest).is_some());
-        if bad.is_some() || incomplete || stray {
-            let (at, kind) = match bad {
-                Some((at, kind)) => (at, kind),
-                None if incomplete => (committed_end, CorruptionKind::IncompleteBatch),
-                None => (committed_end, CorruptionKind::TornTail { bytes: 0 }),
-            };
-            if !is_last {
-                // Segments are synced before the next one receives data: only the last can be torn.
-                return corrupt(at as u64, kind);
-            }
-            let data_end = buf
-                .iter()
-                .rposition(|&b| b != 0)
-                .map_or(committed_end, |i| i + 1)
-                .max(committed_end);
-            let bytes = (data_end - committed_end) as u64;
-            if options.recovery_mode == RecoveryMode::Strict {
-                return corrupt(committed_end as u64, CorruptionKind::TornTail { bytes });
-            }
-            // Cut the torn tail and re-extend with zeros, so nothing of it can be read again.
-            let cut = committed_end as u64;
-            if writable {
-                file.set_len(cut).await.map_err(io_err(path))?;
-                file.allocate(cut, len.saturating_sub(cut).max(1))
+    let cut_applied = matches!(outcome, walk::Outcome::Cut { .. });
+    match outcome {
+        walk::Outcome::Clean => {}
+        walk::Outcome::Corrupt(damage) => return Err(corrupt((damage.offset, damage.kind))),
+        walk::Outcome::Cut { repair } => {
+            // Finish the interrupted `truncate_back`: the last kept frame rewritten whole (if it
+            // was being rewritten), the rest cut. A read-only open may not write: its readers see
+            // the repaired frame through the index instead.
+            let repair = repair.map(|(at, bytes)| (at as u64, bytes::Bytes::from(bytes)));
+            if !writable {
+                patch = repair;
+            } else {
+                if let Some((at, bytes)) = repair {
+                    let (res, _) = file.writev_sync_at(vec![bytes], at).await;
+                    res.map_err(io_err(path))?;
+                }
+                segment::cut_tail(&file, end, len)
                     .await
                     .map_err(io_err(path))?;
-                file.sync_all().await.map_err(io_err(path))?;
+            }
+        }
+        walk::Outcome::TornTail { bytes } => {
+            if options.recovery_mode == RecoveryMode::Strict {
+                return Err(corrupt((end, CorruptionKind::TornTail { bytes })));
+            }
+            if writable {
+                segment::cut_tail(&file, end, len)
+                    .await
+                    .map_err(io_err(path))?;
             }
             torn = Some(TornTail {
                 file: path.to_path_buf(),
-                offset: cut,
+                offset: end,
                 bytes,
-                dropped_entries: (offsets.len() - committed) as u64,
+                dropped_entries: (offsets.len() - kept) as u64,
             });
-            offsets.truncate(committed);
+            offsets.truncate(kept);
         }
     }
-    let end = committed_end as u64;
     let mut allocated = len.max(end + 1);
     if writable && (is_last || cut_applied) && allocated < options.segment_size_bytes {
         // The active segment gets its full preallocation back (it may have been cut short).
@@ -687,93 +569,4 @@ async fn scan_segment(
         torn,
         cut_applied,
     })
-}
-
-/// Looks for a frame with a valid checksum, an lsn of at least `lost` and a synced lsn of at least
-/// `lost` anywhere in `buf[from..]`: proof that the data lost at `lost` had been durable, so the
-/// damage is not a torn tail. Zeros are skipped fast; a candidate's lsn is checked for
-/// plausibility before its checksum is computed.
-pub(crate) fn find_valid_frame(
-    buf: &[u8],
-    from: usize,
-    format: FrameFormat,
-    lost: Lsn,
-) -> Option<usize> {
-    let min_lsn = lost;
-    let mut i = from;
-    while i < buf.len() {
-        let nonzero = first_nonzero(&buf[i..])?;
-        let run_start = i + nonzero;
-        // A frame may begin with zero bytes (a small length's high bytes are zero... or a zero
-        // length), so try the few positions before the first non-zero byte too.
-        let mut candidate = run_start.saturating_sub(10).max(from);
-        while candidate <= run_start {
-            if frame_at(buf, candidate, format, min_lsn) {
-                return Some(candidate);
-            }
-            candidate += 1;
-        }
-        // Then every position inside the non-zero run.
-        let mut j = run_start + 1;
-        while j < buf.len() && buf[j] != 0 {
-            if frame_at(buf, j, format, min_lsn) {
-                return Some(j);
-            }
-            j += 1;
-        }
-        i = j;
-    }
-    None
-}
-
-/// The index of the first non-zero byte: a preallocated segment's tail is megabytes of zeros,
-/// skipped 256 bytes at a time (an OR of 64-bit words over a block, which the compiler
-/// vectorizes; a byte-wise OR took three times as long in a recovery profile).
-fn first_nonzero(bytes: &[u8]) -> Option<usize> {
-    const BLOCK: usize = 256;
-    let mut blocks = bytes.chunks_exact(BLOCK);
-    let mut at = 0;
-    for block in blocks.by_ref() {
-        let any = block.chunks_exact(8).fold(0u64, |acc, w| {
-            acc | u64::from_ne_bytes(w.try_into().unwrap_or([0; 8]))
-        });
-        if any != 0 {
-            return block.iter().position(|&b| b != 0).map(|k| at + k);
-        }
-        at += BLOCK;
-    }
-    blocks
-        .remainder()
-        .iter()
-        .position(|&b| b != 0)
-        .map(|k| at + k)
-}
-
-fn frame_at(buf: &[u8], at: usize, format: FrameFormat, min_lsn: Lsn) -> bool {
-    match format.peek_lsn(buf, at) {
-        Some(lsn) if lsn >= min_lsn && lsn.0 - min_lsn.0 < (1 << 40) => {
-            matches!(format.decode(buf, at, ACCEPT_MAX_PAYLOAD), Decoded::Frame(f) if f.lsn == lsn && f.synced_lsn >= min_lsn)
-        }
-        _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn first_nonzero_finds_the_first_set_byte_at_any_position() {
-        for len in [0usize, 1, 63, 64, 65, 200] {
-            assert_eq!(first_nonzero(&vec![0u8; len]), None);
-            for at in 0..len {
-                let mut v = vec![0u8; len];
-                v[at] = 7;
-                if at + 1 < len {
-                    v[len - 1] = 1;
-                }
-                assert_eq!(first_nonzero(&v), Some(at), "len {len} at {at}");
-            }
-        }
-    }
 }

@@ -56,10 +56,12 @@ const META_MAGIC: &[u8; 8] = b"RTDMETA\n";
 const CUT_MAGIC: &[u8; 8] = b"RTDCUT\r\n";
 /// The cut record of a `truncate_back` that ends a batch (see [`CutRecord`]).
 pub(crate) const CUT_FILE: &str = "wal.cut";
-const CUT_TMP: &str = "wal.cut.tmp";
+/// The temporary file a new cut record is written to before it is renamed into place.
+pub(crate) const CUT_TMP: &str = "wal.cut.tmp";
 const META_LEN: usize = 48;
 pub(crate) const META_FILE: &str = "wal.meta";
-const META_TMP: &str = "wal.meta.tmp";
+/// The temporary file a new meta file is written to before it is renamed into place.
+pub(crate) const META_TMP: &str = "wal.meta.tmp";
 pub(crate) const LOCK_FILE: &str = "LOCK";
 
 /// What a segment's header says.
@@ -190,7 +192,7 @@ fn decode_fields(
     check_header(b, magic, len)?;
     let format = decode_format(&b[10..13])?;
     let first_lsn = Lsn(u64_at(b, 32));
-    if first_lsn.0 == 0 || first_lsn.0 > super::recovery::MAX_LSN {
+    if first_lsn.0 == 0 || first_lsn.0 > super::record::MAX_LSN {
         return Err(CorruptionKind::BadHeader { field: "first lsn" });
     }
     Ok((format, u64_at(b, 16), u64_at(b, 24), first_lsn))
@@ -504,6 +506,19 @@ pub(crate) async fn create_segment(
     let prepared = prepare_segment(driver, dir, &name, size, zero_fill, None).await?;
     let (file, path, _) = install_segment(driver, dir, prepared, header).await?;
     Ok((file, path))
+}
+
+/// Cuts a segment at byte `at` and re-extends it with zeros to `allocated` bytes (at least one
+/// past the cut), then syncs data and size: nothing past the cut can be read again, not even by
+/// recovery's search for valid frames after damage, and the cut survives a crash before the
+/// next write. Used where the log's end moves back: a torn tail cut by recovery, a finished
+/// `truncate_back`.
+pub(crate) async fn cut_tail(file: &File, at: u64, allocated: u64) -> std::io::Result<()> {
+    file.set_len(at).await?;
+    file.allocate(at, allocated.saturating_sub(at).max(1))
+        .await?;
+    // fsync, not fdatasync: the new size is metadata, and the cut must survive a crash.
+    file.sync_all().await
 }
 
 #[cfg(test)]
