@@ -141,6 +141,8 @@ pub(crate) async fn read_range(shared: &Shared, start: Lsn, end: Lsn) -> Result<
 
 async fn read_chunk(shared: &Shared, start: Lsn, end: Lsn, max_bytes: u64) -> Result<Vec<Entry>> {
     shared.check_usable()?;
+    // A read asks for every entry of the range; a stream's chunk for a prefix of it.
+    let whole = max_bytes == u64::MAX;
     let (first, last) = (shared.first_lsn(), shared.last_lsn());
     if start < first || end > last.next() || start.0 == 0 {
         let lsn = if start < first || start.0 == 0 {
@@ -150,6 +152,20 @@ async fn read_chunk(shared: &Shared, start: Lsn, end: Lsn, max_bytes: u64) -> Re
         };
         return Err(Error::OutOfRange { lsn, first, last });
     }
+    // The newest entries are in memory: once written, they are read from there. (Entries not
+    // yet written are read once written, as from the file, so that a read never returns
+    // what a failed write then loses.)
+    if Lsn(end.0 - 1) <= shared.written_lsn() || start <= shared.written_lsn() && !whole {
+        let written_end = end.min(shared.written_lsn().next());
+        let recent = shared
+            .stage
+            .lock()
+            .recent
+            .get(start, written_end, max_bytes, whole);
+        if let Some(entries) = recent {
+            return Ok(entries);
+        }
+    }
     // Entries appended but still in the stage are written first.
     super::stage::flush_to(shared, Lsn(end.0 - 1)).await?;
     let spans = locate(shared, start, end, max_bytes);
@@ -158,7 +174,7 @@ async fn read_chunk(shared: &Shared, start: Lsn, end: Lsn, max_bytes: u64) -> Re
         read_span(shared, span, &mut out).await?;
     }
     // The log was truncated between the bounds check and the lookup: say so, never return less.
-    let complete = if max_bytes == u64::MAX {
+    let complete = if whole {
         out.len() as u64 == end.0 - start.0
     } else {
         !out.is_empty()
