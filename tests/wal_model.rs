@@ -113,7 +113,7 @@ async fn run(ops: Vec<Op>, policy: SyncPolicy, seed: u64) -> std::result::Result
     let e = |e: Error| e.to_string();
     // Reads come from the files, or, for the newest entries, from the window of recent entries
     // (a small one here, so that entries leave it): both are checked against the model.
-    let recent_bytes = if seed % 2 == 0 { 0 } else { 16 << 10 };
+    let recent_bytes = if seed.is_multiple_of(2) { 0 } else { 16 << 10 };
     let options = |disk: &SimDisk, policy| options(disk, policy).read_cache_bytes(recent_bytes);
     let mut wal = Wal::open(DIR, options(&disk, policy)).await.map_err(e)?;
     let mut model = Model {
