@@ -4,6 +4,7 @@
 //! Run: `cargo bench --manifest-path compare/Cargo.toml` (from the repository root).
 //! `COMPARE_SECS` sets the measured time of each row (default 3 s, after a 0.5 s warm-up);
 //! `COMPARE_READ_MB` sets the size of the read-back log (default 1024 MiB, the size the goal names).
+//! `COMPARE_ONLY=open-read` runs only the rows of opening a small log and of random reads.
 //! Files go in a temporary directory under `compare/target/`, on the disk of the checkout.
 
 use std::fs;
@@ -549,6 +550,212 @@ fn read_back(rt: &Runtime, cfg: &Cfg) -> ReadBack {
 }
 
 // ---------------------------------------------------------------------------------------------
+// opening a small log; random reads by lsn
+
+/// Entries of the small log that `Wal::open` is timed on (256 B each, one 64 MiB segment).
+const SMALL_LOG_ENTRIES: usize = 32_000;
+/// Opens timed per case; the table gives their median and range.
+const OPENS: usize = 15;
+/// Entries of the log random reads go over, and the newest ones the "recent" rows read.
+const READ_LOG_ENTRIES: u64 = 1_000_000;
+const RECENT_ENTRIES: u64 = 10_000;
+/// Task counts of the random-read rows.
+const READERS: [usize; 2] = [1, 16];
+
+struct OpenTimes {
+    /// Seconds per open: closed cleanly read-write, closed cleanly read-only, crashed read-only,
+    /// crashed read-write (each on a fresh copy of the crashed files).
+    clean_rw: Vec<f64>,
+    clean_ro: Vec<f64>,
+    crashed_ro: Vec<f64>,
+    crashed_rw: Vec<f64>,
+}
+
+/// Copies the files of the log in `from` (open, synced) to `to`: what a crash leaves.
+fn copy_log(from: &Path, to: &Path) {
+    let _ = fs::remove_dir_all(to);
+    fs::create_dir_all(to).expect("create copy dir");
+    for f in files(from) {
+        let name = f.file_name().expect("file name");
+        if name == "LOCK" || name.to_string_lossy().ends_with(".lock") {
+            continue;
+        }
+        fs::copy(&f, to.join(name)).expect("copy log file");
+    }
+}
+
+fn open_times(rt: &Runtime, cfg: &Cfg) -> OpenTimes {
+    let dir = cfg.dir("ringtide-small");
+    let crashed = cfg.dir("ringtide-small-crashed");
+    let copy = cfg.dir("ringtide-small-copy");
+    let opts = WalOptions::default()
+        .sync_policy(SyncPolicy::None)
+        .segment_size_bytes(64 << 20);
+    rt.block_on(async {
+        let wal = Wal::open(&dir, opts.clone()).await.expect("open small log");
+        for _ in 0..SMALL_LOG_ENTRIES / BATCH {
+            wal.append_batch(std::iter::repeat_n(cfg.payload.clone(), BATCH))
+                .await
+                .expect("append_batch");
+        }
+        wal.sync().await.expect("sync");
+        copy_log(&dir, &crashed);
+        wal.close().await.expect("close");
+    });
+    let time = |dir: &Path, read_only: bool| {
+        rt.block_on(async {
+            let t0 = Instant::now();
+            let wal = if read_only {
+                Wal::open_read_only(dir, opts.clone()).await
+            } else {
+                Wal::open(dir, opts.clone()).await
+            }
+            .expect("open");
+            let s = t0.elapsed().as_secs_f64();
+            assert_eq!(
+                wal.last_lsn(),
+                Lsn(SMALL_LOG_ENTRIES as u64),
+                "entries after open"
+            );
+            wal.close().await.expect("close");
+            s
+        })
+    };
+    let mut out = OpenTimes {
+        clean_rw: Vec::new(),
+        clean_ro: Vec::new(),
+        crashed_ro: Vec::new(),
+        crashed_rw: Vec::new(),
+    };
+    for _ in 0..OPENS {
+        out.clean_rw.push(time(&dir, false));
+        out.clean_ro.push(time(&dir, true));
+        out.crashed_ro.push(time(&crashed, true));
+        copy_log(&crashed, &copy);
+        out.crashed_rw.push(time(&copy, false));
+    }
+    for d in [dir, crashed, copy] {
+        let _ = fs::remove_dir_all(d);
+    }
+    out
+}
+
+/// Random `read(lsn)` from `n` tasks over the last `span` entries of `wal`; reads per second.
+fn random_reads(rt: &Runtime, cfg: &Cfg, wal: &Wal, n: usize, span: u64) -> Measure {
+    let counters: Arc<Vec<Counter>> = Arc::new((0..n).map(|_| Counter::default()).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let last = wal.last_lsn().get();
+    let tasks: Vec<_> = (0..n)
+        .map(|t| {
+            let (wal, counters, stop) = (wal.clone(), counters.clone(), stop.clone());
+            rt.spawn(async move {
+                // xorshift64: cheap, and each task its own sequence.
+                let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (t as u64 + 1);
+                while !stop.load(Ordering::Relaxed) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let lsn = Lsn(last - x % span);
+                    let e = wal.read(lsn).await.expect("read");
+                    assert_eq!(e.data.len(), ENTRY);
+                    counters[t].0.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let m = timed(cfg.secs, &counters);
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        for t in tasks {
+            t.await.expect("reader task panicked");
+        }
+    });
+    m
+}
+
+/// Random reads: (tasks, recent entries, any entry) for each of [`READERS`].
+fn read_rows(rt: &Runtime, cfg: &Cfg) -> Vec<(usize, Measure, Measure)> {
+    let dir = cfg.dir("ringtide-reads");
+    let opts = WalOptions::default().sync_policy(SyncPolicy::None);
+    let wal = rt.block_on(async {
+        let wal = Wal::open(&dir, opts).await.expect("open");
+        for _ in 0..READ_LOG_ENTRIES / BATCH as u64 {
+            wal.append_batch(std::iter::repeat_n(cfg.payload.clone(), BATCH))
+                .await
+                .expect("append_batch");
+        }
+        wal.sync().await.expect("sync");
+        // Bulk writes go around the page cache (direct I/O): one pass warms it.
+        let (n, _) = stream_all(&wal).await;
+        assert_eq!(n, READ_LOG_ENTRIES, "streamed entries");
+        wal
+    });
+    let rows = READERS
+        .iter()
+        .map(|&n| {
+            let recent = random_reads(rt, cfg, &wal, n, RECENT_ENTRIES);
+            let any = random_reads(rt, cfg, &wal, n, READ_LOG_ENTRIES);
+            (n, recent, any)
+        })
+        .collect();
+    rt.block_on(wal.close()).expect("close");
+    let _ = fs::remove_dir_all(&dir);
+    rows
+}
+
+fn print_open_and_reads(open: &OpenTimes, reads: &[(usize, Measure, Measure)]) {
+    let ms = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        format!(
+            "{:.1} | {:.1}–{:.1}",
+            v[v.len() / 2] * 1e3,
+            v[0] * 1e3,
+            v[v.len() - 1] * 1e3
+        )
+    };
+    println!(
+        "## Opening a small log ({} entries of 256 B in one 64 MiB segment, page cache warm, {OPENS} opens each)\n",
+        num(SMALL_LOG_ENTRIES as f64)
+    );
+    println!("| log | open | median ms | range ms |");
+    println!("|---|---|---:|---:|");
+    println!("| closed cleanly | `open` | {} |", ms(&open.clean_rw));
+    println!(
+        "| closed cleanly | `open_read_only` | {} |",
+        ms(&open.clean_ro)
+    );
+    println!(
+        "| crashed (files copied after a sync, no close) | `open_read_only` | {} |",
+        ms(&open.crashed_ro)
+    );
+    println!(
+        "| crashed, a fresh copy each time | `open` | {} |",
+        ms(&open.crashed_rw)
+    );
+    println!();
+    println!(
+        "## Random `read(lsn)` ({} entries of 256 B, page cache warm; \"recent\" = the newest {} entries)\n",
+        num(READ_LOG_ENTRIES as f64),
+        num(RECENT_ENTRIES as f64)
+    );
+    println!(
+        "| tasks | recent reads/s | any entry reads/s | CPU µs/read recent | CPU µs/read any |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    for (n, recent, any) in reads {
+        println!(
+            "| {n} | {} | {} | {:.2} | {:.2} |",
+            num(recent.rate),
+            num(any.rate),
+            recent.cpu_us_per_op,
+            any.cpu_us_per_op
+        );
+    }
+    println!();
+}
+
+// ---------------------------------------------------------------------------------------------
 // output
 
 /// An integer with thousands separators.
@@ -605,6 +812,14 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
+
+    // `COMPARE_ONLY=open-read` runs only the open-time and random-read rows.
+    if std::env::var("COMPARE_ONLY").is_ok_and(|v| v == "open-read") {
+        let open = open_times(&rt, &cfg);
+        let reads = read_rows(&rt, &cfg);
+        print_open_and_reads(&open, &reads);
+        return;
+    }
 
     // The memory row runs first, on a heap no other engine has grown yet.
     let rss_before = rss_kib();
@@ -677,6 +892,9 @@ fn main() {
     settle(&cfg);
 
     let rb = read_back(&rt, &cfg);
+    settle(&cfg);
+    let open = open_times(&rt, &cfg);
+    let reads = read_rows(&rt, &cfg);
 
     // ------------------------------------------------------------------ print
     let backend = mem.stats.backend;
@@ -841,6 +1059,8 @@ fn main() {
         100.0 * raw_s / rb.recover_cold_s,
         100.0 * raw_s / rb.stream_cold_s
     );
+
+    print_open_and_reads(&open, &reads);
 
     println!("## Memory bound (`SyncPolicy::Immediate`, as fast as possible)\n");
     println!(

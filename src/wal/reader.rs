@@ -150,25 +150,46 @@ pub(crate) async fn read_range(
     end: Lsn,
     max_bytes: u64,
 ) -> Result<Vec<Entry>> {
-    Ok(read_counted(shared, start, end, Limit::Refuse(max_bytes))
-        .await?
-        .0)
+    read_recent_or_files(shared, start, end, Limit::Refuse(max_bytes)).await
 }
 
 async fn read_chunk(shared: &Shared, start: Lsn, end: Lsn, max_bytes: u64) -> Result<Vec<Entry>> {
-    Ok(read_counted(shared, start, end, Limit::Cut(max_bytes))
-        .await?
-        .0)
+    read_recent_or_files(shared, start, end, Limit::Cut(max_bytes)).await
 }
 
-/// Reads `start..end` (or the prefix `limit` allows), which must lie inside the log; returns the
-/// entries and the bytes their frames took on disk.
-pub(crate) async fn read_counted(
+/// Reads from the window of recent entries what it can serve whole, else from the files.
+async fn read_recent_or_files(
     shared: &Shared,
     start: Lsn,
     end: Lsn,
     limit: Limit,
-) -> Result<(Vec<Entry>, u64)> {
+) -> Result<Vec<Entry>> {
+    check_bounds(shared, start, end)?;
+    if let Some(entries) = read_recent(shared, start, end, limit) {
+        return Ok(entries);
+    }
+    Ok(read_counted(shared, start, end, limit).await?.0)
+}
+
+/// The entries `start..end` from the window of recent entries (all of them for a `Refuse`
+/// limit, within its bytes; a prefix for a `Cut`), if the window holds them and every lsn asked
+/// is written. Entries staged but not yet written are read once written, as from the files, so
+/// that a read never returns an entry that a failed write then loses.
+fn read_recent(shared: &Shared, start: Lsn, end: Lsn, limit: Limit) -> Option<Vec<Entry>> {
+    let written = shared.written_lsn();
+    let (whole, max_bytes) = match limit {
+        Limit::Refuse(max) => (true, max),
+        Limit::Cut(max) => (false, max),
+    };
+    if start > written || (whole && Lsn(end.0 - 1) > written) {
+        return None;
+    }
+    let end = end.min(written.next());
+    shared.stage.lock().recent.get(start, end, max_bytes, whole)
+}
+
+/// `OutOfRange` unless `start..end` lies inside the log; an error if the log is unusable.
+fn check_bounds(shared: &Shared, start: Lsn, end: Lsn) -> Result<()> {
     shared.check_usable()?;
     let (first, last) = (shared.first_lsn(), shared.last_lsn());
     if start < first || end > last.next() || start.0 == 0 {
@@ -179,6 +200,18 @@ pub(crate) async fn read_counted(
         };
         return Err(Error::OutOfRange { lsn, first, last });
     }
+    Ok(())
+}
+
+/// Reads `start..end` (or the prefix `limit` allows) from the files, which must lie inside the
+/// log; returns the entries and the bytes their frames took on disk.
+pub(crate) async fn read_counted(
+    shared: &Shared,
+    start: Lsn,
+    end: Lsn,
+    limit: Limit,
+) -> Result<(Vec<Entry>, u64)> {
+    check_bounds(shared, start, end)?;
     // Entries appended but still in the stage are written first.
     super::stage::flush_to(shared, Lsn(end.0 - 1)).await?;
     let spans = match limit {

@@ -23,6 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{Notify, watch};
 
+use super::recent::RecentEntries;
 use super::record::FrameFields;
 use super::segment::HEADER_LEN;
 use super::{Lsn, Record, Shared};
@@ -153,6 +154,9 @@ pub(crate) struct State {
     /// Buffers written and given back, for the next takes: fresh memory would cost a page
     /// fault per 4 KiB on a bulk append's path.
     pool: Vec<BytesMut>,
+    /// The newest entries' payloads, for readers (kept under this lock so that a cut at the
+    /// back and the entries staged after it reach the window in lsn order).
+    pub(crate) recent: RecentEntries,
 }
 
 impl State {
@@ -233,7 +237,7 @@ pub(crate) struct Stage {
 }
 
 impl Stage {
-    pub(crate) fn new(next_lsn: Lsn, seg_end: u64, seg_limit: u64) -> Stage {
+    pub(crate) fn new(next_lsn: Lsn, seg_end: u64, seg_limit: u64, recent_bytes: u64) -> Stage {
         Stage {
             state: Mutex::new(State {
                 buf: BytesMut::with_capacity(BUFFER_BYTES),
@@ -252,6 +256,7 @@ impl Stage {
                 frozen: false,
                 closed: false,
                 pool: Vec::new(),
+                recent: RecentEntries::new(recent_bytes),
             }),
             wake: Notify::new(),
             leader_left: std::sync::atomic::AtomicBool::new(false),
@@ -363,18 +368,22 @@ fn place(shared: &Shared, st: &mut State, call: &Call) -> Option<Placed> {
     for (i, r) in records.iter().enumerate() {
         st.offsets.push(at as u32);
         let before = st.buf.len();
+        let lsn = Lsn(first.0 + i as u64);
+        // The caller's stamp where it gave one (a log without timestamps ignores both).
+        let timestamp_us = r.timestamp_us.unwrap_or(timestamp);
         // Every frame but the last of a call says "the batch continues": recovery keeps a call's
         // entries only when its last frame is there.
         let fields = FrameFields {
-            lsn: Lsn(first.0 + i as u64),
+            lsn,
             synced_lsn: synced,
             term: r.term,
-            // The caller's stamp where it gave one (a log without timestamps ignores both).
-            timestamp_us: r.timestamp_us.unwrap_or(timestamp),
+            timestamp_us,
             continues: i + 1 < n,
         };
         format.encode(&mut st.buf, fields, &r.data);
         at += (st.buf.len() - before) as u64;
+        let stamp = format.timestamps.then_some(timestamp_us);
+        st.recent.push(lsn, r.term, stamp, &r.data);
     }
     debug_assert_eq!(at - st.seg_end, frame_bytes);
     st.seg_end = at;
