@@ -901,12 +901,7 @@ impl Writer {
     }
 
     fn record_sync(&self, started: Instant) {
-        let elapsed = started.elapsed();
-        let c = &self.shared.counters;
-        c.syncs.fetch_add(1, Ordering::Relaxed);
-        c.sync_time_us
-            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-        self.shared.observe.sync(elapsed);
+        self.shared.observe.sync(started.elapsed());
     }
 
     /// Gives back queue room for bytes that will not be written, or were.
@@ -1276,12 +1271,6 @@ impl Writer {
             .written
             .store(launched.last.0, Ordering::Release);
         let entries = launched.last.0 + 1 - launched.first.0;
-        let c = &self.shared.counters;
-        c.appends.fetch_add(entries, Ordering::Relaxed);
-        c.appended_bytes
-            .fetch_add(launched.payload_bytes, Ordering::Relaxed);
-        c.batches.fetch_add(1, Ordering::Relaxed);
-        c.max_batch_entries.fetch_max(entries, Ordering::Relaxed);
         self.shared.observe.batch(entries, launched.payload_bytes);
         if let Some(ticket) = launched.ticket {
             self.written_ticket = ticket;
@@ -1533,10 +1522,7 @@ impl Writer {
                 }
                 Err(e) => return Err(self.poison(e)),
             }
-            self.shared
-                .counters
-                .disk_bytes
-                .fetch_add(grow, Ordering::Relaxed);
+            self.shared.observe.disk_grew(grow);
             self.active.allocated = size;
             self.shared.report_space();
             // Direct writes need a whole number of blocks: look again.
@@ -1593,10 +1579,7 @@ impl Writer {
     /// Makes a new, empty segment the active one.
     fn add_segment(&mut self, file: File, path: std::path::PathBuf, first_lsn: Lsn, size: u64) {
         tracing::debug!(segment = %path.display(), first_lsn = first_lsn.0, "wal segment created");
-        self.shared
-            .counters
-            .disk_bytes
-            .fetch_add(size, Ordering::Relaxed);
+        self.shared.observe.disk_grew(size);
         let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
         index.segments.push(SegmentIndex {
             first_lsn,
@@ -1702,10 +1685,7 @@ impl Writer {
                 self.shared.driver.sync_dir(&self.shared.dir).await?;
             }
             self.shared.driver.remove_file(&segment.path).await?;
-            self.shared
-                .counters
-                .disk_bytes
-                .fetch_sub(segment.allocated, Ordering::Relaxed);
+            self.shared.observe.disk_shrank(segment.allocated);
             deleted = true;
         }
         if deleted {
@@ -1933,10 +1913,7 @@ impl Writer {
         });
         self.unsynced_entries = 0;
         self.sync_deadline = None;
-        self.shared
-            .counters
-            .disk_bytes
-            .fetch_add(size, Ordering::Relaxed);
+        self.shared.observe.disk_grew(size);
         // The old epoch's files are leftovers from here on: recovery deletes any a crash keeps.
         self.delete_segments(old.iter())
             .await
