@@ -561,7 +561,8 @@ struct Shared {
     stage: stage::Stage,
     /// The last lsn durable; tails subscribe to it.
     durable: watch::Sender<u64>,
-    poisoned: OnceLock<Arc<std::io::Error>>,
+    /// The failure that poisoned the log (see `writer/failure.rs`).
+    poisoned: OnceLock<Arc<Error>>,
     closed: AtomicBool,
     /// The log's counts: for `stats`, and for the `metrics` facade.
     observe: observe::Observe,

@@ -225,8 +225,6 @@ pub(crate) struct Stage {
     state: Mutex<State>,
     /// Wakes the writer: something was staged, or a reader wants it written.
     pub(crate) wake: Notify,
-    /// A leader went away before publishing its write: the writer task is to watch it.
-    pub(crate) leader_left: std::sync::atomic::AtomicBool,
     /// What the writer has done; appenders and readers wait on it. Also sent when room frees up,
     /// maintenance ends or the log fails, so that waiters look again.
     pub(crate) progress: watch::Sender<Progress>,
@@ -254,7 +252,6 @@ impl Stage {
                 pool: Vec::new(),
             }),
             wake: Notify::new(),
-            leader_left: std::sync::atomic::AtomicBool::new(false),
             progress: watch::channel(Progress::default()).0,
         }
     }
@@ -361,7 +358,8 @@ fn place(shared: &Shared, st: &mut State, call: &Call) -> Option<Placed> {
     st.buf.reserve(frame_bytes as usize);
     let mut at = st.seg_end;
     for (i, r) in records.iter().enumerate() {
-        st.offsets.push(at as u32);
+        st.offsets
+            .push(u32::try_from(at).expect("segments are smaller than 4 GiB"));
         let before = st.buf.len();
         // Every frame but the last of a call says "the batch continues": recovery keeps a call's
         // entries only when its last frame is there.
