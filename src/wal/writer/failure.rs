@@ -76,3 +76,28 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::Arc;
+
+    use crate::error::Error;
+
+    #[test]
+    fn the_poison_keeps_the_failure_whole() {
+        let failure = Error::io("seg.wal", io::Error::from(io::ErrorKind::StorageFull));
+        let err = Error::Poisoned {
+            cause: Arc::new(failure),
+        };
+        assert_eq!(err.io_kind(), Some(io::ErrorKind::StorageFull));
+        let Error::Poisoned { cause } = &err else {
+            unreachable!()
+        };
+        assert!(matches!(&**cause, Error::Io { path: Some(p), .. } if p.ends_with("seg.wal")));
+        // The chain goes on to the system's error.
+        let source = std::error::Error::source(&err).expect("the cause");
+        let io = std::error::Error::source(source).expect("the I/O error");
+        assert!(io.downcast_ref::<io::Error>().is_some());
+    }
+}
