@@ -44,9 +44,9 @@ pub enum Error {
         "the log is poisoned by an earlier failed write or sync ({cause}); reopen it to recover"
     )]
     Poisoned {
-        /// The failure that poisoned the handle.
+        /// The failure that poisoned the handle, whole: its kind, path and source.
         #[source]
-        cause: Arc<io::Error>,
+        cause: Arc<Error>,
     },
 
     /// The disk has no room for a new segment. Nothing was written and the handle is not
@@ -150,7 +150,7 @@ impl Error {
     pub fn io_kind(&self) -> Option<io::ErrorKind> {
         match self {
             Error::Io { source, .. } => Some(source.kind()),
-            Error::Poisoned { cause } => Some(cause.kind()),
+            Error::Poisoned { cause } => cause.io_kind(),
             _ => None,
         }
     }

@@ -582,18 +582,6 @@ pub struct WalStats {
     pub backend: ringtide_platform::Backend,
 }
 
-/// Counters shared by the handle and the writer.
-#[derive(Debug, Default)]
-struct Counters {
-    appends: AtomicU64,
-    appended_bytes: AtomicU64,
-    batches: AtomicU64,
-    max_batch_entries: AtomicU64,
-    syncs: AtomicU64,
-    sync_time_us: AtomicU64,
-    disk_bytes: AtomicU64,
-}
-
 /// One segment as readers see it.
 #[derive(Debug, Clone)]
 struct SegmentIndex {
@@ -639,10 +627,10 @@ struct Shared {
     stage: stage::Stage,
     /// The last lsn durable; tails subscribe to it.
     durable: watch::Sender<u64>,
-    poisoned: OnceLock<Arc<std::io::Error>>,
+    /// The failure that poisoned the log (see `writer/failure.rs`).
+    poisoned: OnceLock<Arc<Error>>,
     closed: AtomicBool,
-    counters: Counters,
-    /// Where the log's numbers go (the `metrics` facade).
+    /// The log's counts: for `stats`, and for the `metrics` facade.
     observe: observe::Observe,
     recovered_segments: u64,
     recovered_entries: u64,
@@ -679,8 +667,7 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .segments
             .len();
-        let disk_bytes = self.counters.disk_bytes.load(Ordering::Relaxed);
-        self.observe.space(segments, disk_bytes);
+        self.observe.space(segments);
     }
 
     fn check_usable(&self) -> Result<()> {
@@ -807,6 +794,7 @@ impl Wal {
             &dir,
             recovered.recovered_entries,
             recovered.torn_tail.as_ref().map(|t| t.bytes),
+            recovered.disk_bytes,
         );
         let shared = Arc::new(Shared {
             dir,
@@ -828,7 +816,6 @@ impl Wal {
             durable,
             poisoned: OnceLock::new(),
             closed: AtomicBool::new(false),
-            counters: Counters::default(),
             observe,
             recovered_segments: recovered.recovered_segments,
             recovered_entries: recovered.recovered_entries,
@@ -840,10 +827,6 @@ impl Wal {
             cuts: AtomicU64::new(0),
             cut_lsn: AtomicU64::new(0),
         });
-        shared
-            .counters
-            .disk_bytes
-            .store(recovered.disk_bytes, Ordering::Relaxed);
         shared.report_space();
         let (commands, queue) = mpsc::channel(writer::QUEUE_COMMANDS);
         let writer = (access == recovery::Access::ReadWrite)
@@ -1355,7 +1338,7 @@ impl Wal {
     /// A snapshot of the log's state and counters.
     pub fn stats(&self) -> WalStats {
         let s = &self.shared;
-        let c = &s.counters;
+        let c = s.observe.counters();
         let index = s.index.read().unwrap_or_else(|p| p.into_inner());
         WalStats {
             first_lsn: index.first_lsn,

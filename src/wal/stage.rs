@@ -229,8 +229,6 @@ pub(crate) struct Stage {
     state: Mutex<State>,
     /// Wakes the writer: something was staged, or a reader wants it written.
     pub(crate) wake: Notify,
-    /// A leader went away before publishing its write: the writer task is to watch it.
-    pub(crate) leader_left: std::sync::atomic::AtomicBool,
     /// What the writer has done; appenders and readers wait on it. Also sent when room frees up,
     /// maintenance ends or the log fails, so that waiters look again.
     pub(crate) progress: watch::Sender<Progress>,
@@ -259,7 +257,6 @@ impl Stage {
                 recent: RecentEntries::new(recent_bytes),
             }),
             wake: Notify::new(),
-            leader_left: std::sync::atomic::AtomicBool::new(false),
             progress: watch::channel(Progress::default()).0,
         }
     }
@@ -366,7 +363,8 @@ fn place(shared: &Shared, st: &mut State, call: &Call) -> Option<Placed> {
     st.buf.reserve(frame_bytes as usize);
     let mut at = st.seg_end;
     for (i, r) in records.iter().enumerate() {
-        st.offsets.push(at as u32);
+        st.offsets
+            .push(u32::try_from(at).expect("segments are smaller than 4 GiB"));
         let before = st.buf.len();
         let lsn = Lsn(first.0 + i as u64);
         // The caller's stamp where it gave one (a log without timestamps ignores both).
