@@ -180,13 +180,10 @@ impl Writer {
     /// Cuts `segment` at `cut` and re-extends it with zeros: frames past the cut must never be
     /// read again, not even by recovery's search for valid data after damage.
     async fn cut_segment_at(&self, segment: &SegmentIndex, cut: u64) -> Result<()> {
-        let file = &segment.file;
-        file.set_len(cut).await.map_err(|e| self.poison(e))?;
-        file.allocate(cut, segment.allocated.saturating_sub(cut).max(1))
+        // The cut and the zeros after it are durable before the cut record goes.
+        crate::wal::segment::cut_tail(&segment.file, cut, segment.allocated)
             .await
-            .map_err(|e| self.poison(e))?;
-        // fsync: the cut and the zeros after it are durable before the cut record goes.
-        file.sync_all().await.map_err(|e| self.poison(e))
+            .map_err(|e| self.poison(e))
     }
 
     /// Clears the "batch continues" flag of the frame at `start..end` if it is set. The cut record
