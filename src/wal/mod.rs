@@ -38,6 +38,7 @@
 
 #[doc(hidden)]
 mod batch_io;
+mod clean_close;
 pub mod fuzz;
 mod observe;
 mod reader;

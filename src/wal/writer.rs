@@ -1987,6 +1987,8 @@ impl Writer {
         };
         if synced.is_ok() {
             self.seal().await;
+            // Then record the clean close outside the last segment (see `clean_close.rs`).
+            super::clean_close::record(&self.shared, self.log_id, self.epoch).await;
         }
         self.shared.closed.store(true, Ordering::Release);
         self.shared.stage.notify_waiters();
