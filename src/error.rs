@@ -234,4 +234,16 @@ pub enum CorruptionKind {
     /// An atomic batch is cut short in the middle of the log.
     #[error("incomplete batch in the middle of the log")]
     IncompleteBatch,
+    /// The log was closed cleanly (its `wal.meta` records the last lsn and where the last
+    /// segment's entries end), but fewer entries are there: entries or a segment were lost after
+    /// the close. A crash never leaves this record, so this is never a torn tail.
+    #[error(
+        "the log was closed cleanly after lsn {expected_last}, but its entries end at lsn {found_last}"
+    )]
+    ShortAfterCleanClose {
+        /// The last lsn the clean close recorded.
+        expected_last: Lsn,
+        /// The last lsn found intact (for a missing segment: the lsn before its first).
+        found_last: Lsn,
+    },
 }

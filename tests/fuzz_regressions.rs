@@ -132,12 +132,13 @@ async fn fill(wal: &Wal) -> ringtide::Result<()> {
     Ok(())
 }
 
-/// The meta file and every segment of the closed log in `dir`.
+/// The meta file and every segment of the closed log in `dir`, as a crash after the last append
+/// leaves them: segments end with the last entry (no seal) and the meta file has no clean-close
+/// record (its first 48 bytes), so that the seeds' damage reads as a crash's.
 fn image_of(wal_segments: &[(PathBuf, u64)], dir: &Path) -> Image {
-    let mut image = vec![(
-        "wal.meta".to_owned(),
-        std::fs::read(dir.join("wal.meta")).expect("wal.meta"),
-    )];
+    let mut meta = std::fs::read(dir.join("wal.meta")).expect("wal.meta");
+    meta.truncate(48);
+    let mut image = vec![("wal.meta".to_owned(), meta)];
     for (path, data_bytes) in wal_segments {
         let mut bytes = std::fs::read(path).expect("a segment");
         bytes.truncate(*data_bytes as usize);

@@ -581,8 +581,10 @@ async fn small_log(driver: &IoDriver, dir: &Path, n: u64) -> Result<PathBuf> {
     Ok(seg)
 }
 
-/// Zeroes what follows the last entry of `seg`, the last segment of the closed log in `dir`.
+/// Zeroes what follows the last entry of `seg`, the last segment of the closed log in `dir`, and
+/// removes the clean-close record from `wal.meta`: the files as a crash leaves them.
 async fn remove_seal(driver: &IoDriver, dir: &Path, seg: &Path) -> Result<()> {
+    common::strip_clean_close(dir);
     let wal = Wal::open_read_only(dir, opts(driver)).await?;
     let info = wal.segments().pop().expect("a segment");
     assert_eq!(info.path, seg);

@@ -452,7 +452,9 @@ async fn write_log(driver: &IoDriver, dir: &Path, seal: bool) -> Result<Vec<Reco
         return Ok(written);
     }
     // The files as a crash right after the last append leaves them: without the seal that
-    // `close` writes after the last entry (`a_sealed_log_vouches_for_its_last_entries` keeps it).
+    // `close` writes after the last entry (`a_sealed_log_vouches_for_its_last_entries` keeps it)
+    // and without the clean-close record it leaves in `wal.meta`.
+    common::strip_clean_close(dir);
     let last = segments(dir).pop().expect("a segment");
     // (`close` writes none where it would cross a sector.)
     edit(&last, |b| {
@@ -973,8 +975,9 @@ async fn every_damage_is_repaired_or_refused(driver: IoDriver) -> Result<()> {
         )),
     )
     .await;
-    // A limitation, not a repair: nothing records where the log ends, so a lost last segment
-    // cannot be told from a log that ends earlier. The log opens with what remains, all correct.
+    // A limitation, not a repair: after a crash nothing records where the log ends, so a lost
+    // last segment cannot be told from a log that ends earlier. The log opens with what
+    // remains, all correct. (After a clean close it is corruption: `regression_10`.)
     let gone = last_seg.clone();
     lab.case(
         "the last segment missing (undetectable by design)",
@@ -1473,7 +1476,9 @@ async fn bug_1_body(driver: IoDriver) -> Result<()> {
     let seg = dir.join(FIXTURE_SEGMENT);
     let f = frames(&std::fs::read(&seg)?);
     let (lost, end) = (f[5], f[7].end);
-    // As a crash leaves it: no seal after the last entry, and lsn 6 lost.
+    // As a crash leaves it: no seal after the last entry, no clean-close record, and lsn 6
+    // lost.
+    common::strip_clean_close(dir);
     edit(&seg, |b| {
         let seal_end = nonzero_end(b);
         b[end..seal_end].fill(0);
@@ -1629,4 +1634,420 @@ async fn regression_7_a_meta_first_lsn_past_the_end_deletes_nothing() -> Result<
         bug_3_body(driver).await?;
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cleanly closed logs: `close` records in `wal.meta` where the log ends (the clean-close record,
+// `src/wal/clean_close.rs`), so that any shortfall is corruption, never a torn tail. Fixtures in
+// `tests/fixtures/wal/clean-close/` (see the README there), made by
+// `regenerate_clean_close_fixtures`; each is opened from a copy under both modes, read-write and
+// read-only.
+
+fn clean_close_dir() -> PathBuf {
+    fixtures_dir().join("clean-close")
+}
+
+/// The payload of entry `lsn` (21..=27) of the unsealed fixture's last batch; the last one is
+/// padded so that the log ends 12 bytes before a 512-byte sector does, where no seal fits.
+fn unsealed_batch_record(lsn: u64) -> Record {
+    let mut text = format!("batch entry {lsn}: {}", "cd".repeat(40));
+    if lsn == UNSEALED_LAST {
+        let frames: u64 = (21..=UNSEALED_LAST)
+            .map(|l| 21 + 8 + format!("batch entry {l}: {}", "cd".repeat(40)).len() as u64)
+            .sum();
+        let end = FIXTURE_LSN_21 + frames;
+        text.push_str(&"p".repeat(((500 + 512 - end % 512) % 512) as usize));
+    }
+    Record::with_term(9, Bytes::from(text))
+}
+
+const UNSEALED_LAST: u64 = 27;
+/// The multi-segment fixture's entries: `fixture_record(1..=5)`, then one entry larger than a
+/// segment, which gets a segment of its own (the last, the one deleted).
+const BIG_LSN: u64 = 6;
+const BIG_SEGMENT: &str = "0000000000-00000000000000000006.wal";
+
+fn big_record() -> Record {
+    Record::from(Bytes::from(vec![0xb6u8; 70_000]))
+}
+
+/// What each clean-close fixture log holds: (directory, the entries written).
+fn clean_close_written(fixture: &str) -> Vec<Record> {
+    match fixture {
+        "sealed" | "truncated-below-seal" => (1..=FIXTURE_ENTRIES).map(fixture_record).collect(),
+        "last-segment-deleted" => (1..=5).map(fixture_record).chain([big_record()]).collect(),
+        _ => (1..=20)
+            .map(fixture_record)
+            .chain((21..=UNSEALED_LAST).map(unsealed_batch_record))
+            .collect(),
+    }
+}
+
+/// The 512-byte sector zeroed in `sector-zeroed`: the first sector boundary at least 21 bytes
+/// (a frame's fixed header with its term) into a frame of the last batch, so that frame's header
+/// survives and its checksum fails.
+fn zeroed_sector(seg: &[u8]) -> (usize, Frame) {
+    let f = frames(seg);
+    f[20..]
+        .iter()
+        .find_map(|fr| {
+            let s = (fr.start + 21).next_multiple_of(512);
+            (s < fr.end).then_some((s, *fr))
+        })
+        .expect("a sector boundary inside a frame of the last batch")
+}
+
+/// Opens `dir` read-write or read-only under `mode` and reads every entry, in a task of its
+/// own so that a panic is caught.
+async fn open_either(dir: &Path, options: WalOptions, read_only: bool) -> Outcome {
+    let dir = dir.to_path_buf();
+    let task = tokio::spawn(async move {
+        let wal = if read_only {
+            Wal::open_read_only(&dir, options).await?
+        } else {
+            Wal::open(&dir, options).await?
+        };
+        let entries = wal.range(..).await;
+        Ok::<_, Error>((wal, entries))
+    });
+    match task.await {
+        Ok(Ok((wal, entries))) => Outcome::Opened { wal, entries },
+        Ok(Err(e)) => Outcome::Failed(e),
+        Err(e) if e.is_panic() => Outcome::Panicked(panic_message(&*e.into_panic())),
+        Err(e) => Outcome::Panicked(format!("the open task failed: {e}")),
+    }
+}
+
+/// The files of a log directory (not its lock file), by name.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .expect("log dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| name(p) != "LOCK")
+        .map(|p| (name(&p), std::fs::read(&p).expect("a file")))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Opens a copy of the clean-close fixture `fixture` under both modes, read-write and read-only,
+/// and checks each outcome against `want` (the same for all four). A refused open changes no
+/// file: the record stays, so the damage is found again at the next open.
+async fn clean_close_case(driver: &IoDriver, fixture: &str, want: &Want) -> Vec<String> {
+    let mut found = Vec::new();
+    let src = clean_close_dir().join(fixture);
+    assert!(
+        src.join("wal.meta").is_file(),
+        "fixture {} is missing",
+        src.display()
+    );
+    let meta = std::fs::read(src.join("wal.meta")).expect("wal.meta");
+    assert_eq!(
+        meta.len(),
+        96,
+        "{fixture}: the meta file holds a clean-close record"
+    );
+    let written = clean_close_written(fixture);
+    let tmp = tempfile::tempdir().expect("tmp");
+    for mode in MODES {
+        for read_only in [false, true] {
+            let label = format!(
+                "{fixture}, {mode:?}, {}",
+                if read_only { "read-only" } else { "read-write" }
+            );
+            let dir = tmp.path().join(label.replace([',', ' '], "_"));
+            copy_log(&src, &dir);
+            let before = snapshot(&dir);
+            let outcome = open_either(&dir, opts(driver, mode), read_only).await;
+            let refused = matches!(outcome, Outcome::Failed(_));
+            let mut lab = Lab::new(
+                driver,
+                src.clone(),
+                tmp.path().to_path_buf(),
+                written.clone(),
+            );
+            let res = match outcome {
+                Outcome::Opened { wal, entries } if read_only => {
+                    // A read-only log takes no append: check what it holds only.
+                    let torn = wal.stats().torn_tail;
+                    let _ = wal.close().await;
+                    let got = entries.map_err(|e| e.to_string()).and_then(|e| {
+                        check_entries(&e, &written)?;
+                        Ok(e.len() as u64)
+                    });
+                    match (want, got) {
+                        (Want::Opens { last, torn: None }, Ok(n))
+                            if n == *last && torn.is_none() =>
+                        {
+                            Ok(())
+                        }
+                        (want, got) => Err(format!(
+                            "want {want:?}, opened with {got:?} entries, torn {torn:?}"
+                        )),
+                    }
+                }
+                outcome => lab.judge(&dir, outcome, want).await,
+            };
+            if let Err(msg) = res {
+                found.push(format!("{label}: {msg}"));
+            }
+            let after = snapshot(&dir);
+            if (refused || read_only) && after != before {
+                found.push(format!("{label}: the open changed the files"));
+            }
+            if !refused && !read_only {
+                let meta = std::fs::read(dir.join("wal.meta")).expect("wal.meta");
+                // Opened read-write, appended to and closed again: the record is the new close's.
+                if meta.len() != 96 {
+                    found.push(format!("{label}: no clean-close record after the close"));
+                }
+            }
+        }
+    }
+    found
+}
+
+async fn clean_close_regression(fixture: &str, want: impl Fn(&[u8]) -> Want) -> Result<()> {
+    for driver in drivers() {
+        let seg = std::fs::read(clean_close_dir().join("unsealed").join(FIXTURE_SEGMENT))?;
+        let found = clean_close_case(&driver, fixture, &want(&seg)).await;
+        assert!(found.is_empty(), "{:?}: {found:#?}", driver.backend());
+    }
+    Ok(())
+}
+
+/// The clean-close fixtures without damage open whole, in every mode, read-only or not; a
+/// read-write open removes the record (and the close after it writes a new one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_close_fixtures_open_whole() -> Result<()> {
+    for driver in drivers() {
+        for (fixture, last) in [("sealed", FIXTURE_ENTRIES), ("unsealed", UNSEALED_LAST)] {
+            let want = Want::Opens { last, torn: None };
+            let found = clean_close_case(&driver, fixture, &want).await;
+            assert!(found.is_empty(), "{:?}: {found:#?}", driver.backend());
+        }
+        // The unsealed fixture has no seal: `close` writes none across a sector.
+        let seg = std::fs::read(clean_close_dir().join("unsealed").join(FIXTURE_SEGMENT))?;
+        let f = frames(&seg);
+        assert_eq!(f.len() as u64, UNSEALED_LAST);
+        let end = f.last().expect("frames").end;
+        assert_eq!(nonzero_end(&seg), end, "no seal after the last entry");
+        assert!(end % 512 + 21 > 512);
+    }
+    Ok(())
+}
+
+/// Regression 10 (fixed): the last segment file of a cleanly closed log deleted. Found: the log
+/// opened `Ok` in every mode, `Strict` included, without the entries of that segment. Expected:
+/// `ShortAfterCleanClose` naming the missing segment, under both modes, read-only or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_10_clean_close_last_segment_deleted() -> Result<()> {
+    clean_close_regression("last-segment-deleted", |_| {
+        corrupt(
+            BIG_SEGMENT,
+            0,
+            CorruptionKind::ShortAfterCleanClose {
+                expected_last: Lsn(BIG_LSN),
+                found_last: Lsn(BIG_LSN - 1),
+            },
+        )
+    })
+    .await
+}
+
+/// Regression 11 (fixed): two bits flipped in an entry of the last batch of a cleanly closed log
+/// whose seal did not fit in the last sector (`close` writes none across a sector boundary).
+/// Found: `TolerateTornTail` opened it `Ok` and cut the whole batch — seven acknowledged entries
+/// — as a torn tail. Expected: the damaged frame's checksum error, under both modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_11_clean_close_bits_flipped_in_the_last_batch() -> Result<()> {
+    clean_close_regression("bits-flipped", |seg| {
+        let f = frames(seg)[23];
+        corrupt(FIXTURE_SEGMENT, f.start, CorruptionKind::FrameChecksum)
+    })
+    .await
+}
+
+/// Regression 12 (fixed): one 512-byte sector zeroed inside the last entries of a cleanly closed
+/// log (no seal, as in regression 11). Found: cut as a torn tail under `TolerateTornTail`.
+/// Expected: the checksum error of the frame the sector starts in, under both modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_12_clean_close_sector_zeroed_in_the_last_entries() -> Result<()> {
+    clean_close_regression("sector-zeroed", |seg| {
+        let (_, f) = zeroed_sector(seg);
+        corrupt(FIXTURE_SEGMENT, f.start, CorruptionKind::FrameChecksum)
+    })
+    .await
+}
+
+/// Regression 13 (fixed): the last segment of a cleanly closed log truncated below its seal,
+/// inside the last entry (the last frame of a batch). Found: cut as a torn tail (the batch
+/// dropped) under `TolerateTornTail`, indistinguishable from a crash. Expected: the cut frame's
+/// length error, under both modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_13_clean_close_truncated_below_the_seal() -> Result<()> {
+    let sealed = std::fs::read(clean_close_dir().join("sealed").join(FIXTURE_SEGMENT))?;
+    let last = frames(&sealed)[FIXTURE_ENTRIES as usize - 1];
+    clean_close_regression("truncated-below-seal", |_| {
+        corrupt(
+            FIXTURE_SEGMENT,
+            last.start,
+            CorruptionKind::FrameLength {
+                len: (last.end - last.start) as u64,
+            },
+        )
+    })
+    .await
+}
+
+/// A read-write open removes the clean-close record before the log can change: a copy of the
+/// files taken while the log is open (what a crash leaves) after an append, a `truncate_back`, a
+/// `truncate_front` or a `reset` has no record, and opens as a crashed log — a torn tail cut there
+/// is a torn tail, not corruption; after a clean close the record names the new end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clean_close_record_never_outlives_its_truth() -> Result<()> {
+    for driver in drivers() {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("log");
+        copy_log(&clean_close_dir().join("sealed"), &dir);
+        type Step = fn(&Wal) -> futures::future::BoxFuture<'_, Result<u64>>;
+        let steps: [(&str, Step); 4] = [
+            ("append", |w| {
+                Box::pin(async move { Ok(w.append(fixture_record(99)).await?.0) })
+            }),
+            ("truncate_back", |w| {
+                Box::pin(async move {
+                    w.truncate_back(Lsn(10)).await?;
+                    Ok(10)
+                })
+            }),
+            ("truncate_front", |w| {
+                Box::pin(async move {
+                    w.truncate_front(Lsn(3)).await?;
+                    Ok(w.last_lsn().0)
+                })
+            }),
+            ("reset", |w| {
+                Box::pin(async move {
+                    w.reset(Lsn(500)).await?;
+                    Ok(499)
+                })
+            }),
+        ];
+        for (i, (what, step)) in steps.into_iter().enumerate() {
+            let wal = Wal::open(&dir, opts(&driver, RecoveryMode::Strict)).await?;
+            assert_eq!(
+                std::fs::metadata(dir.join("wal.meta"))?.len(),
+                48,
+                "{what}: the record is gone once the log is open read-write"
+            );
+            let last = step(&wal).await?;
+            // A crash now: the files as they are, with the last entry's frame torn.
+            let crashed = tmp.path().join(format!("crashed{i}"));
+            copy_log(&dir, &crashed);
+            let seg = segments(&crashed).pop().expect("a segment");
+            let end = common::wal_data_end(&crashed, opts(&driver, RecoveryMode::Strict)).await?;
+            edit(&seg, |b| {
+                if end > 64 {
+                    b[end as usize - 1] ^= 0xff;
+                }
+            });
+            let reopened =
+                Wal::open(&crashed, opts(&driver, RecoveryMode::TolerateTornTail)).await?;
+            let torn = reopened.stats().torn_tail;
+            assert_eq!(
+                reopened.last_lsn().0 + u64::from(end > 64),
+                last,
+                "{what}: the crashed copy loses only its torn last entry"
+            );
+            assert!(end <= 64 || torn.is_some(), "{what}: cut as a torn tail");
+            reopened.close().await?;
+            // A clean close records the new end; the next open holds the log to it.
+            wal.close().await?;
+            assert_eq!(std::fs::metadata(dir.join("wal.meta"))?.len(), 96, "{what}");
+            let wal = Wal::open_read_only(&dir, opts(&driver, RecoveryMode::Strict)).await?;
+            assert_eq!(wal.last_lsn().0, last, "{what}");
+            wal.close().await?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `tests/fixtures/wal/clean-close/` anew. Run by hand after a deliberate change of the
+/// record or the format:
+/// `cargo test --all-features --test wal_corrupt -- --ignored --exact regenerate_clean_close_fixtures`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "writes the checked-in fixtures; run by hand"]
+async fn regenerate_clean_close_fixtures() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let driver = IoDriver::new(ringtide::platform::DriverOptions::default())?;
+    let root = clean_close_dir();
+    let _ = std::fs::remove_dir_all(&root);
+    // Writes `records` (a batch from `batch_from` on) and closes; returns the log's files, each
+    // segment without its zero-filled tail: up to the end of the 512-byte sector that holds its
+    // last non-zero byte, so that the seal (which ends in zero bytes) is whole.
+    let make = |name: &'static str, records: Vec<Record>, batch_from: usize| {
+        let src = tmp.path().join(name);
+        let driver = driver.clone();
+        async move {
+            let wal = Wal::open(&src, opts(&driver, RecoveryMode::Strict)).await?;
+            for r in &records[..batch_from] {
+                wal.append(r.clone()).await?;
+            }
+            if batch_from < records.len() {
+                wal.append_batch(records[batch_from..].to_vec()).await?;
+            }
+            wal.close().await?;
+            let mut files = vec![("wal.meta".to_string(), std::fs::read(src.join("wal.meta"))?)];
+            for seg in segments(&src) {
+                let mut bytes = std::fs::read(&seg)?;
+                bytes.truncate(nonzero_end(&bytes).next_multiple_of(512));
+                files.push((name_of(&seg), bytes));
+            }
+            Ok::<_, Error>(files)
+        }
+    };
+    let write = |dir: &str, files: &[(String, Vec<u8>)]| -> Result<()> {
+        let dir = root.join(dir);
+        std::fs::create_dir_all(&dir)?;
+        for (n, bytes) in files {
+            std::fs::write(dir.join(n), bytes)?;
+        }
+        Ok(())
+    };
+    let sealed = make("sealed", clean_close_written("sealed"), 20).await?;
+    assert_eq!(sealed.len(), 2);
+    write("sealed", &sealed)?;
+    let mut truncated = sealed.clone();
+    let f = frames(&truncated[1].1);
+    let last = f[FIXTURE_ENTRIES as usize - 1];
+    truncated[1]
+        .1
+        .truncate(last.start + (last.end - last.start) / 2);
+    write("truncated-below-seal", &truncated)?;
+
+    let unsealed = make("unsealed", clean_close_written("unsealed"), 20).await?;
+    assert_eq!(unsealed.len(), 2);
+    write("unsealed", &unsealed)?;
+    let mut flipped = unsealed.clone();
+    let f = frames(&flipped[1].1)[23];
+    flipped[1].1[f.end - 10] ^= 0x01;
+    flipped[1].1[f.end - 3] ^= 0x80;
+    write("bits-flipped", &flipped)?;
+    let mut zeroed = unsealed.clone();
+    let (s, _) = zeroed_sector(&zeroed[1].1);
+    let end = zeroed[1].1.len().min(s + 512);
+    zeroed[1].1[s..end].fill(0);
+    write("sector-zeroed", &zeroed)?;
+
+    let deleted = make("deleted", clean_close_written("last-segment-deleted"), 6).await?;
+    assert_eq!(deleted.len(), 3, "the big entry got a segment of its own");
+    assert_eq!(deleted[2].0, BIG_SEGMENT);
+    write("last-segment-deleted", &deleted[..2])?;
+    eprintln!("zeroed sector at {s}");
+    Ok(())
+}
+
+fn name_of(path: &Path) -> String {
+    name(path)
 }

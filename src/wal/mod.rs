@@ -37,6 +37,7 @@
 //! | `ringtide_wal_poisoned_total` | counter | a write or sync failed and poisoned the log |
 
 mod batch_io;
+mod clean_close;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz;

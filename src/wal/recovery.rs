@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use ringtide_platform::{File, IoDriver, OpenOptions};
 
+use super::clean_close::{self, AtEnd, CleanClose};
 use super::record::{FrameFormat, MAX_SEGMENT_BYTES};
 use super::segment::{self, CutRecord, HEADER_LEN, LOCK_FILE, META_FILE, Meta, SegmentHeader};
 use super::{Lsn, RecoveryMode, SegmentIndex, TornTail, WalOptions};
@@ -118,8 +119,8 @@ pub(crate) async fn recover(
     }
     found.sort();
 
-    let meta = match Meta::read(driver, dir).await? {
-        Some(meta) => meta,
+    let (meta, clean_record) = match clean_close::read_meta(driver, dir).await? {
+        Some(found) => found,
         None if found.is_empty() && !writable => {
             return Err(Error::invalid(
                 "dir",
@@ -139,7 +140,7 @@ pub(crate) async fn recover(
                 driver.sync_dir(parent).await.map_err(io_err(parent))?;
             }
             tracing::info!(dir = %dir.display(), "created a new wal");
-            meta
+            (meta, None)
         }
         None => {
             return Err(Error::corruption(
@@ -201,6 +202,9 @@ pub(crate) async fn recover(
     if removed {
         driver.sync_dir(dir).await.map_err(io_err(dir))?;
     }
+    // A clean close recorded where the log ends: its last segment must be there (checked
+    // before anything is read or changed) and hold every entry (checked by its scan).
+    let clean = clean_close::check_segments(dir, &meta, clean_record, &kept)?;
 
     let mut segments: Vec<SegmentIndex> = Vec::with_capacity(kept.len());
     let mut torn_tail = None;
@@ -208,27 +212,39 @@ pub(crate) async fn recover(
     let count = kept.len();
     // Each segment is read while the one before it is checked (one read ahead), into the buffer
     // of the segment checked before (fresh memory costs a page fault per 4 KiB).
-    let load = |path: &PathBuf, buf: Option<BytesMut>| {
-        tokio::spawn(load_segment(driver.clone(), path.clone(), writable, buf))
+    // The clean-close record's last segment is read only as far as its entries and seal go.
+    let limit = |first: Lsn| {
+        clean
+            .filter(|c| c.segment_first == first)
+            .map(|c| c.read_limit())
+    };
+    let load = |(first, path): &(Lsn, PathBuf), buf: Option<BytesMut>| {
+        let (driver, path) = (driver.clone(), path.clone());
+        tokio::spawn(load_segment(driver, path, writable, buf, limit(*first)))
     };
     let mut spare_buf = None;
-    let mut ahead = kept.first().map(|(_, path)| load(path, None));
+    let mut ahead = kept.first().map(|seg| load(seg, None));
     let mut after_cut = Vec::new();
-    let ctx = ScanContext {
+    let mut ctx = ScanContext {
         meta: &meta,
         cut: cut.map(|c| c.lsn),
+        clean,
         options,
         access,
     };
     for (i, (first, path)) in kept.iter().cloned().enumerate() {
         let is_last = i + 1 == count;
         let current = ahead.take().expect("the segment was read ahead");
-        ahead = kept
-            .get(i + 1)
-            .map(|(_, next)| load(next, spare_buf.take()));
-        let Loaded { file, len, buf } = current
+        ahead = kept.get(i + 1).map(|next| load(next, spare_buf.take()));
+        let mut loaded = current
             .await
             .map_err(|e| Error::io(&path, std::io::Error::other(e)))??;
+        if let Some(record) = clean.filter(|c| c.segment_first == first) {
+            let format = meta.format;
+            (loaded, ctx.clean) =
+                settle_clean_close(driver, &path, writable, loaded, record, format).await?;
+        }
+        let Loaded { file, len, buf } = loaded;
         let scanned = scan_segment(&path, file, len, &buf, first, is_last, &ctx).await?;
         spare_buf = Some(buf);
         let cut_applied = scanned.cut_applied;
@@ -333,6 +349,11 @@ pub(crate) async fn recover(
         last.file.sync_data().await.map_err(io_err(&last.path))?;
         driver.sync_dir(dir).await.map_err(io_err(dir))?;
     }
+    if writable && clean_record.is_some() {
+        // The log was checked against the clean-close record; from here on its writer may
+        // change it (append, truncate, reset) or a crash may cut it: the record goes first.
+        clean_close::remove(driver, dir, &meta).await?;
+    }
     if let Some(torn) = &torn_tail {
         tracing::warn!(file = %torn.file.display(), offset = torn.offset, bytes = torn.bytes, dropped_entries = torn.dropped_entries, "wal recovery cut a torn tail");
     }
@@ -359,7 +380,7 @@ struct Scanned {
     cut_applied: bool,
 }
 
-/// A segment file opened and read whole.
+/// A segment file opened and read: whole, or as far as the clean-close record's limit.
 struct Loaded {
     file: File,
     len: u64,
@@ -367,12 +388,14 @@ struct Loaded {
 }
 
 /// Opens and reads a segment: its own step, so that recovery can read the next segment while it
-/// checks the current one.
+/// checks the current one. `limit`, if given, bounds the bytes read from its start (the scan
+/// takes what is past it for zeros).
 async fn load_segment(
     driver: IoDriver,
     path: PathBuf,
     writable: bool,
     buf: Option<BytesMut>,
+    limit: Option<u64>,
 ) -> Result<Loaded> {
     let file = driver
         .open(&path, &OpenOptions::new().read(true).write(writable))
@@ -387,20 +410,50 @@ async fn load_segment(
             CorruptionKind::FrameLength { len },
         ));
     }
-    // A read fills the buffer's whole capacity: a buffer is reused only for a segment of its
+    let read_len = limit.map_or(len, |limit| limit.min(len));
+    // A read fills the buffer's whole capacity: a buffer is reused only for a read of its
     // size (segments mostly are of one size).
-    let blocks = len.is_multiple_of(DIRECT_READ_ALIGN as u64);
+    let blocks = read_len.is_multiple_of(DIRECT_READ_ALIGN as u64);
     let buf = match buf {
-        Some(mut buf) if buf.capacity() == len as usize => {
+        Some(mut buf) if buf.capacity() == read_len as usize => {
             buf.clear();
             buf
         }
-        _ if blocks => ringtide_platform::aligned_bytes_mut(len as usize, DIRECT_READ_ALIGN),
-        _ => BytesMut::with_capacity(len as usize),
+        _ if blocks => ringtide_platform::aligned_bytes_mut(read_len as usize, DIRECT_READ_ALIGN),
+        _ => BytesMut::with_capacity(read_len as usize),
     };
     let (res, buf) = read_segment(&driver, &file, &path, buf, blocks).await;
     res.map_err(io_err(&path))?;
     Ok(Loaded { file, len, buf })
+}
+
+/// Decides whether the clean-close record applies to its last segment, just loaded up to the
+/// record's limit (see [`clean_close::at_end`]): reads the whole segment where a frame runs past
+/// the limit, or where the record is stale and the scan goes on without it.
+async fn settle_clean_close(
+    driver: &IoDriver,
+    path: &Path,
+    writable: bool,
+    mut loaded: Loaded,
+    record: CleanClose,
+    format: FrameFormat,
+) -> Result<(Loaded, Option<CleanClose>)> {
+    // At most twice: the second read is whole.
+    for _ in 0..2 {
+        let whole = loaded.buf.len() as u64 == loaded.len;
+        match clean_close::at_end(&record, &loaded.buf, loaded.len, format) {
+            AtEnd::Stale if whole => {
+                tracing::warn!(file = %path.display(), "wal: entries follow the end the clean-close record names; it is stale and ignored");
+                return Ok((loaded, None));
+            }
+            AtEnd::Stale | AtEnd::ReadMore if !whole => {
+                loaded =
+                    load_segment(driver.clone(), path.to_path_buf(), writable, None, None).await?;
+            }
+            _ => break,
+        }
+    }
+    Ok((loaded, Some(record)))
 }
 
 /// The alignment of a direct read's offset, length and memory.
@@ -436,6 +489,8 @@ struct ScanContext<'a> {
     meta: &'a Meta,
     /// The lsn of a cut record (see [`CutRecord`]), if any.
     cut: Option<Lsn>,
+    /// The clean-close record, if there is one and it is not stale.
+    clean: Option<CleanClose>,
     options: &'a WalOptions,
     access: Access,
 }
@@ -486,9 +541,12 @@ async fn scan_segment(
     let ScanContext {
         meta,
         cut,
+        clean,
         options,
         access,
     } = *ctx;
+    // What the record says of this segment's entries (it names the last).
+    let clean_here = clean.filter(|c| is_last && c.segment_first == name_first);
     let writable = access == Access::ReadWrite;
     let corrupt = |(offset, kind)| Error::corruption(path, offset, kind);
     let header = check_header(buf, name_first, meta).map_err(corrupt)?;
@@ -504,8 +562,28 @@ async fn scan_segment(
         kept,
         end,
         outcome,
+        first_bad,
         ..
     } = walk::walk_frames(buf, &params);
+    // The entries kept end before this lsn.
+    let found_next = Lsn(header.first_lsn.0 + kept as u64);
+    let incomplete = kept < offsets.len();
+    // After a clean close nothing is torn: every entry its record names must be here, checked
+    // before anything is cut or repaired. A cut record and a clean close never name the same log
+    // state; if both are there, the clean close's entries must still all be kept, in whichever
+    // segment the cut falls.
+    match (&outcome, clean, clean_here) {
+        (walk::Outcome::Corrupt(_), _, _) => {}
+        (walk::Outcome::Cut { .. }, Some(record), _) => {
+            clean_close::check_entries(path, &record, found_next, None, false, end)?;
+        }
+        (walk::Outcome::Cut { .. }, None, _) => {}
+        (_, _, Some(record)) => {
+            let bad = first_bad.as_ref();
+            clean_close::check_entries(path, &record, found_next, bad, incomplete, end)?;
+        }
+        (_, _, None) => {}
+    }
     let end = end as u64;
     let mut torn = None;
     let mut patch = None;

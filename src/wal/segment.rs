@@ -35,6 +35,20 @@
 //! 44       4    crc32 of bytes 0..44, u32 LE
 //! ```
 //!
+//! A clean `close` appends its record to the meta file (96 bytes then; bytes 48.. are read only
+//! when present, so a 48-byte meta file is a log that was not closed cleanly, as every log
+//! written before the record existed). Its layout and rules are in `clean_close.rs`:
+//!
+//! ```text
+//! offset  size  field
+//! 48       8    magic "RTDCLEAN"
+//! 56       8    next lsn: the lsn after the last entry (the seal's), u64 LE
+//! 64       8    first lsn of the last segment (its name, with the epoch above), u64 LE
+//! 72       8    data end: where the last segment's entries end (where the seal starts), u64 LE
+//! 80      12    reserved, zero
+//! 92       4    crc32 of bytes 0..92 (the meta file's too), u32 LE
+//! ```
+//!
 //! Segment files are named `{epoch:010}-{first lsn:020}.wal`, so a listing sorts in log order.
 
 use std::path::{Path, PathBuf};
@@ -58,7 +72,7 @@ const CUT_MAGIC: &[u8; 8] = b"RTDCUT\r\n";
 pub(crate) const CUT_FILE: &str = "wal.cut";
 /// The temporary file a new cut record is written to before it is renamed into place.
 pub(crate) const CUT_TMP: &str = "wal.cut.tmp";
-const META_LEN: usize = 48;
+pub(crate) const META_LEN: usize = 48;
 pub(crate) const META_FILE: &str = "wal.meta";
 /// The temporary file a new meta file is written to before it is renamed into place.
 pub(crate) const META_TMP: &str = "wal.meta.tmp";
@@ -222,7 +236,7 @@ impl SegmentHeader {
 }
 
 impl Meta {
-    fn encode(&self) -> [u8; META_LEN] {
+    pub(crate) fn encode(&self) -> [u8; META_LEN] {
         encode_fields(
             META_MAGIC,
             &self.format,
@@ -240,17 +254,6 @@ impl Meta {
             epoch,
             first_lsn,
         })
-    }
-
-    /// Reads the meta file; `Ok(None)` if there is none.
-    pub(crate) async fn read(driver: &IoDriver, dir: &Path) -> Result<Option<Meta>> {
-        let path = dir.join(META_FILE);
-        let Some(buf) = read_record(driver, &path).await? else {
-            return Ok(None);
-        };
-        Meta::decode(&buf)
-            .map(Some)
-            .map_err(|kind| Error::corruption(&path, 0, kind))
     }
 
     /// Replaces the meta file atomically and durably.
@@ -314,17 +317,31 @@ impl CutRecord {
 
 /// Reads a whole small record file (`META_LEN` bytes); `Ok(None)` if it does not exist.
 async fn read_record(driver: &IoDriver, path: &Path) -> Result<Option<BytesMut>> {
+    read_record_upto(driver, path, META_LEN).await
+}
+
+/// Reads the first `max_len` bytes of a record file, or all of it if it is shorter, but at
+/// least `META_LEN`; `Ok(None)` if it does not exist.
+pub(crate) async fn read_record_upto(
+    driver: &IoDriver,
+    path: &Path,
+    max_len: usize,
+) -> Result<Option<BytesMut>> {
     let file = match driver.open(path, &OpenOptions::new().read(true)).await {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(path, e)),
     };
     let (res, buf) = file
-        .read_exact_at(BytesMut::with_capacity(META_LEN), 0)
+        .read_exact_at(BytesMut::with_capacity(max_len), 0)
         .await;
     let _ = file.close().await;
     match res {
         Ok(()) => Ok(Some(buf)),
+        // A read short of `max_len` keeps what it read.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && buf.len() >= META_LEN => {
+            Ok(Some(buf))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::corruption(
             path,
             0,
@@ -336,7 +353,7 @@ async fn read_record(driver: &IoDriver, path: &Path) -> Result<Option<BytesMut>>
 
 /// Replaces `dir/name` with `bytes` atomically and durably: a temporary file written and synced,
 /// renamed over the old one, the directory synced.
-async fn write_record(
+pub(crate) async fn write_record(
     driver: &IoDriver,
     dir: &Path,
     tmp: &str,

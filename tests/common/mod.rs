@@ -19,6 +19,14 @@ pub fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// Removes the clean-close record `close` leaves in `wal.meta` (every byte after its first 48),
+/// leaving the meta file as a crash leaves it: a crash writes no such record.
+pub fn strip_clean_close(dir: &std::path::Path) {
+    let path = dir.join("wal.meta");
+    let bytes = std::fs::read(&path).expect("wal.meta");
+    std::fs::write(&path, &bytes[..bytes.len().min(48)]).expect("write wal.meta");
+}
+
 /// Where the entries of the closed log in `dir` end in its last segment (opened read-only with
 /// `options`).
 pub async fn wal_data_end(

@@ -54,6 +54,9 @@ pub(crate) struct Walk {
     pub(crate) end: usize,
     /// Where the walk stopped decoding: zeros, a seal, a bad frame, or past the cut.
     pub(crate) stopped_at: usize,
+    /// The damaged frame the walk stopped at, if it stopped at one: its offset and what is
+    /// wrong (recovery names it when a clean close vouches for the entries it ends).
+    pub(crate) first_bad: Option<(usize, CorruptionKind)>,
     pub(crate) outcome: Outcome,
 }
 
@@ -107,9 +110,13 @@ pub(crate) fn walk_frames(buf: &[u8], params: &WalkParams) -> Walk {
         kept: 0,
         end: params.start,
         stopped_at: params.start,
+        first_bad: None,
         outcome: Outcome::Clean,
     };
     let stop = decode_frames(buf, params, &mut walk);
+    if let Stop::Bad { at, kind } = &stop {
+        walk.first_bad = Some((*at, kind.clone()));
+    }
     assert!(
         walk.kept <= walk.offsets.len() && walk.end <= walk.stopped_at.max(params.start),
         "the frame walk lost count: {} kept of {}, end {} past {}",

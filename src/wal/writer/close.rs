@@ -68,6 +68,9 @@ impl Writer {
         };
         if synced.is_ok() {
             self.seal().await;
+            // Then record the clean close outside the last segment (see `clean_close.rs`), so
+            // that recovery takes any shortfall for corruption, never for a torn tail.
+            crate::wal::clean_close::record(&self.shared, self.log_id, self.epoch).await;
         }
         self.shared.closed.store(true, Ordering::Release);
         self.shared.stage.notify_waiters();
