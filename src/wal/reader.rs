@@ -176,16 +176,21 @@ async fn read_recent_or_files(
 /// is written. Entries staged but not yet written are read once written, as from the files, so
 /// that a read never returns an entry that a failed write then loses.
 fn read_recent(shared: &Shared, start: Lsn, end: Lsn, limit: Limit) -> Option<Vec<Entry>> {
-    let written = shared.written_lsn();
     let (whole, max_bytes) = match limit {
         Limit::Refuse(max) => (true, max),
         Limit::Cut(max) => (false, max),
     };
+    // The written lsn is read under the stage's lock: a cut at the back lowers it before appends
+    // resume, and entries staged again after the cut reach the window under this lock, so what
+    // it covers here is written.
+    let stage = shared.stage.lock();
+    let written = shared.written_lsn();
     if start > written || (whole && Lsn(end.0 - 1) > written) {
         return None;
     }
-    let end = end.min(written.next());
-    shared.stage.lock().recent.get(start, end, max_bytes, whole)
+    stage
+        .recent
+        .get(start, end.min(written.next()), max_bytes, whole)
 }
 
 /// `OutOfRange` unless `start..end` lies inside the log; an error if the log is unusable.

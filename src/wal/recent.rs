@@ -25,6 +25,8 @@ use super::{Entry, Lsn};
 const ENTRY_OVERHEAD_BYTES: u64 = 48;
 
 struct Recent {
+    /// Its frame's size on disk: reads bound what they return in frame bytes, as from the files.
+    frame_bytes: u64,
     term: Option<u64>,
     timestamp_us: Option<u64>,
     data: Bytes,
@@ -64,6 +66,7 @@ impl RecentEntries {
         term: Option<u64>,
         timestamp_us: Option<u64>,
         data: &Bytes,
+        frame_bytes: u64,
     ) {
         if self.max_bytes == 0 {
             return;
@@ -81,6 +84,7 @@ impl RecentEntries {
             self.pop_front();
         }
         self.entries.push_back(Recent {
+            frame_bytes,
             term,
             timestamp_us,
             data: data.clone(),
@@ -112,8 +116,8 @@ impl RecentEntries {
         self.first = self.first.next();
     }
 
-    /// The entries `start..end` that the window holds from `start` on, at most `max_bytes` of
-    /// payload (at least one entry): `None` if it does not hold `start`, or if `whole` is asked
+    /// The entries `start..end` that the window holds from `start` on, whose frames take at most
+    /// `max_bytes` (at least one entry): `None` if it does not hold `start`, or if `whole` is asked
     /// and it does not hold all of them or they exceed `max_bytes`.
     pub(crate) fn get(
         &self,
@@ -130,13 +134,13 @@ impl RecentEntries {
         let mut out = Vec::with_capacity(to - from);
         let mut bytes = 0u64;
         for (i, e) in self.entries.range(from..to).enumerate() {
-            if !out.is_empty() && bytes + e.data.len() as u64 > max_bytes {
+            if !out.is_empty() && bytes + e.frame_bytes > max_bytes {
                 if whole {
                     return None;
                 }
                 break;
             }
-            bytes += e.data.len() as u64;
+            bytes += e.frame_bytes;
             out.push(Entry {
                 lsn: Lsn(start.0 + i as u64),
                 term: e.term,
@@ -166,6 +170,7 @@ mod tests {
                 Some(lsn),
                 None,
                 &Bytes::from(lsn.to_le_bytes().to_vec()),
+                8,
             );
         }
         w
@@ -219,19 +224,19 @@ mod tests {
     fn an_lsn_staged_again_replaces_the_history_after_it() {
         let mut w = window(1 << 20, 1..11);
         // truncate_back(6), then a new entry at 6.
-        w.push(Lsn(6), Some(99), None, &Bytes::from_static(b"new"));
+        w.push(Lsn(6), Some(99), None, &Bytes::from_static(b"new"), 3);
         let got = w.get(Lsn(4), Lsn(7), u64::MAX, true).expect("held");
         assert_eq!(lsns(&got), [4, 5, 6]);
         assert_eq!(got[2].data.as_ref(), b"new");
         assert!(w.get(Lsn(7), Lsn(8), u64::MAX, false).is_none());
         // A reset forward, and one below the window: it starts over.
-        w.push(Lsn(100), None, None, &Bytes::from_static(b"x"));
+        w.push(Lsn(100), None, None, &Bytes::from_static(b"x"), 1);
         assert!(w.get(Lsn(4), Lsn(5), u64::MAX, true).is_none());
         assert_eq!(
             lsns(&w.get(Lsn(100), Lsn(101), u64::MAX, true).expect("held")),
             [100]
         );
-        w.push(Lsn(50), None, None, &Bytes::from_static(b"y"));
+        w.push(Lsn(50), None, None, &Bytes::from_static(b"y"), 1);
         assert!(w.get(Lsn(100), Lsn(101), u64::MAX, true).is_none());
         assert_eq!(w.bytes(), 1 + ENTRY_OVERHEAD_BYTES);
     }
@@ -239,10 +244,10 @@ mod tests {
     #[test]
     fn an_entry_larger_than_the_window_is_not_kept() {
         let mut w = window(100, 1..2);
-        w.push(Lsn(2), None, None, &Bytes::from(vec![0u8; 200]));
+        w.push(Lsn(2), None, None, &Bytes::from(vec![0u8; 200]), 200);
         assert!(w.get(Lsn(1), Lsn(2), u64::MAX, true).is_none());
         assert!(w.get(Lsn(2), Lsn(3), u64::MAX, true).is_none());
-        w.push(Lsn(3), None, None, &Bytes::from_static(b"z"));
+        w.push(Lsn(3), None, None, &Bytes::from_static(b"z"), 1);
         assert_eq!(
             lsns(&w.get(Lsn(3), Lsn(4), u64::MAX, true).expect("held")),
             [3]

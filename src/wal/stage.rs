@@ -379,9 +379,10 @@ fn place(shared: &Shared, st: &mut State, call: &Call) -> Option<Placed> {
             continues: i + 1 < n,
         };
         format.encode(&mut st.buf, fields, &r.data);
-        at += (st.buf.len() - before) as u64;
+        let frame_len = (st.buf.len() - before) as u64;
+        at += frame_len;
         let stamp = format.timestamps.then_some(timestamp_us);
-        st.recent.push(lsn, r.term, stamp, &r.data);
+        st.recent.push(lsn, r.term, stamp, &r.data, frame_len);
     }
     debug_assert_eq!(at - st.seg_end, frame_bytes);
     st.seg_end = at;
