@@ -256,6 +256,25 @@ mod tests {
     }
 
     #[test]
+    fn budgets_count_frame_bytes_not_payloads() {
+        let mut w = RecentEntries::new(1 << 20);
+        for lsn in 1..5 {
+            w.push(Lsn(lsn), None, None, &Bytes::from_static(b"12345678"), 29);
+        }
+        // 4 payloads of 8 bytes fit in 32, 4 frames of 29 do not (as `range` sees the files).
+        assert!(w.get(Lsn(1), Lsn(5), 32, true).is_none());
+        assert!(w.get(Lsn(1), Lsn(5), 58, true).is_none());
+        assert_eq!(
+            lsns(&w.get(Lsn(1), Lsn(5), 58, false).expect("prefix")),
+            [1, 2]
+        );
+        assert_eq!(
+            lsns(&w.get(Lsn(1), Lsn(5), 116, true).expect("whole")),
+            [1, 2, 3, 4]
+        );
+    }
+
+    #[test]
     fn zero_bytes_keeps_nothing() {
         let w = window(0, 1..5);
         assert!(w.get(Lsn(1), Lsn(2), u64::MAX, true).is_none());
