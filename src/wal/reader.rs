@@ -180,6 +180,16 @@ fn read_recent(shared: &Shared, start: Lsn, end: Lsn, limit: Limit) -> Option<Ve
         Limit::Refuse(max) => (true, max),
         Limit::Cut(max) => (false, max),
     };
+    // Older than the window as of the last append: read from the files without taking the
+    // stage's lock (appenders hold it). A stale hint only sends a read to the files.
+    if start.0
+        < shared
+            .stage
+            .recent_first
+            .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return None;
+    }
     // The written lsn is read under the stage's lock: a cut at the back lowers it before appends
     // resume, and entries staged again after the cut reach the window under this lock, so what
     // it covers here is written.

@@ -55,6 +55,11 @@ impl RecentEntries {
         }
     }
 
+    /// The oldest lsn the window holds (if it holds any).
+    pub(crate) fn first(&self) -> Lsn {
+        self.first
+    }
+
     fn end(&self) -> Lsn {
         Lsn(self.first.0 + self.entries.len() as u64)
     }

@@ -229,6 +229,9 @@ pub(crate) struct Stage {
     state: Mutex<State>,
     /// Wakes the writer: something was staged, or a reader wants it written.
     pub(crate) wake: Notify,
+    /// The oldest lsn the window of recent entries holds, as of the last staged call: a hint
+    /// (readers of older entries skip the stage's lock), never trusted for what it serves.
+    pub(crate) recent_first: std::sync::atomic::AtomicU64,
     /// What the writer has done; appenders and readers wait on it. Also sent when room frees up,
     /// maintenance ends or the log fails, so that waiters look again.
     pub(crate) progress: watch::Sender<Progress>,
@@ -257,6 +260,7 @@ impl Stage {
                 recent: RecentEntries::new(recent_bytes),
             }),
             wake: Notify::new(),
+            recent_first: std::sync::atomic::AtomicU64::new(0),
             progress: watch::channel(Progress::default()).0,
         }
     }
@@ -384,6 +388,10 @@ fn place(shared: &Shared, st: &mut State, call: &Call) -> Option<Placed> {
         let stamp = format.timestamps.then_some(timestamp_us);
         st.recent.push(lsn, r.term, stamp, &r.data, frame_len);
     }
+    shared
+        .stage
+        .recent_first
+        .store(st.recent.first().0, std::sync::atomic::Ordering::Relaxed);
     debug_assert_eq!(at - st.seg_end, frame_bytes);
     st.seg_end = at;
     st.next_lsn = Lsn(first.0 + n as u64);
