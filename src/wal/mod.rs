@@ -50,19 +50,20 @@ mod recent;
 mod record;
 mod recovery;
 mod segment;
+mod shared;
 mod stage;
 mod txn;
 mod writer;
 
 use std::fmt;
 use std::ops::{Bound, Range, RangeBounds};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use futures::Stream;
-use ringtide_platform::{DriverOptions, File, IoDriver};
+use ringtide_platform::{DriverOptions, IoDriver};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
@@ -71,6 +72,7 @@ pub use entry::{Ack, Entry, Record, SegmentInfo, TornTail, WalFormat, WalStats};
 pub use integrity::{IntegrityProblem, IntegrityProgress, IntegrityReport};
 use options::MAX_CALL_BYTES;
 pub use options::{ChecksumKind, LengthEncoding, RecoveryMode, SyncPolicy, Timestamps, WalOptions};
+use shared::{Index, SegmentIndex, Shared, zero_fill};
 pub use txn::LogTxn;
 
 /// The on-disk format version this build writes, and the only one it reads (recorded in every
@@ -78,142 +80,6 @@ pub use txn::LogTxn;
 pub const FORMAT_VERSION: u16 = segment::FORMAT_VERSION;
 
 use crate::error::{Error, Result};
-use record::FrameFormat;
-
-/// One segment as readers see it.
-#[derive(Debug, Clone)]
-struct SegmentIndex {
-    first_lsn: Lsn,
-    path: PathBuf,
-    file: File,
-    /// Start offset of each frame: `offsets[i]` is the frame of lsn `first_lsn + i`.
-    offsets: Vec<u32>,
-    /// End offset of the last frame.
-    end: u64,
-    /// Bytes allocated on disk.
-    allocated: u64,
-    /// Bytes readers see instead of the file's at an offset: set only by a read-only open that
-    /// found a frame torn by an interrupted `truncate_back`, which it may not repair on disk.
-    patch: Option<(u64, bytes::Bytes)>,
-}
-
-impl SegmentIndex {
-    fn next_lsn(&self) -> Lsn {
-        Lsn(self.first_lsn.0 + self.offsets.len() as u64)
-    }
-}
-
-/// What readers need: the segments in order and the logical start of the log.
-#[derive(Debug)]
-struct Index {
-    first_lsn: Lsn,
-    segments: Vec<SegmentIndex>,
-}
-
-/// State shared by the handle, the writer task, readers and transactions.
-struct Shared {
-    dir: PathBuf,
-    driver: IoDriver,
-    format: FrameFormat,
-    options: WalOptions,
-    index: RwLock<Index>,
-    /// The last lsn written to the file.
-    written: AtomicU64,
-    /// The last lsn appended (staged or written).
-    appended: AtomicU64,
-    /// Where appenders put their entries for the writer.
-    stage: stage::Stage,
-    /// The last lsn durable; tails subscribe to it.
-    durable: watch::Sender<u64>,
-    /// The failure that poisoned the log (see `writer/failure.rs`).
-    poisoned: OnceLock<Arc<Error>>,
-    closed: AtomicBool,
-    /// The log's counts: for `stats`, and for the `metrics` facade.
-    observe: observe::Observe,
-    recovered_segments: u64,
-    recovered_entries: u64,
-    torn_tail: Option<TornTail>,
-    /// Open log transactions and their deadlines.
-    txns: Mutex<std::collections::HashMap<u64, std::time::Instant>>,
-    next_txn: AtomicU64,
-    /// The directory lock, released by `close`.
-    lock: Mutex<Option<File>>,
-    /// Opened by `open_read_only`: no writer task.
-    read_only: bool,
-    /// Counts cuts at the back of the log (`truncate_back`, `reset`); `cut_lsn` is the last one's
-    /// new end. Streams use them to notice the log changed under them.
-    cuts: AtomicU64,
-    cut_lsn: AtomicU64,
-}
-
-impl Shared {
-    /// The most payload one call may carry: its entries go into one segment (32-bit offsets),
-    /// within `max_pending_bytes`.
-    fn max_call_bytes(&self) -> u64 {
-        MAX_CALL_BYTES.min(self.options.max_pending_bytes)
-    }
-
-    fn max_entry_bytes(&self) -> u64 {
-        self.options.max_entry_bytes.min(self.format.max_payload())
-    }
-
-    /// Sets the gauges of the log's files.
-    fn report_space(&self) {
-        let segments = self
-            .index
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .segments
-            .len();
-        self.observe.space(segments);
-    }
-
-    fn check_usable(&self) -> Result<()> {
-        if let Some(cause) = self.poisoned.get() {
-            return Err(Error::Poisoned {
-                cause: cause.clone(),
-            });
-        }
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
-        Ok(())
-    }
-
-    fn last_lsn(&self) -> Lsn {
-        Lsn(self.appended.load(Ordering::Acquire))
-    }
-
-    fn written_lsn(&self) -> Lsn {
-        Lsn(self.written.load(Ordering::Acquire))
-    }
-
-    fn durable_lsn(&self) -> Lsn {
-        Lsn(*self.durable.borrow())
-    }
-
-    fn first_lsn(&self) -> Lsn {
-        self.index
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .first_lsn
-    }
-
-    fn open_txns(&self) -> usize {
-        let now = std::time::Instant::now();
-        self.txns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|&&deadline| deadline > now)
-            .count()
-    }
-}
-
-/// Whether new segments are written with zeros before use (see `segment::prepare_segment`).
-fn zero_fill(options: &WalOptions) -> bool {
-    options.sync_policy.syncs_each_batch()
-}
 
 /// A write-ahead log. Cheap to clone (`Arc` inside), `Send + Sync`, shared by many tasks.
 #[derive(Clone)]
