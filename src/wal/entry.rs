@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use bytes::Bytes;
 
 use super::{ChecksumKind, LengthEncoding, Lsn, Timestamps};
+#[cfg(doc)]
+use super::{FORMAT_VERSION, SyncPolicy, Wal};
 
 /// An entry to append: its payload and, optionally, a Raft term and a timestamp.
 ///

@@ -6,7 +6,11 @@ use std::time::Duration;
 use ringtide_platform::IoDriver;
 
 use super::record::{self, FrameFormat};
+#[cfg(doc)]
+use super::{Record, Wal, WalStats};
 use crate::error::{Error, Result};
+#[cfg(doc)]
+use ringtide_platform::DriverOptions;
 
 /// The most payload bytes one append call (a batch, a log transaction) may carry: a call's
 /// frames share one segment, whose frame offsets are 32-bit.
