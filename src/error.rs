@@ -113,6 +113,58 @@ pub enum Error {
     #[error("the handle is read-only")]
     ReadOnly,
 
+    /// A key-value transaction's commit (or prepare) was refused because it conflicts with a
+    /// transaction that committed (or prepared) after its snapshot was taken. Nothing of it was
+    /// written; retry it from the start (`Db::update` does).
+    #[error("conflict on key {key:?} in bucket {bucket}: {kind}")]
+    Conflict {
+        /// The bucket of the key (its path, `/` for the root keyspace).
+        bucket: String,
+        /// The key (for a scanned range: the key written into it).
+        key: bytes::Bytes,
+        /// What conflicted.
+        kind: ConflictKind,
+    },
+
+    /// The key-value transaction's timeout passed: it was rolled back and its snapshot released.
+    #[error("the transaction expired after its timeout and was rolled back")]
+    TxnExpired,
+
+    /// An operation on a key-value transaction that already committed, rolled back or failed.
+    #[error("the transaction has already {state}")]
+    TxnFinished {
+        /// `committed`, `rolled back` or `failed`.
+        state: &'static str,
+    },
+
+    /// A write to a read-only transaction.
+    #[error("the transaction is read-only")]
+    TxnReadOnly,
+
+    /// `Db::update` gave up after retrying conflicts.
+    #[error("gave up after {attempts} attempts, each ending in a conflict; the last: {last}")]
+    RetriesExhausted {
+        /// The attempts made.
+        attempts: u32,
+        /// The last conflict.
+        #[source]
+        last: Box<Error>,
+    },
+
+    /// A bucket that does not exist.
+    #[error("no bucket {name:?}")]
+    BucketNotFound {
+        /// The bucket's path.
+        name: String,
+    },
+
+    /// A bucket that exists already (`create_bucket`).
+    #[error("the bucket {name:?} exists already")]
+    BucketExists {
+        /// The bucket's path.
+        name: String,
+    },
+
     /// An option or argument is invalid.
     #[error("invalid {name}: {reason}")]
     InvalidArgument {
@@ -234,6 +286,15 @@ pub enum CorruptionKind {
     /// An atomic batch is cut short in the middle of the log.
     #[error("incomplete batch in the middle of the log")]
     IncompleteBatch,
+    /// A record of the key-value store, read from its log, cannot be decoded (its frame's
+    /// checksum held, so a writer bug or a foreign log): `offset` is within the record.
+    #[error("undecodable key-value record at lsn {lsn}: {reason}")]
+    BadRecord {
+        /// The log entry that holds the record.
+        lsn: Lsn,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// The log was closed cleanly (its `wal.meta` records the last lsn and where the last
     /// segment's entries end), but fewer entries are there: entries or a segment were lost after
     /// the close. A crash never leaves this record, so this is never a torn tail.
@@ -246,4 +307,28 @@ pub enum CorruptionKind {
         /// The last lsn found intact (for a missing segment: the lsn before its first).
         found_last: Lsn,
     },
+}
+
+/// Why a key-value transaction's commit was refused (see [`Error::Conflict`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConflictKind {
+    /// Another transaction wrote the same key and committed after this one's snapshot (both
+    /// isolation levels: first committer wins).
+    #[error("written by a transaction that committed after this one's snapshot")]
+    WriteWrite,
+    /// A key this serializable transaction read was written by a transaction that committed
+    /// after its snapshot.
+    #[error("read by this transaction, then written by one that committed after its snapshot")]
+    ReadWrite,
+    /// A key was written into a range this serializable transaction scanned (a phantom).
+    #[error("written into a range this transaction scanned, after its snapshot")]
+    Phantom,
+    /// The key is held by a prepared (two-phase) transaction not yet committed or rolled back.
+    #[error("held by a prepared transaction")]
+    Prepared,
+    /// The transaction's snapshot is older than the conflict history the store keeps
+    /// (`DbOptions::max_conflict_history_bytes`): it cannot be validated.
+    #[error("the transaction is older than the conflict history kept; retry it")]
+    TooOld,
 }

@@ -6,7 +6,8 @@
 //!    fixed thread pool where io_uring is missing or forbidden, chosen at run time.
 //! 2. [`wal`] — a write-ahead log: segments, grouped commit, reads by sequence number, streams and
 //!    tails, truncation at both ends, Raft terms, log transactions.
-//! 3. `kv` — a transactional LSM key-value store (not built yet).
+//! 3. [`kv`] — a transactional key-value store: MVCC transactions from many concurrent writers
+//!    (snapshot and serializable), nested buckets, scans as `Stream`s, durable through the wal.
 //!
 //! The numbers every layer shares are crate-level newtypes: [`Lsn`] (a log's sequence numbers;
 //! also `ringtide::wal::Lsn`) and [`SeqNo`] (the key-value store's commit sequence numbers).
@@ -48,9 +49,10 @@
 #![forbid(unsafe_code)]
 
 mod error;
+pub mod kv;
 mod types;
 pub mod wal;
 
-pub use error::{CorruptionKind, Error, Result};
+pub use error::{ConflictKind, CorruptionKind, Error, Result};
 pub use ringtide_platform as platform;
 pub use types::{Lsn, SeqNo};

@@ -1,0 +1,399 @@
+//! The key-value store: an ordered, transactional store with MVCC transactions from many
+//! concurrent writers (snapshot and serializable), nested buckets, cursors and scans as
+//! `Stream`s, durable through the wal's grouped commit.
+//!
+//! # Example
+//!
+//! ```
+//! use futures::TryStreamExt;
+//! use ringtide::kv::{Db, DbOptions, TxnOptions};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> ringtide::Result<()> {
+//! let dir = tempfile::tempdir()?;
+//! let db = Db::open(dir.path(), DbOptions::default()).await?;
+//!
+//! let txn = db.begin(TxnOptions::default())?;
+//! let users = txn.create_bucket("users").await?;
+//! users.put("alice", "admin")?;
+//! users.put("bob", "reader")?;
+//! txn.commit().await?;
+//!
+//! // Managed: retried on conflicts.
+//! db.update(|txn| async move {
+//!     let users = txn.bucket("users").await?.expect("created above");
+//!     let id = users.next_sequence().await?;
+//!     users.put(format!("carol-{id}"), "writer")?;
+//!     Ok(())
+//! })
+//! .await?;
+//!
+//! let all: Vec<_> = db
+//!     .view(|txn| async move {
+//!         let users = txn.bucket("users").await?.expect("created above");
+//!         users.scan::<&[u8]>(..).try_collect::<Vec<_>>().await
+//!     })
+//!     .await?;
+//! assert_eq!(all.len(), 3);
+//! db.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Isolation
+//!
+//! Every transaction reads the snapshot taken at its begin, plus its own writes. At commit:
+//! - [`Isolation::Snapshot`]: a key it writes that another transaction wrote and committed
+//!   after its snapshot fails the commit with [`Error::Conflict`] (first committer wins). Write
+//!   skew is possible: with `x + y ≥ 1` kept by the application, two transactions that each
+//!   read both and each set a different one to 0 can both commit, breaking the rule.
+//! - [`Isolation::Serializable`] (the default) also fails a commit if a key it read, or a key in
+//!   a range it scanned, was written by a transaction that committed after its snapshot: the
+//!   write-skew pair above has one commit fail. Read-only transactions never conflict.
+//!
+//! Commits from many tasks run concurrently: validation and the choice of a sequence number
+//! take one short critical section, the wal append happens outside it (concurrent commits share
+//! one fdatasync), and commits become visible in sequence order: no snapshot ever holds commit
+//! N+1 without commit N.
+//!
+//! # Layout on disk
+//!
+//! A store's directory holds its wal in `wal/`: one record per commit (an atomic batch of
+//! chunks; byte tables in docs/design.md). This first part of the store keeps every version in
+//! memory (the memtable) and replays the wal at open; the LSM below it (tables, flush,
+//! compaction) comes next, without a change to this API.
+
+mod bucket;
+mod options;
+mod record;
+mod recovery;
+mod scan;
+mod shared;
+mod stats;
+mod tree;
+mod txn;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tracing::Instrument;
+
+pub use bucket::Bucket;
+pub use options::{DbOptions, Durability, Isolation, TxnOptions};
+pub use scan::{Cursor, Scan};
+pub use stats::DbStats;
+pub use txn::{CommitInfo, Txn};
+
+use crate::error::{Error, Result};
+use crate::types::SeqNo;
+use crate::wal::Wal;
+use shared::Shared;
+
+/// An open key-value store. Cheap to clone (`Send + Sync`); every clone is the same store.
+#[derive(Clone)]
+pub struct Db {
+    shared: Arc<Shared>,
+    dir: Arc<PathBuf>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Db {
+    /// Opens the store in `dir`, creating it if needed, and recovers it: the wal's records are
+    /// replayed, prepared transactions restored as prepared (those whose deadline passed are
+    /// rolled back). The directory is locked while the store is open.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for bad options; [`Error::Locked`] if another handle holds
+    /// the directory past `lock_timeout`; [`Error::Corruption`] naming the file for damage
+    /// recovery cannot accept; I/O errors.
+    ///
+    /// # Cancel safety
+    /// Safe: dropping the future releases everything; a later open recovers again.
+    pub async fn open(dir: impl AsRef<Path>, options: DbOptions) -> Result<Db> {
+        Self::open_with(dir.as_ref(), options, false).await
+    }
+
+    /// Opens an existing store for reading only, without taking its lock or changing any file:
+    /// transactions may read; writes fail with [`Error::ReadOnly`].
+    ///
+    /// # Errors
+    /// As [`Db::open`], without `Locked`.
+    ///
+    /// # Cancel safety
+    /// Safe, as [`Db::open`].
+    pub async fn open_read_only(dir: impl AsRef<Path>, options: DbOptions) -> Result<Db> {
+        Self::open_with(dir.as_ref(), options, true).await
+    }
+
+    async fn open_with(dir: &Path, options: DbOptions, read_only: bool) -> Result<Db> {
+        options.validate()?;
+        let span = tracing::info_span!("kv_open", dir = %dir.display(), read_only);
+        async move {
+            let wal_dir = dir.join("wal");
+            let wal = if read_only {
+                Wal::open_read_only(&wal_dir, options.wal_options()).await?
+            } else {
+                Wal::open(&wal_dir, options.wal_options()).await?
+            };
+            let replayed = recovery::replay(&wal).await?;
+            tracing::info!(
+                records = replayed.records,
+                last_seq = replayed.last_seq,
+                prepared = replayed.prepared.len(),
+                "recovered"
+            );
+            let oracle =
+                txn::oracle::Oracle::new(replayed.last_seq, options.max_conflict_history_bytes);
+            for (&id, p) in &replayed.prepared {
+                oracle.hold(id, txn::commit::written_keys(&p.writes));
+            }
+            let expired: Vec<u64> = replayed
+                .prepared
+                .iter()
+                .filter(|(_, p)| p.deadline.is_some_and(|d| d <= std::time::Instant::now()))
+                .map(|(&id, _)| id)
+                .collect();
+            let shared = Arc::new(Shared::new(
+                wal,
+                replayed.memtable,
+                oracle,
+                options,
+                read_only,
+                (replayed.next_txn_id, replayed.next_bucket_id),
+                replayed.prepared,
+            ));
+            if !read_only {
+                for id in expired {
+                    tracing::info!(
+                        txn = id,
+                        "rolling back a prepared transaction past its deadline"
+                    );
+                    shared.rollback_prepared(id).await?;
+                }
+            }
+            Ok(Db {
+                shared,
+                dir: Arc::new(dir.to_path_buf()),
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Begins a transaction: takes its snapshot at the newest visible commit.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] after [`Db::close`].
+    pub fn begin(&self, options: TxnOptions) -> Result<Txn> {
+        if self
+            .shared
+            .closed
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(Error::Closed);
+        }
+        Ok(Txn::begin(&self.shared, options))
+    }
+
+    /// Runs `work` in a read-write transaction (the store's default options) and commits it;
+    /// on a conflict (in `work` or at commit) runs it again in a new transaction, up to
+    /// `max_update_attempts` times. Before each retry it waits until the commits that won are
+    /// visible, then for a jittered, growing pause. An error
+    /// from `work` other than a conflict rolls the transaction back and is returned.
+    ///
+    /// # Errors
+    /// [`Error::RetriesExhausted`] holding the last conflict; `work`'s own errors; as
+    /// [`Txn::commit`].
+    ///
+    /// # Cancel safety
+    /// As [`Txn::commit`]: dropped while `work` runs, nothing is written; dropped during the
+    /// commit, the commit's fate is decided in the background.
+    pub async fn update<F, Fut, T>(&self, work: F) -> Result<T>
+    where
+        F: FnMut(Txn) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        self.update_with(TxnOptions::default(), work).await
+    }
+
+    /// [`Db::update`] with the transactions' options.
+    ///
+    /// # Errors
+    /// As [`Db::update`].
+    ///
+    /// # Cancel safety
+    /// As [`Db::update`].
+    pub async fn update_with<F, Fut, T>(&self, options: TxnOptions, mut work: F) -> Result<T>
+    where
+        F: FnMut(Txn) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let attempts = self.shared.options.max_update_attempts;
+        let mut pause = Duration::from_micros(100);
+        for attempt in 1..=attempts {
+            let txn = self.begin(options.clone())?;
+            let outcome = match work(txn.clone()).await {
+                Ok(value) => txn.commit().await.map(|_| value),
+                Err(e) => {
+                    let _ = txn.rollback().await;
+                    Err(e)
+                }
+            };
+            match outcome {
+                Err(e @ Error::Conflict { .. }) => {
+                    if attempt == attempts {
+                        return Err(Error::RetriesExhausted {
+                            attempts,
+                            last: Box::new(e),
+                        });
+                    }
+                    self.shared.counters.retry();
+                    // The commit that won may not be visible yet (its sync is running): a
+                    // retry begun before it is would read the old value and conflict again.
+                    let winner = self.shared.oracle.last_assigned();
+                    self.shared.oracle.wait_visible(winner).await;
+                    let jitter = fastrand::u64(0..=pause.as_micros() as u64);
+                    tokio::time::sleep(Duration::from_micros(jitter)).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the loop returns on its last attempt")
+    }
+
+    /// Runs `work` in a read-only transaction.
+    ///
+    /// # Errors
+    /// `work`'s errors.
+    ///
+    /// # Cancel safety
+    /// Safe: it reads only.
+    pub async fn view<F, Fut, T>(&self, work: F) -> Result<T>
+    where
+        F: FnOnce(Txn) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let txn = self.begin(TxnOptions::default().read_only(true))?;
+        let result = work(txn.clone()).await;
+        let _ = txn.rollback().await;
+        result
+    }
+
+    /// The newest commit visible to new transactions: every commit at or below it is visible
+    /// (and acknowledged or about to be), none above.
+    pub fn committed_seq(&self) -> SeqNo {
+        SeqNo(self.shared.oracle.visible())
+    }
+
+    /// The prepared transactions not yet committed or rolled back (those restored after a
+    /// restart included).
+    pub fn prepared(&self) -> Vec<PreparedTxn> {
+        self.shared
+            .prepared_txns()
+            .iter()
+            .filter(|(_, p)| !p.resolving)
+            .map(|(&id, p)| PreparedTxn {
+                shared: self.shared.clone(),
+                id,
+                writes: p
+                    .writes
+                    .iter()
+                    .flat_map(|(&bucket, keys)| {
+                        keys.iter()
+                            .map(move |(k, v)| (bucket, k.clone(), v.clone()))
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// A snapshot of the store's figures (see [`DbStats`]; its `Display` is a table).
+    pub fn stats(&self) -> DbStats {
+        stats::collect(&self.shared)
+    }
+
+    /// Closes the store: waits for queued commits, syncs the wal and releases the directory.
+    /// Later calls on any clone fail with [`Error::Closed`].
+    ///
+    /// # Errors
+    /// The wal's errors on its final sync.
+    ///
+    /// # Cancel safety
+    /// Dropped, the close still completes in the wal's writer.
+    pub async fn close(&self) -> Result<()> {
+        self.shared
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.shared.wal.close().await
+    }
+}
+
+/// A prepared transaction (see [`Txn::prepare`]), as [`Db::prepared`] lists it.
+#[derive(Clone)]
+pub struct PreparedTxn {
+    shared: Arc<Shared>,
+    id: u64,
+    writes: Vec<(u64, Bytes, Option<Bytes>)>,
+}
+
+impl std::fmt::Debug for PreparedTxn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedTxn")
+            .field("id", &self.id)
+            .field("writes", &self.writes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PreparedTxn {
+    /// Its transaction id ([`Txn::id`] of the transaction that prepared it).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Its writes: `(bucket id, key, value or None for a delete)` (bucket ids as
+    /// [`Bucket::id`] gives them; 0 is the root keyspace).
+    pub fn writes(&self) -> &[(u64, Bytes, Option<Bytes>)] {
+        &self.writes
+    }
+
+    /// Commits it.
+    ///
+    /// # Errors
+    /// [`Error::TxnExpired`] past its deadline (it is rolled back); [`Error::TxnFinished`] if
+    /// it was resolved already; the wal's errors.
+    ///
+    /// # Cancel safety
+    /// Once started, the commit completes in the background.
+    pub async fn commit(&self) -> Result<CommitInfo> {
+        self.shared
+            .commit_prepared(self.id, crate::wal::Ack::Policy)
+            .await
+    }
+
+    /// Rolls it back (durably).
+    ///
+    /// # Errors
+    /// [`Error::TxnFinished`] if it was resolved already; the wal's errors.
+    ///
+    /// # Cancel safety
+    /// Once started, the rollback completes in the background.
+    pub async fn rollback(&self) -> Result<()> {
+        self.shared.rollback_prepared(self.id).await
+    }
+}

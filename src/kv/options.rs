@@ -1,0 +1,247 @@
+//! Options of a store and of its transactions: builders with units in their names, defaults
+//! documented, checked at open.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::platform::IoDriver;
+use crate::wal::{RecoveryMode, SyncPolicy, WalOptions};
+
+/// The largest `max_txn_bytes` accepted: the wal appends one transaction as one atomic batch,
+/// and a batch is at most 1 GiB.
+const MAX_TXN_BYTES_LIMIT: u64 = 1 << 30;
+
+/// Options of a [`Db`](super::Db).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DbOptions {
+    pub(crate) sync_policy: SyncPolicy,
+    pub(crate) recovery_mode: RecoveryMode,
+    pub(crate) lock_timeout: Duration,
+    pub(crate) max_key_bytes: u64,
+    pub(crate) max_value_bytes: u64,
+    pub(crate) max_txn_bytes: u64,
+    pub(crate) max_conflict_history_bytes: u64,
+    pub(crate) default_timeout: Option<Duration>,
+    pub(crate) max_update_attempts: u32,
+    pub(crate) wal_segment_size_bytes: u64,
+    pub(crate) driver: Option<IoDriver>,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions {
+            sync_policy: SyncPolicy::Immediate,
+            recovery_mode: RecoveryMode::default(),
+            lock_timeout: Duration::from_secs(1),
+            max_key_bytes: 32 << 10,
+            max_value_bytes: 16 << 20,
+            max_txn_bytes: 256 << 20,
+            max_conflict_history_bytes: 64 << 20,
+            default_timeout: None,
+            max_update_attempts: 32,
+            wal_segment_size_bytes: 64 << 20,
+            driver: None,
+        }
+    }
+}
+
+impl DbOptions {
+    /// When a commit is acknowledged, for commits that do not choose a [`Durability`]: the wal's
+    /// policy. Default: [`SyncPolicy::Immediate`]: a commit returns once an fdatasync covers it,
+    /// and commits that queue up while a sync runs share the next one (grouped commit).
+    pub fn sync_policy(mut self, policy: SyncPolicy) -> Self {
+        self.sync_policy = policy;
+        self
+    }
+
+    /// What opening does with a damaged wal tail (see [`RecoveryMode`]). Default:
+    /// [`RecoveryMode::TolerateTornTail`].
+    pub fn recovery_mode(mut self, mode: RecoveryMode) -> Self {
+        self.recovery_mode = mode;
+        self
+    }
+
+    /// How long [`Db::open`](super::Db::open) waits for another handle to release the
+    /// directory before it fails with [`Error::Locked`]. Default: 1 s.
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// The largest key accepted ([`Error::TooLarge`] beyond). Default: 32 KiB; accepted:
+    /// 1 B to 16 MiB.
+    pub fn max_key_bytes(mut self, bytes: u64) -> Self {
+        self.max_key_bytes = bytes;
+        self
+    }
+
+    /// The largest value accepted ([`Error::TooLarge`] beyond). Default: 16 MiB; accepted: up
+    /// to `max_txn_bytes`.
+    pub fn max_value_bytes(mut self, bytes: u64) -> Self {
+        self.max_value_bytes = bytes;
+        self
+    }
+
+    /// The largest write set of one transaction, as encoded in its wal record (keys, values and
+    /// 17 bytes per write); a write beyond it fails with [`Error::TooLarge`] and is not taken,
+    /// the transaction stays usable. Default: 256 MiB; accepted: 1 KiB to 1 GiB.
+    pub fn max_txn_bytes(mut self, bytes: u64) -> Self {
+        self.max_txn_bytes = bytes;
+        self
+    }
+
+    /// The memory kept for conflict detection: the keys written by commits newer than the
+    /// oldest active snapshot. When it is full, the oldest commits are forgotten, and a
+    /// transaction whose snapshot is older than what is kept fails its commit with a retryable
+    /// [`Error::Conflict`] ([`ConflictKind::TooOld`](crate::ConflictKind::TooOld)).
+    /// Default: 64 MiB; accepted: at least 64 KiB.
+    pub fn max_conflict_history_bytes(mut self, bytes: u64) -> Self {
+        self.max_conflict_history_bytes = bytes;
+        self
+    }
+
+    /// The timeout of transactions that do not set their own. Default: none.
+    pub fn default_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.default_timeout = timeout.into();
+        self
+    }
+
+    /// How many times [`Db::update`](super::Db::update) runs a transaction that ends in a
+    /// conflict before it gives up with [`Error::RetriesExhausted`]. Default: 32; accepted: 1
+    /// and more. Optimistic transactions on one hot key have one winner per round: with many
+    /// tasks updating the same key, raise it.
+    pub fn max_update_attempts(mut self, attempts: u32) -> Self {
+        self.max_update_attempts = attempts;
+        self
+    }
+
+    /// The size of the wal's segment files. Default: 64 MiB (see
+    /// [`WalOptions::segment_size_bytes`]).
+    pub fn wal_segment_size_bytes(mut self, bytes: u64) -> Self {
+        self.wal_segment_size_bytes = bytes;
+        self
+    }
+
+    /// The I/O executor to use (e.g. one shared by several stores); default: one of its own.
+    pub fn driver(mut self, driver: IoDriver) -> Self {
+        self.driver = Some(driver);
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.max_key_bytes == 0 || self.max_key_bytes > 16 << 20 {
+            return Err(Error::invalid("max_key_bytes", "must be 1 B to 16 MiB"));
+        }
+        if !(1 << 10..=MAX_TXN_BYTES_LIMIT).contains(&self.max_txn_bytes) {
+            return Err(Error::invalid("max_txn_bytes", "must be 1 KiB to 1 GiB"));
+        }
+        if self.max_value_bytes > self.max_txn_bytes {
+            return Err(Error::invalid(
+                "max_value_bytes",
+                "must not exceed max_txn_bytes",
+            ));
+        }
+        if self.max_conflict_history_bytes < 64 << 10 {
+            return Err(Error::invalid(
+                "max_conflict_history_bytes",
+                "must be at least 64 KiB",
+            ));
+        }
+        if self.max_update_attempts == 0 {
+            return Err(Error::invalid("max_update_attempts", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The wal's options: a transaction is one atomic batch of record chunks of at most ~1 MiB
+    /// (plus one write), so the wal's entry and batch bounds follow from the store's.
+    pub(crate) fn wal_options(&self) -> WalOptions {
+        let chunk_max = super::record::CHUNK_BYTES as u64
+            + super::record::HEADER_BYTES as u64
+            + self.max_key_bytes
+            + self.max_value_bytes
+            + super::record::WRITE_OVERHEAD_BYTES as u64;
+        let batch_max = (self.max_txn_bytes + (self.max_txn_bytes >> 4) + (1 << 20))
+            .clamp(64 << 20, MAX_TXN_BYTES_LIMIT);
+        let mut wal = WalOptions::default()
+            .segment_size_bytes(self.wal_segment_size_bytes)
+            .max_entry_bytes(chunk_max)
+            .max_pending_bytes(batch_max)
+            .sync_policy(self.sync_policy)
+            .recovery_mode(self.recovery_mode)
+            .lock_timeout(self.lock_timeout);
+        if let Some(driver) = &self.driver {
+            wal = wal.driver(driver.clone());
+        }
+        wal
+    }
+}
+
+/// The isolation level of a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Isolation {
+    /// Snapshot isolation: reads see the snapshot taken at begin; a commit fails with
+    /// [`Error::Conflict`] if another transaction wrote one of its keys and committed after
+    /// that snapshot (first committer wins). Write skew is possible: two transactions that each
+    /// read what the other writes can both commit (see the [module docs](super)).
+    Snapshot,
+    /// Serializable (the default): snapshot isolation plus, at commit, a check that no key it
+    /// read and no range it scanned was written by a transaction that committed after its
+    /// snapshot. Optimistic: nothing blocks, a conflict is found at commit.
+    #[default]
+    Serializable,
+}
+
+/// How durable one commit is before it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Acknowledged once the record is written to the OS: it survives a crash of the process,
+    /// not of the machine. Under a sync policy that syncs every batch ([`SyncPolicy::Immediate`],
+    /// [`SyncPolicy::Grouped`]) the commit still waits for that sync: `Buffered` only weakens
+    /// [`SyncPolicy::None`] and [`SyncPolicy::Periodic`] stores... it never makes a commit
+    /// wait longer than the policy.
+    Buffered,
+    /// Acknowledged once an fdatasync covers the record, whatever the store's policy.
+    Durable,
+}
+
+/// Options of one transaction ([`Db::begin`](super::Db::begin)).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct TxnOptions {
+    pub(crate) isolation: Isolation,
+    pub(crate) read_only: bool,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) durability: Option<Durability>,
+}
+
+impl TxnOptions {
+    /// The isolation level. Default: [`Isolation::Serializable`].
+    pub fn isolation(mut self, isolation: Isolation) -> Self {
+        self.isolation = isolation;
+        self
+    }
+
+    /// A read-only transaction: writes fail with [`Error::TxnReadOnly`]; it never conflicts.
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
+    /// The time after which the transaction expires: every later call fails with
+    /// [`Error::TxnExpired`] and its snapshot is released. Default: the store's
+    /// [`DbOptions::default_timeout`].
+    pub fn timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.timeout = timeout.into();
+        self
+    }
+
+    /// The durability of its commit. Default: the store's sync policy.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = Some(durability);
+        self
+    }
+}

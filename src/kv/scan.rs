@@ -1,0 +1,369 @@
+//! Scans (`Stream`s) and cursors: the snapshot's entries merged with the transaction's own
+//! writes, in key order either way.
+
+use std::collections::VecDeque;
+use std::ops::Bound;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::Stream;
+
+use super::tree::memtable::KeyValue;
+use super::txn::oracle::ScannedRange;
+use super::txn::{KeyBounds, Txn};
+use crate::error::Result;
+
+/// Entries read from the memtable per step of a scan.
+const SCAN_BATCH: usize = 256;
+
+/// A transaction's own write in a scanned range: a value or a tombstone.
+type OwnWrite = (Bytes, Option<Bytes>);
+
+/// The entries of a key range, in key order (or reversed with [`Scan::rev`]), as a `Stream` of
+/// `Result<(key, value)>`.
+///
+/// It sees the transaction's snapshot plus the transaction's own writes made before its first
+/// poll. Values are `Bytes` shared with the memtable, not copied. It holds no lock between
+/// polls; dropping it releases everything it holds. In a serializable transaction the whole
+/// range counts as read (a write committed into it after the snapshot is a conflict at commit),
+/// however much of it is consumed. After the transaction's timeout it yields
+/// [`Error::TxnExpired`](crate::Error::TxnExpired), then ends.
+pub struct Scan {
+    txn: Txn,
+    bucket: u64,
+    bounds: KeyBounds,
+    reverse: bool,
+    started: bool,
+    /// The last key passed: the next batch starts after it.
+    position: Option<Bytes>,
+    buffer: VecDeque<KeyValue>,
+    own: Vec<OwnWrite>,
+    own_next: usize,
+    done: bool,
+}
+
+impl std::fmt::Debug for Scan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scan")
+            .field("bucket", &self.bucket)
+            .field("bounds", &self.bounds)
+            .field("reverse", &self.reverse)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Scan {
+    pub(crate) fn new(txn: Txn, bucket: u64, bounds: KeyBounds) -> Scan {
+        Scan {
+            txn,
+            bucket,
+            bounds,
+            reverse: false,
+            started: false,
+            position: None,
+            buffer: VecDeque::new(),
+            own: Vec::new(),
+            own_next: 0,
+            done: false,
+        }
+    }
+
+    /// The same range in descending key order. Call it before consuming the scan: it starts
+    /// over from the range's end.
+    pub fn rev(mut self) -> Scan {
+        self.reverse = !self.reverse;
+        self.started = false;
+        self.position = None;
+        self.buffer.clear();
+        self.done = false;
+        self
+    }
+
+    /// The next entry, without waiting (the memtable is in memory).
+    pub(crate) fn next_entry(&mut self) -> Option<Result<KeyValue>> {
+        loop {
+            if let Some(kv) = self.buffer.pop_front() {
+                return Some(Ok(kv));
+            }
+            if self.done {
+                return None;
+            }
+            if let Err(e) = self.fill() {
+                self.done = true;
+                return Some(Err(e));
+            }
+        }
+    }
+
+    fn start(&mut self) -> Result<()> {
+        let state = self.txn.live()?;
+        let (lower, upper) = (as_ref(&self.bounds.0), as_ref(&self.bounds.1));
+        let mut own: Vec<OwnWrite> = state
+            .writes
+            .get(&self.bucket)
+            .map(|w| {
+                w.range::<[u8], _>((lower, upper))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        drop(state);
+        if self.reverse {
+            own.reverse();
+        }
+        self.own = own;
+        self.own_next = 0;
+        self.started = true;
+        self.txn.record_range(ScannedRange {
+            bucket: self.bucket,
+            lower: self.bounds.0.clone(),
+            upper: self.bounds.1.clone(),
+        });
+        Ok(())
+    }
+
+    fn fill(&mut self) -> Result<()> {
+        if !self.started {
+            self.start()?;
+        } else {
+            drop(self.txn.live()?);
+        }
+        let (start, end) = if self.reverse {
+            (&self.bounds.1, &self.bounds.0)
+        } else {
+            (&self.bounds.0, &self.bounds.1)
+        };
+        let from = match &self.position {
+            Some(p) => Bound::Excluded(&p[..]),
+            None => as_ref(start),
+        };
+        let inner = &self.txn.inner;
+        let memtable = &inner.db.memtable;
+        let (batch, more) = if self.reverse {
+            memtable.scan_backward(self.bucket, from, as_ref(end), inner.snapshot, SCAN_BATCH)
+        } else {
+            memtable.scan_forward(self.bucket, from, as_ref(end), inner.snapshot, SCAN_BATCH)
+        };
+        let limit = if more {
+            batch.last().map(|(k, _)| k.clone())
+        } else {
+            None
+        };
+        let reverse = self.reverse;
+        let before = |a: &[u8], b: &[u8]| if reverse { a > b } else { a < b };
+        let mut mem = batch.into_iter().peekable();
+        loop {
+            let own = self
+                .own
+                .get(self.own_next)
+                .filter(|(k, _)| limit.as_ref().is_none_or(|l| k == l || before(k, l)));
+            match (mem.peek(), own) {
+                (None, None) => break,
+                (Some((mk, _)), Some((ok, ov))) if mk == ok => {
+                    if let Some(v) = ov {
+                        self.buffer.push_back((ok.clone(), v.clone()));
+                    }
+                    mem.next();
+                    self.own_next += 1;
+                }
+                (Some((mk, _)), Some((ok, ov))) if before(ok, mk) => {
+                    if let Some(v) = ov {
+                        self.buffer.push_back((ok.clone(), v.clone()));
+                    }
+                    self.own_next += 1;
+                }
+                (Some(_), _) => self.buffer.extend(mem.next()),
+                (None, Some((ok, ov))) => {
+                    if let Some(v) = ov {
+                        self.buffer.push_back((ok.clone(), v.clone()));
+                    }
+                    self.own_next += 1;
+                }
+            }
+        }
+        match limit {
+            Some(l) => self.position = Some(l),
+            None => self.done = true,
+        }
+        Ok(())
+    }
+}
+
+impl Stream for Scan {
+    type Item = Result<(Bytes, Bytes)>;
+
+    fn poll_next(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Poll::Ready(self.get_mut().next_entry())
+    }
+}
+
+fn as_ref(b: &Bound<Bytes>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(k) => Bound::Included(&k[..]),
+        Bound::Excluded(k) => Bound::Excluded(&k[..]),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// A cursor over the keys of one bucket (or of the root keyspace), as in BoltDB: move to the
+/// `first`, `last` or a `seek`ed key, then `next` or `prev`. Each move returns the entry it
+/// lands on, or `None` past either end.
+///
+/// It sees the transaction's snapshot plus the transaction's own writes as they are at each
+/// move. In a serializable transaction each move counts the keys it passed over as read.
+/// Nested buckets are not entries of their parent: list them with `buckets()`.
+#[derive(Debug)]
+pub struct Cursor {
+    txn: Txn,
+    bucket: u64,
+    current: Option<Bytes>,
+}
+
+impl Cursor {
+    pub(crate) fn new(txn: Txn, bucket: u64) -> Cursor {
+        Cursor {
+            txn,
+            bucket,
+            current: None,
+        }
+    }
+
+    /// Moves to the first entry.
+    ///
+    /// # Errors
+    /// [`Error::TxnExpired`](crate::Error::TxnExpired) /
+    /// [`Error::TxnFinished`](crate::Error::TxnFinished).
+    ///
+    /// # Cancel safety
+    /// Safe: a move reads only.
+    pub async fn first(&mut self) -> Result<Option<(Bytes, Bytes)>> {
+        self.step(Bound::Unbounded, false)
+    }
+
+    /// Moves to the last entry.
+    ///
+    /// # Errors
+    /// As [`Cursor::first`].
+    ///
+    /// # Cancel safety
+    /// Safe: a move reads only.
+    pub async fn last(&mut self) -> Result<Option<(Bytes, Bytes)>> {
+        self.step(Bound::Unbounded, true)
+    }
+
+    /// Moves to the first entry whose key is at or after `key`.
+    ///
+    /// # Errors
+    /// As [`Cursor::first`].
+    ///
+    /// # Cancel safety
+    /// Safe: a move reads only.
+    pub async fn seek(&mut self, key: impl AsRef<[u8]>) -> Result<Option<(Bytes, Bytes)>> {
+        let key = Bytes::copy_from_slice(key.as_ref());
+        self.step(Bound::Included(key), false)
+    }
+
+    /// Moves to the next entry (the first one if the cursor has not moved yet).
+    ///
+    /// # Errors
+    /// As [`Cursor::first`].
+    ///
+    /// # Cancel safety
+    /// Safe: a move reads only.
+    pub async fn next(&mut self) -> Result<Option<(Bytes, Bytes)>> {
+        let from = self
+            .current
+            .clone()
+            .map_or(Bound::Unbounded, Bound::Excluded);
+        self.step(from, false)
+    }
+
+    /// Moves to the previous entry (the last one if the cursor has not moved yet).
+    ///
+    /// # Errors
+    /// As [`Cursor::first`].
+    ///
+    /// # Cancel safety
+    /// Safe: a move reads only.
+    pub async fn prev(&mut self) -> Result<Option<(Bytes, Bytes)>> {
+        let from = self
+            .current
+            .clone()
+            .map_or(Bound::Unbounded, Bound::Excluded);
+        self.step(from, true)
+    }
+
+    fn step(&mut self, from: Bound<Bytes>, reverse: bool) -> Result<Option<KeyValue>> {
+        let found = self.find(from.clone(), reverse)?;
+        // What this move read: from its start to the entry it found (or the end).
+        let to = found
+            .as_ref()
+            .map_or(Bound::Unbounded, |(k, _)| Bound::Included(k.clone()));
+        let (lower, upper) = if reverse { (to, from) } else { (from, to) };
+        self.txn.record_range(ScannedRange {
+            bucket: self.bucket,
+            lower,
+            upper,
+        });
+        if let Some((k, _)) = &found {
+            self.current = Some(k.clone());
+        }
+        Ok(found)
+    }
+
+    fn find(&self, mut from: Bound<Bytes>, reverse: bool) -> Result<Option<KeyValue>> {
+        let inner = &self.txn.inner;
+        loop {
+            let own = {
+                let state = self.txn.live()?;
+                state.writes.get(&self.bucket).and_then(|w| {
+                    let mut range = if reverse {
+                        w.range::<[u8], _>((Bound::Unbounded, as_ref(&from)))
+                    } else {
+                        w.range::<[u8], _>((as_ref(&from), Bound::Unbounded))
+                    };
+                    let next = if reverse {
+                        range.next_back()
+                    } else {
+                        range.next()
+                    };
+                    next.map(|(k, v)| (k.clone(), v.clone()))
+                })
+            };
+            let memtable = &inner.db.memtable;
+            let (mem, _) = if reverse {
+                memtable.scan_backward(
+                    self.bucket,
+                    as_ref(&from),
+                    Bound::Unbounded,
+                    inner.snapshot,
+                    1,
+                )
+            } else {
+                memtable.scan_forward(
+                    self.bucket,
+                    as_ref(&from),
+                    Bound::Unbounded,
+                    inner.snapshot,
+                    1,
+                )
+            };
+            let mem = mem.into_iter().next();
+            let own_first = match (&mem, &own) {
+                (_, None) => return Ok(mem),
+                (None, Some(_)) => true,
+                (Some((mk, _)), Some((ok, _))) => ok == mk || ((ok < mk) != reverse),
+            };
+            if !own_first {
+                return Ok(mem);
+            }
+            let (key, value) = own.expect("own write present");
+            match value {
+                Some(v) => return Ok(Some((key, v))),
+                // Deleted by this transaction: look past it.
+                None => from = Bound::Excluded(key),
+            }
+        }
+    }
+}

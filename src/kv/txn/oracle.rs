@@ -1,0 +1,516 @@
+//! The oracle: snapshots, validation, commit sequence numbers and the visibility watermark.
+//!
+//! Everything here runs in one short critical section per call (a `std` mutex, never held
+//! across an await):
+//! - `begin` reads the watermark and registers the snapshot, so that the conflict history is
+//!   never collected above a snapshot still in use;
+//! - `validate_and_assign` checks a commit against the keys written by commits newer than its
+//!   snapshot (and against keys held by prepared transactions), then takes the next seq and
+//!   records the commit's keys;
+//! - `publish` marks a seq finished (applied, or abandoned after a failed append) and advances
+//!   the watermark over every finished seq in order, so that a snapshot never sees commit N+1
+//!   without commit N.
+//!
+//! The conflict history holds, per key, the seq of the newest commit that wrote it, for commits
+//! newer than the oldest active snapshot; it is bounded by bytes: past the bound the oldest
+//! commits are forgotten and `floor` rises, and a transaction whose snapshot is below `floor`
+//! cannot be validated ([`ConflictKind::TooOld`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::error::ConflictKind;
+
+/// A key of a bucket: `(bucket id, user key)`.
+pub(crate) type BucketKey = (u64, Bytes);
+
+/// Bytes a key costs in the history beyond its own length.
+const HISTORY_KEY_OVERHEAD: u64 = 64;
+
+/// A range of a bucket a transaction scanned.
+#[derive(Debug, Clone)]
+pub(crate) struct ScannedRange {
+    pub(crate) bucket: u64,
+    pub(crate) lower: Bound<Bytes>,
+    pub(crate) upper: Bound<Bytes>,
+}
+
+impl ScannedRange {
+    fn contains(&self, bucket: u64, key: &[u8]) -> bool {
+        bucket == self.bucket
+            && match &self.lower {
+                Bound::Included(l) => key >= &l[..],
+                Bound::Excluded(l) => key > &l[..],
+                Bound::Unbounded => true,
+            }
+            && match &self.upper {
+                Bound::Included(u) => key <= &u[..],
+                Bound::Excluded(u) => key < &u[..],
+                Bound::Unbounded => true,
+            }
+    }
+
+    fn history_range(&self) -> (Bound<BucketKey>, Bound<BucketKey>) {
+        let lower = match &self.lower {
+            Bound::Included(l) => Bound::Included((self.bucket, l.clone())),
+            Bound::Excluded(l) => Bound::Excluded((self.bucket, l.clone())),
+            Bound::Unbounded => Bound::Included((self.bucket, Bytes::new())),
+        };
+        let upper = match &self.upper {
+            Bound::Included(u) => Bound::Included((self.bucket, u.clone())),
+            Bound::Excluded(u) => Bound::Excluded((self.bucket, u.clone())),
+            Bound::Unbounded => match self.bucket.checked_add(1) {
+                Some(next) => Bound::Excluded((next, Bytes::new())),
+                None => Bound::Unbounded,
+            },
+        };
+        (lower, upper)
+    }
+}
+
+/// What a commit asks the oracle to check.
+pub(crate) struct CommitCheck<'a> {
+    pub(crate) snapshot: u64,
+    /// Keys read (serializable), plus the catalog keys of buckets written into (both levels).
+    pub(crate) reads: &'a [BucketKey],
+    /// Ranges scanned (serializable).
+    pub(crate) ranges: &'a [ScannedRange],
+    /// The prepared transaction committing now (its own holds do not conflict with it).
+    pub(crate) own_hold: Option<u64>,
+}
+
+/// Why a check failed: the kind and the key.
+pub(crate) type Refusal = (ConflictKind, BucketKey);
+
+/// Keys and ranges a prepared transaction holds until it commits or rolls back.
+#[derive(Debug, Default)]
+struct Hold {
+    keys: Vec<BucketKey>,
+    ranges: Vec<ScannedRange>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The last seq assigned.
+    last_seq: u64,
+    /// The watermark: every seq at or below it is finished.
+    visible: u64,
+    /// Finished seqs above the watermark.
+    finished: BTreeSet<u64>,
+    /// Per key, the newest seq that wrote it.
+    history: BTreeMap<BucketKey, u64>,
+    /// The commits recorded in `history`, in seq order, for collection.
+    log: VecDeque<(u64, Vec<BucketKey>)>,
+    history_bytes: u64,
+    /// Commits at or below it are no longer in the history.
+    floor: u64,
+    /// Active snapshots: (snapshot, txn id) → deadline.
+    snapshots: BTreeMap<(u64, u64), Option<Instant>>,
+    /// Keys held by prepared transactions: key → txn id.
+    held: HashMap<BucketKey, u64>,
+    /// Every prepared transaction's holds, by txn id.
+    holds: HashMap<u64, Hold>,
+}
+
+/// See the module docs.
+pub(crate) struct Oracle {
+    state: Mutex<State>,
+    visible: AtomicU64,
+    published: Notify,
+    max_history_bytes: u64,
+}
+
+impl Oracle {
+    /// An oracle whose every seq up to `last_seq` is committed and visible.
+    pub(crate) fn new(last_seq: u64, max_history_bytes: u64) -> Oracle {
+        Oracle {
+            state: Mutex::new(State {
+                last_seq,
+                visible: last_seq,
+                floor: last_seq,
+                ..State::default()
+            }),
+            visible: AtomicU64::new(last_seq),
+            published: Notify::new(),
+            max_history_bytes,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock would be a bug in this module; the state is kept
+        // consistent at every return, so a poisoned lock is taken as is.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The watermark: every commit at or below it is visible.
+    pub(crate) fn visible(&self) -> u64 {
+        self.visible.load(Ordering::Acquire)
+    }
+
+    /// The last seq assigned (visible or not yet).
+    pub(crate) fn last_assigned(&self) -> u64 {
+        self.lock().last_seq
+    }
+
+    /// Takes a snapshot at the watermark and registers it under `txn_id`.
+    pub(crate) fn begin(&self, txn_id: u64, deadline: Option<Instant>) -> u64 {
+        let mut s = self.lock();
+        let snapshot = s.visible;
+        s.snapshots.insert((snapshot, txn_id), deadline);
+        snapshot
+    }
+
+    /// Releases a snapshot (commit, rollback, expiry or drop). Idempotent.
+    pub(crate) fn release(&self, snapshot: u64, txn_id: u64) {
+        let mut s = self.lock();
+        if s.snapshots.remove(&(snapshot, txn_id)).is_some() {
+            self.collect(&mut s);
+        }
+    }
+
+    /// Validates a commit and, if it passes, assigns its seq and records its written keys.
+    pub(crate) fn validate_and_assign(
+        &self,
+        check: CommitCheck<'_>,
+        written: Vec<BucketKey>,
+    ) -> Result<u64, Refusal> {
+        let mut s = self.lock();
+        Self::validate(&s, check, &written)?;
+        s.last_seq += 1;
+        let seq = s.last_seq;
+        self.record(&mut s, seq, written);
+        Ok(seq)
+    }
+
+    /// Validates a prepare and, if it passes, holds under `txn_id` the keys it writes and the
+    /// keys and ranges it read (`held_reads`, `held_ranges`), in the same critical section.
+    pub(crate) fn validate_and_hold(
+        &self,
+        check: CommitCheck<'_>,
+        mut written: Vec<BucketKey>,
+        held_reads: &[BucketKey],
+        held_ranges: &[ScannedRange],
+        txn_id: u64,
+    ) -> Result<(), Refusal> {
+        let mut s = self.lock();
+        Self::validate(&s, check, &written)?;
+        written.extend_from_slice(held_reads);
+        Self::hold_locked(&mut s, txn_id, written, held_ranges.to_vec());
+        Ok(())
+    }
+
+    /// Holds keys for a prepared transaction restored by recovery.
+    pub(crate) fn hold(&self, txn_id: u64, keys: Vec<BucketKey>) {
+        let mut s = self.lock();
+        Self::hold_locked(&mut s, txn_id, keys, Vec::new());
+    }
+
+    fn hold_locked(s: &mut State, txn_id: u64, keys: Vec<BucketKey>, ranges: Vec<ScannedRange>) {
+        for k in &keys {
+            s.held.insert(k.clone(), txn_id);
+        }
+        let hold = s.holds.entry(txn_id).or_default();
+        hold.keys.extend(keys);
+        hold.ranges.extend(ranges);
+    }
+
+    /// Releases a prepared transaction's holds (after its commit was assigned, or rollback).
+    pub(crate) fn unhold(&self, txn_id: u64) {
+        let mut s = self.lock();
+        if let Some(hold) = s.holds.remove(&txn_id) {
+            for k in hold.keys {
+                if s.held.get(&k) == Some(&txn_id) {
+                    s.held.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// Assigns the seq of a prepared transaction's commit (validated at prepare; its keys were
+    /// held since) and releases its holds.
+    pub(crate) fn assign_prepared(&self, txn_id: u64, written: Vec<BucketKey>) -> u64 {
+        let mut s = self.lock();
+        s.last_seq += 1;
+        let seq = s.last_seq;
+        self.record(&mut s, seq, written);
+        drop(s);
+        self.unhold(txn_id);
+        seq
+    }
+
+    fn validate(s: &State, check: CommitCheck<'_>, written: &[BucketKey]) -> Result<(), Refusal> {
+        let newer = |key: &BucketKey| s.history.get(key).is_some_and(|&seq| seq > check.snapshot);
+        let too_old = check.snapshot < s.floor;
+        for key in written {
+            if too_old {
+                return Err((ConflictKind::TooOld, key.clone()));
+            }
+            if newer(key) {
+                return Err((ConflictKind::WriteWrite, key.clone()));
+            }
+        }
+        for key in written {
+            if let Some(&holder) = s.held.get(key)
+                && Some(holder) != check.own_hold
+            {
+                return Err((ConflictKind::Prepared, key.clone()));
+            }
+            for (&id, hold) in &s.holds {
+                if Some(id) != check.own_hold
+                    && hold.ranges.iter().any(|r| r.contains(key.0, &key.1))
+                {
+                    return Err((ConflictKind::Prepared, key.clone()));
+                }
+            }
+        }
+        for key in check.reads {
+            if too_old {
+                return Err((ConflictKind::TooOld, key.clone()));
+            }
+            if newer(key) {
+                return Err((ConflictKind::ReadWrite, key.clone()));
+            }
+        }
+        for range in check.ranges {
+            if too_old {
+                return Err((ConflictKind::TooOld, (range.bucket, Bytes::new())));
+            }
+            let hit = s
+                .history
+                .range(range.history_range())
+                .find(|(_, seq)| **seq > check.snapshot);
+            if let Some((key, _)) = hit {
+                return Err((ConflictKind::Phantom, key.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    fn record(&self, s: &mut State, seq: u64, written: Vec<BucketKey>) {
+        for key in &written {
+            s.history_bytes += key.1.len() as u64 + HISTORY_KEY_OVERHEAD;
+            s.history.insert(key.clone(), seq);
+        }
+        s.log.push_back((seq, written));
+        self.collect(s);
+    }
+
+    /// Forgets the commits no active snapshot needs, then the oldest ones while the history is
+    /// over its byte bound (raising `floor`). Expired snapshots are released here.
+    fn collect(&self, s: &mut State) {
+        let now = Instant::now();
+        while let Some((&(snapshot, id), &deadline)) = s.snapshots.iter().next() {
+            if deadline.is_some_and(|d| d <= now) {
+                s.snapshots.remove(&(snapshot, id));
+            } else {
+                break;
+            }
+        }
+        let oldest = s
+            .snapshots
+            .keys()
+            .find(|_| true)
+            .map_or(s.visible, |&(snapshot, _)| snapshot);
+        while let Some((seq, _)) = s.log.front() {
+            let needed = *seq > oldest;
+            if needed && s.history_bytes <= self.max_history_bytes {
+                break;
+            }
+            let (seq, keys) = s.log.pop_front().expect("front exists");
+            for key in keys {
+                s.history_bytes -= key.1.len() as u64 + HISTORY_KEY_OVERHEAD;
+                if s.history.get(&key) == Some(&seq) {
+                    s.history.remove(&key);
+                }
+            }
+            s.floor = s.floor.max(seq);
+        }
+        if s.log.is_empty() {
+            s.floor = s.floor.max(oldest.min(s.last_seq));
+        }
+    }
+
+    /// Marks `seq` finished (its writes are in the memtable, or its append failed and it never
+    /// will be) and advances the watermark over every finished seq in order.
+    pub(crate) fn publish(&self, seq: u64) {
+        let mut s = self.lock();
+        s.finished.insert(seq);
+        let mut advanced = false;
+        while s.finished.first() == Some(&(s.visible + 1)) {
+            s.finished.pop_first();
+            s.visible += 1;
+            advanced = true;
+        }
+        if advanced {
+            self.visible.store(s.visible, Ordering::Release);
+            self.collect(&mut s);
+            drop(s);
+            self.published.notify_waiters();
+        }
+    }
+
+    /// Waits until the watermark reaches `seq`.
+    pub(crate) async fn wait_visible(&self, seq: u64) {
+        loop {
+            let notified = self.published.notified();
+            if self.visible() >= seq {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Figures for `Db::stats`.
+    pub(crate) fn figures(&self) -> OracleFigures {
+        let s = self.lock();
+        OracleFigures {
+            last_seq: s.last_seq,
+            visible: s.visible,
+            active_snapshots: s.snapshots.len() as u64,
+            oldest_snapshot: s.snapshots.keys().next().map(|&(snap, _)| snap),
+            history_keys: s.history.len() as u64,
+            history_bytes: s.history_bytes,
+            history_floor: s.floor,
+            prepared: s.holds.len() as u64,
+        }
+    }
+}
+
+/// The oracle's figures.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OracleFigures {
+    pub(crate) last_seq: u64,
+    pub(crate) visible: u64,
+    pub(crate) active_snapshots: u64,
+    pub(crate) oldest_snapshot: Option<u64>,
+    pub(crate) history_keys: u64,
+    pub(crate) history_bytes: u64,
+    pub(crate) history_floor: u64,
+    pub(crate) prepared: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(k: &str) -> BucketKey {
+        (0, Bytes::copy_from_slice(k.as_bytes()))
+    }
+
+    fn commit(o: &Oracle, snapshot: u64, writes: &[&str], reads: &[&str]) -> Result<u64, Refusal> {
+        let w: Vec<BucketKey> = writes.iter().map(|k| key(k)).collect();
+        let r: Vec<BucketKey> = reads.iter().map(|k| key(k)).collect();
+        o.validate_and_assign(
+            CommitCheck {
+                snapshot,
+                reads: &r,
+                ranges: &[],
+                own_hold: None,
+            },
+            w.clone(),
+        )
+    }
+
+    #[test]
+    fn first_committer_wins_and_reads_are_validated() {
+        let o = Oracle::new(0, 1 << 20);
+        let s1 = o.begin(1, None);
+        let s2 = o.begin(2, None);
+        assert_eq!(commit(&o, s1, &["x"], &[]), Ok(1));
+        assert_eq!(
+            commit(&o, s2, &["x"], &[]).unwrap_err().0,
+            ConflictKind::WriteWrite
+        );
+        assert_eq!(
+            commit(&o, s2, &["y"], &["x"]).unwrap_err().0,
+            ConflictKind::ReadWrite
+        );
+        assert_eq!(commit(&o, s2, &["y"], &["z"]), Ok(2));
+    }
+
+    #[test]
+    fn the_watermark_advances_in_seq_order() {
+        let o = Oracle::new(10, 1 << 20);
+        let a = commit(&o, 10, &["a"], &[]).unwrap();
+        let b = commit(&o, 10, &["b"], &[]).unwrap();
+        o.publish(b);
+        assert_eq!(o.visible(), 10, "commit 12 is not visible before commit 11");
+        o.publish(a);
+        assert_eq!(o.visible(), 12);
+    }
+
+    #[test]
+    fn history_is_collected_below_the_oldest_snapshot_and_bounded() {
+        let o = Oracle::new(0, 1 << 20);
+        let old = o.begin(1, None);
+        for i in 0..100 {
+            let seq = commit(&o, o.visible(), &[&format!("k{i}")], &[]).unwrap();
+            o.publish(seq);
+        }
+        assert_eq!(o.figures().history_keys, 100, "kept for the snapshot at 0");
+        o.release(old, 1);
+        assert_eq!(o.figures().history_keys, 0);
+
+        let small = Oracle::new(0, 64 << 10);
+        let snap = small.begin(1, None);
+        for i in 0..2000 {
+            let seq = commit(&small, small.visible(), &[&format!("key-{i:06}")], &[]).unwrap();
+            small.publish(seq);
+        }
+        let f = small.figures();
+        assert!(f.history_bytes <= 64 << 10, "{}", f.history_bytes);
+        assert!(f.history_floor > 0);
+        assert_eq!(
+            commit(&small, snap, &["new"], &[]).unwrap_err().0,
+            ConflictKind::TooOld
+        );
+    }
+
+    #[test]
+    fn expired_snapshots_do_not_hold_history() {
+        let o = Oracle::new(0, 1 << 20);
+        o.begin(1, Some(Instant::now()));
+        let seq = commit(&o, 0, &["a"], &[]).unwrap();
+        o.publish(seq);
+        assert_eq!(o.figures().history_keys, 0);
+        assert_eq!(o.figures().active_snapshots, 0);
+    }
+
+    #[test]
+    fn prepared_holds_refuse_conflicting_commits() {
+        let o = Oracle::new(0, 1 << 20);
+        let w = vec![key("x")];
+        o.validate_and_hold(
+            CommitCheck {
+                snapshot: 0,
+                reads: &[],
+                ranges: &[],
+                own_hold: None,
+            },
+            w.clone(),
+            &[],
+            &[],
+            7,
+        )
+        .unwrap();
+        assert_eq!(
+            commit(&o, 0, &["x"], &[]).unwrap_err().0,
+            ConflictKind::Prepared
+        );
+        let seq = o.assign_prepared(7, w);
+        assert_eq!(seq, 1);
+        assert_eq!(
+            commit(&o, 0, &["x"], &[]).unwrap_err().0,
+            ConflictKind::WriteWrite
+        );
+        assert!(commit(&o, 1, &["x"], &[]).is_ok());
+    }
+}
