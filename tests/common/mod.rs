@@ -1,4 +1,5 @@
 //! Helpers shared by the integration tests: one test body, run on each I/O backend.
+//! `elle` checks recorded transaction histories for isolation anomalies.
 
 #![allow(
     dead_code,
@@ -7,6 +8,8 @@
 )]
 
 use ringtide::platform::{Backend, DriverOptions, IoDriver};
+
+pub mod elle;
 
 /// The segment files of a log directory, in log order.
 pub fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
