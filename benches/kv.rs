@@ -1,0 +1,124 @@
+//! Criterion benches of the key-value store's paths, one task at a time: a point read in a
+//! read-only transaction, a range read of 10, a single-put commit with `SyncPolicy::None` (the
+//! CPU cost of the commit path, no fsync) and with the default `Immediate` (one fdatasync each),
+//! over 100k keys of 24 bytes with 150-byte values (the redb benchmark's shapes).
+//!
+//! Run: `cargo bench --bench kv`. The comparison against other engines is in `compare/`.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use futures::StreamExt;
+use ringtide::kv::{Db, DbOptions, TxnOptions};
+use ringtide::wal::SyncPolicy;
+
+const KEYS: u64 = 100_000;
+
+fn key(i: u64) -> Bytes {
+    // 24 bytes, spread over the keyspace by a multiplicative hash.
+    let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut k = Vec::with_capacity(24);
+    k.extend_from_slice(&h.to_be_bytes());
+    k.extend_from_slice(&i.to_be_bytes());
+    k.extend_from_slice(&(!h).to_be_bytes());
+    Bytes::from(k)
+}
+
+fn bench_kv(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary directory");
+    let value = Bytes::from(vec![0x5a; 150]);
+    let db = runtime.block_on(async {
+        let db = Db::open(
+            dir.path().join("none"),
+            DbOptions::default().sync_policy(SyncPolicy::None),
+        )
+        .await
+        .expect("open");
+        let txn = db.begin(TxnOptions::default()).expect("begin");
+        for i in 0..KEYS {
+            txn.put(key(i), value.clone()).expect("put");
+        }
+        txn.commit().await.expect("bulk load");
+        db
+    });
+
+    let mut group = c.benchmark_group("kv");
+    group.throughput(Throughput::Elements(1));
+    let next = AtomicU64::new(0);
+    group.bench_function("get (read-only txn per read)", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    let i = next.fetch_add(7919, Ordering::Relaxed) % KEYS;
+                    let txn = db.begin(TxnOptions::default().read_only(true)).expect("begin");
+                    black_box(txn.get(key(i)).await.expect("get").expect("present"));
+                }
+                started.elapsed()
+            })
+        });
+    });
+    group.bench_function("range of 10 (read-only txn per range)", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    let i = next.fetch_add(7919, Ordering::Relaxed) % KEYS;
+                    let txn = db.begin(TxnOptions::default().read_only(true)).expect("begin");
+                    black_box(txn.scan(key(i)..).take(10).count().await);
+                }
+                started.elapsed()
+            })
+        });
+    });
+    group.bench_function("single-put commit, SyncPolicy::None", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    let i = KEYS + next.fetch_add(1, Ordering::Relaxed);
+                    let txn = db.begin(TxnOptions::default()).expect("begin");
+                    txn.put(key(i), value.clone()).expect("put");
+                    black_box(txn.commit().await.expect("commit"));
+                }
+                started.elapsed()
+            })
+        });
+    });
+    let durable = runtime.block_on(async {
+        Db::open(dir.path().join("immediate"), DbOptions::default())
+            .await
+            .expect("open")
+    });
+    group.sample_size(20);
+    group.bench_function("single-put commit, Immediate (fdatasync)", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let txn = durable.begin(TxnOptions::default()).expect("begin");
+                    txn.put(key(i), value.clone()).expect("put");
+                    black_box(txn.commit().await.expect("commit"));
+                }
+                started.elapsed()
+            })
+        });
+    });
+    group.finish();
+    runtime.block_on(async {
+        db.close().await.expect("close");
+        durable.close().await.expect("close");
+    });
+}
+
+criterion_group!(benches, bench_kv);
+criterion_main!(benches);
