@@ -1,7 +1,8 @@
 //! ringtide's write-ahead log against okaywal, fjall and redb, all in one process run so that the
 //! ratios are comparable. Prints markdown tables to stdout.
 //!
-//! Run: `cargo bench --manifest-path compare/Cargo.toml` (from the repository root).
+//! Run: `cargo bench --manifest-path compare/Cargo.toml --bench wal_compare` (from the repository
+//! root).
 //! `COMPARE_SECS` sets the measured time of each row (default 3 s, after a 0.5 s warm-up);
 //! `COMPARE_READ_MB` sets the size of the read-back log (default 1024 MiB, the size the goal names).
 //! `COMPARE_ONLY=open-read` runs only the rows of opening a small log and of random reads.
