@@ -64,6 +64,9 @@
 //! compaction) comes next, without a change to this API.
 
 mod bucket;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz;
 mod options;
 mod record;
 mod recovery;

@@ -14,8 +14,10 @@ use super::txn::oracle::ScannedRange;
 use super::txn::{KeyBounds, Txn};
 use crate::error::Result;
 
-/// Entries read from the memtable per step of a scan.
-const SCAN_BATCH: usize = 256;
+/// Entries read from the memtable by a scan's first step; each step doubles it, up to
+/// [`MAX_BATCH`]: a short range read does not pay for a long one.
+const FIRST_BATCH: usize = 8;
+const MAX_BATCH: usize = 256;
 
 /// A transaction's own write in a scanned range: a value or a tombstone.
 type OwnWrite = (Bytes, Option<Bytes>);
@@ -40,6 +42,7 @@ pub struct Scan {
     buffer: VecDeque<KeyValue>,
     own: Vec<OwnWrite>,
     own_next: usize,
+    batch: usize,
     done: bool,
 }
 
@@ -65,6 +68,7 @@ impl Scan {
             buffer: VecDeque::new(),
             own: Vec::new(),
             own_next: 0,
+            batch: FIRST_BATCH,
             done: false,
         }
     }
@@ -76,6 +80,7 @@ impl Scan {
         self.started = false;
         self.position = None;
         self.buffer.clear();
+        self.batch = FIRST_BATCH;
         self.done = false;
         self
     }
@@ -140,10 +145,12 @@ impl Scan {
         };
         let inner = &self.txn.inner;
         let memtable = &inner.db.memtable;
+        let limit = self.batch;
+        self.batch = (self.batch * 2).min(MAX_BATCH);
         let (batch, more) = if self.reverse {
-            memtable.scan_backward(self.bucket, from, as_ref(end), inner.snapshot, SCAN_BATCH)
+            memtable.scan_backward(self.bucket, from, as_ref(end), inner.snapshot, limit)
         } else {
-            memtable.scan_forward(self.bucket, from, as_ref(end), inner.snapshot, SCAN_BATCH)
+            memtable.scan_forward(self.bucket, from, as_ref(end), inner.snapshot, limit)
         };
         let limit = if more {
             batch.last().map(|(k, _)| k.clone())

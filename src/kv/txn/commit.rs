@@ -5,12 +5,14 @@
 //! wal's fdatasyncs; (3) insert the writes into the memtable; (4) publish the seq: the
 //! watermark advances in seq order; (5) acknowledge once the watermark covers the seq.
 //!
-//! Steps 2–5 run in a task of their own: once a commit has its seq, dropping the `commit`
-//! future does not stop it, so the watermark can never be left waiting for a seq that nobody
-//! finishes.
+//! Steps 2–5 run to their end even if the caller is dropped (`run_detached`: polled inline,
+//! handed to a task only if the caller goes away first): once a commit has its seq, the
+//! watermark can never be left waiting for a seq that nobody finishes.
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -355,16 +357,43 @@ async fn finish(
     .await
 }
 
-/// Runs `work` in a task of its own and waits for it: dropping the caller does not stop it.
-async fn run_detached<F>(work: F) -> Result<()>
+/// Runs `work` to its end even if the caller is dropped: polled inline (no task switch in the
+/// common case); if the caller is dropped first, what is left of it is handed to a task.
+fn run_detached<F>(work: F) -> Detached
 where
     F: Future<Output = Result<()>> + Send + 'static,
 {
-    match tokio::spawn(work).await {
-        Ok(result) => result,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        // The runtime is shutting down.
-        Err(_) => Err(Error::Closed),
+    Detached {
+        work: Some(Box::pin(work)),
+        runtime: tokio::runtime::Handle::current(),
+    }
+}
+
+/// See [`run_detached`].
+struct Detached {
+    work: Option<Pin<Box<dyn Future<Output = Result<()>> + Send>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Future for Detached {
+    type Output = Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let work = self.work.as_mut().expect("polled after completion");
+        let result = std::task::ready!(work.as_mut().poll(cx));
+        self.work = None;
+        Poll::Ready(result)
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if let Some(work) = self.work.take() {
+            self.runtime.spawn(async move {
+                // Its caller is gone: the outcome is learned from the store.
+                let _ = work.await;
+            });
+        }
     }
 }
 

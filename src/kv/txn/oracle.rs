@@ -171,7 +171,9 @@ impl Oracle {
     /// Releases a snapshot (commit, rollback, expiry or drop). Idempotent.
     pub(crate) fn release(&self, snapshot: u64, txn_id: u64) {
         let mut s = self.lock();
-        if s.snapshots.remove(&(snapshot, txn_id)).is_some() {
+        let oldest = s.snapshots.keys().next() == Some(&(snapshot, txn_id));
+        // Only the oldest snapshot holds history back.
+        if s.snapshots.remove(&(snapshot, txn_id)).is_some() && oldest {
             self.collect(&mut s);
         }
     }
