@@ -36,8 +36,8 @@ pub(crate) async fn replay(wal: &Wal) -> Result<Replayed> {
     let mut entries = wal.stream(wal.first_lsn());
     while let Some(entry) = entries.next().await {
         let entry = entry?;
-        let chunk =
-            record::decode(entry.lsn, wal.dir(), &entry.data).map_err(|e| locate(wal, e))?;
+        let chunk = record::decode(entry.lsn, wal.dir(), &entry.data)
+            .map_err(|e| locate(wal, entry.lsn, e))?;
         let (header, mut writes, first_lsn) = match pending.take() {
             Some((header, mut writes, first)) => {
                 if chunk.header != header {
@@ -135,29 +135,57 @@ fn max_bucket_id(memtable: &Memtable, snapshot: u64) -> u64 {
 fn bad(wal: &Wal, lsn: Lsn, reason: &'static str) -> Error {
     locate(
         wal,
+        lsn,
         Error::corruption(wal.dir(), 0, CorruptionKind::BadRecord { lsn, reason }),
     )
 }
 
-/// Names the segment file that holds a bad record's lsn instead of the wal's directory.
-fn locate(wal: &Wal, error: Error) -> Error {
+/// Names the segment file that holds the entry at `lsn` (a bad record, or one of a version this
+/// build does not read) instead of the wal's directory.
+fn locate(wal: &Wal, lsn: Lsn, error: Error) -> Error {
     let Error::Corruption { kind, offset, file } = error else {
         return error;
     };
-    let lsn = match &kind {
-        CorruptionKind::BadRecord { lsn, .. } => Some(*lsn),
-        _ => None,
-    };
-    let segment = lsn.and_then(|lsn| {
-        wal.segments()
-            .into_iter()
-            .rev()
-            .find(|s| s.first_lsn <= lsn)
-            .map(|s| s.path)
-    });
+    let segment = wal
+        .segments()
+        .into_iter()
+        .rev()
+        .find(|s| s.first_lsn <= lsn)
+        .map(|s| s.path);
     Error::Corruption {
         file: segment.unwrap_or(file),
         offset,
         kind,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::WalOptions;
+
+    /// Regression: a record of an unknown version named the wal's directory, not its segment
+    /// file (only `BadRecord` errors were located).
+    #[tokio::test]
+    async fn a_record_of_an_unknown_version_names_its_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), WalOptions::default()).await.unwrap();
+        let mut chunk = vec![0u8; record::HEADER_BYTES];
+        chunk[0] = record::VERSION + 1;
+        chunk[1] = Kind::Commit as u8;
+        wal.append(bytes::Bytes::from(chunk)).await.unwrap();
+        let err = replay(&wal)
+            .await
+            .err()
+            .expect("an unknown version is refused");
+        let Error::Corruption { file, kind, .. } = err else {
+            panic!("not a corruption: {err}");
+        };
+        assert!(
+            matches!(kind, CorruptionKind::UnsupportedVersion { .. }),
+            "{kind:?}"
+        );
+        assert_eq!(Some(file), wal.segments().pop().map(|s| s.path));
+        wal.close().await.unwrap();
     }
 }
