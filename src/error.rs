@@ -287,7 +287,8 @@ pub enum CorruptionKind {
     #[error("incomplete batch in the middle of the log")]
     IncompleteBatch,
     /// A record of the key-value store, read from its log, cannot be decoded (its frame's
-    /// checksum held, so a writer bug or a foreign log): `offset` is within the record.
+    /// checksum held, so a writer bug or a foreign log). The error's `file` is the segment that
+    /// holds the entry; `lsn` names the entry (the error's `offset` is 0).
     #[error("undecodable key-value record at lsn {lsn}: {reason}")]
     BadRecord {
         /// The log entry that holds the record.
