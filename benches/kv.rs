@@ -59,7 +59,9 @@ fn bench_kv(c: &mut Criterion) {
                 let started = Instant::now();
                 for _ in 0..iters {
                     let i = next.fetch_add(7919, Ordering::Relaxed) % KEYS;
-                    let txn = db.begin(TxnOptions::default().read_only(true)).expect("begin");
+                    let txn = db
+                        .begin(TxnOptions::default().read_only(true))
+                        .expect("begin");
                     black_box(txn.get(key(i)).await.expect("get").expect("present"));
                 }
                 started.elapsed()
@@ -72,7 +74,9 @@ fn bench_kv(c: &mut Criterion) {
                 let started = Instant::now();
                 for _ in 0..iters {
                     let i = next.fetch_add(7919, Ordering::Relaxed) % KEYS;
-                    let txn = db.begin(TxnOptions::default().read_only(true)).expect("begin");
+                    let txn = db
+                        .begin(TxnOptions::default().read_only(true))
+                        .expect("begin");
                     black_box(txn.scan(key(i)..).take(10).count().await);
                 }
                 started.elapsed()

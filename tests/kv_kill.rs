@@ -478,7 +478,7 @@ fn kill_9_loop_loses_no_acknowledged_commit() {
         });
         // One kill in four at any moment from the start (during recovery, often), the others
         // at any moment in the 300 ms after the child opened the store.
-        if rng.next() % 4 != 0 {
+        if !rng.next().is_multiple_of(4) {
             let _ = opened_rx.recv_timeout(Duration::from_secs(30));
         }
         std::thread::sleep(Duration::from_millis(rng.next() % 300));

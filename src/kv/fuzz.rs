@@ -36,7 +36,12 @@ pub fn record_decoder(data: &[u8]) {
 pub fn seeds() -> Vec<Vec<u8>> {
     use record::{Header, Kind};
     let mut out = Vec::new();
-    for kind in [Kind::Commit, Kind::Prepare, Kind::CommitPrepared, Kind::Rollback] {
+    for kind in [
+        Kind::Commit,
+        Kind::Prepare,
+        Kind::CommitPrepared,
+        Kind::Rollback,
+    ] {
         let header = Header {
             kind,
             seq: 7,

@@ -159,9 +159,7 @@ impl Memtable {
     /// for a tombstone.
     pub(crate) fn get(&self, bucket: u64, key: &[u8], snapshot: u64) -> Option<Value> {
         let p = probe(bucket, key, snapshot);
-        let entry = self
-            .map
-            .lower_bound(Bound::Included(&p as &dyn KeyView))?;
+        let entry = self.map.lower_bound(Bound::Included(&p as &dyn KeyView))?;
         let found = entry.key();
         (found.bucket == bucket && found.key.as_ref() == key).then(|| entry.value().clone())
     }
@@ -170,9 +168,7 @@ impl Memtable {
     #[cfg(test)]
     pub(crate) fn newest_seq(&self, bucket: u64, key: &[u8]) -> Option<u64> {
         let p = probe(bucket, key, u64::MAX);
-        let entry = self
-            .map
-            .lower_bound(Bound::Included(&p as &dyn KeyView))?;
+        let entry = self.map.lower_bound(Bound::Included(&p as &dyn KeyView))?;
         let found = entry.key();
         (found.bucket == bucket && found.key.as_ref() == key).then_some(found.seq)
     }
@@ -265,34 +261,29 @@ impl Memtable {
 
     fn seek_key(&self, bucket: u64, key: &[u8]) -> Option<Entry<'_>> {
         let p = probe(bucket, key, u64::MAX);
-        self.map
-            .lower_bound(Bound::Included(&p as &dyn KeyView))
+        self.map.lower_bound(Bound::Included(&p as &dyn KeyView))
     }
 
     fn seek_after_key(&self, bucket: u64, key: &[u8]) -> Option<Entry<'_>> {
         let p = probe(bucket, key, 0);
-        self.map
-            .lower_bound(Bound::Excluded(&p as &dyn KeyView))
+        self.map.lower_bound(Bound::Excluded(&p as &dyn KeyView))
     }
 
     fn seek_before_key(&self, bucket: u64, key: &[u8]) -> Option<Entry<'_>> {
         let p = probe(bucket, key, u64::MAX);
-        self.map
-            .upper_bound(Bound::Excluded(&p as &dyn KeyView))
+        self.map.upper_bound(Bound::Excluded(&p as &dyn KeyView))
     }
 
     fn seek_last_at_or_before(&self, bucket: u64, key: &[u8]) -> Option<Entry<'_>> {
         let p = probe(bucket, key, 0);
-        self.map
-            .upper_bound(Bound::Included(&p as &dyn KeyView))
+        self.map.upper_bound(Bound::Included(&p as &dyn KeyView))
     }
 
     fn seek_before_bucket_end(&self, bucket: u64) -> Option<Entry<'_>> {
         match bucket.checked_add(1) {
             Some(next) => {
                 let p = probe(next, &[], u64::MAX);
-                self.map
-                    .upper_bound(Bound::Excluded(&p as &dyn KeyView))
+                self.map.upper_bound(Bound::Excluded(&p as &dyn KeyView))
             }
             None => self.map.back(),
         }

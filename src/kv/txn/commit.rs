@@ -174,10 +174,7 @@ impl Txn {
         let chunks = encoded.finish(0);
         let task_db = db.clone();
         let appended = run_detached(async move {
-            let result = task_db
-                .wal
-                .append_batch_with(chunks.into_iter().map(Record::new), Ack::Durable)
-                .await;
+            let result = append(&task_db, chunks, Ack::Durable).await;
             if result.is_err() {
                 task_db.prepared_txns().remove(&id);
                 task_db.oracle.unhold(id);
@@ -313,10 +310,7 @@ impl Shared {
         let chunks = Encoded::new(header, std::iter::empty()).finish(0);
         let db = self.clone();
         run_detached(async move {
-            let result = db
-                .wal
-                .append_batch_with(chunks.into_iter().map(Record::new), Ack::Durable)
-                .await;
+            let result = append(&db, chunks, Ack::Durable).await;
             if result.is_ok() {
                 db.prepared_txns().remove(&id);
                 db.oracle.unhold(id);
@@ -340,10 +334,7 @@ async fn finish(
 ) -> Result<()> {
     let db = db.clone();
     run_detached(async move {
-        let appended = db
-            .wal
-            .append_batch_with(chunks.into_iter().map(Record::new), ack)
-            .await;
+        let appended = append(&db, chunks, ack).await;
         if let Err(e) = appended {
             // Abandoned: the watermark must not wait for it.
             db.oracle.publish(seq);
@@ -355,6 +346,18 @@ async fn finish(
         Ok(())
     })
     .await
+}
+
+/// Appends a record's chunks: one entry, or an atomic batch of several.
+async fn append(db: &Shared, mut chunks: Vec<Bytes>, ack: Ack) -> Result<()> {
+    if chunks.len() == 1 {
+        let chunk = chunks.pop().expect("one chunk");
+        return db.wal.append_with(Record::new(chunk), ack).await.map(drop);
+    }
+    db.wal
+        .append_batch_with(chunks.into_iter().map(Record::new), ack)
+        .await
+        .map(drop)
 }
 
 /// Runs `work` to its end even if the caller is dropped: polled inline (no task switch in the

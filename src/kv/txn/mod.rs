@@ -80,8 +80,8 @@ pub(crate) struct Inner {
 impl Inner {
     /// Releases the snapshot and counts the transaction as ended (once; idempotent).
     pub(crate) fn release(&self) {
-        self.db.oracle.release(self.snapshot, self.id);
         if !self.ended.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            self.db.oracle.release(self.snapshot, self.id);
             self.db.counters.txn_ended(self.begun.elapsed());
         }
     }

@@ -20,10 +20,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::Notify;
 
 use crate::error::ConflictKind;
 
@@ -116,13 +116,14 @@ struct State {
     held: HashMap<BucketKey, u64>,
     /// Every prepared transaction's holds, by txn id.
     holds: HashMap<u64, Hold>,
+    /// Tasks waiting for the watermark to reach a seq: woken once, when it does.
+    waiters: BTreeMap<u64, Vec<Waker>>,
 }
 
 /// See the module docs.
 pub(crate) struct Oracle {
     state: Mutex<State>,
     visible: AtomicU64,
-    published: Notify,
     max_history_bytes: u64,
 }
 
@@ -137,7 +138,6 @@ impl Oracle {
                 ..State::default()
             }),
             visible: AtomicU64::new(last_seq),
-            published: Notify::new(),
             max_history_bytes,
         }
     }
@@ -341,7 +341,8 @@ impl Oracle {
     }
 
     /// Marks `seq` finished (its writes are in the memtable, or its append failed and it never
-    /// will be) and advances the watermark over every finished seq in order.
+    /// will be) and advances the watermark over every finished seq in order, waking exactly the
+    /// waiters it passes.
     pub(crate) fn publish(&self, seq: u64) {
         let mut s = self.lock();
         s.finished.insert(seq);
@@ -354,20 +355,32 @@ impl Oracle {
         if advanced {
             self.visible.store(s.visible, Ordering::Release);
             self.collect(&mut s);
+            let above = s.visible + 1;
+            let still_waiting = s.waiters.split_off(&above);
+            let reached = std::mem::replace(&mut s.waiters, still_waiting);
             drop(s);
-            self.published.notify_waiters();
+            for waker in reached.into_values().flatten() {
+                waker.wake();
+            }
         }
     }
 
     /// Waits until the watermark reaches `seq`.
-    pub(crate) async fn wait_visible(&self, seq: u64) {
-        loop {
-            let notified = self.published.notified();
+    pub(crate) fn wait_visible(&self, seq: u64) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
             if self.visible() >= seq {
-                return;
+                return Poll::Ready(());
             }
-            notified.await;
-        }
+            let mut s = self.lock();
+            if s.visible >= seq {
+                return Poll::Ready(());
+            }
+            let wakers = s.waiters.entry(seq).or_default();
+            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                wakers.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
     }
 
     /// Figures for `Db::stats`.
