@@ -104,6 +104,66 @@ pub(crate) async fn recover(
     } else {
         None
     };
+    let found = list_segments(driver, dir, writable).await?;
+    let (meta, clean_record) =
+        read_or_create_meta(driver, dir, options, writable, found.is_empty()).await?;
+    let cut = read_cut_record(driver, dir, &meta, writable).await?;
+    let layout = sort_segments(driver, dir, &meta, found, writable).await?;
+    // A clean close recorded where the log ends: its last segment must be there (checked
+    // before anything is read or changed) and hold every entry (checked by its scan).
+    let clean = clean_close::check_segments(dir, &meta, clean_record, &layout.kept)?;
+    let ctx = ScanContext {
+        meta: &meta,
+        cut: cut.lsn,
+        clean,
+        options,
+        access,
+    };
+    let mut log = scan_segments(driver, &layout.kept, ctx).await?;
+    let recovered_segments = log.segments.len() as u64;
+    if log.segments.is_empty() {
+        let first = create_first_segment(driver, dir, &meta, options, writable).await?;
+        log.disk_bytes += first.allocated;
+        log.segments.push(first);
+    }
+    let (first_lsn, next) = log_bounds(dir, &meta, &log.segments)?;
+    // The log's entries: frames below its first lsn (left by `truncate_front` in the first
+    // segment) are not among them.
+    let recovered_entries = next.0.saturating_sub(first_lsn.0);
+    if writable {
+        let leftovers = Leftovers {
+            below_start: &layout.below_start,
+            after_cut: &log.after_cut,
+            cut_record: cut.found,
+        };
+        settle_files(driver, dir, &meta, &log.segments, leftovers, clean_record).await?;
+    }
+    if let Some(torn) = &log.torn_tail {
+        tracing::warn!(file = %torn.file.display(), offset = torn.offset, bytes = torn.bytes, dropped_entries = torn.dropped_entries, "wal recovery cut a torn tail");
+    }
+    tracing::info!(dir = %dir.display(), segments = recovered_segments, entries = recovered_entries, first_lsn = first_lsn.0, last_lsn = next.0 - 1, "wal recovered");
+    Ok(Recovered {
+        format: meta.format,
+        log_id: meta.log_id,
+        epoch: meta.epoch,
+        first_lsn,
+        last_lsn: Lsn(next.0 - 1),
+        segments: log.segments,
+        lock,
+        torn_tail: log.torn_tail,
+        recovered_segments,
+        recovered_entries,
+        disk_bytes: log.disk_bytes,
+    })
+}
+
+/// Lists the directory's segment files, as (epoch, first lsn, path) in that order. A read-write
+/// open deletes the segments prepared in the background that never joined the log.
+async fn list_segments(
+    driver: &IoDriver,
+    dir: &Path,
+    writable: bool,
+) -> Result<Vec<(u64, Lsn, PathBuf)>> {
     let listing = driver.read_dir(dir).await.map_err(io_err(dir))?;
     let mut found: Vec<(u64, Lsn, PathBuf)> = Vec::new();
     for entry in &listing {
@@ -118,16 +178,26 @@ pub(crate) async fn recover(
         }
     }
     found.sort();
+    Ok(found)
+}
 
-    let (meta, clean_record) = match clean_close::read_meta(driver, dir).await? {
-        Some(found) => found,
-        None if found.is_empty() && !writable => {
-            return Err(Error::invalid(
-                "dir",
-                format!("{} holds no write-ahead log", dir.display()),
-            ));
-        }
-        None if found.is_empty() => {
+/// Reads `wal.meta` and its clean-close record, if any. Where there is neither a meta file nor
+/// a segment, a read-write open creates a new log (its meta file, durably); anything else
+/// without a meta file is refused.
+async fn read_or_create_meta(
+    driver: &IoDriver,
+    dir: &Path,
+    options: &WalOptions,
+    writable: bool,
+    no_segments: bool,
+) -> Result<(Meta, Option<CleanClose>)> {
+    match clean_close::read_meta(driver, dir).await? {
+        Some(found) => Ok(found),
+        None if no_segments && !writable => Err(Error::invalid(
+            "dir",
+            format!("{} holds no write-ahead log", dir.display()),
+        )),
+        None if no_segments => {
             let meta = Meta {
                 format: options.format(),
                 log_id: random_id(),
@@ -140,22 +210,38 @@ pub(crate) async fn recover(
                 driver.sync_dir(parent).await.map_err(io_err(parent))?;
             }
             tracing::info!(dir = %dir.display(), "created a new wal");
-            (meta, None)
+            Ok((meta, None))
         }
-        None => {
-            return Err(Error::corruption(
-                dir.join(META_FILE),
-                0,
-                CorruptionKind::BadHeader {
-                    field: "meta file (missing, but segments exist)",
-                },
-            ));
-        }
-    };
+        None => Err(Error::corruption(
+            dir.join(META_FILE),
+            0,
+            CorruptionKind::BadHeader {
+                field: "meta file (missing, but segments exist)",
+            },
+        )),
+    }
+}
+
+/// What the directory says of an interrupted `truncate_back`.
+struct CutFound {
+    /// The lsn of a cut record of this log and epoch.
+    lsn: Option<Lsn>,
+    /// A cut record file was there (of this log or a stale one): a read-write open removes it.
+    found: bool,
+}
+
+/// Reads the cut record, and has a read-write open delete the leftovers of an interrupted write
+/// of the meta file or of the cut record.
+async fn read_cut_record(
+    driver: &IoDriver,
+    dir: &Path,
+    meta: &Meta,
+    writable: bool,
+) -> Result<CutFound> {
     // A cut record says which frame an interrupted `truncate_back` was rewriting. One of another
     // epoch or log is stale (the truncation finished; only its removal was lost) and ignored.
     let cut = CutRecord::read(driver, dir).await?;
-    let cut_record_found = cut.is_some();
+    let found = cut.is_some();
     let cut =
         cut.filter(|c| c.log_id == meta.log_id && c.epoch == meta.epoch && c.format == meta.format);
     // A temporary meta or cut file is the leftover of an interrupted write of it; the real one
@@ -164,7 +250,30 @@ pub(crate) async fn recover(
         let _ = driver.remove_file(dir.join(segment::META_TMP)).await;
         let _ = driver.remove_file(dir.join(segment::CUT_TMP)).await;
     }
+    Ok(CutFound {
+        lsn: cut.map(|c| c.lsn),
+        found,
+    })
+}
 
+/// The log's segment files, sorted out.
+struct Layout {
+    /// The segments to scan, in log order: (first lsn, path).
+    kept: Vec<(Lsn, PathBuf)>,
+    /// Whole segments below the meta file's first lsn, to delete once the log is checked.
+    below_start: Vec<PathBuf>,
+}
+
+/// Sorts the segments found by the meta file: those of an older epoch are deleted (a read-write
+/// open), one of a newer epoch is corruption, those wholly below the log's first lsn are set
+/// aside.
+async fn sort_segments(
+    driver: &IoDriver,
+    dir: &Path,
+    meta: &Meta,
+    found: Vec<(u64, Lsn, PathBuf)>,
+    writable: bool,
+) -> Result<Layout> {
     // Segments of older epochs are leftovers of an interrupted reset.
     let mut removed = false;
     let mut segments_found = Vec::new();
@@ -202,13 +311,34 @@ pub(crate) async fn recover(
     if removed {
         driver.sync_dir(dir).await.map_err(io_err(dir))?;
     }
-    // A clean close recorded where the log ends: its last segment must be there (checked
-    // before anything is read or changed) and hold every entry (checked by its scan).
-    let clean = clean_close::check_segments(dir, &meta, clean_record, &kept)?;
+    Ok(Layout { kept, below_start })
+}
 
-    let mut segments: Vec<SegmentIndex> = Vec::with_capacity(kept.len());
-    let mut torn_tail = None;
-    let mut disk_bytes = 0;
+/// The segments scanned, in log order.
+struct ScannedLog {
+    segments: Vec<SegmentIndex>,
+    torn_tail: Option<TornTail>,
+    disk_bytes: u64,
+    /// Segments after a cut record's lsn: leftovers of the interrupted `truncate_back`.
+    after_cut: Vec<PathBuf>,
+}
+
+/// Reads and checks the segments in order (see [`scan_segment`]), each one read while the one
+/// before it is checked, and checks that each starts where the one before ends. Stops after the
+/// segment that holds a cut record's lsn.
+async fn scan_segments(
+    driver: &IoDriver,
+    kept: &[(Lsn, PathBuf)],
+    mut ctx: ScanContext<'_>,
+) -> Result<ScannedLog> {
+    let writable = ctx.access == Access::ReadWrite;
+    let clean = ctx.clean;
+    let mut log = ScannedLog {
+        segments: Vec::with_capacity(kept.len()),
+        torn_tail: None,
+        disk_bytes: 0,
+        after_cut: Vec::new(),
+    };
     let count = kept.len();
     // Each segment is read while the one before it is checked (one read ahead), into the buffer
     // of the segment checked before (fresh memory costs a page fault per 4 KiB).
@@ -224,14 +354,6 @@ pub(crate) async fn recover(
     };
     let mut spare_buf = None;
     let mut ahead = kept.first().map(|seg| load(seg, None));
-    let mut after_cut = Vec::new();
-    let mut ctx = ScanContext {
-        meta: &meta,
-        cut: cut.map(|c| c.lsn),
-        clean,
-        options,
-        access,
-    };
     for (i, (first, path)) in kept.iter().cloned().enumerate() {
         let is_last = i + 1 == count;
         let current = ahead.take().expect("the segment was read ahead");
@@ -240,7 +362,7 @@ pub(crate) async fn recover(
             .await
             .map_err(|e| Error::io(&path, std::io::Error::other(e)))??;
         if let Some(record) = clean.filter(|c| c.segment_first == first) {
-            let format = meta.format;
+            let format = ctx.meta.format;
             (loaded, ctx.clean) =
                 settle_clean_close(driver, &path, writable, loaded, record, format).await?;
         }
@@ -248,7 +370,7 @@ pub(crate) async fn recover(
         let scanned = scan_segment(&path, file, len, &buf, first, is_last, &ctx).await?;
         spare_buf = Some(buf);
         let cut_applied = scanned.cut_applied;
-        if let Some(prev) = segments.last()
+        if let Some(prev) = log.segments.last()
             && prev.next_lsn() != scanned.index.first_lsn
         {
             return Err(Error::corruption(
@@ -260,69 +382,80 @@ pub(crate) async fn recover(
                 },
             ));
         }
-        disk_bytes += scanned.index.allocated;
+        log.disk_bytes += scanned.index.allocated;
         if scanned.torn.is_some() {
-            torn_tail = scanned.torn;
+            log.torn_tail = scanned.torn;
         }
-        segments.push(scanned.index);
+        log.segments.push(scanned.index);
         if cut_applied {
             // The log ends at the cut: later segments are leftovers of the interrupted
             // `truncate_back`, which deletes them (from the last) before rewriting the frame.
             if let Some(pending) = ahead.take() {
                 pending.abort();
             }
-            after_cut.extend(kept[i + 1..].iter().map(|(_, p)| p.clone()));
+            log.after_cut
+                .extend(kept[i + 1..].iter().map(|(_, p)| p.clone()));
             break;
         }
     }
-    let recovered_segments = segments.len() as u64;
+    Ok(log)
+}
 
-    if segments.is_empty() && !writable {
+/// The first segment of a log that has none (a new log, or one whose segments were all
+/// deleted): created by a read-write open; a read-only open refuses the directory.
+async fn create_first_segment(
+    driver: &IoDriver,
+    dir: &Path,
+    meta: &Meta,
+    options: &WalOptions,
+    writable: bool,
+) -> Result<SegmentIndex> {
+    if !writable {
         return Err(Error::invalid(
             "dir",
             format!("{} holds no segment", dir.display()),
         ));
     }
-    if segments.is_empty() {
-        let first_lsn = meta.first_lsn;
-        let header = SegmentHeader {
-            format: meta.format,
-            log_id: meta.log_id,
-            epoch: meta.epoch,
-            first_lsn,
-        };
-        let size = options.segment_size_bytes;
-        let (file, path) =
-            segment::create_segment(driver, dir, header, size, super::zero_fill(options)).await?;
-        disk_bytes += size;
-        segments.push(SegmentIndex {
-            first_lsn,
-            path,
-            file,
-            offsets: Vec::new(),
-            end: HEADER_LEN,
-            allocated: size,
-            patch: None,
-        });
-    }
+    let first_lsn = meta.first_lsn;
+    let header = SegmentHeader {
+        format: meta.format,
+        log_id: meta.log_id,
+        epoch: meta.epoch,
+        first_lsn,
+    };
+    let size = options.segment_size_bytes;
+    let (file, path) =
+        segment::create_segment(driver, dir, header, size, super::zero_fill(options)).await?;
+    Ok(SegmentIndex {
+        first_lsn,
+        path,
+        file,
+        offsets: Vec::new(),
+        end: HEADER_LEN,
+        allocated: size,
+        patch: None,
+    })
+}
+
+/// The log's first lsn and the lsn after its last entry, checked against the meta file: the
+/// first segment must hold the meta file's first lsn, which may not lie past the log's end.
+fn log_bounds(dir: &Path, meta: &Meta, segments: &[SegmentIndex]) -> Result<(Lsn, Lsn)> {
     let next = segments
         .last()
         .map_or(meta.first_lsn, SegmentIndex::next_lsn);
-    if segments[0].first_lsn > meta.first_lsn {
+    let first = &segments[0];
+    if first.first_lsn > meta.first_lsn {
         // The log starts at meta.first_lsn: the segment that held it is gone.
         return Err(Error::corruption(
-            &segments[0].path,
+            &first.path,
             0,
             CorruptionKind::MissingSegment {
                 expected: meta.first_lsn,
-                found: segments[0].first_lsn,
+                found: first.first_lsn,
             },
         ));
     }
-    let first_lsn = meta.first_lsn.max(segments[0].first_lsn);
-    // The log's entries: frames below its first lsn (left by `truncate_front` in the first
-    // segment) are not among them.
-    let recovered_entries = next.0.saturating_sub(first_lsn.0);
+    let first_lsn = meta.first_lsn.max(first.first_lsn);
     if first_lsn > next {
         return Err(Error::corruption(
             dir.join(META_FILE),
@@ -332,16 +465,41 @@ pub(crate) async fn recover(
             },
         ));
     }
-    if writable {
-        for path in below_start.iter().chain(after_cut.iter().rev()) {
-            driver.remove_file(path).await.map_err(io_err(path))?;
-        }
-        if cut_record_found {
-            // Its work is done (or it was stale): a later batch may use its lsn again.
-            CutRecord::remove(driver, dir).await?;
-        }
+    Ok((first_lsn, next))
+}
+
+/// What a read-write open deletes once the log is checked.
+struct Leftovers<'a> {
+    /// Whole segments below the log's first lsn.
+    below_start: &'a [PathBuf],
+    /// Segments after a cut record's lsn, in log order (deleted from the last).
+    after_cut: &'a [PathBuf],
+    /// A cut record file is there, its work done (or stale).
+    cut_record: bool,
+}
+
+/// The last steps of a read-write open, once the log is checked: leftovers deleted, the last
+/// segment and the directory synced, then the clean-close record removed.
+async fn settle_files(
+    driver: &IoDriver,
+    dir: &Path,
+    meta: &Meta,
+    segments: &[SegmentIndex],
+    leftovers: Leftovers<'_>,
+    clean_record: Option<CleanClose>,
+) -> Result<()> {
+    for path in leftovers
+        .below_start
+        .iter()
+        .chain(leftovers.after_cut.iter().rev())
+    {
+        driver.remove_file(path).await.map_err(io_err(path))?;
     }
-    if writable && let Some(last) = segments.last() {
+    if leftovers.cut_record {
+        // Its work is done (or it was stale): a later batch may use its lsn again.
+        CutRecord::remove(driver, dir).await?;
+    }
+    if let Some(last) = segments.last() {
         // What the last run wrote may sit unsynced in the page cache: sync it before the log
         // calls it durable, or a later RWF_DSYNC append (durable for its own range only) could be
         // acknowledged after data the disk does not have. Earlier segments were synced at
@@ -349,28 +507,12 @@ pub(crate) async fn recover(
         last.file.sync_data().await.map_err(io_err(&last.path))?;
         driver.sync_dir(dir).await.map_err(io_err(dir))?;
     }
-    if writable && clean_record.is_some() {
+    if clean_record.is_some() {
         // The log was checked against the clean-close record; from here on its writer may
         // change it (append, truncate, reset) or a crash may cut it: the record goes first.
-        clean_close::remove(driver, dir, &meta).await?;
+        clean_close::remove(driver, dir, meta).await?;
     }
-    if let Some(torn) = &torn_tail {
-        tracing::warn!(file = %torn.file.display(), offset = torn.offset, bytes = torn.bytes, dropped_entries = torn.dropped_entries, "wal recovery cut a torn tail");
-    }
-    tracing::info!(dir = %dir.display(), segments = recovered_segments, entries = recovered_entries, first_lsn = first_lsn.0, last_lsn = next.0 - 1, "wal recovered");
-    Ok(Recovered {
-        format: meta.format,
-        log_id: meta.log_id,
-        epoch: meta.epoch,
-        first_lsn,
-        last_lsn: Lsn(next.0 - 1),
-        segments,
-        lock,
-        torn_tail,
-        recovered_segments,
-        recovered_entries,
-        disk_bytes,
-    })
+    Ok(())
 }
 
 struct Scanned {
