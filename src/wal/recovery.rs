@@ -687,8 +687,6 @@ async fn scan_segment(
         options,
         access,
     } = *ctx;
-    // What the record says of this segment's entries (it names the last).
-    let clean_here = clean.filter(|c| is_last && c.segment_first == name_first);
     let writable = access == Access::ReadWrite;
     let corrupt = |(offset, kind)| Error::corruption(path, offset, kind);
     let header = check_header(buf, name_first, meta).map_err(corrupt)?;
@@ -699,56 +697,27 @@ async fn scan_segment(
         cut,
         is_last,
     };
+    let walk = walk::walk_frames(buf, &params);
+    // What the record says of this segment's entries (it names the last).
+    let clean_here = clean.filter(|c| is_last && c.segment_first == name_first);
+    hold_to_clean_close(path, &walk, header.first_lsn, clean, clean_here)?;
     let walk::Walk {
         mut offsets,
         kept,
         end,
         outcome,
-        first_bad,
         ..
-    } = walk::walk_frames(buf, &params);
-    // The entries kept end before this lsn.
-    let found_next = Lsn(header.first_lsn.0 + kept as u64);
-    let incomplete = kept < offsets.len();
-    // After a clean close nothing is torn: every entry its record names must be here, checked
-    // before anything is cut or repaired. A cut record and a clean close never name the same log
-    // state; if both are there, the clean close's entries must still all be kept, in whichever
-    // segment the cut falls.
-    match (&outcome, clean, clean_here) {
-        (walk::Outcome::Corrupt(_), _, _) => {}
-        (walk::Outcome::Cut { .. }, Some(record), _) => {
-            clean_close::check_entries(path, &record, found_next, None, false, end)?;
-        }
-        (walk::Outcome::Cut { .. }, None, _) => {}
-        (_, _, Some(record)) => {
-            let bad = first_bad.as_ref();
-            clean_close::check_entries(path, &record, found_next, bad, incomplete, end)?;
-        }
-        (_, _, None) => {}
-    }
+    } = walk;
     let end = end as u64;
+    let cut_applied = matches!(outcome, walk::Outcome::Cut { .. });
     let mut torn = None;
     let mut patch = None;
-    let cut_applied = matches!(outcome, walk::Outcome::Cut { .. });
     match outcome {
         walk::Outcome::Clean => {}
         walk::Outcome::Corrupt(damage) => return Err(corrupt((damage.offset, damage.kind))),
         walk::Outcome::Cut { repair } => {
-            // Finish the interrupted `truncate_back`: the last kept frame rewritten whole (if it
-            // was being rewritten), the rest cut. A read-only open may not write: its readers see
-            // the repaired frame through the index instead.
             let repair = repair.map(|(at, bytes)| (at as u64, bytes::Bytes::from(bytes)));
-            if !writable {
-                patch = repair;
-            } else {
-                if let Some((at, bytes)) = repair {
-                    let (res, _) = file.writev_sync_at(vec![bytes], at).await;
-                    res.map_err(io_err(path))?;
-                }
-                segment::cut_tail(&file, end, len)
-                    .await
-                    .map_err(io_err(path))?;
-            }
+            patch = finish_cut(path, &file, len, end, repair, writable).await?;
         }
         walk::Outcome::TornTail { bytes } => {
             if options.recovery_mode == RecoveryMode::Strict {
@@ -789,4 +758,59 @@ async fn scan_segment(
         torn,
         cut_applied,
     })
+}
+
+/// After a clean close nothing is torn: every entry its record names must be in the segments
+/// walked, checked before anything is cut or repaired. `clean_here` is the record if it names
+/// this segment as the last. A cut record and a clean close never name the same log state; if
+/// both are there, the clean close's entries must still all be kept, in whichever segment the
+/// cut falls.
+fn hold_to_clean_close(
+    path: &Path,
+    walk: &walk::Walk,
+    first_lsn: Lsn,
+    clean: Option<CleanClose>,
+    clean_here: Option<CleanClose>,
+) -> Result<()> {
+    // The entries kept end before this lsn.
+    let found_next = Lsn(first_lsn.0 + walk.kept as u64);
+    let incomplete = walk.kept < walk.offsets.len();
+    match (&walk.outcome, clean, clean_here) {
+        (walk::Outcome::Corrupt(_), _, _) => {}
+        (walk::Outcome::Cut { .. }, Some(record), _) => {
+            clean_close::check_entries(path, &record, found_next, None, false, walk.end)?;
+        }
+        (walk::Outcome::Cut { .. }, None, _) => {}
+        (_, _, Some(record)) => {
+            let bad = walk.first_bad.as_ref();
+            clean_close::check_entries(path, &record, found_next, bad, incomplete, walk.end)?;
+        }
+        (_, _, None) => {}
+    }
+    Ok(())
+}
+
+/// Finishes an interrupted `truncate_back` in the segment that holds the cut record's lsn: the
+/// last kept frame rewritten whole (if it was being rewritten, `repair`), the rest cut from
+/// `end`. A read-only open may not write: it returns the repair instead, for its readers to
+/// see the repaired frame through the index.
+async fn finish_cut(
+    path: &Path,
+    file: &File,
+    len: u64,
+    end: u64,
+    repair: Option<(u64, bytes::Bytes)>,
+    writable: bool,
+) -> Result<Option<(u64, bytes::Bytes)>> {
+    if !writable {
+        return Ok(repair);
+    }
+    if let Some((at, bytes)) = repair {
+        let (res, _) = file.writev_sync_at(vec![bytes], at).await;
+        res.map_err(io_err(path))?;
+    }
+    segment::cut_tail(file, end, len)
+        .await
+        .map_err(io_err(path))?;
+    Ok(None)
 }
