@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use futures::StreamExt;
 use ringtide_platform::{File, IoDriver, OpenOptions};
 
 use super::clean_close::{self, AtEnd, CleanClose};
@@ -348,9 +349,20 @@ async fn scan_segments(
             .filter(|c| c.segment_first == first)
             .map(|c| c.read_limit())
     };
+    // The frames that arrive are walked while the rest of the segment is read.
+    let prewalk = |first: Lsn| {
+        walk::Prewalk::new(&walk::WalkParams {
+            format: ctx.meta.format,
+            first_lsn: first,
+            start: HEADER_LEN as usize,
+            cut: ctx.cut,
+            is_last: kept.last().is_some_and(|(last, _)| *last == first),
+        })
+    };
     let load = |(first, path): &(Lsn, PathBuf), buf: Option<BytesMut>| {
         let (driver, path) = (driver.clone(), path.clone());
-        tokio::spawn(load_segment(driver, path, writable, buf, limit(*first)))
+        let (limit, walked) = (limit(*first), prewalk(*first));
+        tokio::spawn(load_segment(driver, path, writable, buf, limit, walked))
     };
     let mut spare_buf = None;
     let mut ahead = kept.first().map(|seg| load(seg, None));
@@ -366,9 +378,8 @@ async fn scan_segments(
             (loaded, ctx.clean) =
                 settle_clean_close(driver, &path, writable, loaded, record, format).await?;
         }
-        let Loaded { file, len, buf } = loaded;
-        let scanned = scan_segment(&path, file, len, &buf, first, is_last, &ctx).await?;
-        spare_buf = Some(buf);
+        let scanned = scan_segment(&path, loaded, first, is_last, &ctx).await?;
+        spare_buf = Some(scanned.buf);
         let cut_applied = scanned.cut_applied;
         if let Some(prev) = log.segments.last()
             && prev.next_lsn() != scanned.index.first_lsn
@@ -520,6 +531,8 @@ struct Scanned {
     torn: Option<TornTail>,
     /// The segment holds the lsn of a cut record: the log ends there.
     cut_applied: bool,
+    /// The buffer the segment was read into, for the next one.
+    buf: BytesMut,
 }
 
 /// A segment file opened and read: whole, or as far as the clean-close record's limit.
@@ -527,17 +540,20 @@ struct Loaded {
     file: File,
     len: u64,
     buf: BytesMut,
+    /// The frames walked as the bytes arrived.
+    walked: walk::Prewalk,
 }
 
 /// Opens and reads a segment: its own step, so that recovery can read the next segment while it
 /// checks the current one. `limit`, if given, bounds the bytes read from its start (the scan
-/// takes what is past it for zeros).
+/// takes what is past it for zeros). `walked` walks the frames as they arrive.
 async fn load_segment(
     driver: IoDriver,
     path: PathBuf,
     writable: bool,
     buf: Option<BytesMut>,
     limit: Option<u64>,
+    mut walked: walk::Prewalk,
 ) -> Result<Loaded> {
     let file = driver
         .open(&path, &OpenOptions::new().read(true).write(writable))
@@ -564,9 +580,14 @@ async fn load_segment(
         _ if blocks => ringtide_platform::aligned_bytes_mut(read_len as usize, DIRECT_READ_ALIGN),
         _ => BytesMut::with_capacity(read_len as usize),
     };
-    let (res, buf) = read_segment(&driver, &file, &path, buf, blocks).await;
+    let (res, buf) = read_segment(&driver, &file, &path, buf, blocks, &mut walked).await;
     res.map_err(io_err(&path))?;
-    Ok(Loaded { file, len, buf })
+    Ok(Loaded {
+        file,
+        len,
+        buf,
+        walked,
+    })
 }
 
 /// Decides whether the clean-close record applies to its last segment, just loaded up to the
@@ -589,8 +610,8 @@ async fn settle_clean_close(
                 return Ok((loaded, None));
             }
             AtEnd::Stale | AtEnd::ReadMore if !whole => {
-                loaded =
-                    load_segment(driver.clone(), path.to_path_buf(), writable, None, None).await?;
+                let (path, walked) = (path.to_path_buf(), loaded.walked.restarted());
+                loaded = load_segment(driver.clone(), path, writable, None, None, walked).await?;
             }
             _ => break,
         }
@@ -603,27 +624,81 @@ const DIRECT_READ_ALIGN: usize = segment::DIRECT_BLOCK as usize;
 
 /// Reads a whole segment into `buf`: with `O_DIRECT` where it is whole blocks and the file
 /// system allows it (no copy through the page cache, and the cache is not filled with a log
-/// that is read once), else buffered.
+/// that is read once), else buffered. `walked` walks the frames as they arrive.
 async fn read_segment(
     driver: &IoDriver,
     file: &File,
     path: &Path,
     buf: BytesMut,
     blocks: bool,
+    walked: &mut walk::Prewalk,
 ) -> (std::io::Result<()>, BytesMut) {
     if blocks && (buf.as_ptr() as usize).is_multiple_of(DIRECT_READ_ALIGN) {
         let options = OpenOptions::new().read(true).direct(true);
         if let Ok(direct) = driver.open(path, &options).await {
-            let (res, mut buf) = direct.read_exact_at(buf, 0).await;
+            let (res, mut buf) = read_walking(&direct, buf, walked).await;
             let _ = direct.close().await;
             match res {
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => buf.clear(),
                 res => return (res, buf),
             }
-            return file.read_exact_at(buf, 0).await;
+            *walked = walked.restarted();
+            return read_walking(file, buf, walked).await;
         }
     }
-    file.read_exact_at(buf, 0).await
+    read_walking(file, buf, walked).await
+}
+
+/// The size of the reads a segment is read with: at least 1 MiB, at most 16 reads.
+fn read_chunk(len: usize) -> usize {
+    const MIN: usize = 1 << 20;
+    len.div_ceil(16)
+        .next_multiple_of(DIRECT_READ_ALIGN)
+        .max(MIN)
+}
+
+/// Fills `buf` from the start of `file` with reads of [`read_chunk`] bytes, all in flight at
+/// once, and walks the frames of each as it arrives, in order, while the later ones are still
+/// read: only the walk of the last is left after the read. On an error every read is waited for, and the buffer given back is
+/// a new one of the same capacity (the pieces of the old one hold partial reads).
+async fn read_walking(
+    file: &File,
+    mut buf: BytesMut,
+    walked: &mut walk::Prewalk,
+) -> (std::io::Result<()>, BytesMut) {
+    let capacity = buf.capacity();
+    let chunk = read_chunk(capacity);
+    // The pieces share the buffer's memory (aligned as it is: the chunk is whole blocks), and
+    // join again without a copy, each being full.
+    let mut reads = futures::stream::FuturesOrdered::new();
+    let mut at = 0;
+    while buf.capacity() > chunk {
+        let rest = buf.split_off(chunk);
+        reads.push_back(file.read_exact_at(buf, at as u64));
+        (buf, at) = (rest, at + chunk);
+    }
+    reads.push_back(file.read_exact_at(buf, at as u64));
+    let mut filled: Option<BytesMut> = None;
+    let mut failed = None;
+    while let Some((res, piece)) = reads.next().await {
+        match (res, &mut filled) {
+            (Err(e), _) => {
+                failed.get_or_insert(e);
+            }
+            (Ok(()), _) if failed.is_some() => {}
+            (Ok(()), None) => filled = Some(piece),
+            (Ok(()), Some(filled)) => filled.unsplit(piece),
+        }
+        if failed.is_none()
+            && let Some(filled) = &filled
+        {
+            walked.advance(filled);
+        }
+    }
+    match failed {
+        Some(e) => (Err(e), BytesMut::with_capacity(capacity)),
+        None => (Ok(()), filled.unwrap_or_default()),
+    }
 }
 
 /// What every segment's scan needs to know about the log.
@@ -667,19 +742,24 @@ fn check_header(
     Ok(header)
 }
 
-/// Checks one segment read whole into `buf` (the file is `len` bytes): its header, then its
-/// frames through the pure [`walk::walk_frames`], whose verdict it carries out — a torn tail cut
+/// Checks one segment as loaded (read whole, or up to the clean-close record's limit): its
+/// header, then its frames through the pure walk ([`walk::walk_frames_from`], taking up from
+/// the frames walked as they were read), whose verdict it carries out — a torn tail cut
 /// (or refused under `Strict`), an interrupted `truncate_back` finished, the active segment's
 /// preallocation restored. A read-only open changes no file.
 async fn scan_segment(
     path: &Path,
-    file: File,
-    len: u64,
-    buf: &[u8],
+    loaded: Loaded,
     name_first: Lsn,
     is_last: bool,
     ctx: &ScanContext<'_>,
 ) -> Result<Scanned> {
+    let Loaded {
+        file,
+        len,
+        buf,
+        walked,
+    } = loaded;
     let ScanContext {
         meta,
         cut,
@@ -689,7 +769,7 @@ async fn scan_segment(
     } = *ctx;
     let writable = access == Access::ReadWrite;
     let corrupt = |(offset, kind)| Error::corruption(path, offset, kind);
-    let header = check_header(buf, name_first, meta).map_err(corrupt)?;
+    let header = check_header(&buf, name_first, meta).map_err(corrupt)?;
     let params = walk::WalkParams {
         format: meta.format,
         first_lsn: header.first_lsn,
@@ -697,7 +777,7 @@ async fn scan_segment(
         cut,
         is_last,
     };
-    let walk = walk::walk_frames(buf, &params);
+    let walk = walk::walk_frames_from(&buf, &params, walked);
     // What the record says of this segment's entries (it names the last).
     let clean_here = clean.filter(|c| is_last && c.segment_first == name_first);
     hold_to_clean_close(path, &walk, header.first_lsn, clean, clean_here)?;
@@ -757,6 +837,7 @@ async fn scan_segment(
         },
         torn,
         cut_applied,
+        buf,
     })
 }
 
