@@ -38,7 +38,9 @@
 use bytes::BytesMut;
 
 use super::record::{ACCEPT_MAX_PAYLOAD, Decoded, FrameFields, FrameFormat, FrameRef, MAX_LSN};
-use super::recovery::walk::{Damage, Outcome, Walk, WalkParams, find_valid_frame, walk_frames};
+use super::recovery::walk::{
+    Damage, Outcome, Prewalk, Walk, WalkParams, find_valid_frame, walk_frames, walk_frames_from,
+};
 use super::segment::{HEADER_LEN, Meta, SegmentHeader};
 use super::{ChecksumKind, LengthEncoding, Lsn};
 use crate::error::CorruptionKind;
@@ -130,12 +132,16 @@ fn walk_and_check(format: FrameFormat, buf: &[u8]) {
         cut: None,
         is_last: true,
     };
-    check_walk(buf, &params, &walk_frames(buf, &params));
+    let walk = walk_frames(buf, &params);
+    check_walk(buf, &params, &walk);
+    check_prewalk(buf, &params, &walk);
     let cut = WalkParams {
         cut: Some(first),
         ..params
     };
-    check_cut_walk(buf, &cut, &walk_frames(buf, &cut));
+    let walk = walk_frames(buf, &cut);
+    check_cut_walk(buf, &cut, &walk);
+    check_prewalk(buf, &cut, &walk);
     // peek_lsn never panics anywhere, and decode never panics past the end.
     for at in 0..buf.len().min(16) {
         let _ = format.peek_lsn(buf, at);
@@ -143,6 +149,21 @@ fn walk_and_check(format: FrameFormat, buf: &[u8]) {
     let _ = format.peek_lsn(buf, buf.len() + 1);
     let _ = format.decode(buf, buf.len() + 1, ACCEPT_MAX_PAYLOAD);
     let _ = format.decode_cut(buf, buf.len() + 1, ACCEPT_MAX_PAYLOAD);
+}
+
+/// Checks that recovery's walk taken up after a prewalk of a prefix (as it walks the bytes
+/// already read while the rest is read) is `walk`, the walk of the whole buffer: prefixes cut
+/// in the middle, at a third and at the end.
+fn check_prewalk(buf: &[u8], params: &WalkParams, walk: &Walk) {
+    let mut done = Prewalk::new(params);
+    for len in [buf.len() / 3, buf.len() / 2, buf.len()] {
+        done.advance(&buf[..len]);
+        assert_eq!(
+            &walk_frames_from(buf, params, done.clone()),
+            walk,
+            "the walk taken up after a prewalk of {len} bytes differs"
+        );
+    }
 }
 
 /// Checks a walk without a cut record: its frames are the codec's, one after another with dense

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use futures::StreamExt;
 use ringtide_platform::{File, IoDriver, OpenOptions};
 
 use super::clean_close::{self, AtEnd, CleanClose};
@@ -104,6 +105,66 @@ pub(crate) async fn recover(
     } else {
         None
     };
+    let found = list_segments(driver, dir, writable).await?;
+    let (meta, clean_record) =
+        read_or_create_meta(driver, dir, options, writable, found.is_empty()).await?;
+    let cut = read_cut_record(driver, dir, &meta, writable).await?;
+    let layout = sort_segments(driver, dir, &meta, found, writable).await?;
+    // A clean close recorded where the log ends: its last segment must be there (checked
+    // before anything is read or changed) and hold every entry (checked by its scan).
+    let clean = clean_close::check_segments(dir, &meta, clean_record, &layout.kept)?;
+    let ctx = ScanContext {
+        meta: &meta,
+        cut: cut.lsn,
+        clean,
+        options,
+        access,
+    };
+    let mut log = scan_segments(driver, &layout.kept, ctx).await?;
+    let recovered_segments = log.segments.len() as u64;
+    if log.segments.is_empty() {
+        let first = create_first_segment(driver, dir, &meta, options, writable).await?;
+        log.disk_bytes += first.allocated;
+        log.segments.push(first);
+    }
+    let (first_lsn, next) = log_bounds(dir, &meta, &log.segments)?;
+    // The log's entries: frames below its first lsn (left by `truncate_front` in the first
+    // segment) are not among them.
+    let recovered_entries = next.0.saturating_sub(first_lsn.0);
+    if writable {
+        let leftovers = Leftovers {
+            below_start: &layout.below_start,
+            after_cut: &log.after_cut,
+            cut_record: cut.found,
+        };
+        settle_files(driver, dir, &meta, &log.segments, leftovers, clean_record).await?;
+    }
+    if let Some(torn) = &log.torn_tail {
+        tracing::warn!(file = %torn.file.display(), offset = torn.offset, bytes = torn.bytes, dropped_entries = torn.dropped_entries, "wal recovery cut a torn tail");
+    }
+    tracing::info!(dir = %dir.display(), segments = recovered_segments, entries = recovered_entries, first_lsn = first_lsn.0, last_lsn = next.0 - 1, "wal recovered");
+    Ok(Recovered {
+        format: meta.format,
+        log_id: meta.log_id,
+        epoch: meta.epoch,
+        first_lsn,
+        last_lsn: Lsn(next.0 - 1),
+        segments: log.segments,
+        lock,
+        torn_tail: log.torn_tail,
+        recovered_segments,
+        recovered_entries,
+        disk_bytes: log.disk_bytes,
+    })
+}
+
+/// Lists the directory's segment files, as (epoch, first lsn, path) in that order. A read-write
+/// open deletes the segments prepared in the background that never joined the log.
+async fn list_segments(
+    driver: &IoDriver,
+    dir: &Path,
+    writable: bool,
+) -> Result<Vec<(u64, Lsn, PathBuf)>> {
     let listing = driver.read_dir(dir).await.map_err(io_err(dir))?;
     let mut found: Vec<(u64, Lsn, PathBuf)> = Vec::new();
     for entry in &listing {
@@ -118,16 +179,26 @@ pub(crate) async fn recover(
         }
     }
     found.sort();
+    Ok(found)
+}
 
-    let (meta, clean_record) = match clean_close::read_meta(driver, dir).await? {
-        Some(found) => found,
-        None if found.is_empty() && !writable => {
-            return Err(Error::invalid(
-                "dir",
-                format!("{} holds no write-ahead log", dir.display()),
-            ));
-        }
-        None if found.is_empty() => {
+/// Reads `wal.meta` and its clean-close record, if any. Where there is neither a meta file nor
+/// a segment, a read-write open creates a new log (its meta file, durably); anything else
+/// without a meta file is refused.
+async fn read_or_create_meta(
+    driver: &IoDriver,
+    dir: &Path,
+    options: &WalOptions,
+    writable: bool,
+    no_segments: bool,
+) -> Result<(Meta, Option<CleanClose>)> {
+    match clean_close::read_meta(driver, dir).await? {
+        Some(found) => Ok(found),
+        None if no_segments && !writable => Err(Error::invalid(
+            "dir",
+            format!("{} holds no write-ahead log", dir.display()),
+        )),
+        None if no_segments => {
             let meta = Meta {
                 format: options.format(),
                 log_id: random_id(),
@@ -140,22 +211,38 @@ pub(crate) async fn recover(
                 driver.sync_dir(parent).await.map_err(io_err(parent))?;
             }
             tracing::info!(dir = %dir.display(), "created a new wal");
-            (meta, None)
+            Ok((meta, None))
         }
-        None => {
-            return Err(Error::corruption(
-                dir.join(META_FILE),
-                0,
-                CorruptionKind::BadHeader {
-                    field: "meta file (missing, but segments exist)",
-                },
-            ));
-        }
-    };
+        None => Err(Error::corruption(
+            dir.join(META_FILE),
+            0,
+            CorruptionKind::BadHeader {
+                field: "meta file (missing, but segments exist)",
+            },
+        )),
+    }
+}
+
+/// What the directory says of an interrupted `truncate_back`.
+struct CutFound {
+    /// The lsn of a cut record of this log and epoch.
+    lsn: Option<Lsn>,
+    /// A cut record file was there (of this log or a stale one): a read-write open removes it.
+    found: bool,
+}
+
+/// Reads the cut record, and has a read-write open delete the leftovers of an interrupted write
+/// of the meta file or of the cut record.
+async fn read_cut_record(
+    driver: &IoDriver,
+    dir: &Path,
+    meta: &Meta,
+    writable: bool,
+) -> Result<CutFound> {
     // A cut record says which frame an interrupted `truncate_back` was rewriting. One of another
     // epoch or log is stale (the truncation finished; only its removal was lost) and ignored.
     let cut = CutRecord::read(driver, dir).await?;
-    let cut_record_found = cut.is_some();
+    let found = cut.is_some();
     let cut =
         cut.filter(|c| c.log_id == meta.log_id && c.epoch == meta.epoch && c.format == meta.format);
     // A temporary meta or cut file is the leftover of an interrupted write of it; the real one
@@ -164,7 +251,30 @@ pub(crate) async fn recover(
         let _ = driver.remove_file(dir.join(segment::META_TMP)).await;
         let _ = driver.remove_file(dir.join(segment::CUT_TMP)).await;
     }
+    Ok(CutFound {
+        lsn: cut.map(|c| c.lsn),
+        found,
+    })
+}
 
+/// The log's segment files, sorted out.
+struct Layout {
+    /// The segments to scan, in log order: (first lsn, path).
+    kept: Vec<(Lsn, PathBuf)>,
+    /// Whole segments below the meta file's first lsn, to delete once the log is checked.
+    below_start: Vec<PathBuf>,
+}
+
+/// Sorts the segments found by the meta file: those of an older epoch are deleted (a read-write
+/// open), one of a newer epoch is corruption, those wholly below the log's first lsn are set
+/// aside.
+async fn sort_segments(
+    driver: &IoDriver,
+    dir: &Path,
+    meta: &Meta,
+    found: Vec<(u64, Lsn, PathBuf)>,
+    writable: bool,
+) -> Result<Layout> {
     // Segments of older epochs are leftovers of an interrupted reset.
     let mut removed = false;
     let mut segments_found = Vec::new();
@@ -202,13 +312,34 @@ pub(crate) async fn recover(
     if removed {
         driver.sync_dir(dir).await.map_err(io_err(dir))?;
     }
-    // A clean close recorded where the log ends: its last segment must be there (checked
-    // before anything is read or changed) and hold every entry (checked by its scan).
-    let clean = clean_close::check_segments(dir, &meta, clean_record, &kept)?;
+    Ok(Layout { kept, below_start })
+}
 
-    let mut segments: Vec<SegmentIndex> = Vec::with_capacity(kept.len());
-    let mut torn_tail = None;
-    let mut disk_bytes = 0;
+/// The segments scanned, in log order.
+struct ScannedLog {
+    segments: Vec<SegmentIndex>,
+    torn_tail: Option<TornTail>,
+    disk_bytes: u64,
+    /// Segments after a cut record's lsn: leftovers of the interrupted `truncate_back`.
+    after_cut: Vec<PathBuf>,
+}
+
+/// Reads and checks the segments in order (see [`scan_segment`]), each one read while the one
+/// before it is checked, and checks that each starts where the one before ends. Stops after the
+/// segment that holds a cut record's lsn.
+async fn scan_segments(
+    driver: &IoDriver,
+    kept: &[(Lsn, PathBuf)],
+    mut ctx: ScanContext<'_>,
+) -> Result<ScannedLog> {
+    let writable = ctx.access == Access::ReadWrite;
+    let clean = ctx.clean;
+    let mut log = ScannedLog {
+        segments: Vec::with_capacity(kept.len()),
+        torn_tail: None,
+        disk_bytes: 0,
+        after_cut: Vec::new(),
+    };
     let count = kept.len();
     // Each segment is read while the one before it is checked (one read ahead), into the buffer
     // of the segment checked before (fresh memory costs a page fault per 4 KiB).
@@ -218,20 +349,23 @@ pub(crate) async fn recover(
             .filter(|c| c.segment_first == first)
             .map(|c| c.read_limit())
     };
+    // The frames that arrive are walked while the rest of the segment is read.
+    let prewalk = |first: Lsn| {
+        walk::Prewalk::new(&walk::WalkParams {
+            format: ctx.meta.format,
+            first_lsn: first,
+            start: HEADER_LEN as usize,
+            cut: ctx.cut,
+            is_last: kept.last().is_some_and(|(last, _)| *last == first),
+        })
+    };
     let load = |(first, path): &(Lsn, PathBuf), buf: Option<BytesMut>| {
         let (driver, path) = (driver.clone(), path.clone());
-        tokio::spawn(load_segment(driver, path, writable, buf, limit(*first)))
+        let (limit, walked) = (limit(*first), prewalk(*first));
+        tokio::spawn(load_segment(driver, path, writable, buf, limit, walked))
     };
     let mut spare_buf = None;
     let mut ahead = kept.first().map(|seg| load(seg, None));
-    let mut after_cut = Vec::new();
-    let mut ctx = ScanContext {
-        meta: &meta,
-        cut: cut.map(|c| c.lsn),
-        clean,
-        options,
-        access,
-    };
     for (i, (first, path)) in kept.iter().cloned().enumerate() {
         let is_last = i + 1 == count;
         let current = ahead.take().expect("the segment was read ahead");
@@ -240,15 +374,14 @@ pub(crate) async fn recover(
             .await
             .map_err(|e| Error::io(&path, std::io::Error::other(e)))??;
         if let Some(record) = clean.filter(|c| c.segment_first == first) {
-            let format = meta.format;
+            let format = ctx.meta.format;
             (loaded, ctx.clean) =
                 settle_clean_close(driver, &path, writable, loaded, record, format).await?;
         }
-        let Loaded { file, len, buf } = loaded;
-        let scanned = scan_segment(&path, file, len, &buf, first, is_last, &ctx).await?;
-        spare_buf = Some(buf);
+        let scanned = scan_segment(&path, loaded, first, is_last, &ctx).await?;
+        spare_buf = Some(scanned.buf);
         let cut_applied = scanned.cut_applied;
-        if let Some(prev) = segments.last()
+        if let Some(prev) = log.segments.last()
             && prev.next_lsn() != scanned.index.first_lsn
         {
             return Err(Error::corruption(
@@ -260,69 +393,80 @@ pub(crate) async fn recover(
                 },
             ));
         }
-        disk_bytes += scanned.index.allocated;
+        log.disk_bytes += scanned.index.allocated;
         if scanned.torn.is_some() {
-            torn_tail = scanned.torn;
+            log.torn_tail = scanned.torn;
         }
-        segments.push(scanned.index);
+        log.segments.push(scanned.index);
         if cut_applied {
             // The log ends at the cut: later segments are leftovers of the interrupted
             // `truncate_back`, which deletes them (from the last) before rewriting the frame.
             if let Some(pending) = ahead.take() {
                 pending.abort();
             }
-            after_cut.extend(kept[i + 1..].iter().map(|(_, p)| p.clone()));
+            log.after_cut
+                .extend(kept[i + 1..].iter().map(|(_, p)| p.clone()));
             break;
         }
     }
-    let recovered_segments = segments.len() as u64;
+    Ok(log)
+}
 
-    if segments.is_empty() && !writable {
+/// The first segment of a log that has none (a new log, or one whose segments were all
+/// deleted): created by a read-write open; a read-only open refuses the directory.
+async fn create_first_segment(
+    driver: &IoDriver,
+    dir: &Path,
+    meta: &Meta,
+    options: &WalOptions,
+    writable: bool,
+) -> Result<SegmentIndex> {
+    if !writable {
         return Err(Error::invalid(
             "dir",
             format!("{} holds no segment", dir.display()),
         ));
     }
-    if segments.is_empty() {
-        let first_lsn = meta.first_lsn;
-        let header = SegmentHeader {
-            format: meta.format,
-            log_id: meta.log_id,
-            epoch: meta.epoch,
-            first_lsn,
-        };
-        let size = options.segment_size_bytes;
-        let (file, path) =
-            segment::create_segment(driver, dir, header, size, super::zero_fill(options)).await?;
-        disk_bytes += size;
-        segments.push(SegmentIndex {
-            first_lsn,
-            path,
-            file,
-            offsets: Vec::new(),
-            end: HEADER_LEN,
-            allocated: size,
-            patch: None,
-        });
-    }
+    let first_lsn = meta.first_lsn;
+    let header = SegmentHeader {
+        format: meta.format,
+        log_id: meta.log_id,
+        epoch: meta.epoch,
+        first_lsn,
+    };
+    let size = options.segment_size_bytes;
+    let (file, path) =
+        segment::create_segment(driver, dir, header, size, super::zero_fill(options)).await?;
+    Ok(SegmentIndex {
+        first_lsn,
+        path,
+        file,
+        offsets: Vec::new(),
+        end: HEADER_LEN,
+        allocated: size,
+        patch: None,
+    })
+}
+
+/// The log's first lsn and the lsn after its last entry, checked against the meta file: the
+/// first segment must hold the meta file's first lsn, which may not lie past the log's end.
+fn log_bounds(dir: &Path, meta: &Meta, segments: &[SegmentIndex]) -> Result<(Lsn, Lsn)> {
     let next = segments
         .last()
         .map_or(meta.first_lsn, SegmentIndex::next_lsn);
-    if segments[0].first_lsn > meta.first_lsn {
+    let first = &segments[0];
+    if first.first_lsn > meta.first_lsn {
         // The log starts at meta.first_lsn: the segment that held it is gone.
         return Err(Error::corruption(
-            &segments[0].path,
+            &first.path,
             0,
             CorruptionKind::MissingSegment {
                 expected: meta.first_lsn,
-                found: segments[0].first_lsn,
+                found: first.first_lsn,
             },
         ));
     }
-    let first_lsn = meta.first_lsn.max(segments[0].first_lsn);
-    // The log's entries: frames below its first lsn (left by `truncate_front` in the first
-    // segment) are not among them.
-    let recovered_entries = next.0.saturating_sub(first_lsn.0);
+    let first_lsn = meta.first_lsn.max(first.first_lsn);
     if first_lsn > next {
         return Err(Error::corruption(
             dir.join(META_FILE),
@@ -332,16 +476,41 @@ pub(crate) async fn recover(
             },
         ));
     }
-    if writable {
-        for path in below_start.iter().chain(after_cut.iter().rev()) {
-            driver.remove_file(path).await.map_err(io_err(path))?;
-        }
-        if cut_record_found {
-            // Its work is done (or it was stale): a later batch may use its lsn again.
-            CutRecord::remove(driver, dir).await?;
-        }
+    Ok((first_lsn, next))
+}
+
+/// What a read-write open deletes once the log is checked.
+struct Leftovers<'a> {
+    /// Whole segments below the log's first lsn.
+    below_start: &'a [PathBuf],
+    /// Segments after a cut record's lsn, in log order (deleted from the last).
+    after_cut: &'a [PathBuf],
+    /// A cut record file is there, its work done (or stale).
+    cut_record: bool,
+}
+
+/// The last steps of a read-write open, once the log is checked: leftovers deleted, the last
+/// segment and the directory synced, then the clean-close record removed.
+async fn settle_files(
+    driver: &IoDriver,
+    dir: &Path,
+    meta: &Meta,
+    segments: &[SegmentIndex],
+    leftovers: Leftovers<'_>,
+    clean_record: Option<CleanClose>,
+) -> Result<()> {
+    for path in leftovers
+        .below_start
+        .iter()
+        .chain(leftovers.after_cut.iter().rev())
+    {
+        driver.remove_file(path).await.map_err(io_err(path))?;
     }
-    if writable && let Some(last) = segments.last() {
+    if leftovers.cut_record {
+        // Its work is done (or it was stale): a later batch may use its lsn again.
+        CutRecord::remove(driver, dir).await?;
+    }
+    if let Some(last) = segments.last() {
         // What the last run wrote may sit unsynced in the page cache: sync it before the log
         // calls it durable, or a later RWF_DSYNC append (durable for its own range only) could be
         // acknowledged after data the disk does not have. Earlier segments were synced at
@@ -349,28 +518,12 @@ pub(crate) async fn recover(
         last.file.sync_data().await.map_err(io_err(&last.path))?;
         driver.sync_dir(dir).await.map_err(io_err(dir))?;
     }
-    if writable && clean_record.is_some() {
+    if clean_record.is_some() {
         // The log was checked against the clean-close record; from here on its writer may
         // change it (append, truncate, reset) or a crash may cut it: the record goes first.
-        clean_close::remove(driver, dir, &meta).await?;
+        clean_close::remove(driver, dir, meta).await?;
     }
-    if let Some(torn) = &torn_tail {
-        tracing::warn!(file = %torn.file.display(), offset = torn.offset, bytes = torn.bytes, dropped_entries = torn.dropped_entries, "wal recovery cut a torn tail");
-    }
-    tracing::info!(dir = %dir.display(), segments = recovered_segments, entries = recovered_entries, first_lsn = first_lsn.0, last_lsn = next.0 - 1, "wal recovered");
-    Ok(Recovered {
-        format: meta.format,
-        log_id: meta.log_id,
-        epoch: meta.epoch,
-        first_lsn,
-        last_lsn: Lsn(next.0 - 1),
-        segments,
-        lock,
-        torn_tail,
-        recovered_segments,
-        recovered_entries,
-        disk_bytes,
-    })
+    Ok(())
 }
 
 struct Scanned {
@@ -378,6 +531,8 @@ struct Scanned {
     torn: Option<TornTail>,
     /// The segment holds the lsn of a cut record: the log ends there.
     cut_applied: bool,
+    /// The buffer the segment was read into, for the next one.
+    buf: BytesMut,
 }
 
 /// A segment file opened and read: whole, or as far as the clean-close record's limit.
@@ -385,17 +540,20 @@ struct Loaded {
     file: File,
     len: u64,
     buf: BytesMut,
+    /// The frames walked as the bytes arrived.
+    walked: walk::Prewalk,
 }
 
 /// Opens and reads a segment: its own step, so that recovery can read the next segment while it
 /// checks the current one. `limit`, if given, bounds the bytes read from its start (the scan
-/// takes what is past it for zeros).
+/// takes what is past it for zeros). `walked` walks the frames as they arrive.
 async fn load_segment(
     driver: IoDriver,
     path: PathBuf,
     writable: bool,
     buf: Option<BytesMut>,
     limit: Option<u64>,
+    mut walked: walk::Prewalk,
 ) -> Result<Loaded> {
     let file = driver
         .open(&path, &OpenOptions::new().read(true).write(writable))
@@ -422,9 +580,14 @@ async fn load_segment(
         _ if blocks => ringtide_platform::aligned_bytes_mut(read_len as usize, DIRECT_READ_ALIGN),
         _ => BytesMut::with_capacity(read_len as usize),
     };
-    let (res, buf) = read_segment(&driver, &file, &path, buf, blocks).await;
+    let (res, buf) = read_segment(&driver, &file, &path, buf, blocks, &mut walked).await;
     res.map_err(io_err(&path))?;
-    Ok(Loaded { file, len, buf })
+    Ok(Loaded {
+        file,
+        len,
+        buf,
+        walked,
+    })
 }
 
 /// Decides whether the clean-close record applies to its last segment, just loaded up to the
@@ -447,8 +610,8 @@ async fn settle_clean_close(
                 return Ok((loaded, None));
             }
             AtEnd::Stale | AtEnd::ReadMore if !whole => {
-                loaded =
-                    load_segment(driver.clone(), path.to_path_buf(), writable, None, None).await?;
+                let (path, walked) = (path.to_path_buf(), loaded.walked.restarted());
+                loaded = load_segment(driver.clone(), path, writable, None, None, walked).await?;
             }
             _ => break,
         }
@@ -461,27 +624,81 @@ const DIRECT_READ_ALIGN: usize = segment::DIRECT_BLOCK as usize;
 
 /// Reads a whole segment into `buf`: with `O_DIRECT` where it is whole blocks and the file
 /// system allows it (no copy through the page cache, and the cache is not filled with a log
-/// that is read once), else buffered.
+/// that is read once), else buffered. `walked` walks the frames as they arrive.
 async fn read_segment(
     driver: &IoDriver,
     file: &File,
     path: &Path,
     buf: BytesMut,
     blocks: bool,
+    walked: &mut walk::Prewalk,
 ) -> (std::io::Result<()>, BytesMut) {
     if blocks && (buf.as_ptr() as usize).is_multiple_of(DIRECT_READ_ALIGN) {
         let options = OpenOptions::new().read(true).direct(true);
         if let Ok(direct) = driver.open(path, &options).await {
-            let (res, mut buf) = direct.read_exact_at(buf, 0).await;
+            let (res, mut buf) = read_walking(&direct, buf, walked).await;
             let _ = direct.close().await;
             match res {
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => buf.clear(),
                 res => return (res, buf),
             }
-            return file.read_exact_at(buf, 0).await;
+            *walked = walked.restarted();
+            return read_walking(file, buf, walked).await;
         }
     }
-    file.read_exact_at(buf, 0).await
+    read_walking(file, buf, walked).await
+}
+
+/// The size of the reads a segment is read with: at least 1 MiB, at most 16 reads.
+fn read_chunk(len: usize) -> usize {
+    const MIN: usize = 1 << 20;
+    len.div_ceil(16)
+        .next_multiple_of(DIRECT_READ_ALIGN)
+        .max(MIN)
+}
+
+/// Fills `buf` from the start of `file` with reads of [`read_chunk`] bytes, all in flight at
+/// once, and walks the frames of each as it arrives, in order, while the later ones are still
+/// read: only the walk of the last is left after the read. On an error every read is waited for, and the buffer given back is
+/// a new one of the same capacity (the pieces of the old one hold partial reads).
+async fn read_walking(
+    file: &File,
+    mut buf: BytesMut,
+    walked: &mut walk::Prewalk,
+) -> (std::io::Result<()>, BytesMut) {
+    let capacity = buf.capacity();
+    let chunk = read_chunk(capacity);
+    // The pieces share the buffer's memory (aligned as it is: the chunk is whole blocks), and
+    // join again without a copy, each being full.
+    let mut reads = futures::stream::FuturesOrdered::new();
+    let mut at = 0;
+    while buf.capacity() > chunk {
+        let rest = buf.split_off(chunk);
+        reads.push_back(file.read_exact_at(buf, at as u64));
+        (buf, at) = (rest, at + chunk);
+    }
+    reads.push_back(file.read_exact_at(buf, at as u64));
+    let mut filled: Option<BytesMut> = None;
+    let mut failed = None;
+    while let Some((res, piece)) = reads.next().await {
+        match (res, &mut filled) {
+            (Err(e), _) => {
+                failed.get_or_insert(e);
+            }
+            (Ok(()), _) if failed.is_some() => {}
+            (Ok(()), None) => filled = Some(piece),
+            (Ok(()), Some(filled)) => filled.unsplit(piece),
+        }
+        if failed.is_none()
+            && let Some(filled) = &filled
+        {
+            walked.advance(filled);
+        }
+    }
+    match failed {
+        Some(e) => (Err(e), BytesMut::with_capacity(capacity)),
+        None => (Ok(()), filled.unwrap_or_default()),
+    }
 }
 
 /// What every segment's scan needs to know about the log.
@@ -525,19 +742,24 @@ fn check_header(
     Ok(header)
 }
 
-/// Checks one segment read whole into `buf` (the file is `len` bytes): its header, then its
-/// frames through the pure [`walk::walk_frames`], whose verdict it carries out — a torn tail cut
+/// Checks one segment as loaded (read whole, or up to the clean-close record's limit): its
+/// header, then its frames through the pure walk ([`walk::walk_frames_from`], taking up from
+/// the frames walked as they were read), whose verdict it carries out — a torn tail cut
 /// (or refused under `Strict`), an interrupted `truncate_back` finished, the active segment's
 /// preallocation restored. A read-only open changes no file.
 async fn scan_segment(
     path: &Path,
-    file: File,
-    len: u64,
-    buf: &[u8],
+    loaded: Loaded,
     name_first: Lsn,
     is_last: bool,
     ctx: &ScanContext<'_>,
 ) -> Result<Scanned> {
+    let Loaded {
+        file,
+        len,
+        buf,
+        walked,
+    } = loaded;
     let ScanContext {
         meta,
         cut,
@@ -545,11 +767,9 @@ async fn scan_segment(
         options,
         access,
     } = *ctx;
-    // What the record says of this segment's entries (it names the last).
-    let clean_here = clean.filter(|c| is_last && c.segment_first == name_first);
     let writable = access == Access::ReadWrite;
     let corrupt = |(offset, kind)| Error::corruption(path, offset, kind);
-    let header = check_header(buf, name_first, meta).map_err(corrupt)?;
+    let header = check_header(&buf, name_first, meta).map_err(corrupt)?;
     let params = walk::WalkParams {
         format: meta.format,
         first_lsn: header.first_lsn,
@@ -557,56 +777,27 @@ async fn scan_segment(
         cut,
         is_last,
     };
+    let walk = walk::walk_frames_from(&buf, &params, walked);
+    // What the record says of this segment's entries (it names the last).
+    let clean_here = clean.filter(|c| is_last && c.segment_first == name_first);
+    hold_to_clean_close(path, &walk, header.first_lsn, clean, clean_here)?;
     let walk::Walk {
         mut offsets,
         kept,
         end,
         outcome,
-        first_bad,
         ..
-    } = walk::walk_frames(buf, &params);
-    // The entries kept end before this lsn.
-    let found_next = Lsn(header.first_lsn.0 + kept as u64);
-    let incomplete = kept < offsets.len();
-    // After a clean close nothing is torn: every entry its record names must be here, checked
-    // before anything is cut or repaired. A cut record and a clean close never name the same log
-    // state; if both are there, the clean close's entries must still all be kept, in whichever
-    // segment the cut falls.
-    match (&outcome, clean, clean_here) {
-        (walk::Outcome::Corrupt(_), _, _) => {}
-        (walk::Outcome::Cut { .. }, Some(record), _) => {
-            clean_close::check_entries(path, &record, found_next, None, false, end)?;
-        }
-        (walk::Outcome::Cut { .. }, None, _) => {}
-        (_, _, Some(record)) => {
-            let bad = first_bad.as_ref();
-            clean_close::check_entries(path, &record, found_next, bad, incomplete, end)?;
-        }
-        (_, _, None) => {}
-    }
+    } = walk;
     let end = end as u64;
+    let cut_applied = matches!(outcome, walk::Outcome::Cut { .. });
     let mut torn = None;
     let mut patch = None;
-    let cut_applied = matches!(outcome, walk::Outcome::Cut { .. });
     match outcome {
         walk::Outcome::Clean => {}
         walk::Outcome::Corrupt(damage) => return Err(corrupt((damage.offset, damage.kind))),
         walk::Outcome::Cut { repair } => {
-            // Finish the interrupted `truncate_back`: the last kept frame rewritten whole (if it
-            // was being rewritten), the rest cut. A read-only open may not write: its readers see
-            // the repaired frame through the index instead.
             let repair = repair.map(|(at, bytes)| (at as u64, bytes::Bytes::from(bytes)));
-            if !writable {
-                patch = repair;
-            } else {
-                if let Some((at, bytes)) = repair {
-                    let (res, _) = file.writev_sync_at(vec![bytes], at).await;
-                    res.map_err(io_err(path))?;
-                }
-                segment::cut_tail(&file, end, len)
-                    .await
-                    .map_err(io_err(path))?;
-            }
+            patch = finish_cut(path, &file, len, end, repair, writable).await?;
         }
         walk::Outcome::TornTail { bytes } => {
             if options.recovery_mode == RecoveryMode::Strict {
@@ -646,5 +837,61 @@ async fn scan_segment(
         },
         torn,
         cut_applied,
+        buf,
     })
+}
+
+/// After a clean close nothing is torn: every entry its record names must be in the segments
+/// walked, checked before anything is cut or repaired. `clean_here` is the record if it names
+/// this segment as the last. A cut record and a clean close never name the same log state; if
+/// both are there, the clean close's entries must still all be kept, in whichever segment the
+/// cut falls.
+fn hold_to_clean_close(
+    path: &Path,
+    walk: &walk::Walk,
+    first_lsn: Lsn,
+    clean: Option<CleanClose>,
+    clean_here: Option<CleanClose>,
+) -> Result<()> {
+    // The entries kept end before this lsn.
+    let found_next = Lsn(first_lsn.0 + walk.kept as u64);
+    let incomplete = walk.kept < walk.offsets.len();
+    match (&walk.outcome, clean, clean_here) {
+        (walk::Outcome::Corrupt(_), _, _) => {}
+        (walk::Outcome::Cut { .. }, Some(record), _) => {
+            clean_close::check_entries(path, &record, found_next, None, false, walk.end)?;
+        }
+        (walk::Outcome::Cut { .. }, None, _) => {}
+        (_, _, Some(record)) => {
+            let bad = walk.first_bad.as_ref();
+            clean_close::check_entries(path, &record, found_next, bad, incomplete, walk.end)?;
+        }
+        (_, _, None) => {}
+    }
+    Ok(())
+}
+
+/// Finishes an interrupted `truncate_back` in the segment that holds the cut record's lsn: the
+/// last kept frame rewritten whole (if it was being rewritten, `repair`), the rest cut from
+/// `end`. A read-only open may not write: it returns the repair instead, for its readers to
+/// see the repaired frame through the index.
+async fn finish_cut(
+    path: &Path,
+    file: &File,
+    len: u64,
+    end: u64,
+    repair: Option<(u64, bytes::Bytes)>,
+    writable: bool,
+) -> Result<Option<(u64, bytes::Bytes)>> {
+    if !writable {
+        return Ok(repair);
+    }
+    if let Some((at, bytes)) = repair {
+        let (res, _) = file.writev_sync_at(vec![bytes], at).await;
+        res.map_err(io_err(path))?;
+    }
+    segment::cut_tail(file, end, len)
+        .await
+        .map_err(io_err(path))?;
+    Ok(None)
 }

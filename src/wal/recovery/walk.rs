@@ -99,17 +99,31 @@ enum Stop {
 
 /// Walks the frames of `buf` (a segment's bytes from offset 0, or a prefix of them) and judges
 /// where its entries end. See the [module](self) documentation for the rules and invariants.
+/// (Recovery itself walks with [`walk_frames_from`], from the frames walked as they were read.)
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn walk_frames(buf: &[u8], params: &WalkParams) -> Walk {
+    walk_frames_from(buf, params, Prewalk::new(params))
+}
+
+/// `walk_frames`, taking up from where `done` stopped over a prefix of the same bytes: the
+/// frames it took are not decoded again. The same walk as `walk_frames` gives (`done` is
+/// ignored if it walked with other parameters).
+pub(crate) fn walk_frames_from(buf: &[u8], params: &WalkParams, done: Prewalk) -> Walk {
     assert!(
         (1..=MAX_LSN).contains(&params.first_lsn.0),
         "a segment's first lsn {} comes from a checked header",
         params.first_lsn
     );
+    let done = if done.walks_as(params) {
+        done
+    } else {
+        Prewalk::new(params)
+    };
     let mut walk = Walk {
-        offsets: Vec::new(),
-        kept: 0,
-        end: params.start,
-        stopped_at: params.start,
+        offsets: done.offsets,
+        kept: done.kept,
+        end: done.end,
+        stopped_at: done.pos,
         first_bad: None,
         outcome: Outcome::Clean,
     };
@@ -129,11 +143,12 @@ pub(crate) fn walk_frames(buf: &[u8], params: &WalkParams) -> Walk {
     walk
 }
 
-/// Decodes frames from `params.start` while they are the next ones, recording them in `walk`.
+/// Decodes frames from `walk.stopped_at` (`params.start`, or where a [`Prewalk`] stopped) while
+/// they are the next ones, recording them in `walk`.
 fn decode_frames(buf: &[u8], params: &WalkParams, walk: &mut Walk) -> Stop {
     let format = params.format;
-    let mut pos = params.start;
-    let mut expected = params.first_lsn;
+    let mut pos = walk.stopped_at;
+    let mut expected = Lsn(params.first_lsn.0 + walk.offsets.len() as u64);
     let stop = loop {
         if params.cut.is_some_and(|c| expected > c) {
             // An interrupted `truncate_back` ends the log before this frame: whatever is left of
@@ -190,6 +205,88 @@ fn decode_frames(buf: &[u8], params: &WalkParams, walk: &mut Walk) -> Stop {
     };
     walk.stopped_at = pos;
     stop
+}
+
+/// The first steps of a walk, taken over a prefix of a segment's bytes while the rest is still
+/// being read: the frames that lie wholly in the prefix and that the walk takes as entries in
+/// any case (the next lsn, not a seal, not at or past a cut record's lsn). Everything else —
+/// where the frames stop and what that means — is left to [`walk_frames_from`] over the whole
+/// buffer. A frame's decoding depends only on its own bytes, which the prefix holds as the
+/// whole buffer does, so the walk taken up from here is the one `walk_frames` takes.
+#[derive(Debug, Clone)]
+pub(crate) struct Prewalk {
+    format: FrameFormat,
+    first_lsn: Lsn,
+    start: usize,
+    cut: Option<Lsn>,
+    /// Where the next frame starts.
+    pos: usize,
+    offsets: Vec<u32>,
+    kept: usize,
+    end: usize,
+}
+
+impl Prewalk {
+    /// A walk with these parameters that has taken no frame yet.
+    pub(crate) fn new(params: &WalkParams) -> Prewalk {
+        Prewalk {
+            format: params.format,
+            first_lsn: params.first_lsn,
+            start: params.start,
+            cut: params.cut,
+            pos: params.start,
+            offsets: Vec::new(),
+            kept: 0,
+            end: params.start,
+        }
+    }
+
+    /// The same walk, started over (for bytes read anew).
+    pub(crate) fn restarted(&self) -> Prewalk {
+        Prewalk {
+            pos: self.start,
+            offsets: Vec::new(),
+            kept: 0,
+            end: self.start,
+            ..self.clone()
+        }
+    }
+
+    fn walks_as(&self, params: &WalkParams) -> bool {
+        self.format == params.format
+            && self.first_lsn == params.first_lsn
+            && self.start == params.start
+            && self.cut == params.cut
+    }
+
+    /// Takes the frames of `prefix` (the segment's first bytes, longer at each call) from where
+    /// the last call stopped, as long as they are entries whatever follows them.
+    pub(crate) fn advance(&mut self, prefix: &[u8]) {
+        if !(1..=MAX_LSN).contains(&self.first_lsn.0) {
+            // No segment starts there: the header check refuses it before any walk.
+            return;
+        }
+        loop {
+            let expected = Lsn(self.first_lsn.0 + self.offsets.len() as u64);
+            if self.cut.is_some_and(|c| expected >= c) {
+                return;
+            }
+            let Ok(offset) = u32::try_from(self.pos) else {
+                return;
+            };
+            match self.format.decode(prefix, self.pos, ACCEPT_MAX_PAYLOAD) {
+                Decoded::Frame(frame) if frame.lsn == expected && !frame.seal => {
+                    self.offsets.push(offset);
+                    self.pos += frame.len;
+                    if !frame.continues {
+                        self.kept = self.offsets.len();
+                        self.end = self.pos;
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
 }
 
 /// The verdict on where the walked frames end (see the [module](self) documentation).
@@ -607,5 +704,84 @@ mod tests {
         }
         let _ = walk_frames(&noise, &params(true));
         let _ = walk_frames(&[], &params(true));
+    }
+
+    /// Walks `buf` taken up from prewalks over its prefixes cut at every `step` bytes: the walk
+    /// must be the one `walk_frames` takes over the whole buffer.
+    fn assert_prewalks_agree(buf: &[u8], params: &WalkParams, step: usize) {
+        let whole = walk_frames(buf, params);
+        let mut done = Prewalk::new(params);
+        let mut len = 0;
+        loop {
+            len = (len + step).min(buf.len());
+            done.advance(&buf[..len]);
+            assert_eq!(
+                walk_frames_from(buf, params, done.clone()),
+                whole,
+                "taken up after a prefix of {len} bytes (step {step})"
+            );
+            if len == buf.len() {
+                break;
+            }
+        }
+        assert_eq!(
+            walk_frames_from(buf, params, done.restarted()),
+            whole,
+            "started over"
+        );
+    }
+
+    #[test]
+    fn a_walk_taken_up_after_a_prewalk_of_a_prefix_is_the_whole_walk() {
+        let seal = Image::five().seal(6).zeros(40);
+        let torn = {
+            let mut image = Image::five().frame(6, 5, true).frame(7, 5, false).zeros(40);
+            let at = image.offsets[6] + 9;
+            image.buf[at] ^= 0x40;
+            image
+        };
+        let damaged = {
+            let mut image = Image::five().zeros(40);
+            let at = image.offsets[1] + 9;
+            image.buf[at] ^= 0x40;
+            image
+        };
+        let unfinished = Image::five().frame(6, 5, true).zeros(40);
+        let images = [Image::five().zeros(100), seal, torn, damaged, unfinished];
+        for image in &images {
+            for cut in [None, Some(Lsn(2)), Some(Lsn(3)), Some(Lsn(4)), Some(Lsn(9))] {
+                for is_last in [true, false] {
+                    let params = WalkParams {
+                        cut,
+                        ..params(is_last)
+                    };
+                    for step in [1, 7, 64, 1000] {
+                        assert_prewalks_agree(&image.buf, &params, step);
+                    }
+                }
+            }
+        }
+        // A prewalk of the whole clean image takes every frame.
+        let image = Image::five().zeros(40);
+        let mut done = Prewalk::new(&params(true));
+        done.advance(&image.buf[..image.offsets[3]]);
+        assert_eq!(
+            (done.offsets.len(), done.kept),
+            (3, 2),
+            "frames 1 to 3, 3 opening a batch"
+        );
+        done.advance(&image.buf);
+        assert_eq!((done.offsets.len(), done.kept), (5, 5));
+        // Parameters of another walk: the prewalk is not used.
+        let image = Image::five().zeros(40);
+        let mut other = Prewalk::new(&WalkParams {
+            first_lsn: Lsn(2),
+            ..params(true)
+        });
+        other.advance(&image.buf);
+        assert_eq!(
+            walk_frames_from(&image.buf, &params(true), other),
+            walk_frames(&image.buf, &params(true))
+        );
     }
 }
