@@ -511,6 +511,13 @@ impl File {
     /// The system's error; `EBADF` after [`close`](Self::close).
     pub fn try_lock(&self) -> io::Result<bool> {
         self.state.check_open()?;
+        #[cfg_attr(
+            not(feature = "sim"),
+            allow(
+                clippy::infallible_destructuring_match,
+                reason = "a second variant exists with the `sim` feature"
+            )
+        )]
         let file = match &self.state.handle {
             Handle::Os(file) => file,
             #[cfg(feature = "sim")]
