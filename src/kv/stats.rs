@@ -23,7 +23,8 @@ pub struct DbStats {
     pub memtable_bytes: u64,
     /// Transactions begun and not yet ended.
     pub active_txns: u64,
-    /// Snapshots held (active transactions not yet expired).
+    /// Snapshots held by read-write transactions not yet ended or expired (they keep conflict
+    /// history; read-only transactions hold none).
     pub active_snapshots: u64,
     /// The oldest snapshot held, if any.
     pub oldest_snapshot: Option<SeqNo>,

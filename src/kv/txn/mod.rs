@@ -81,7 +81,9 @@ impl Inner {
     /// Releases the snapshot and counts the transaction as ended (once; idempotent).
     pub(crate) fn release(&self) {
         if !self.ended.swap(true, std::sync::atomic::Ordering::AcqRel) {
-            self.db.oracle.release(self.snapshot, self.id);
+            if !self.read_only {
+                self.db.oracle.release(self.snapshot, self.id);
+            }
             self.db.counters.txn_ended(self.begun.elapsed());
         }
     }
@@ -131,7 +133,15 @@ impl Txn {
         let timeout = options.timeout.or(db.options.default_timeout);
         let now = Instant::now();
         let deadline = timeout.map(|t| now + t);
-        let snapshot = db.oracle.begin(id, deadline);
+        let read_only = options.read_only || db.read_only;
+        // A read-only transaction never validates, so it needs no conflict history kept for it:
+        // its snapshot is the watermark, read without the oracle's lock. (Part 2's version
+        // collection will register these too, more cheaply than the history's registry.)
+        let snapshot = if read_only {
+            db.oracle.visible()
+        } else {
+            db.oracle.begin(id, deadline)
+        };
         db.counters.txn_begun();
         Txn {
             inner: Arc::new(Inner {
@@ -139,7 +149,7 @@ impl Txn {
                 id,
                 snapshot,
                 isolation: options.isolation,
-                read_only: options.read_only || db.read_only,
+                read_only,
                 deadline,
                 durability: options.durability,
                 begun: now,
