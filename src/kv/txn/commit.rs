@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use tracing::Instrument;
 
 use super::oracle::{BucketKey, CommitCheck, ScannedRange};
 use super::{CommitInfo, Status, Txn, WriteSet};
@@ -60,6 +61,11 @@ impl Txn {
     /// [`Db::committed_seq`](crate::kv::Db::committed_seq) passes its seq (a later transaction
     /// sees its writes). A `tokio::time::timeout` around `commit` is thus safe.
     pub async fn commit(&self) -> Result<CommitInfo> {
+        let span = tracing::debug_span!("kv_commit", txn = self.inner.id);
+        self.commit_inner().instrument(span).await
+    }
+
+    async fn commit_inner(&self) -> Result<CommitInfo> {
         let db = self.inner.db.clone();
         let prepared = self.lock().status == Status::Prepared;
         if prepared {
@@ -102,6 +108,7 @@ impl Txn {
         };
         result?;
         db.counters.commit(started.elapsed(), self.inner.isolation);
+        tracing::trace!(seq, writes = taken.count, "committed");
         Ok(CommitInfo {
             seq: SeqNo(seq),
             writes: taken.count,
@@ -225,6 +232,7 @@ impl Txn {
         self.lock().status = Status::Failed;
         self.inner.release();
         self.inner.db.counters.conflict(self.inner.isolation);
+        tracing::debug!(?kind, bucket, "conflict");
         Error::Conflict {
             bucket: self.bucket_path(bucket),
             key,
