@@ -24,6 +24,7 @@ type OwnWrite = (Bytes, Option<Bytes>);
 
 /// The entries of a key range, in key order (or reversed with [`Scan::rev`]), as a `Stream` of
 /// `Result<(key, value)>`.
+/// A range whose start is above its end (`"c".."a"`) holds no key: it yields nothing.
 ///
 /// It sees the transaction's snapshot plus the transaction's own writes made before its first
 /// poll. Values are `Bytes` shared with the memtable, not copied. It holds no lock between
@@ -103,6 +104,13 @@ impl Scan {
 
     fn start(&mut self) -> Result<()> {
         let state = self.txn.live()?;
+        if holds_no_key(&self.bounds) {
+            // An empty or inverted range (`"c".."a"`): nothing to yield, nothing to validate
+            // (and `BTreeMap::range` panics on inverted bounds).
+            self.started = true;
+            self.done = true;
+            return Ok(());
+        }
         let (lower, upper) = (as_ref(&self.bounds.0), as_ref(&self.bounds.1));
         let mut own: Vec<OwnWrite> = state
             .writes
@@ -131,6 +139,9 @@ impl Scan {
     fn fill(&mut self) -> Result<()> {
         if !self.started {
             self.start()?;
+            if self.done {
+                return Ok(());
+            }
         } else {
             drop(self.txn.live()?);
         }
@@ -202,6 +213,17 @@ impl Stream for Scan {
 
     fn poll_next(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         Poll::Ready(self.get_mut().next_entry())
+    }
+}
+
+/// Whether no key lies within `bounds`: the lower bound above the upper one, or equal to it
+/// with either excluded.
+fn holds_no_key((lower, upper): &KeyBounds) -> bool {
+    match (lower, upper) {
+        (Bound::Included(l), Bound::Included(u)) => l > u,
+        (Bound::Included(l) | Bound::Excluded(l), Bound::Excluded(u))
+        | (Bound::Excluded(l), Bound::Included(u)) => l >= u,
+        _ => false,
     }
 }
 
