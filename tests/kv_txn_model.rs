@@ -5,19 +5,27 @@ use std::ops::Bound;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use ringtide::kv::{Db, DbOptions, TxnOptions};
+use ringtide::Error;
+use ringtide::kv::{Db, DbOptions, Isolation, TxnOptions};
 use ringtide::platform::IoDriver;
 
 type Entry = (Bytes, Bytes);
 
 mod common;
 
-both_backends!(scans_of_inverted_ranges_are_empty,);
+both_backends!(
+    scans_of_inverted_ranges_are_empty,
+    handles_of_deleted_buckets_refuse_every_use,
+);
 
 fn fixed_options(driver: &IoDriver) -> DbOptions {
     DbOptions::default()
         .driver(driver.clone())
         .wal_segment_size_bytes(1 << 20)
+}
+
+fn is_not_found<T: std::fmt::Debug>(r: ringtide::Result<T>) -> bool {
+    matches!(r, Err(Error::BucketNotFound { .. }))
 }
 
 /// A range that holds no key (inverted, or empty at one point) scans as empty, in either
@@ -56,5 +64,58 @@ async fn scans_of_inverted_ranges_are_empty(driver: IoDriver) -> ringtide::Resul
     }
     // A serializable commit validates what it scanned.
     txn.commit().await?;
+    db.close().await
+}
+
+/// Every use of a handle of a bucket the transaction deleted, or of a bucket nested in it, is
+/// refused. Scans, cursors, sequences and nested buckets used to go on as if it were there
+/// (nested buckets created through it were left orphaned in the catalog).
+async fn handles_of_deleted_buckets_refuse_every_use(driver: IoDriver) -> ringtide::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = Db::open(dir.path(), fixed_options(&driver)).await?;
+    let txn = db.begin(TxnOptions::default())?;
+    let t = txn.create_bucket("t").await?;
+    t.put("k", "v")?;
+    t.next_sequence().await?;
+    t.create_bucket("n").await?.put("k", "v")?;
+    txn.commit().await?;
+
+    for isolation in [Isolation::Snapshot, Isolation::Serializable] {
+        let txn = db.begin(TxnOptions::default().isolation(isolation))?;
+        let t = txn.bucket("t").await?.expect("t");
+        let n = t.bucket("n").await?.expect("t/n");
+        txn.delete_bucket("t").await?;
+        assert!(is_not_found(t.get("k").await));
+        assert!(is_not_found(t.put("k", "w")));
+        assert!(is_not_found(
+            t.scan::<&[u8]>(..).try_collect::<Vec<_>>().await
+        ));
+        assert!(is_not_found(
+            t.scan_prefix("k").rev().try_collect::<Vec<_>>().await
+        ));
+        assert!(is_not_found(t.cursor().first().await));
+        assert!(is_not_found(t.next_sequence().await));
+        assert!(is_not_found(t.buckets().await));
+        assert!(is_not_found(t.bucket("n").await));
+        assert!(is_not_found(t.create_bucket("m").await));
+        assert!(is_not_found(t.create_bucket_if_not_exists("n").await));
+        assert!(is_not_found(t.delete_bucket("n").await));
+        // Deleted with its parent.
+        assert!(is_not_found(n.get("k").await));
+        assert!(is_not_found(n.put("k2", "w")));
+        assert!(is_not_found(
+            n.scan::<&[u8]>(..).try_collect::<Vec<_>>().await
+        ));
+        assert!(is_not_found(n.cursor().last().await));
+        assert!(is_not_found(n.next_sequence().await));
+        assert!(txn.bucket("t").await?.is_none());
+        // Nothing but the deletion is written: its catalog entry and its reclaim marker.
+        assert_eq!(txn.commit().await?.writes, 2);
+        // Back for the next round.
+        let txn = db.begin(TxnOptions::default())?;
+        let t = txn.create_bucket("t").await?;
+        t.create_bucket("n").await?;
+        txn.commit().await?;
+    }
     db.close().await
 }

@@ -11,7 +11,7 @@ use futures::Stream;
 
 use super::tree::memtable::KeyValue;
 use super::txn::oracle::ScannedRange;
-use super::txn::{KeyBounds, Txn};
+use super::txn::{KeyBounds, Txn, check_not_deleted};
 use crate::error::Result;
 
 /// Entries read from the memtable by a scan's first step; each step doubles it, up to
@@ -31,7 +31,8 @@ type OwnWrite = (Bytes, Option<Bytes>);
 /// polls; dropping it releases everything it holds. In a serializable transaction the whole
 /// range counts as read (a write committed into it after the snapshot is a conflict at commit),
 /// however much of it is consumed. After the transaction's timeout it yields
-/// [`Error::TxnExpired`](crate::Error::TxnExpired), then ends.
+/// [`Error::TxnExpired`](crate::Error::TxnExpired), then ends; over a bucket the transaction
+/// deleted, [`Error::BucketNotFound`](crate::Error::BucketNotFound).
 pub struct Scan {
     txn: Txn,
     bucket: u64,
@@ -104,6 +105,7 @@ impl Scan {
 
     fn start(&mut self) -> Result<()> {
         let state = self.txn.live()?;
+        check_not_deleted(&state, self.bucket)?;
         if holds_no_key(&self.bounds) {
             // An empty or inverted range (`"c".."a"`): nothing to yield, nothing to validate
             // (and `BTreeMap::range` panics on inverted bounds).
@@ -262,7 +264,9 @@ impl Cursor {
     ///
     /// # Errors
     /// [`Error::TxnExpired`](crate::Error::TxnExpired) /
-    /// [`Error::TxnFinished`](crate::Error::TxnFinished).
+    /// [`Error::TxnFinished`](crate::Error::TxnFinished);
+    /// [`Error::BucketNotFound`](crate::Error::BucketNotFound) over a bucket the transaction
+    /// deleted.
     ///
     /// # Cancel safety
     /// Safe: a move reads only.
@@ -346,6 +350,7 @@ impl Cursor {
         loop {
             let own = {
                 let state = self.txn.live()?;
+                check_not_deleted(&state, self.bucket)?;
                 state.writes.get(&self.bucket).and_then(|w| {
                     let mut range = if reverse {
                         w.range::<[u8], _>((Bound::Unbounded, as_ref(&from)))

@@ -219,6 +219,13 @@ impl Txn {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Checks that the transaction is active and did not delete `bucket` (see
+    /// [`check_not_deleted`]).
+    pub(crate) fn check_bucket(&self, bucket: u64) -> Result<()> {
+        let state = self.live()?;
+        check_not_deleted(&state, bucket)
+    }
+
     /// Whether point reads and scans are recorded for validation.
     pub(crate) fn records_reads(&self) -> bool {
         self.inner.isolation == Isolation::Serializable && !self.inner.read_only
@@ -478,16 +485,29 @@ fn check_key(key: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn check_not_deleted(state: &State, bucket: u64) -> Result<()> {
-    if state.deleted.contains(&bucket) {
-        return Err(Error::BucketNotFound {
-            name: state
-                .bucket_keys
-                .get(&bucket)
-                .map_or_else(|| format!("#{bucket}"), |(_, p)| p.to_string()),
-        });
+/// Refuses a bucket this transaction deleted, or one nested in it (deleted with it): their
+/// handles refuse further use.
+pub(crate) fn check_not_deleted(state: &State, bucket: u64) -> Result<()> {
+    let mut id = bucket;
+    loop {
+        if state.deleted.contains(&id) {
+            return Err(Error::BucketNotFound {
+                name: state
+                    .bucket_keys
+                    .get(&bucket)
+                    .map_or_else(|| format!("#{bucket}"), |(_, p)| p.to_string()),
+            });
+        }
+        // Up to the parent, named by the bucket's catalog key (ids of buckets opened here).
+        match state
+            .bucket_keys
+            .get(&id)
+            .and_then(|((_, key), _)| bucket::entry_parent(key))
+        {
+            Some(parent) => id = parent,
+            None => return Ok(()),
+        }
     }
-    Ok(())
 }
 
 /// Owned bounds of a range of keys.
