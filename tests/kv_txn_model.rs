@@ -5,9 +5,9 @@ use std::ops::Bound;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use ringtide::Error;
 use ringtide::kv::{Db, DbOptions, Isolation, TxnOptions};
 use ringtide::platform::IoDriver;
+use ringtide::{ConflictKind, Error};
 
 type Entry = (Bytes, Bytes);
 
@@ -16,6 +16,7 @@ mod common;
 both_backends!(
     scans_of_inverted_ranges_are_empty,
     handles_of_deleted_buckets_refuse_every_use,
+    writes_into_buckets_deleted_concurrently_conflict,
 );
 
 fn fixed_options(driver: &IoDriver) -> DbOptions {
@@ -117,5 +118,73 @@ async fn handles_of_deleted_buckets_refuse_every_use(driver: IoDriver) -> ringti
         t.create_bucket("n").await?;
         txn.commit().await?;
     }
+    db.close().await
+}
+
+/// A write into a bucket conflicts with a concurrent deletion of the bucket or of a bucket it
+/// is nested in, at either isolation level, whether the write is a key, a sequence taken or a
+/// nested bucket created or deleted. Under snapshot isolation only a key written straight into
+/// the deleted bucket used to conflict: the others committed into a bucket no longer there.
+async fn writes_into_buckets_deleted_concurrently_conflict(
+    driver: IoDriver,
+) -> ringtide::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = Db::open(dir.path(), fixed_options(&driver)).await?;
+    let mut round = 0;
+    for isolation in [Isolation::Snapshot, Isolation::Serializable] {
+        for write in [
+            "key in nested",
+            "sequence",
+            "nested bucket",
+            "nested deletion",
+        ] {
+            round += 1;
+            let name = format!("t{round}");
+            let setup = db.begin(TxnOptions::default())?;
+            setup.create_bucket(&name).await?.create_bucket("n").await?;
+            setup.commit().await?;
+
+            let txn = db.begin(TxnOptions::default().isolation(isolation))?;
+            let t = txn.bucket(&name).await?.expect("created");
+            match write {
+                "key in nested" => t.bucket("n").await?.expect("n").put("k", "v")?,
+                "sequence" => drop(t.next_sequence().await?),
+                "nested bucket" => drop(t.create_bucket("m").await?),
+                _ => t.delete_bucket("n").await?,
+            }
+            // An unrelated change in the bucket commits in between (alone, it does not
+            // conflict: see the end), then the deletion.
+            let other = db.begin(TxnOptions::default())?;
+            let ot = other.bucket(&name).await?.expect("created");
+            ot.create_bucket("o").await?;
+            ot.put("other", "v")?;
+            other.commit().await?;
+            let deleter = db.begin(TxnOptions::default())?;
+            deleter.delete_bucket(&name).await?;
+            deleter.commit().await?;
+            match txn.commit().await {
+                Err(Error::Conflict {
+                    kind: ConflictKind::ReadWrite,
+                    ..
+                }) => {}
+                other => panic!("{isolation:?}, {write}: {other:?}"),
+            }
+        }
+    }
+    // Without the deletion, the same writes commit (snapshot isolation).
+    let setup = db.begin(TxnOptions::default())?;
+    setup.create_bucket("u").await?.create_bucket("n").await?;
+    setup.commit().await?;
+    let txn = db.begin(TxnOptions::default().isolation(Isolation::Snapshot))?;
+    let u = txn.bucket("u").await?.expect("created");
+    u.bucket("n").await?.expect("n").put("k", "v")?;
+    u.next_sequence().await?;
+    u.create_bucket("m").await?;
+    let other = db.begin(TxnOptions::default())?;
+    let ou = other.bucket("u").await?.expect("created");
+    ou.create_bucket("o").await?;
+    ou.put("other", "v")?;
+    other.commit().await?;
+    txn.commit().await?;
     db.close().await
 }

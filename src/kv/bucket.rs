@@ -66,6 +66,17 @@ pub(crate) fn entry_parent(key: &[u8]) -> Option<u64> {
     }
 }
 
+/// The bucket a catalog write belongs to: the parent a `b` entry is in, the bucket an `s`
+/// entry counts for (none for a `d` entry: it goes with the `b` entry of its deletion).
+pub(crate) fn catalog_owner(key: &[u8]) -> Option<u64> {
+    match key {
+        [b'b' | b's', id @ ..] if id.len() >= 8 => {
+            Some(u64::from_be_bytes(id[..8].try_into().expect("8 bytes")))
+        }
+        _ => None,
+    }
+}
+
 fn id_key(tag: u8, id: u64) -> Bytes {
     let mut k = BytesMut::with_capacity(9);
     k.put_u8(tag);

@@ -57,8 +57,9 @@ pub(crate) struct State {
     pub(crate) reads: Vec<BucketKey>,
     pub(crate) ranges: Vec<ScannedRange>,
     /// The catalog key of every bucket opened or created, by bucket id: validated at commit
-    /// when the transaction wrote into the bucket (under both isolation levels), so that a
-    /// write into a bucket deleted concurrently is a conflict, not a silent loss.
+    /// when the transaction wrote into the bucket or into a bucket nested in it (under both
+    /// isolation levels), so that a write into a bucket deleted concurrently is a conflict,
+    /// not a silent loss.
     pub(crate) bucket_keys: HashMap<u64, (BucketKey, Arc<str>)>,
     /// Buckets this transaction deleted: their handles refuse further use.
     pub(crate) deleted: HashSet<u64>,
