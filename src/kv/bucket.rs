@@ -56,6 +56,27 @@ pub(crate) fn entry_key(parent: u64, name: &[u8]) -> Bytes {
     k.freeze()
 }
 
+/// The parent id a `b` entry's key names.
+pub(crate) fn entry_parent(key: &[u8]) -> Option<u64> {
+    match key {
+        [b'b', id @ ..] if id.len() >= 8 => {
+            Some(u64::from_be_bytes(id[..8].try_into().expect("8 bytes")))
+        }
+        _ => None,
+    }
+}
+
+/// The bucket a catalog write belongs to: the parent a `b` entry is in, the bucket an `s`
+/// entry counts for (none for a `d` entry: it goes with the `b` entry of its deletion).
+pub(crate) fn catalog_owner(key: &[u8]) -> Option<u64> {
+    match key {
+        [b'b' | b's', id @ ..] if id.len() >= 8 => {
+            Some(u64::from_be_bytes(id[..8].try_into().expect("8 bytes")))
+        }
+        _ => None,
+    }
+}
+
 fn id_key(tag: u8, id: u64) -> Bytes {
     let mut k = BytesMut::with_capacity(9);
     k.put_u8(tag);
@@ -123,6 +144,7 @@ pub(crate) async fn create(
     if_not_exists: bool,
 ) -> Result<Bucket> {
     check_name(txn, name)?;
+    txn.check_bucket(parent)?;
     let key = entry_key(parent, name);
     let path = path_of(parent_path, name);
     if let Some(existing) = txn.get_in(CATALOG, &key)? {
@@ -148,6 +170,7 @@ pub(crate) async fn open(
     parent_path: &str,
     name: &[u8],
 ) -> Result<Option<Bucket>> {
+    txn.check_bucket(parent)?;
     if name.is_empty() {
         return Ok(None);
     }
@@ -176,6 +199,7 @@ pub(crate) async fn delete(txn: &Txn, parent: u64, parent_path: &str, name: &[u8
 }
 
 pub(crate) async fn list(txn: &Txn, parent: u64) -> Result<Vec<Bytes>> {
+    txn.check_bucket(parent)?;
     let prefix = entry_key(parent, &[]);
     let mut scan = Scan::new(txn.clone(), CATALOG, prefix_bounds(&prefix));
     let mut names = Vec::new();
@@ -200,7 +224,8 @@ impl Bucket {
     /// The value of `key` in this bucket.
     ///
     /// # Errors
-    /// As [`Txn::get`], and [`Error::BucketNotFound`] if this transaction deleted the bucket.
+    /// As [`Txn::get`], and [`Error::BucketNotFound`] if this transaction deleted the bucket (or
+    /// a bucket it is nested in).
     ///
     /// # Cancel safety
     /// Safe, as [`Txn::get`].
@@ -222,7 +247,7 @@ impl Bucket {
     /// Puts `key` → `value` in this bucket.
     ///
     /// # Errors
-    /// As [`Txn::put`], and [`Error::BucketNotFound`] if this transaction deleted the bucket.
+    /// As [`Txn::put`], and [`Error::BucketNotFound`] as [`Bucket::get`].
     pub fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<()> {
         self.txn.write_in(self.id, key.into(), Some(value.into()))
     }
@@ -253,7 +278,7 @@ impl Bucket {
     /// Creates the nested bucket `name`.
     ///
     /// # Errors
-    /// As [`Txn::create_bucket`].
+    /// As [`Txn::create_bucket`], and [`Error::BucketNotFound`] as [`Bucket::get`].
     ///
     /// # Cancel safety
     /// Safe, as [`Txn::create_bucket`].
@@ -264,7 +289,7 @@ impl Bucket {
     /// Creates the nested bucket `name` unless it exists; returns it either way.
     ///
     /// # Errors
-    /// As [`Txn::create_bucket_if_not_exists`].
+    /// As [`Txn::create_bucket_if_not_exists`], and [`Error::BucketNotFound`] as [`Bucket::get`].
     ///
     /// # Cancel safety
     /// Safe, as [`Txn::create_bucket`].
@@ -275,7 +300,7 @@ impl Bucket {
     /// The nested bucket `name`, if it exists.
     ///
     /// # Errors
-    /// As [`Txn::bucket`].
+    /// As [`Txn::bucket`], and [`Error::BucketNotFound`] as [`Bucket::get`].
     ///
     /// # Cancel safety
     /// Safe, as [`Txn::get`].
@@ -297,7 +322,7 @@ impl Bucket {
     /// The names of the nested buckets, in order.
     ///
     /// # Errors
-    /// As [`Txn::buckets`].
+    /// As [`Txn::buckets`], and [`Error::BucketNotFound`] as [`Bucket::get`].
     ///
     /// # Cancel safety
     /// Safe, as [`Txn::get`].
@@ -315,6 +340,7 @@ impl Bucket {
     /// # Cancel safety
     /// Safe, as [`Txn::get`].
     pub async fn next_sequence(&self) -> Result<u64> {
+        self.txn.check_bucket(self.id)?;
         let key = id_key(b's', self.id);
         let current = match self.txn.get_in(CATALOG, &key)? {
             Some(v) => decode_id(&v)?,

@@ -11,7 +11,7 @@ use futures::Stream;
 
 use super::tree::memtable::KeyValue;
 use super::txn::oracle::ScannedRange;
-use super::txn::{KeyBounds, Txn};
+use super::txn::{KeyBounds, Txn, check_not_deleted};
 use crate::error::Result;
 
 /// Entries read from the memtable by a scan's first step; each step doubles it, up to
@@ -24,13 +24,15 @@ type OwnWrite = (Bytes, Option<Bytes>);
 
 /// The entries of a key range, in key order (or reversed with [`Scan::rev`]), as a `Stream` of
 /// `Result<(key, value)>`.
+/// A range whose start is above its end (`"c".."a"`) holds no key: it yields nothing.
 ///
 /// It sees the transaction's snapshot plus the transaction's own writes made before its first
 /// poll. Values are `Bytes` shared with the memtable, not copied. It holds no lock between
 /// polls; dropping it releases everything it holds. In a serializable transaction the whole
 /// range counts as read (a write committed into it after the snapshot is a conflict at commit),
 /// however much of it is consumed. After the transaction's timeout it yields
-/// [`Error::TxnExpired`](crate::Error::TxnExpired), then ends.
+/// [`Error::TxnExpired`](crate::Error::TxnExpired), then ends; over a bucket the transaction
+/// deleted, [`Error::BucketNotFound`](crate::Error::BucketNotFound).
 pub struct Scan {
     txn: Txn,
     bucket: u64,
@@ -103,6 +105,14 @@ impl Scan {
 
     fn start(&mut self) -> Result<()> {
         let state = self.txn.live()?;
+        check_not_deleted(&state, self.bucket)?;
+        if holds_no_key(&self.bounds) {
+            // An empty or inverted range (`"c".."a"`): nothing to yield, nothing to validate
+            // (and `BTreeMap::range` panics on inverted bounds).
+            self.started = true;
+            self.done = true;
+            return Ok(());
+        }
         let (lower, upper) = (as_ref(&self.bounds.0), as_ref(&self.bounds.1));
         let mut own: Vec<OwnWrite> = state
             .writes
@@ -131,6 +141,9 @@ impl Scan {
     fn fill(&mut self) -> Result<()> {
         if !self.started {
             self.start()?;
+            if self.done {
+                return Ok(());
+            }
         } else {
             drop(self.txn.live()?);
         }
@@ -205,6 +218,17 @@ impl Stream for Scan {
     }
 }
 
+/// Whether no key lies within `bounds`: the lower bound above the upper one, or equal to it
+/// with either excluded.
+fn holds_no_key((lower, upper): &KeyBounds) -> bool {
+    match (lower, upper) {
+        (Bound::Included(l), Bound::Included(u)) => l > u,
+        (Bound::Included(l) | Bound::Excluded(l), Bound::Excluded(u))
+        | (Bound::Excluded(l), Bound::Included(u)) => l >= u,
+        _ => false,
+    }
+}
+
 fn as_ref(b: &Bound<Bytes>) -> Bound<&[u8]> {
     match b {
         Bound::Included(k) => Bound::Included(&k[..]),
@@ -240,7 +264,9 @@ impl Cursor {
     ///
     /// # Errors
     /// [`Error::TxnExpired`](crate::Error::TxnExpired) /
-    /// [`Error::TxnFinished`](crate::Error::TxnFinished).
+    /// [`Error::TxnFinished`](crate::Error::TxnFinished);
+    /// [`Error::BucketNotFound`](crate::Error::BucketNotFound) over a bucket the transaction
+    /// deleted.
     ///
     /// # Cancel safety
     /// Safe: a move reads only.
@@ -324,6 +350,7 @@ impl Cursor {
         loop {
             let own = {
                 let state = self.txn.live()?;
+                check_not_deleted(&state, self.bucket)?;
                 state.writes.get(&self.bucket).and_then(|w| {
                     let mut range = if reverse {
                         w.range::<[u8], _>((Bound::Unbounded, as_ref(&from)))

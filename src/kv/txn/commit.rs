@@ -9,7 +9,7 @@
 //! handed to a task only if the caller goes away first): once a commit has its seq, the
 //! watermark can never be left waiting for a seq that nobody finishes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -21,6 +21,7 @@ use tracing::Instrument;
 use super::oracle::{BucketKey, CommitCheck, ScannedRange};
 use super::{CommitInfo, Status, Txn, WriteSet};
 use crate::error::{Error, Result};
+use crate::kv::bucket;
 use crate::kv::options::{Durability, Isolation};
 use crate::kv::record::{Encoded, Header, Kind, WriteRef};
 use crate::kv::shared::Shared;
@@ -208,11 +209,25 @@ impl Txn {
         } else {
             Vec::new()
         };
-        // Writing into a bucket depends on the bucket still existing: its catalog key is
-        // validated under both isolation levels.
-        for bucket in writes.keys() {
-            if let Some((catalog_key, _)) = state.bucket_keys.get(bucket) {
+        // Writing into a bucket depends on the bucket still existing, and on the buckets it is
+        // nested in: their catalog keys are validated under both isolation levels. Taking a
+        // sequence and creating or deleting a nested bucket write into the bucket too (through
+        // catalog keys).
+        let mut written_buckets: Vec<u64> = writes.keys().copied().collect();
+        if let Some(catalog) = writes.get(&bucket::CATALOG) {
+            written_buckets.extend(catalog.keys().filter_map(|k| bucket::catalog_owner(k)));
+        }
+        let mut validated = HashSet::new();
+        for mut id in written_buckets {
+            while validated.insert(id) {
+                let Some((catalog_key, _)) = state.bucket_keys.get(&id) else {
+                    break;
+                };
                 reads.push(catalog_key.clone());
+                match bucket::entry_parent(&catalog_key.1) {
+                    Some(parent) => id = parent,
+                    None => break,
+                }
             }
         }
         let ranges = if self.inner.isolation == Isolation::Serializable {

@@ -57,8 +57,9 @@ pub(crate) struct State {
     pub(crate) reads: Vec<BucketKey>,
     pub(crate) ranges: Vec<ScannedRange>,
     /// The catalog key of every bucket opened or created, by bucket id: validated at commit
-    /// when the transaction wrote into the bucket (under both isolation levels), so that a
-    /// write into a bucket deleted concurrently is a conflict, not a silent loss.
+    /// when the transaction wrote into the bucket or into a bucket nested in it (under both
+    /// isolation levels), so that a write into a bucket deleted concurrently is a conflict,
+    /// not a silent loss.
     pub(crate) bucket_keys: HashMap<u64, (BucketKey, Arc<str>)>,
     /// Buckets this transaction deleted: their handles refuse further use.
     pub(crate) deleted: HashSet<u64>,
@@ -217,6 +218,13 @@ impl Txn {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Checks that the transaction is active and did not delete `bucket` (see
+    /// [`check_not_deleted`]).
+    pub(crate) fn check_bucket(&self, bucket: u64) -> Result<()> {
+        let state = self.live()?;
+        check_not_deleted(&state, bucket)
     }
 
     /// Whether point reads and scans are recorded for validation.
@@ -478,16 +486,29 @@ fn check_key(key: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn check_not_deleted(state: &State, bucket: u64) -> Result<()> {
-    if state.deleted.contains(&bucket) {
-        return Err(Error::BucketNotFound {
-            name: state
-                .bucket_keys
-                .get(&bucket)
-                .map_or_else(|| format!("#{bucket}"), |(_, p)| p.to_string()),
-        });
+/// Refuses a bucket this transaction deleted, or one nested in it (deleted with it): their
+/// handles refuse further use.
+pub(crate) fn check_not_deleted(state: &State, bucket: u64) -> Result<()> {
+    let mut id = bucket;
+    loop {
+        if state.deleted.contains(&id) {
+            return Err(Error::BucketNotFound {
+                name: state
+                    .bucket_keys
+                    .get(&bucket)
+                    .map_or_else(|| format!("#{bucket}"), |(_, p)| p.to_string()),
+            });
+        }
+        // Up to the parent, named by the bucket's catalog key (ids of buckets opened here).
+        match state
+            .bucket_keys
+            .get(&id)
+            .and_then(|((_, key), _)| bucket::entry_parent(key))
+        {
+            Some(parent) => id = parent,
+            None => return Ok(()),
+        }
     }
-    Ok(())
 }
 
 /// Owned bounds of a range of keys.
