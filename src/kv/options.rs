@@ -200,9 +200,9 @@ pub enum Isolation {
 pub enum Durability {
     /// Acknowledged once the record is written to the OS: it survives a crash of the process,
     /// not of the machine. Under a sync policy that syncs every batch ([`SyncPolicy::Immediate`],
-    /// [`SyncPolicy::Grouped`]) the commit still waits for that sync: `Buffered` only weakens
-    /// [`SyncPolicy::None`] and [`SyncPolicy::Periodic`] stores... it never makes a commit
-    /// wait longer than the policy.
+    /// [`SyncPolicy::Grouped`]) the commit still waits for that sync: `Buffered` makes a
+    /// commit faster only in stores whose policy is [`SyncPolicy::None`] or
+    /// [`SyncPolicy::Periodic`], and never makes it wait longer than the policy.
     Buffered,
     /// Acknowledged once an fdatasync covers the record, whatever the store's policy.
     Durable,
