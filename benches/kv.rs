@@ -7,7 +7,7 @@
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -25,6 +25,29 @@ fn key(i: u64) -> Bytes {
     k.extend_from_slice(&i.to_be_bytes());
     k.extend_from_slice(&(!h).to_be_bytes());
     Bytes::from(k)
+}
+
+/// Runs `op` `iters` times inside one `block_on` and returns the time taken (for criterion's
+/// `iter_custom`): entering the runtime is not measured per operation.
+fn timed<F: Future<Output = ()>>(
+    runtime: &tokio::runtime::Runtime,
+    iters: u64,
+    mut op: impl FnMut() -> F,
+) -> Duration {
+    runtime.block_on(async {
+        let started = Instant::now();
+        for _ in 0..iters {
+            op().await;
+        }
+        started.elapsed()
+    })
+}
+
+/// One transaction putting one key.
+async fn commit_one(db: &Db, key: Bytes, value: Bytes) {
+    let txn = db.begin(TxnOptions::default()).expect("begin");
+    txn.put(key, value).expect("put");
+    black_box(txn.commit().await.expect("commit"));
 }
 
 fn bench_kv(c: &mut Criterion) {
@@ -52,48 +75,35 @@ fn bench_kv(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("kv");
     group.throughput(Throughput::Elements(1));
-    let next = AtomicU64::new(0);
+    let next = &AtomicU64::new(0);
+    let (db_ref, value_ref) = (&db, &value);
     group.bench_function("get (read-only txn per read)", |b| {
         b.iter_custom(|iters| {
-            runtime.block_on(async {
-                let started = Instant::now();
-                for _ in 0..iters {
-                    let i = next.fetch_add(7919, Ordering::Relaxed) % KEYS;
-                    let txn = db
-                        .begin(TxnOptions::default().read_only(true))
-                        .expect("begin");
-                    black_box(txn.get(key(i)).await.expect("get").expect("present"));
-                }
-                started.elapsed()
+            timed(&runtime, iters, move || async move {
+                let i = next.fetch_add(7919, Ordering::Relaxed) % KEYS;
+                let txn = db_ref
+                    .begin(TxnOptions::default().read_only(true))
+                    .expect("begin");
+                black_box(txn.get(key(i)).await.expect("get").expect("present"));
             })
         });
     });
     group.bench_function("range of 10 (read-only txn per range)", |b| {
         b.iter_custom(|iters| {
-            runtime.block_on(async {
-                let started = Instant::now();
-                for _ in 0..iters {
-                    let i = next.fetch_add(7919, Ordering::Relaxed) % KEYS;
-                    let txn = db
-                        .begin(TxnOptions::default().read_only(true))
-                        .expect("begin");
-                    black_box(txn.scan(key(i)..).take(10).count().await);
-                }
-                started.elapsed()
+            timed(&runtime, iters, move || async move {
+                let i = next.fetch_add(7919, Ordering::Relaxed) % KEYS;
+                let txn = db_ref
+                    .begin(TxnOptions::default().read_only(true))
+                    .expect("begin");
+                black_box(txn.scan(key(i)..).take(10).count().await);
             })
         });
     });
     group.bench_function("single-put commit, SyncPolicy::None", |b| {
         b.iter_custom(|iters| {
-            runtime.block_on(async {
-                let started = Instant::now();
-                for _ in 0..iters {
-                    let i = KEYS + next.fetch_add(1, Ordering::Relaxed);
-                    let txn = db.begin(TxnOptions::default()).expect("begin");
-                    txn.put(key(i), value.clone()).expect("put");
-                    black_box(txn.commit().await.expect("commit"));
-                }
-                started.elapsed()
+            timed(&runtime, iters, move || async move {
+                let i = KEYS + next.fetch_add(1, Ordering::Relaxed);
+                commit_one(db_ref, key(i), value_ref.clone()).await;
             })
         });
     });
@@ -103,17 +113,12 @@ fn bench_kv(c: &mut Criterion) {
             .expect("open")
     });
     group.sample_size(20);
+    let durable_ref = &durable;
     group.bench_function("single-put commit, Immediate (fdatasync)", |b| {
         b.iter_custom(|iters| {
-            runtime.block_on(async {
-                let started = Instant::now();
-                for _ in 0..iters {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let txn = durable.begin(TxnOptions::default()).expect("begin");
-                    txn.put(key(i), value.clone()).expect("put");
-                    black_box(txn.commit().await.expect("commit"));
-                }
-                started.elapsed()
+            timed(&runtime, iters, move || async move {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                commit_one(durable_ref, key(i), value_ref.clone()).await;
             })
         });
     });

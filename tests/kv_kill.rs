@@ -29,10 +29,13 @@
 
 #![allow(clippy::print_stderr, reason = "tests report what they measured")]
 
+mod common;
+
+use common::say;
 mod kv_model;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -42,7 +45,6 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use kv_model::{Op, State, diff, hash, read_back, run_ops, value};
 use ringtide::kv::{Db, DbOptions, TxnOptions};
-use ringtide::platform::{Backend, DriverOptions, IoDriver};
 use ringtide::wal::SyncPolicy;
 
 const CHILD_ENV: &str = "RINGTIDE_KV_KILL_CHILD";
@@ -190,13 +192,6 @@ fn kv_kill_child() {
     runtime.block_on(child(Path::new(&dir), cycle));
 }
 
-/// Writes one line to stdout and flushes it, in one `write`.
-fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    out.write_all(line.as_bytes()).expect("stdout");
-    out.flush().expect("stdout");
-}
-
 async fn child(dir: &Path, cycle: u64) {
     // The parent holds our stdin open while it lives: end with it.
     std::thread::spawn(|| {
@@ -205,26 +200,7 @@ async fn child(dir: &Path, cycle: u64) {
     });
     // The test harness may have printed "test kv_kill_child ... " without a newline.
     say("\n");
-    let only_pool = std::env::var(ringtide::platform::BACKEND_ENV)
-        .ok()
-        .and_then(|b| b.parse::<Backend>().ok())
-        == Some(Backend::ThreadPool);
-    let options = DriverOptions::default().use_env(false);
-    let driver = if only_pool {
-        say("backend threadpool\n");
-        IoDriver::new(options.backend(Backend::ThreadPool)).expect("thread pool driver")
-    } else {
-        match IoDriver::new(options.clone().backend(Backend::IoUring)) {
-            Ok(driver) => {
-                say("backend io_uring\n");
-                driver
-            }
-            Err(e) => {
-                say(&format!("backend threadpool (io_uring unavailable: {e})\n"));
-                IoDriver::new(options.backend(Backend::ThreadPool)).expect("thread pool driver")
-            }
-        }
-    };
+    let driver = common::child_driver();
     let policy = if cycle.is_multiple_of(2) {
         SyncPolicy::Immediate
     } else {

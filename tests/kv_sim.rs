@@ -34,6 +34,8 @@
 #![cfg(feature = "sim")]
 #![allow(clippy::print_stderr, reason = "tests report what they explored")]
 
+mod common;
+
 mod kv_model;
 
 use std::collections::BTreeMap;
@@ -55,22 +57,6 @@ const HOT: &[u8] = b"hot";
 /// The large transaction: this many puts of `LARGE_VALUE` bytes (three wal chunks).
 const LARGE_KEYS: u32 = 300;
 const LARGE_VALUE: usize = 8 << 10;
-
-fn trace() {
-    if let Ok(filter) = std::env::var("RINGTIDE_SIM_TRACE") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_test_writer()
-            .try_init();
-    }
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn policies() -> Vec<(&'static str, SyncPolicy)> {
     vec![
@@ -817,13 +803,13 @@ async fn run_once(
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn every_crash_point_keeps_every_acknowledged_commit_whole() {
-    trace();
-    let budget = env_u64("RINGTIDE_KV_SIM_POINTS", 400);
-    let base_seed = env_u64("RINGTIDE_KV_SIM_SEED", 1);
+    common::sim_trace();
+    let budget = common::env_u64("RINGTIDE_KV_SIM_POINTS", 400);
+    let base_seed = common::env_u64("RINGTIDE_KV_SIM_SEED", 1);
     let only = std::env::var("RINGTIDE_KV_SIM_ONLY")
         .ok()
         .and_then(|v| v.parse::<u64>().ok());
-    let seeds_per_point = env_u64("RINGTIDE_KV_SIM_SEEDS", 3);
+    let seeds_per_point = common::env_u64("RINGTIDE_KV_SIM_SEEDS", 3);
     let started = std::time::Instant::now();
     let mut failures = Vec::new();
     let (mut total, mut runs, mut commits, mut prepared) = (0, 0, 0, 0);

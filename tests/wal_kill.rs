@@ -25,15 +25,17 @@
 
 #![allow(clippy::print_stderr, reason = "tests report what they measured")]
 
+mod common;
+
+use common::say;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ringtide::platform::{Backend, DriverOptions, IoDriver};
 use ringtide::wal::{Lsn, Record, SyncPolicy, Wal, WalOptions};
 
 /// Names the log directory in the child; its presence makes `kill_loop_child` play the child.
@@ -146,14 +148,6 @@ fn kill_loop_child() {
     runtime.block_on(child(Path::new(&dir), cycle));
 }
 
-/// Writes one line to stdout and flushes it: one `write` of a whole line, so the parent never
-/// sees half a line unless the child dies inside that `write`.
-fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    out.write_all(line.as_bytes()).expect("stdout");
-    out.flush().expect("stdout");
-}
-
 async fn child(dir: &Path, cycle: u32) {
     // The parent holds our stdin open while it lives: end with it.
     std::thread::spawn(|| {
@@ -162,29 +156,7 @@ async fn child(dir: &Path, cycle: u32) {
     });
     // The test harness may have printed "test kill_loop_child ... " without a newline.
     say("\n");
-    // io_uring unless the run is restricted to the thread pool; the pool if io_uring is missing.
-    let only_pool = std::env::var(ringtide::platform::BACKEND_ENV)
-        .ok()
-        .and_then(|b| b.parse::<Backend>().ok())
-        == Some(Backend::ThreadPool);
-    let options = DriverOptions::default().use_env(false);
-    let driver = if only_pool {
-        say("backend threadpool (RINGTIDE_IO_BACKEND=threadpool)\n");
-        IoDriver::new(options.backend(Backend::ThreadPool)).expect("thread pool driver")
-    } else {
-        match IoDriver::new(options.clone().backend(Backend::IoUring)) {
-            Ok(driver) => {
-                say("backend io_uring\n");
-                driver
-            }
-            Err(e) => {
-                say(&format!(
-                    "backend threadpool (io_uring unavailable: {e}; fell back)\n"
-                ));
-                IoDriver::new(options.backend(Backend::ThreadPool)).expect("thread pool driver")
-            }
-        }
-    };
+    let driver = common::child_driver();
     let wal = Wal::open(
         dir,
         WalOptions::default()

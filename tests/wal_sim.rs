@@ -52,23 +52,6 @@ fn finish(what: &str, runs: usize, failures: &[String]) {
     );
 }
 
-/// `RINGTIDE_SIM_TRACE=trace` (an env-filter) prints every disk operation and the log's events.
-fn trace() {
-    if let Ok(filter) = std::env::var("RINGTIDE_SIM_TRACE") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_test_writer()
-            .try_init();
-    }
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn policies() -> Vec<(&'static str, SyncPolicy)> {
     vec![
         ("immediate", SyncPolicy::Immediate),
@@ -464,13 +447,13 @@ async fn run_once(
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn every_crash_point_keeps_every_acknowledged_append() {
-    trace();
-    let budget = env_u64("RINGTIDE_SIM_POINTS", 400);
-    let base_seed = env_u64("RINGTIDE_SIM_SEED", 1);
+    common::sim_trace();
+    let budget = common::env_u64("RINGTIDE_SIM_POINTS", 400);
+    let base_seed = common::env_u64("RINGTIDE_SIM_SEED", 1);
     let only = std::env::var("RINGTIDE_SIM_ONLY")
         .ok()
         .and_then(|v| v.parse::<u64>().ok());
-    let seeds_per_point = env_u64("RINGTIDE_SIM_SEEDS", 3);
+    let seeds_per_point = common::env_u64("RINGTIDE_SIM_SEEDS", 3);
     let mut failures = Vec::new();
     let mut total = 0;
     let mut runs = 0;
@@ -768,10 +751,10 @@ async fn a_full_disk_at_segment_creation_recovers_when_space_returns() -> Result
 /// disk): whatever happens, a crash and a reopen keep every acknowledged append.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn random_faults_never_lose_an_acknowledged_append() {
-    trace();
-    let runs = env_u64("RINGTIDE_SIM_FAULT_RUNS", 60);
+    common::sim_trace();
+    let runs = common::env_u64("RINGTIDE_SIM_FAULT_RUNS", 60);
     // To replay a failing seed N: RINGTIDE_SIM_FAULT_FIRST=N-1000 RINGTIDE_SIM_FAULT_RUNS=1.
-    let first = env_u64("RINGTIDE_SIM_FAULT_FIRST", 0);
+    let first = common::env_u64("RINGTIDE_SIM_FAULT_FIRST", 0);
     let mut failures = Vec::new();
     for seed in first..first + runs {
         let disk = SimDisk::new(1000 + seed);

@@ -101,3 +101,57 @@ pub fn sim_options(
         .segment_size_bytes(64 << 10)
         .lock_timeout(std::time::Duration::from_millis(10))
 }
+
+/// `RINGTIDE_SIM_TRACE` (an env-filter, e.g. `trace`) prints every simulated disk operation and
+/// the layers' events.
+pub fn sim_trace() {
+    if let Ok(filter) = std::env::var("RINGTIDE_SIM_TRACE") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// A number from the environment, or `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// For the child of a `kill -9` loop: writes one line to stdout and flushes it, in one `write`
+/// of a whole line, so the parent never sees half a line unless the child dies inside it.
+pub fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(line.as_bytes()).expect("stdout");
+    out.flush().expect("stdout");
+}
+
+/// For the child of a `kill -9` loop: io_uring unless the run is restricted to the thread pool,
+/// the pool where io_uring is missing; says which (`backend ...`) to the parent.
+pub fn child_driver() -> IoDriver {
+    let only_pool = std::env::var(ringtide::platform::BACKEND_ENV)
+        .ok()
+        .and_then(|b| b.parse::<Backend>().ok())
+        == Some(Backend::ThreadPool);
+    let options = DriverOptions::default().use_env(false);
+    if only_pool {
+        say("backend threadpool (RINGTIDE_IO_BACKEND=threadpool)\n");
+        return IoDriver::new(options.backend(Backend::ThreadPool)).expect("thread pool driver");
+    }
+    match IoDriver::new(options.clone().backend(Backend::IoUring)) {
+        Ok(driver) => {
+            say("backend io_uring\n");
+            driver
+        }
+        Err(e) => {
+            say(&format!(
+                "backend threadpool (io_uring unavailable: {e}; fell back)\n"
+            ));
+            IoDriver::new(options.backend(Backend::ThreadPool)).expect("thread pool driver")
+        }
+    }
+}
