@@ -104,11 +104,7 @@ pub(crate) async fn replay(wal: &Wal) -> Result<Replayed> {
 }
 
 fn apply(memtable: &Memtable, seq: u64, writes: &WriteSet) {
-    for (&bucket, keys) in writes {
-        for (key, value) in keys {
-            memtable.insert(bucket, key.clone(), seq, value.clone());
-        }
-    }
+    memtable.apply(seq, super::txn::writes_of(writes));
 }
 
 /// The highest bucket id the catalog names (live or deleted), so that ids are never reused.

@@ -62,12 +62,7 @@ impl Shared {
 
     /// Inserts a commit's writes into the memtable at `seq`.
     pub(crate) fn apply(&self, seq: u64, writes: &WriteSet) {
-        for (&bucket, keys) in writes {
-            for (key, value) in keys {
-                self.memtable
-                    .insert(bucket, key.clone(), seq, value.clone());
-            }
-        }
+        self.memtable.apply(seq, super::txn::writes_of(writes));
     }
 }
 

@@ -155,6 +155,17 @@ impl Memtable {
         self.bytes.fetch_add(cost, AtomicOrdering::Relaxed);
     }
 
+    /// Inserts a commit's writes (per bucket, per key) at `seq`.
+    pub(crate) fn apply<'a>(
+        &self,
+        seq: u64,
+        writes: impl IntoIterator<Item = (u64, &'a Bytes, &'a Value)>,
+    ) {
+        for (bucket, key, value) in writes {
+            self.insert(bucket, key.clone(), seq, value.clone());
+        }
+    }
+
     /// The newest version of `key` at or below `snapshot`: `None` if there is none, `Some(None)`
     /// for a tombstone.
     pub(crate) fn get(&self, bucket: u64, key: &[u8], snapshot: u64) -> Option<Value> {

@@ -424,19 +424,16 @@ impl Drop for Detached {
 }
 
 pub(crate) fn write_refs(writes: &WriteSet) -> impl Iterator<Item = WriteRef<'_>> {
-    writes.iter().flat_map(|(&bucket, keys)| {
-        keys.iter().map(move |(key, value)| WriteRef {
-            bucket,
-            key,
-            value: value.as_deref(),
-        })
+    super::writes_of(writes).map(|(bucket, key, value)| WriteRef {
+        bucket,
+        key,
+        value: value.as_deref(),
     })
 }
 
 pub(crate) fn written_keys(writes: &WriteSet) -> Vec<BucketKey> {
-    writes
-        .iter()
-        .flat_map(|(&bucket, keys)| keys.keys().map(move |k| (bucket, k.clone())))
+    super::writes_of(writes)
+        .map(|(bucket, key, _)| (bucket, key.clone()))
         .collect()
 }
 

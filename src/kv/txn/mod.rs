@@ -48,6 +48,12 @@ pub(crate) enum Status {
 /// A transaction's writes: per bucket, per key, a value or a tombstone.
 pub(crate) type WriteSet = BTreeMap<u64, BTreeMap<Bytes, Option<Bytes>>>;
 
+/// Every write of a write set as `(bucket, key, value)`, in order.
+pub(crate) fn writes_of(set: &WriteSet) -> impl Iterator<Item = (u64, &Bytes, &Option<Bytes>)> {
+    set.iter()
+        .flat_map(|(&bucket, keys)| keys.iter().map(move |(k, v)| (bucket, k, v)))
+}
+
 pub(crate) struct State {
     pub(crate) status: Status,
     pub(crate) writes: WriteSet,
