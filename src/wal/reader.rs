@@ -190,17 +190,19 @@ fn read_recent(shared: &Shared, start: Lsn, end: Lsn, limit: Limit) -> Option<Ve
     {
         return None;
     }
-    // The written lsn is read under the stage's lock: a cut at the back lowers it before appends
-    // resume, and entries staged again after the cut reach the window under this lock, so what
-    // it covers here is written.
-    let stage = shared.stage.lock();
+    // The window holds only written entries (the writer puts them there after their write),
+    // and the writer drops the entries past a cut before it lowers the written lsn; the written
+    // lsn is read under the window's lock so that a cut is seen whole, with the window.
+    let window = shared
+        .stage
+        .recent
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     let written = shared.written_lsn();
     if start > written || (whole && Lsn(end.0 - 1) > written) {
         return None;
     }
-    stage
-        .recent
-        .get(start, end.min(written.next()), max_bytes, whole)
+    window.get(start, end.min(written.next()), max_bytes, whole)
 }
 
 /// `OutOfRange` unless `start..end` lies inside the log; an error if the log is unusable.

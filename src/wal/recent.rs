@@ -1,15 +1,18 @@
 //! The most recent entries, kept in memory so that reading what was just appended costs no I/O.
 //!
 //! Raft leaders read back the entries they just appended to send them to followers, and live
-//! tails follow the end of the log: both read the newest entries. The stage gives each entry's
-//! payload (a `Bytes`, shared, not copied) to this window as it encodes the frame, under the
-//! stage's lock; readers serve an lsn from here once it is written, and from the file
-//! otherwise.
+//! tails follow the end of the log: both read the newest entries. The stage moves each entry's
+//! payload (a `Bytes`, not copied) out of its call as it encodes the frame; the writer gives a
+//! write's entries to this window once the write is done and its waiters are woken, so that
+//! neither appenders nor their acknowledgements wait for the window. Readers serve an lsn from
+//! here, and from the file otherwise (an entry written a moment before it reaches the window
+//! is read from the file).
 //!
 //! Invariants:
-//! - the window holds the dense lsns `first..first + entries.len()`, each as it was last
-//!   staged: an entry staged at an lsn the window already holds (the log was cut at the back
-//!   and appended again) drops that lsn and everything after it first;
+//! - the window holds the dense lsns `first..first + entries.len()`, each written, as it was
+//!   last written: a cut at the back drops the entries past it before readers can see the cut,
+//!   and an entry written at an lsn the window already holds drops that lsn and everything
+//!   after it first;
 //! - `bytes` (payloads plus a fixed overhead per entry) stays at most `max_bytes`, except for
 //!   one entry larger than the whole bound, which is not kept;
 //! - the window does not know which lsns are written, truncated at the front or durable:
@@ -24,12 +27,13 @@ use super::{Entry, Lsn};
 /// What an entry costs the bound besides its payload: its place in the window.
 const ENTRY_OVERHEAD_BYTES: u64 = 48;
 
-struct Recent {
+/// An entry for the window: staged with its frame, given to the window once written.
+pub(crate) struct StagedEntry {
     /// Its frame's size on disk: reads bound what they return in frame bytes, as from the files.
-    frame_bytes: u64,
-    term: Option<u64>,
-    timestamp_us: Option<u64>,
-    data: Bytes,
+    pub(crate) frame_bytes: u64,
+    pub(crate) term: Option<u64>,
+    pub(crate) timestamp_us: Option<u64>,
+    pub(crate) data: Bytes,
 }
 
 fn cost(data: &Bytes) -> u64 {
@@ -39,7 +43,7 @@ fn cost(data: &Bytes) -> u64 {
 /// The window of recent entries (see the module docs).
 pub(crate) struct RecentEntries {
     first: Lsn,
-    entries: VecDeque<Recent>,
+    entries: VecDeque<StagedEntry>,
     bytes: u64,
     max_bytes: u64,
 }
@@ -64,22 +68,22 @@ impl RecentEntries {
         Lsn(self.first.0 + self.entries.len() as u64)
     }
 
-    /// Keeps the entry just staged at `lsn`, dropping the oldest ones beyond the bound.
-    pub(crate) fn push(
-        &mut self,
-        lsn: Lsn,
-        term: Option<u64>,
-        timestamp_us: Option<u64>,
-        data: &Bytes,
-        frame_bytes: u64,
-    ) {
+    /// Keeps the entries just written from `first` on (one per lsn), dropping the oldest ones
+    /// beyond the bound.
+    pub(crate) fn push_written(&mut self, first: Lsn, entries: Vec<StagedEntry>) {
         if self.max_bytes == 0 {
             return;
         }
+        for (i, entry) in entries.into_iter().enumerate() {
+            self.push(Lsn(first.0 + i as u64), entry);
+        }
+    }
+
+    fn push(&mut self, lsn: Lsn, entry: StagedEntry) {
         if lsn != self.end() {
             self.restart_at(lsn);
         }
-        let cost = cost(data);
+        let cost = cost(&entry.data);
         if cost > self.max_bytes {
             // Larger than the whole window: the window restarts after it.
             self.restart_at(lsn.next());
@@ -88,13 +92,13 @@ impl RecentEntries {
         while self.bytes + cost > self.max_bytes {
             self.pop_front();
         }
-        self.entries.push_back(Recent {
-            frame_bytes,
-            term,
-            timestamp_us,
-            data: data.clone(),
-        });
+        self.entries.push_back(entry);
         self.bytes += cost;
+    }
+
+    /// Drops every entry after `last` (the log was cut there, or reset to start after it).
+    pub(crate) fn cut_after(&mut self, last: Lsn) {
+        self.restart_at(last.next());
     }
 
     /// Drops every entry at or after `lsn` (all of them if `lsn` is below the window), so that
@@ -167,10 +171,28 @@ impl RecentEntries {
 mod tests {
     use super::*;
 
+    fn put(
+        w: &mut RecentEntries,
+        lsn: Lsn,
+        term: Option<u64>,
+        timestamp_us: Option<u64>,
+        data: &Bytes,
+        frame_bytes: u64,
+    ) {
+        let entry = StagedEntry {
+            frame_bytes,
+            term,
+            timestamp_us,
+            data: data.clone(),
+        };
+        w.push_written(lsn, vec![entry]);
+    }
+
     fn window(max_bytes: u64, lsns: std::ops::Range<u64>) -> RecentEntries {
         let mut w = RecentEntries::new(max_bytes);
         for lsn in lsns {
-            w.push(
+            put(
+                &mut w,
                 Lsn(lsn),
                 Some(lsn),
                 None,
@@ -229,19 +251,26 @@ mod tests {
     fn an_lsn_staged_again_replaces_the_history_after_it() {
         let mut w = window(1 << 20, 1..11);
         // truncate_back(6), then a new entry at 6.
-        w.push(Lsn(6), Some(99), None, &Bytes::from_static(b"new"), 3);
+        put(
+            &mut w,
+            Lsn(6),
+            Some(99),
+            None,
+            &Bytes::from_static(b"new"),
+            3,
+        );
         let got = w.get(Lsn(4), Lsn(7), u64::MAX, true).expect("held");
         assert_eq!(lsns(&got), [4, 5, 6]);
         assert_eq!(got[2].data.as_ref(), b"new");
         assert!(w.get(Lsn(7), Lsn(8), u64::MAX, false).is_none());
         // A reset forward, and one below the window: it starts over.
-        w.push(Lsn(100), None, None, &Bytes::from_static(b"x"), 1);
+        put(&mut w, Lsn(100), None, None, &Bytes::from_static(b"x"), 1);
         assert!(w.get(Lsn(4), Lsn(5), u64::MAX, true).is_none());
         assert_eq!(
             lsns(&w.get(Lsn(100), Lsn(101), u64::MAX, true).expect("held")),
             [100]
         );
-        w.push(Lsn(50), None, None, &Bytes::from_static(b"y"), 1);
+        put(&mut w, Lsn(50), None, None, &Bytes::from_static(b"y"), 1);
         assert!(w.get(Lsn(100), Lsn(101), u64::MAX, true).is_none());
         assert_eq!(w.bytes(), 1 + ENTRY_OVERHEAD_BYTES);
     }
@@ -249,10 +278,17 @@ mod tests {
     #[test]
     fn an_entry_larger_than_the_window_is_not_kept() {
         let mut w = window(100, 1..2);
-        w.push(Lsn(2), None, None, &Bytes::from(vec![0u8; 200]), 200);
+        put(
+            &mut w,
+            Lsn(2),
+            None,
+            None,
+            &Bytes::from(vec![0u8; 200]),
+            200,
+        );
         assert!(w.get(Lsn(1), Lsn(2), u64::MAX, true).is_none());
         assert!(w.get(Lsn(2), Lsn(3), u64::MAX, true).is_none());
-        w.push(Lsn(3), None, None, &Bytes::from_static(b"z"), 1);
+        put(&mut w, Lsn(3), None, None, &Bytes::from_static(b"z"), 1);
         assert_eq!(
             lsns(&w.get(Lsn(3), Lsn(4), u64::MAX, true).expect("held")),
             [3]
@@ -264,7 +300,14 @@ mod tests {
     fn budgets_count_frame_bytes_not_payloads() {
         let mut w = RecentEntries::new(1 << 20);
         for lsn in 1..5 {
-            w.push(Lsn(lsn), None, None, &Bytes::from_static(b"12345678"), 29);
+            put(
+                &mut w,
+                Lsn(lsn),
+                None,
+                None,
+                &Bytes::from_static(b"12345678"),
+                29,
+            );
         }
         // 4 payloads of 8 bytes fit in 32, 4 frames of 29 do not (as `range` sees the files).
         assert!(w.get(Lsn(1), Lsn(5), 32, true).is_none());

@@ -23,7 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{Notify, watch};
 
-use super::recent::RecentEntries;
+use super::recent::{RecentEntries, StagedEntry};
 use super::record::FrameFields;
 use super::segment::HEADER_LEN;
 use super::{Lsn, Record, Shared};
@@ -40,6 +40,13 @@ impl Records {
         match self {
             Records::One(r) => std::slice::from_ref(r).iter(),
             Records::Many(v) => v.iter(),
+        }
+    }
+
+    fn iter_mut(&mut self) -> std::slice::IterMut<'_, Record> {
+        match self {
+            Records::One(r) => std::slice::from_mut(r).iter_mut(),
+            Records::Many(v) => v.iter_mut(),
         }
     }
 
@@ -98,6 +105,9 @@ pub(crate) struct Taken {
     pub(crate) payload_bytes: u64,
     /// A call asked for an fdatasync whatever the policy.
     pub(crate) sync: bool,
+    /// The taken entries' payloads for the window of recent entries, one per frame from
+    /// `first_lsn` (empty if the log keeps no window).
+    pub(crate) recent: Vec<StagedEntry>,
 }
 
 /// The stage buffer's first capacity.
@@ -154,9 +164,11 @@ pub(crate) struct State {
     /// Buffers written and given back, for the next takes: fresh memory would cost a page
     /// fault per 4 KiB on a bulk append's path.
     pool: Vec<BytesMut>,
-    /// The newest entries' payloads, for readers (kept under this lock so that a cut at the
-    /// back and the entries staged after it reach the window in lsn order).
-    pub(crate) recent: RecentEntries,
+    /// The staged entries' payloads (moved out of their calls, not copied), one per staged
+    /// frame, for the window of recent entries: the writer gives them to it once written.
+    recent: Vec<StagedEntry>,
+    /// The log keeps a window of recent entries.
+    keep_recent: bool,
 }
 
 impl State {
@@ -190,6 +202,7 @@ impl State {
             calls: self.calls,
             payload_bytes: self.payload_bytes,
             sync: self.sync_wanted,
+            recent: std::mem::replace(&mut self.recent, Vec::with_capacity(frames)),
         };
         self.calls = 0;
         self.payload_bytes = 0;
@@ -229,8 +242,11 @@ pub(crate) struct Stage {
     state: Mutex<State>,
     /// Wakes the writer: something was staged, or a reader wants it written.
     pub(crate) wake: Notify,
-    /// The oldest lsn the window of recent entries holds, as of the last staged call: a hint
-    /// (readers of older entries skip the stage's lock), never trusted for what it serves.
+    /// The newest written entries, for readers. Its own lock, not the stage's: the writer fills
+    /// it once per write, and appenders never touch it.
+    pub(crate) recent: Mutex<RecentEntries>,
+    /// The oldest lsn the window of recent entries holds, as of the last write: a hint (readers
+    /// of older entries skip the window's lock), never trusted for what it serves.
     pub(crate) recent_first: std::sync::atomic::AtomicU64,
     /// What the writer has done; appenders and readers wait on it. Also sent when room frees up,
     /// maintenance ends or the log fails, so that waiters look again.
@@ -257,8 +273,10 @@ impl Stage {
                 frozen: false,
                 closed: false,
                 pool: Vec::new(),
-                recent: RecentEntries::new(recent_bytes),
+                recent: Vec::new(),
+                keep_recent: recent_bytes > 0,
             }),
+            recent: Mutex::new(RecentEntries::new(recent_bytes)),
             wake: Notify::new(),
             recent_first: std::sync::atomic::AtomicU64::new(0),
             progress: watch::channel(Progress::default()).0,
@@ -267,6 +285,26 @@ impl Stage {
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives the entries just written from `first` on to the window of recent entries.
+    pub(crate) fn keep_recent(&self, (first, entries): (Lsn, Vec<StagedEntry>)) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut window = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        window.push_written(first, entries);
+        self.recent_first
+            .store(window.first().0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Drops the entries after `last` from the window of recent entries: the log was cut there
+    /// (or reset to start after it). Called before readers can see the cut.
+    pub(crate) fn forget_recent_after(&self, last: Lsn) {
+        let mut window = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        window.cut_after(last);
+        self.recent_first
+            .store(window.first().0, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Wakes everyone who waits on the stage to look again.
@@ -292,7 +330,7 @@ fn now_micros() -> u64 {
 }
 
 /// Tries to stage one call; `wake_writer` false if the caller will (see `writer::lead`).
-pub(crate) fn stage_call(shared: &Shared, call: &Call, wake_writer: bool) -> Result<Staged> {
+pub(crate) fn stage_call(shared: &Shared, call: &mut Call, wake_writer: bool) -> Result<Staged> {
     let stage = &shared.stage;
     let mut guard = stage.lock();
     let st = &mut *guard;
@@ -318,7 +356,7 @@ pub(crate) fn stage_call(shared: &Shared, call: &Call, wake_writer: bool) -> Res
 pub(crate) fn stage_made_room(
     shared: &Shared,
     st: &mut State,
-    call: &Call,
+    call: &mut Call,
 ) -> Result<Option<Placed>> {
     check_open(shared, st)?;
     Ok(place(shared, st, call))
@@ -333,8 +371,9 @@ fn check_open(shared: &Shared, st: &State) -> Result<()> {
 }
 
 /// Gives the call its place: in the tail's segment, or in the spare that becomes the next one;
-/// assigns its lsns, encodes its frames and takes its ticket. `None` if neither has room.
-fn place(shared: &Shared, st: &mut State, call: &Call) -> Option<Placed> {
+/// assigns its lsns, encodes its frames and takes its ticket; moves its payloads to the stage's
+/// list for the window of recent entries. `None` if neither has room.
+fn place(shared: &Shared, st: &mut State, call: &mut Call) -> Option<Placed> {
     let frame_bytes = call.frame_bytes;
     if st.seg_end + frame_bytes > st.seg_limit {
         if st.seg_end == HEADER_LEN {
@@ -356,7 +395,7 @@ fn place(shared: &Shared, st: &mut State, call: &Call) -> Option<Placed> {
             _ => return None,
         }
     }
-    let records = &call.records;
+    let records = &mut call.records;
     let format = shared.format;
     let first = st.next_lsn;
     // Every frame records what was durable before it was written (see `record.rs`): read under
@@ -366,7 +405,7 @@ fn place(shared: &Shared, st: &mut State, call: &Call) -> Option<Placed> {
     let n = records.len();
     st.buf.reserve(frame_bytes as usize);
     let mut at = st.seg_end;
-    for (i, r) in records.iter().enumerate() {
+    for (i, r) in records.iter_mut().enumerate() {
         st.offsets
             .push(u32::try_from(at).expect("segments are smaller than 4 GiB"));
         let before = st.buf.len();
@@ -385,13 +424,18 @@ fn place(shared: &Shared, st: &mut State, call: &Call) -> Option<Placed> {
         format.encode(&mut st.buf, fields, &r.data);
         let frame_len = (st.buf.len() - before) as u64;
         at += frame_len;
-        let stamp = format.timestamps.then_some(timestamp_us);
-        st.recent.push(lsn, r.term, stamp, &r.data, frame_len);
+        if st.keep_recent {
+            // The call is done with its payloads once staged: moved, so that the lock is not
+            // held for a reference count (or the allocation that sharing a `Bytes` made from a
+            // `Vec` costs).
+            st.recent.push(StagedEntry {
+                term: r.term,
+                timestamp_us: format.timestamps.then_some(timestamp_us),
+                data: std::mem::take(&mut r.data),
+                frame_bytes: frame_len,
+            });
+        }
     }
-    shared
-        .stage
-        .recent_first
-        .store(st.recent.first().0, std::sync::atomic::Ordering::Relaxed);
     debug_assert_eq!(at - st.seg_end, frame_bytes);
     st.seg_end = at;
     st.next_lsn = Lsn(first.0 + n as u64);

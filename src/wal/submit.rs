@@ -40,14 +40,14 @@ impl Wal {
         // An appender that may lead (see `writer::lead`) wakes the writer task only if it cannot.
         let windowed = matches!(policy, SyncPolicy::Grouped { window } if !window.is_zero());
         let may_lead = durable && !windowed && self.writer.is_some();
-        let call = stage::Call {
+        let mut call = stage::Call {
             records,
             frame_bytes,
             payload_bytes,
             sync: durable,
         };
         let (lsns, ticket) = loop {
-            match stage::stage_call(&self.shared, &call, !may_lead)? {
+            match stage::stage_call(&self.shared, &mut call, !may_lead)? {
                 stage::Staged::Done(placed) => break placed,
                 stage::Staged::Wait(mut changed) => {
                     let _ = changed.changed().await;

@@ -272,7 +272,7 @@ fn try_write(cell: &WriterCell, shared: &Shared, cx: &mut Context<'_>) -> Option
     if !w.may_lead() {
         return None;
     }
-    let taken = w.take_staged()?;
+    let mut taken = w.take_staged()?;
     assert!(
         taken.rotations.is_empty(),
         "a led write starts no segment: the stage had no rotation pending"
@@ -280,7 +280,8 @@ fn try_write(cell: &WriterCell, shared: &Shared, cx: &mut Context<'_>) -> Option
     if !w.usable_for(&taken, 0) {
         return None;
     }
-    let io = w.write_piece(&taken, super::write::Piece::whole(&taken));
+    let recent = std::mem::take(&mut taken.recent);
+    let io = w.write_piece(&taken, super::write::Piece::whole(&taken), recent);
     // Polled here, under the writer, so that writes reach the kernel in launch order.
     let _ = io.poll_as(Party::Leader, cx);
     let in_flight = w.in_flight.as_mut()?;

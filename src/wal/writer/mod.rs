@@ -347,8 +347,8 @@ impl Writer {
     async fn handle(&mut self, command: Command) {
         match command {
             Command::Close(_) => unreachable!("handled by `command`"),
-            Command::MakeRoom(call, reply) => {
-                let res = self.make_room(&call).await;
+            Command::MakeRoom(mut call, reply) => {
+                let res = self.make_room(&mut call).await;
                 let _ = reply.send(res);
             }
             Command::Sync(reply) => {

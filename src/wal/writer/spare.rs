@@ -148,7 +148,7 @@ impl Writer {
     ///
     /// The call is staged under the lock that offers the room, so a call larger than a segment
     /// cannot lose the spare made for it to smaller calls that rotate into it first.
-    pub(super) async fn make_room(&mut self, call: &stage::Call) -> Result<stage::Placed> {
+    pub(super) async fn make_room(&mut self, call: &mut stage::Call) -> Result<stage::Placed> {
         // The call passed the bounds on queued bytes when it asked for room, but other calls
         // may have been staged since (other large calls among them): if it no longer fits the
         // bounds, what is staged is written first, appends held back meanwhile.
@@ -174,7 +174,7 @@ impl Writer {
 
     /// One attempt of `make_room`: `None` if other calls took the room made (only after
     /// growing the empty tail segment, which they may fill before this call is staged).
-    async fn make_room_once(&mut self, call: &stage::Call) -> Result<Option<stage::Placed>> {
+    async fn make_room_once(&mut self, call: &mut stage::Call) -> Result<Option<stage::Placed>> {
         self.shared.check_usable()?;
         // A whole number of blocks, so that the segment can be written directly.
         let needed = (HEADER_LEN + call.frame_bytes).next_multiple_of(DIRECT_BLOCK);

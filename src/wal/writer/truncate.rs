@@ -114,6 +114,7 @@ impl Writer {
             .await
             .map_err(|e| self.poison(e))?;
         // Readers stop at `lsn` from now on; streams past it end.
+        self.shared.stage.forget_recent_after(lsn);
         self.shared.written.store(lsn.0, Ordering::Release);
         self.shared.appended.store(lsn.0, Ordering::Release);
         self.shared.cut_lsn.store(lsn.0, Ordering::Release);
@@ -226,6 +227,7 @@ impl Writer {
             first_lsn: next,
         };
         meta.write(&self.shared.driver, &self.shared.dir).await?;
+        self.shared.stage.forget_recent_after(Lsn(next.0 - 1));
         self.shared.written.store(next.0 - 1, Ordering::Release);
         self.shared.appended.store(next.0 - 1, Ordering::Release);
         self.shared.cut_lsn.store(0, Ordering::Release);

@@ -28,6 +28,7 @@ use super::Writer;
 use super::leader::Publisher;
 use crate::wal::Lsn;
 use crate::wal::batch_io::Party;
+use crate::wal::recent::StagedEntry;
 use crate::wal::stage::{Rotation, Taken};
 
 /// A submitted write: what its publication needs once its I/O is done.
@@ -45,6 +46,8 @@ pub(super) struct Launched {
     started: Instant,
     /// On the last piece: the whole buffer taken, to give back to the stage once written.
     recycle: Option<Bytes>,
+    /// On the last piece: every taken entry from this lsn on, for the window of recent entries.
+    recent: (Lsn, Vec<StagedEntry>),
     /// The file system refused the write through `O_DIRECT` (`EINVAL`), so it was made
     /// buffered: the log writes buffered from now on.
     pub(super) direct_refused: bool,
@@ -218,10 +221,11 @@ impl Writer {
     /// Writes what was taken from the stage, piece by piece (after installing each new
     /// segment); the last piece linked to an fdatasync where asked. Each is published by
     /// [`publish_done`](Self::publish_done) when its I/O is done.
-    async fn write_taken(&mut self, taken: Taken) {
+    async fn write_taken(&mut self, mut taken: Taken) {
         if !self.usable_for(&taken, 0) {
             return;
         }
+        let mut recent = std::mem::take(&mut taken.recent);
         let max_batch = self.shared.options.max_batch_bytes as usize;
         let pieces = Pieces::new(&taken.offsets, &taken.rotations, taken.buf.len(), max_batch);
         for piece in pieces {
@@ -243,7 +247,13 @@ impl Writer {
             }
             self.direct.ensure(&self.shared, &self.active).await;
             // The writer task drives it from `in_flight`.
-            drop(self.write_piece(&taken, piece));
+            let last_piece = piece.frames.end == taken.offsets.len();
+            let recent = if last_piece {
+                std::mem::take(&mut recent)
+            } else {
+                Vec::new()
+            };
+            drop(self.write_piece(&taken, piece, recent));
         }
     }
 
@@ -269,7 +279,13 @@ impl Writer {
     /// everything before is already durable the write carries `RWF_DSYNC` (durable for its own
     /// range, one request); otherwise it is linked to an fdatasync that covers everything
     /// written before it in this segment (earlier segments were synced at rotation).
-    pub(super) fn write_piece(&mut self, taken: &Taken, piece: Piece) -> BatchIo {
+    /// `recent` holds the taken entries for the window of recent entries (on the last piece).
+    pub(super) fn write_piece(
+        &mut self,
+        taken: &Taken,
+        piece: Piece,
+        recent: Vec<StagedEntry>,
+    ) -> BatchIo {
         assert!(self.in_flight.is_none(), "one write in flight at a time");
         let last_piece = piece.frames.end == taken.offsets.len();
         let sync = last_piece && (taken.sync || self.shared.options.sync_policy.syncs_each_batch());
@@ -301,6 +317,7 @@ impl Writer {
             payload_bytes: if last_piece { taken.payload_bytes } else { 0 },
             started: Instant::now(),
             recycle: last_piece.then(|| taken.buf.clone()),
+            recent: (taken.first_lsn, recent),
             direct_refused: false,
             direct_buf: None,
         };
@@ -408,6 +425,9 @@ impl Writer {
             segment.offsets.extend_from_slice(&launched.offsets);
             segment.end = launched.end;
         }
+        // Into the window once the waiters are on their way: readers that find an entry
+        // written but not in the window read it from the file (see `recent.rs`).
+        let recent = std::mem::take(&mut launched.recent);
         self.shared
             .written
             .store(launched.last.0, Ordering::Release);
@@ -421,9 +441,11 @@ impl Writer {
             self.mark_durable(launched.last);
         } else if self.unsynced_written(entries) {
             // A sync is due first; the waiters hear of this write after it.
+            self.shared.stage.keep_recent(recent);
             return;
         }
         self.publish_progress();
+        self.shared.stage.keep_recent(recent);
         if launched.sync {
             // Nothing is in flight now. The appenders that staged during the I/O are already
             // there; the ones just acknowledged are on their way back.
