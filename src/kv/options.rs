@@ -170,7 +170,10 @@ impl DbOptions {
             .max_pending_bytes(batch_max)
             .sync_policy(self.sync_policy)
             .recovery_mode(self.recovery_mode)
-            .lock_timeout(self.lock_timeout);
+            .lock_timeout(self.lock_timeout)
+            // The store reads its wal only at open: a window of recent entries would cost every
+            // commit its bookkeeping and serve nothing.
+            .read_cache_bytes(0);
         if let Some(driver) = &self.driver {
             wal = wal.driver(driver.clone());
         }

@@ -202,7 +202,10 @@ impl State {
             calls: self.calls,
             payload_bytes: self.payload_bytes,
             sync: self.sync_wanted,
-            recent: std::mem::replace(&mut self.recent, Vec::with_capacity(frames)),
+            recent: std::mem::replace(
+                &mut self.recent,
+                Vec::with_capacity(if self.keep_recent { frames } else { 0 }),
+            ),
         };
         self.calls = 0;
         self.payload_bytes = 0;

@@ -96,11 +96,11 @@ impl Txn {
             ranges: &taken.ranges,
             own_hold: None,
         };
-        let seq = match db.oracle.validate_and_assign(check, written) {
+        let seq = match db.oracle.validate_and_assign(check, written, self.inner.id) {
             Ok(seq) => seq,
             Err(refusal) => return Err(self.refused(refusal)),
         };
-        self.inner.release();
+        self.inner.released_by_oracle();
         let result = finish(&db, seq, encoded.finish(seq), taken.writes, self.ack()).await;
         self.lock().status = if result.is_ok() {
             Status::Committed

@@ -94,6 +94,14 @@ impl Inner {
             self.db.counters.txn_ended(self.begun.elapsed());
         }
     }
+
+    /// Counts the transaction as ended, its snapshot already released by the oracle (in the
+    /// critical section that assigned its commit's seq).
+    pub(crate) fn released_by_oracle(&self) {
+        if !self.ended.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            self.db.counters.txn_ended(self.begun.elapsed());
+        }
+    }
 }
 
 /// A transaction on a [`Db`](super::Db): reads see the snapshot taken at begin plus its own

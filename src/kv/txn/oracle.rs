@@ -5,8 +5,8 @@
 //! - `begin` reads the watermark and registers the snapshot, so that the conflict history is
 //!   never collected above a snapshot still in use;
 //! - `validate_and_assign` checks a commit against the keys written by commits newer than its
-//!   snapshot (and against keys held by prepared transactions), then takes the next seq and
-//!   records the commit's keys;
+//!   snapshot (and against keys held by prepared transactions), then takes the next seq,
+//!   records the commit's keys and releases the commit's snapshot;
 //! - `publish` marks a seq finished (applied, or abandoned after a failed append) and advances
 //!   the watermark over every finished seq in order, so that a snapshot never sees commit N+1
 //!   without commit N.
@@ -178,14 +178,18 @@ impl Oracle {
         }
     }
 
-    /// Validates a commit and, if it passes, assigns its seq and records its written keys.
+    /// Validates a commit and, if it passes, assigns its seq, records its written keys and
+    /// releases its snapshot (registered under `txn_id`), all in one critical section.
     pub(crate) fn validate_and_assign(
         &self,
         check: CommitCheck<'_>,
         written: Vec<BucketKey>,
+        txn_id: u64,
     ) -> Result<u64, Refusal> {
         let mut s = self.lock();
+        let snapshot = check.snapshot;
         Self::validate(&s, check, &written)?;
+        s.snapshots.remove(&(snapshot, txn_id));
         s.last_seq += 1;
         let seq = s.last_seq;
         self.record(&mut s, seq, written);
@@ -308,9 +312,10 @@ impl Oracle {
     /// Forgets the commits no active snapshot needs, then the oldest ones while the history is
     /// over its byte bound (raising `floor`). Expired snapshots are released here.
     fn collect(&self, s: &mut State) {
-        let now = Instant::now();
-        while let Some((&(snapshot, id), &deadline)) = s.snapshots.iter().next() {
-            if deadline.is_some_and(|d| d <= now) {
+        // The clock is read only if the oldest snapshot has a deadline.
+        let mut now = None;
+        while let Some((&(snapshot, id), &Some(deadline))) = s.snapshots.first_key_value() {
+            if deadline <= *now.get_or_insert_with(Instant::now) {
                 s.snapshots.remove(&(snapshot, id));
             } else {
                 break;
@@ -345,8 +350,13 @@ impl Oracle {
     /// waiters it passes.
     pub(crate) fn publish(&self, seq: u64) {
         let mut s = self.lock();
-        s.finished.insert(seq);
-        let mut advanced = false;
+        // In order (the common case): no detour through `finished`.
+        let mut advanced = seq == s.visible + 1;
+        if advanced {
+            s.visible = seq;
+        } else {
+            s.finished.insert(seq);
+        }
         while s.finished.first() == Some(&(s.visible + 1)) {
             s.finished.pop_first();
             s.visible += 1;
@@ -431,6 +441,8 @@ mod tests {
                 own_hold: None,
             },
             w.clone(),
+            // No snapshot registered under it: the tests release theirs themselves.
+            u64::MAX,
         )
     }
 
