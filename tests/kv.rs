@@ -499,6 +499,21 @@ async fn limits_and_bad_input_are_errors_that_lose_nothing(driver: IoDriver) -> 
     assert_eq!(get(&db, "ok").await?, Some(b("1")));
     assert_eq!(get(&db, "big0").await?.map(|v| v[0]), Some(1));
     assert_eq!(get(&db, "big3").await?, None);
+    // A write refused into a bucket the transaction had not written into leaves nothing of it
+    // in the write set.
+    db.update(|txn| async move { txn.create_bucket("b").await.map(drop) })
+        .await?;
+    let txn = db.begin(serializable())?;
+    let bucket = txn.bucket("b").await?.expect("created");
+    for i in 0..3 {
+        txn.put(format!("root{i}"), Bytes::from(vec![0; 1010]))?;
+    }
+    let over = bucket.put(b("k"), Bytes::from(vec![0; 1000]));
+    assert!(matches!(over, Err(Error::TooLarge { .. })), "{over:?}");
+    assert_eq!(txn.commit().await?.writes, 3);
+    let txn = db.begin(serializable())?;
+    assert_eq!(txn.bucket("b").await?.expect("kept").get("k").await?, None);
+    txn.rollback().await?;
     assert!(matches!(
         Db::open(
             tempfile::tempdir()?.path(),

@@ -447,27 +447,41 @@ impl Txn {
             });
         }
         check_not_deleted(&state, bucket)?;
+        let key_len = key.len();
         let cost = |v: &Option<Bytes>| {
-            super::record::write_bytes(key.len(), v.as_ref().map(Bytes::len)) as u64
+            super::record::write_bytes(key_len, v.as_ref().map(Bytes::len)) as u64
         };
         let new_cost = cost(&value);
-        let old_cost = state
-            .writes
-            .get(&bucket)
-            .and_then(|w| w.get(&key))
-            .map(cost);
-        let total = state.write_bytes - old_cost.unwrap_or(0) + new_cost;
-        if total > options.max_txn_bytes {
-            return Err(Error::TooLarge {
-                len: total,
-                max: options.max_txn_bytes,
-            });
+        let max = options.max_txn_bytes;
+        let st = &mut *state;
+        // One search of the write set: the key's entry is found once, then written or left.
+        let keys = st.writes.entry(bucket).or_default();
+        let bucket_was_empty = keys.is_empty();
+        let total = match keys.entry(key) {
+            std::collections::btree_map::Entry::Occupied(mut old) => {
+                let total = st.write_bytes - cost(old.get()) + new_cost;
+                if total <= max {
+                    old.insert(value);
+                }
+                total
+            }
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                let total = st.write_bytes + new_cost;
+                if total <= max {
+                    slot.insert(value);
+                    st.write_count += 1;
+                }
+                total
+            }
+        };
+        if total > max {
+            if bucket_was_empty {
+                // No write set entry for a bucket the transaction wrote nothing into.
+                st.writes.remove(&bucket);
+            }
+            return Err(Error::TooLarge { len: total, max });
         }
-        state.write_bytes = total;
-        if old_cost.is_none() {
-            state.write_count += 1;
-        }
-        state.writes.entry(bucket).or_default().insert(key, value);
+        st.write_bytes = total;
         Ok(())
     }
 
