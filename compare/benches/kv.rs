@@ -129,6 +129,12 @@ trait Engine: Send + Sync + Sized + 'static {
     /// One read-modify-write transaction adding 1 to the counter of key `i`'s value. Returns the
     /// retries it took (conflicts of an optimistic engine; 0 where writers are serialized).
     fn increment(&self, i: u64) -> impl Future<Output = u64> + Send;
+    /// The engine also runs the contended row under snapshot isolation (a second row).
+    const SNAPSHOT_ISOLATION: bool = false;
+    /// As `increment`, under snapshot isolation where the engine offers it (`SNAPSHOT_ISOLATION`).
+    fn increment_snapshot(&self, i: u64) -> impl Future<Output = u64> + Send {
+        self.increment(i)
+    }
     /// One read transaction: the wrapping sum of the counters of the keys of `indexes`.
     fn counters(&self, indexes: Range<u64>) -> impl Future<Output = u64> + Send;
     /// Closes the engine, waiting for its background work.
@@ -881,6 +887,27 @@ mod ringtide_engine {
             runs.load(Ordering::Relaxed) - 1
         }
 
+        const SNAPSHOT_ISOLATION: bool = true;
+
+        async fn increment_snapshot(&self, i: u64) -> u64 {
+            let k = b(&key(i));
+            let runs = AtomicU64::new(0);
+            let options = TxnOptions::default().isolation(Isolation::Snapshot);
+            self.db
+                .update_with(options, |txn| {
+                    runs.fetch_add(1, Ordering::Relaxed);
+                    let k = k.clone();
+                    async move {
+                        let v = txn.get(k.clone()).await?;
+                        txn.put(k, incremented(&v.expect("key missing")))?;
+                        Ok(())
+                    }
+                })
+                .await
+                .expect("ringtide update");
+            runs.load(Ordering::Relaxed) - 1
+        }
+
         async fn counters(&self, indexes: Range<u64>) -> u64 {
             let txn = self.db.begin(snapshot()).expect("ringtide begin");
             let mut sum = 0u64;
@@ -994,10 +1021,16 @@ async fn rmw_worker<E: Engine>(
     stop: Arc<AtomicBool>,
     done: Arc<Vec<Counter>>,
     retries: Arc<Vec<Counter>>,
+    snapshot: bool,
 ) {
     let mut rng = fastrand::Rng::with_seed(1000 + t as u64);
     while !stop.load(Ordering::Relaxed) {
-        let r = db.increment(rng.u64(hot.clone())).await;
+        let i = rng.u64(hot.clone());
+        let r = if snapshot {
+            db.increment_snapshot(i).await
+        } else {
+            db.increment(i).await
+        };
         retries[t].0.fetch_add(r, Ordering::Relaxed);
         done[t].0.fetch_add(1, Ordering::Relaxed);
     }
@@ -1215,6 +1248,28 @@ fn run<E: Engine>(root: &Path) {
     // a key drawn uniformly from a hot set of 1% of the bulk-loaded keys (ones not removed).
     // The counters' sum before and after must differ by the commits: no update lost.
     let hot = removals..removals + (n / 100).max(1);
+    contended_phase(&exec, &db, hot.clone(), secs, "rmw", false);
+    if E::SNAPSHOT_ISOLATION {
+        // The same row under snapshot isolation (write-write conflicts only).
+        settle(&dir);
+        contended_phase(&exec, &db, hot, secs, "rmw_si", true);
+    }
+
+    let db = Arc::into_inner(db).expect("no worker holds the engine");
+    exec.block_on(db.close());
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// Phase 8: contended read-modify-write from `CONTENDED_WRITERS` writers over `hot`, reported
+/// under `name`; `snapshot` runs the engine's snapshot-isolation variant.
+fn contended_phase<E: Engine>(
+    exec: &Exec,
+    db: &Arc<E>,
+    hot: Range<u64>,
+    secs: Duration,
+    name: &str,
+    snapshot: bool,
+) {
     let before = exec.block_on(db.counters(hot.clone()));
     let stop = Arc::new(AtomicBool::new(false));
     let done = counters(CONTENDED_WRITERS);
@@ -1228,6 +1283,7 @@ fn run<E: Engine>(root: &Path) {
                 stop.clone(),
                 done.clone(),
                 retries.clone(),
+                snapshot,
             ))
         })
         .collect();
@@ -1236,22 +1292,19 @@ fn run<E: Engine>(root: &Path) {
     exec.join(workers);
     let after = exec.block_on(db.counters(hot.clone()));
     let commits = sum(&done);
-    emit_ops("rmw", ops, s);
-    emit("rmw.commits", commits as f64);
-    emit("rmw.retries", sum(&retries) as f64);
-    emit("rmw.hot_keys", (hot.end - hot.start) as f64);
+    emit_ops(name, ops, s);
+    emit(&format!("{name}.commits"), commits as f64);
+    emit(&format!("{name}.retries"), sum(&retries) as f64);
+    emit(&format!("{name}.hot_keys"), (hot.end - hot.start) as f64);
     emit(
-        "rmw.lost",
+        &format!("{name}.lost"),
         commits.wrapping_sub(after.wrapping_sub(before)) as i64 as f64,
     );
-    log(format!(
-        "contended read-modify-write: {:.0} commits/s",
+    eprintln!(
+        "  {}: contended read-modify-write ({name}): {:.0} commits/s",
+        E::NAME,
         ops / s
-    ));
-
-    let db = Arc::into_inner(db).expect("no worker holds the engine");
-    exec.block_on(db.close());
-    let _ = fs::remove_dir_all(&dir);
+    );
 }
 
 /// The child process: runs every phase on one engine.
@@ -1427,24 +1480,34 @@ impl Report {
                 println!("| {engine} | failed | | | | | |");
                 continue;
             };
-            let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
-            let (commits, retries) = (get("rmw.commits"), get("rmw.retries"));
-            let rate = Self::rate(m, "rmw");
-            println!(
-                "| {engine} | {} | {} | {:.3} | {:.1}% | {} | {} |",
-                num(get("rmw.hot_keys")),
-                rate.map_or("—".into(), num),
-                retries / commits.max(1.0),
-                100.0 * retries / (commits + retries).max(1.0),
-                num(get("rmw.lost")),
-                ratio(rt, rate),
-            );
+            for (row, label) in [
+                ("rmw", String::new()),
+                ("rmw_si", " (snapshot isolation)".into()),
+            ] {
+                let get = |k: &str| m.get(&format!("{row}.{k}")).copied();
+                let Some(commits) = get("commits") else {
+                    continue;
+                };
+                let retries = get("retries").unwrap_or(0.0);
+                let rate = Self::rate(m, row);
+                println!(
+                    "| {engine}{label} | {} | {} | {:.3} | {:.1}% | {} | {} |",
+                    num(get("hot_keys").unwrap_or(0.0)),
+                    rate.map_or("—".into(), num),
+                    retries / commits.max(1.0),
+                    100.0 * retries / (commits + retries).max(1.0),
+                    num(get("lost").unwrap_or(0.0)),
+                    ratio(rt, rate),
+                );
+            }
         }
         println!(
             "\nEach transaction reads a key drawn uniformly from the hot set (1% of the bulk-loaded \
              keys), adds 1 to a counter in its value and writes it back. A retry is a commit that \
              failed with a conflict (optimistic engines); redb, LMDB and fjall's single-writer \
-             transactions serialize writers instead. \"Lost updates\" compares the counters' sum \
+             transactions serialize writers instead. ringtide runs the row twice: serializable \
+             (its default) and snapshot isolation, which validates write-write conflicts only \
+             (a read-modify-write of one key conflicts under both). \"Lost updates\" compares the counters' sum \
              before and after with the commits counted (warm-up included): it must be 0.\n"
         );
     }
