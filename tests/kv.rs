@@ -31,6 +31,7 @@ both_backends!(
     update_retries_conflicts_until_it_commits,
     concurrent_commits_are_all_visible_and_dense,
     prepared_transactions_hold_keys_and_survive_reopen,
+    prepared_serializable_reads_stay_held_after_reopen,
     second_opener_waits_then_gets_locked,
     read_only_open_refuses_writes,
     large_transactions_span_several_records_and_recover,
@@ -759,6 +760,45 @@ async fn prepared_transactions_hold_keys_and_survive_reopen(driver: IoDriver) ->
     assert!(matches!(p.commit().await, Err(Error::TxnExpired)));
     assert!(db.prepared().is_empty());
     assert_eq!(get(&db, "late").await?, None);
+    db.close().await
+}
+
+/// A prepared serializable transaction's reads (keys and scanned ranges) are held like its
+/// writes, and still after a restart: a commit that writes what it read must fail until it
+/// commits, or its own commit would no longer be serializable.
+async fn prepared_serializable_reads_stay_held_after_reopen(driver: IoDriver) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = Db::open(dir.path(), options(&driver)).await?;
+    put(&db, "read", "0").await?;
+    let p = db.begin(serializable())?;
+    assert_eq!(p.get("read").await?, Some(b("0")));
+    let scanned: Vec<_> = p.scan("m".."p").collect().await;
+    assert!(scanned.is_empty());
+    p.put(b("written"), b("1"))?;
+    p.prepare().await?;
+    drop(p);
+    db.close().await?;
+    drop(db);
+
+    let db = Db::open(dir.path(), options(&driver)).await?;
+    for key in ["read", "n", "written"] {
+        let t = db.begin(snapshot())?;
+        t.put(b(key), b("other"))?;
+        let err = t.commit().await.unwrap_err();
+        assert_eq!(
+            conflict_kind(&err),
+            Some(ConflictKind::Prepared),
+            "{key}: {err}"
+        );
+    }
+    // Outside what it read and wrote: free.
+    put(&db, "q", "free").await?;
+    let prepared = db.prepared();
+    assert_eq!(prepared.len(), 1);
+    prepared[0].commit().await?;
+    put(&db, "read", "after").await?;
+    put(&db, "n", "after").await?;
+    assert_eq!(get(&db, "written").await?, Some(b("1")));
     db.close().await
 }
 

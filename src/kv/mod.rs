@@ -157,7 +157,16 @@ impl Db {
             let oracle =
                 txn::oracle::Oracle::new(replayed.last_seq, options.max_conflict_history_bytes);
             for (&id, p) in &replayed.prepared {
-                oracle.hold(id, txn::commit::written_keys(&p.writes));
+                // Its writes, and what it read (serializable): held as before the restart.
+                let mut keys = txn::commit::written_keys(&p.writes);
+                let mut ranges = Vec::new();
+                for held in &p.held {
+                    match held {
+                        record::Held::Key(key) => keys.push(key.clone()),
+                        record::Held::Range(range) => ranges.push(range.clone()),
+                    }
+                }
+                oracle.hold(id, keys, ranges);
             }
             let expired: Vec<u64> = replayed
                 .prepared

@@ -9,11 +9,20 @@
 //! chunk  := header write*
 //! header := version u8 (= 1) | kind u8 | more u8 | seq u64 | txn_id u64 | aux u64 | count u32
 //! write  := op u8 (1 = put, 2 = delete) | bucket u64 | key_len u32 | key | [val_len u32 | value]
+//!         | op u8 (3 = read held) | bucket u64 | key_len u32 | key
+//!         | op u8 (4 = range held) | bucket u64 | len u32 | bound | len u32 | bound
+//! bound  := tag u8 (0 = unbounded, 1 = included, 2 = excluded) | key
 //! ```
+//! Ops 3 and 4 appear only in a serializable transaction's prepare record, after its writes: the
+//! keys and ranges it read, which stay held until it commits or rolls back, across restarts.
 //! Integers are little-endian. Decoding checks every length against the chunk and returns
 //! [`CorruptionKind::BadRecord`] on anything a writer does not produce; it never panics.
 
+use std::ops::Bound;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::txn::oracle::{BucketKey, ScannedRange};
 
 use crate::error::{CorruptionKind, Error};
 use crate::types::Lsn;
@@ -77,19 +86,52 @@ pub(crate) struct Encoded {
     chunks: Vec<BytesMut>,
 }
 
+/// What a record holds besides writes: what a prepared serializable transaction read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Held {
+    Key(BucketKey),
+    Range(ScannedRange),
+}
+
+/// One item of a record, to encode.
+enum Item<'a> {
+    Write(WriteRef<'a>),
+    Held(&'a Held),
+}
+
 impl Encoded {
     /// Encodes `writes` under `header` (its `seq` may be patched later).
     pub(crate) fn new<'a>(header: Header, writes: impl IntoIterator<Item = WriteRef<'a>>) -> Self {
+        Self::items(header, writes.into_iter().map(Item::Write))
+    }
+
+    /// Encodes a prepare record: `writes`, then what stays held with them.
+    pub(crate) fn prepare<'a>(
+        header: Header,
+        writes: impl IntoIterator<Item = WriteRef<'a>>,
+        held: &'a [Held],
+    ) -> Self {
+        let items = writes
+            .into_iter()
+            .map(Item::Write)
+            .chain(held.iter().map(Item::Held));
+        Self::items(header, items)
+    }
+
+    fn items<'a>(header: Header, items: impl Iterator<Item = Item<'a>>) -> Self {
         let mut chunks = Vec::new();
         let mut current = start_chunk(header);
         let mut count: u32 = 0;
-        for w in writes {
+        for item in items {
             if current.len() >= CHUNK_BYTES {
                 close_chunk(&mut current, count, true);
                 chunks.push(std::mem::replace(&mut current, start_chunk(header)));
                 count = 0;
             }
-            encode_write(&mut current, w);
+            match item {
+                Item::Write(w) => encode_write(&mut current, w),
+                Item::Held(h) => encode_held(&mut current, h),
+            }
             count += 1;
         }
         close_chunk(&mut current, count, false);
@@ -152,6 +194,47 @@ fn encode_write(b: &mut BytesMut, w: WriteRef<'_>) {
     }
 }
 
+fn encode_held(b: &mut BytesMut, held: &Held) {
+    let sized = |b: &mut BytesMut, parts: &[&[u8]]| {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        b.put_u32_le(u32::try_from(len).expect("keys are bounded by max_key_bytes"));
+        for p in parts {
+            b.put_slice(p);
+        }
+    };
+    let bound = |b: &mut BytesMut, bound: &Bound<Bytes>| match bound {
+        Bound::Unbounded => sized(b, &[&[0]]),
+        Bound::Included(k) => sized(b, &[&[1], k]),
+        Bound::Excluded(k) => sized(b, &[&[2], k]),
+    };
+    match held {
+        Held::Key((bucket, key)) => {
+            b.put_u8(3);
+            b.put_u64_le(*bucket);
+            sized(b, &[key]);
+        }
+        Held::Range(r) => {
+            b.put_u8(4);
+            b.put_u64_le(r.bucket);
+            bound(b, &r.lower);
+            bound(b, &r.upper);
+        }
+    }
+}
+
+fn decode_bound(mut data: Bytes) -> Option<Bound<Bytes>> {
+    if data.is_empty() {
+        return None;
+    }
+    let tag = data.get_u8();
+    match tag {
+        0 if data.is_empty() => Some(Bound::Unbounded),
+        1 => Some(Bound::Included(data)),
+        2 => Some(Bound::Excluded(data)),
+        _ => None,
+    }
+}
+
 /// One decoded chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Chunk {
@@ -159,6 +242,8 @@ pub(crate) struct Chunk {
     /// More chunks of the same record follow.
     pub(crate) more: bool,
     pub(crate) writes: Vec<Write>,
+    /// What a prepare record holds besides its writes.
+    pub(crate) held: Vec<Held>,
 }
 
 /// Decodes one chunk from a wal entry's data (sliced without copies).
@@ -199,6 +284,7 @@ pub(crate) fn decode(lsn: Lsn, file: &std::path::Path, data: &Bytes) -> Result<C
         return Err(bad("write count larger than the record"));
     }
     let mut writes = Vec::with_capacity(count as usize);
+    let mut held = Vec::new();
     for _ in 0..count {
         if buf.remaining() < 1 + 8 + 4 {
             return Err(bad("write cut short"));
@@ -206,13 +292,34 @@ pub(crate) fn decode(lsn: Lsn, file: &std::path::Path, data: &Bytes) -> Result<C
         let op = buf.get_u8();
         let bucket = buf.get_u64_le();
         let key = take_sized(&mut buf).ok_or_else(|| bad("key runs past the record"))?;
+        if key.is_empty() {
+            return Err(bad("empty key"));
+        }
         let value = match op {
             1 => Some(take_sized(&mut buf).ok_or_else(|| bad("value runs past the record"))?),
             2 => None,
+            3 | 4 if kind != Kind::Prepare => return Err(bad("a hold outside a prepare record")),
+            3 => {
+                held.push(Held::Key((bucket, key)));
+                continue;
+            }
+            4 => {
+                let upper =
+                    take_sized(&mut buf).ok_or_else(|| bad("range runs past the record"))?;
+                let (Some(lower), Some(upper)) = (decode_bound(key), decode_bound(upper)) else {
+                    return Err(bad("bad range bound"));
+                };
+                held.push(Held::Range(ScannedRange {
+                    bucket,
+                    lower,
+                    upper,
+                }));
+                continue;
+            }
             _ => return Err(bad("unknown write op")),
         };
-        if key.is_empty() {
-            return Err(bad("empty key"));
+        if !held.is_empty() {
+            return Err(bad("a write after a hold"));
         }
         writes.push(Write { bucket, key, value });
     }
@@ -223,6 +330,7 @@ pub(crate) fn decode(lsn: Lsn, file: &std::path::Path, data: &Bytes) -> Result<C
         header,
         more,
         writes,
+        held,
     })
 }
 
@@ -276,6 +384,47 @@ mod tests {
             assert_eq!(&d.key[..], w.key);
             assert_eq!(d.value.as_deref(), w.value);
         }
+    }
+
+    #[test]
+    fn a_prepare_record_carries_what_it_holds() {
+        let w = [WriteRef {
+            bucket: 3,
+            key: b"key",
+            value: Some(b"value"),
+        }];
+        let held = vec![
+            Held::Key((0, Bytes::from_static(b"read"))),
+            Held::Range(ScannedRange {
+                bucket: 5,
+                lower: Bound::Included(Bytes::from_static(b"a")),
+                upper: Bound::Excluded(Bytes::from_static(b"c")),
+            }),
+            Held::Range(ScannedRange {
+                bucket: 6,
+                lower: Bound::Unbounded,
+                upper: Bound::Included(Bytes::from_static(b"z")),
+            }),
+            Held::Range(ScannedRange {
+                bucket: 7,
+                lower: Bound::Excluded(Bytes::from_static(b"m")),
+                upper: Bound::Unbounded,
+            }),
+        ];
+        let chunk = Encoded::prepare(header(Kind::Prepare), w, &held)
+            .finish(0)
+            .remove(0);
+        let decoded = decode(Lsn(1), Path::new("x"), &chunk).unwrap();
+        assert_eq!(decoded.writes.len(), 1);
+        assert_eq!(decoded.held, held);
+        // Only a prepare record may hold anything.
+        let mut commit = chunk.to_vec();
+        commit[1] = Kind::Commit as u8;
+        let err = decode(Lsn(1), Path::new("x"), &Bytes::from(commit)).unwrap_err();
+        assert!(
+            err.to_string().contains("a hold outside a prepare"),
+            "{err}"
+        );
     }
 
     #[test]

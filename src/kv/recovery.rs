@@ -32,24 +32,28 @@ pub(crate) async fn replay(wal: &Wal) -> Result<Replayed> {
     let mut max_txn_id = 0;
     let mut prepared: BTreeMap<u64, Prepared> = BTreeMap::new();
     let mut records = 0;
-    let mut pending: Option<(record::Header, Vec<record::Write>, Lsn)> = None;
+    let mut pending: Option<(record::Header, Vec<record::Write>, Vec<record::Held>, Lsn)> = None;
     let mut entries = wal.stream(wal.first_lsn());
     while let Some(entry) = entries.next().await {
         let entry = entry?;
         let chunk = record::decode(entry.lsn, wal.dir(), &entry.data)
             .map_err(|e| locate(wal, entry.lsn, e))?;
-        let (header, mut writes, first_lsn) = match pending.take() {
-            Some((header, mut writes, first)) => {
+        let (header, mut writes, mut held, first_lsn) = match pending.take() {
+            Some((header, mut writes, mut held, first)) => {
                 if chunk.header != header {
                     return Err(bad(wal, entry.lsn, "a record's chunks disagree"));
                 }
+                if !held.is_empty() && !chunk.writes.is_empty() {
+                    return Err(bad(wal, entry.lsn, "a write after a hold"));
+                }
                 writes.extend(chunk.writes);
-                (header, writes, first)
+                held.extend(chunk.held);
+                (header, writes, held, first)
             }
-            None => (chunk.header, chunk.writes, entry.lsn),
+            None => (chunk.header, chunk.writes, chunk.held, entry.lsn),
         };
         if chunk.more {
-            pending = Some((header, writes, first_lsn));
+            pending = Some((header, writes, held, first_lsn));
             continue;
         }
         records += 1;
@@ -65,6 +69,7 @@ pub(crate) async fn replay(wal: &Wal) -> Result<Replayed> {
                     header.txn_id,
                     Prepared {
                         writes: write_set(std::mem::take(&mut writes)),
+                        held: std::mem::take(&mut held),
                         deadline: deadline_from_unix_ms(header.aux),
                         resolving: false,
                     },
@@ -86,7 +91,7 @@ pub(crate) async fn replay(wal: &Wal) -> Result<Replayed> {
             }
         }
     }
-    if let Some((_, _, first)) = pending {
+    if let Some((_, _, _, first)) = pending {
         // The wal appends a record's chunks as one atomic batch: a record cut short is damage.
         return Err(bad(wal, first, "a record's last chunk is missing"));
     }

@@ -23,7 +23,7 @@ use super::{CommitInfo, Status, Txn, WriteSet};
 use crate::error::{Error, Result};
 use crate::kv::bucket;
 use crate::kv::options::{Durability, Isolation};
-use crate::kv::record::{Encoded, Header, Kind, WriteRef};
+use crate::kv::record::{Encoded, Header, Held, Kind, WriteRef};
 use crate::kv::shared::Shared;
 use crate::types::SeqNo;
 use crate::wal::{Ack, Record};
@@ -40,6 +40,9 @@ struct Taken {
 #[derive(Debug, Clone)]
 pub(crate) struct Prepared {
     pub(crate) writes: WriteSet,
+    /// What it read and stays held with its writes (serializable), as its prepare record
+    /// says: restored into the oracle at open.
+    pub(crate) held: Vec<Held>,
     pub(crate) deadline: Option<Instant>,
     /// Set while its commit or rollback runs, so that a second one is refused.
     pub(crate) resolving: bool,
@@ -147,9 +150,22 @@ impl Txn {
             let left = d.saturating_duration_since(Instant::now());
             unix_ms(SystemTime::now() + left)
         });
-        let encoded = Encoded::new(
+        let (held_reads, held_ranges) = if self.inner.isolation == Isolation::Serializable {
+            (taken.reads.as_slice(), taken.ranges.as_slice())
+        } else {
+            (&[][..], &[][..])
+        };
+        // What it read stays held after a restart too: recorded with its writes.
+        let held: Vec<Held> = held_reads
+            .iter()
+            .cloned()
+            .map(Held::Key)
+            .chain(held_ranges.iter().cloned().map(Held::Range))
+            .collect();
+        let encoded = Encoded::prepare(
             self.header(Kind::Prepare, deadline_ms),
             write_refs(&taken.writes),
+            &held,
         );
         let check = CommitCheck {
             snapshot: self.inner.snapshot,
@@ -158,11 +174,6 @@ impl Txn {
             own_hold: None,
         };
         let written = written_keys(&taken.writes);
-        let (held_reads, held_ranges) = if self.inner.isolation == Isolation::Serializable {
-            (taken.reads.as_slice(), taken.ranges.as_slice())
-        } else {
-            (&[][..], &[][..])
-        };
         let id = self.inner.id;
         if let Err(refusal) =
             db.oracle
@@ -175,6 +186,7 @@ impl Txn {
             id,
             Prepared {
                 writes: taken.writes,
+                held: Vec::new(),
                 deadline: self.inner.deadline,
                 resolving: false,
             },

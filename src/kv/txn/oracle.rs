@@ -34,7 +34,7 @@ pub(crate) type BucketKey = (u64, Bytes);
 const HISTORY_KEY_OVERHEAD: u64 = 64;
 
 /// A range of a bucket a transaction scanned.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ScannedRange {
     pub(crate) bucket: u64,
     pub(crate) lower: Bound<Bytes>,
@@ -213,10 +213,10 @@ impl Oracle {
         Ok(())
     }
 
-    /// Holds keys for a prepared transaction restored by recovery.
-    pub(crate) fn hold(&self, txn_id: u64, keys: Vec<BucketKey>) {
+    /// Holds keys and ranges for a prepared transaction restored by recovery.
+    pub(crate) fn hold(&self, txn_id: u64, keys: Vec<BucketKey>, ranges: Vec<ScannedRange>) {
         let mut s = self.lock();
-        Self::hold_locked(&mut s, txn_id, keys, Vec::new());
+        Self::hold_locked(&mut s, txn_id, keys, ranges);
     }
 
     fn hold_locked(s: &mut State, txn_id: u64, keys: Vec<BucketKey>, ranges: Vec<ScannedRange>) {
