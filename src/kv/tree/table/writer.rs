@@ -320,6 +320,9 @@ impl TableWriter {
     /// # Errors
     /// [`Error::InvalidArgument`] for invalid options; I/O errors naming the file (e.g.
     /// `AlreadyExists`).
+    ///
+    /// # Cancel safety
+    /// A dropped call may leave an empty file behind, which nothing refers to.
     pub(crate) async fn create(
         driver: &IoDriver,
         path: impl Into<PathBuf>,
