@@ -308,6 +308,14 @@ pub enum CorruptionKind {
         /// The last lsn found intact (for a missing segment: the lsn before its first).
         found_last: Lsn,
     },
+    /// A table (SSTable) of the key-value store is damaged or holds what no writer produces: a
+    /// block's checksum, a length past its block, keys out of order, a footer that does not fit
+    /// the file. The error's `offset` is where the damaged block (or the footer) starts.
+    #[error("damaged table: {reason}")]
+    BadTable {
+        /// What is wrong.
+        reason: &'static str,
+    },
 }
 
 /// Why a key-value transaction's commit was refused (see [`Error::Conflict`]).

@@ -437,3 +437,31 @@ fn write_kv_record_seeds() {
         std::fs::write(dir.join(format!("seed-{i}")), seed).expect("write seed");
     }
 }
+
+/// The table target: its seeds (tables with and without a filter, of one block and many) and
+/// its corpus replay without a panic, as images and as entries.
+#[test]
+fn kv_table_corpus_replays() {
+    let seeds = ringtide::kv::fuzz::table_seeds();
+    assert!(!seeds.is_empty());
+    for seed in &seeds {
+        ringtide::kv::fuzz::table_decoder(seed);
+    }
+    let dir = root().join("fuzz/corpus/kv_table");
+    let corpus = files(&dir);
+    assert!(!corpus.is_empty(), "seeds in {}", dir.display());
+    for file in corpus {
+        let data = std::fs::read(&file).expect("corpus file");
+        ringtide::kv::fuzz::table_decoder(&data);
+    }
+}
+
+#[test]
+#[ignore = "writes the table seeds into fuzz/corpus/kv_table: run by hand"]
+fn write_kv_table_seeds() {
+    let dir = root().join("fuzz/corpus/kv_table");
+    std::fs::create_dir_all(&dir).expect("corpus dir");
+    for (i, seed) in ringtide::kv::fuzz::table_seeds().iter().enumerate() {
+        std::fs::write(dir.join(format!("seed-{i}")), seed).expect("write seed");
+    }
+}

@@ -1,5 +1,6 @@
-//! The entry point of the key-value record fuzz target (`fuzz/fuzz_targets/kv_record.rs`),
-//! compiled only with the non-default feature `fuzzing`: not API.
+//! The entry points of the key-value store's fuzz targets (`fuzz/fuzz_targets/kv_record.rs`,
+//! `fuzz/fuzz_targets/kv_table.rs`), compiled only with the non-default feature `fuzzing`: not
+//! API.
 
 use bytes::Bytes;
 
@@ -65,4 +66,18 @@ pub fn seeds() -> Vec<Vec<u8>> {
         }
     }
     out
+}
+
+/// The `kv_table` target: `data` read as a table image (as it is, and with its checksums
+/// recomputed, so that the decoders behind them are reached) must open, answer lookups and scan
+/// both ways without a panic, every error being `Corruption` and every scan in order; and read as
+/// options and entries, written and read back, it must equal a model.
+pub fn table_decoder(data: &[u8]) {
+    super::tree::table::fuzz::decode_image(data);
+    super::tree::table::fuzz::round_trip(data);
+}
+
+/// Seeds for the `kv_table` corpus: tables with and without a filter, of one block and many.
+pub fn table_seeds() -> Vec<Vec<u8>> {
+    super::tree::table::fuzz::seeds()
 }

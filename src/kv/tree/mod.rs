@@ -3,3 +3,4 @@
 //! them in the memtable alone; tables, flush and compaction slot in here.
 
 pub(crate) mod memtable;
+pub(crate) mod table;

@@ -1,0 +1,439 @@
+//! The fixed parts of a table file: varints, block handles, the block trailer, the meta block
+//! and the footer. Every decoder here works on `&[u8]` and returns the [`CorruptionKind`] of what
+//! it refuses; the caller names the file and the offset of the block (or footer) it read.
+//!
+//! ```text
+//! file     data block … data block | filter block (optional) | index block | meta block | footer
+//! block    contents | compression: u8 (0 = none) | crc32 of contents ‖ compression: u32 LE
+//! handle   offset: uvarint | len: uvarint          (len counts the trailer)
+//! footer   64 bytes, at the end of the file (table below)
+//! ```
+//!
+//! The checksum is crc32 (IEEE, `crc32fast`), as in the wal's frames.
+
+use bytes::{BufMut, BytesMut};
+
+use crate::error::CorruptionKind;
+use crate::kv::tree::memtable::InternalKey;
+
+/// The table format this build writes and reads.
+pub(crate) const FORMAT_VERSION: u16 = 1;
+/// The last 8 bytes of every table file.
+pub(crate) const MAGIC: &[u8; 8] = b"RTDTABLE";
+/// The footer's size: fixed for every format version (a later one that needs more puts it in
+/// the meta block), so that a reader finds the version of any table.
+pub(crate) const FOOTER_LEN: usize = 64;
+/// The block trailer: the compression byte and the crc32.
+pub(crate) const TRAILER_LEN: usize = 5;
+/// The compression byte of an uncompressed block; no other value is written by this version.
+const COMPRESSION_NONE: u8 = 0;
+/// The longest block key a writer stores: a bucket id and a user key of up to 16 MiB (the
+/// store's own limit).
+pub(crate) const MAX_KEY_BYTES: usize = 8 + (16 << 20);
+/// The longest value a writer stores (the store's transactions are at most 1 GiB), so that a
+/// block, and every offset in it, stays within u32.
+pub(crate) const MAX_VALUE_BYTES: usize = 1 << 30;
+
+/// A reason a table is refused.
+pub(crate) fn bad(reason: &'static str) -> CorruptionKind {
+    CorruptionKind::BadTable { reason }
+}
+
+/// Appends `v` as a uvarint: 7 bits per byte, low first, the high bit set on all but the last.
+pub(crate) fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reads a uvarint at `b[*at..]` and moves `at` past it. Refuses one that runs past `b` or
+/// past 64 bits.
+pub(crate) fn get_uvarint(b: &[u8], at: &mut usize) -> Result<u64, CorruptionKind> {
+    let mut v = 0u64;
+    for i in 0..10 {
+        let byte = *b
+            .get(*at + i)
+            .ok_or(bad("varint past the end of its block"))?;
+        if i == 9 && byte > 1 {
+            return Err(bad("varint above 64 bits"));
+        }
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte < 0x80 {
+            *at += i + 1;
+            return Ok(v);
+        }
+    }
+    Err(bad("varint above 64 bits"))
+}
+
+/// A uvarint that must fit a `usize` (a length or an offset within a block).
+pub(crate) fn get_len(b: &[u8], at: &mut usize) -> Result<usize, CorruptionKind> {
+    usize::try_from(get_uvarint(b, at)?).map_err(|_| bad("length above the address space"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> Result<u64, CorruptionKind> {
+    let bytes = b
+        .get(at..at + 8)
+        .ok_or(bad("field past the end of its block"))?;
+    Ok(u64::from_le_bytes(bytes.try_into().unwrap_or([0; 8])))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Result<u32, CorruptionKind> {
+    let bytes = b
+        .get(at..at + 4)
+        .ok_or(bad("field past the end of its block"))?;
+    Ok(u32::from_le_bytes(bytes.try_into().unwrap_or([0; 4])))
+}
+
+/// Where a block lies in the file: its first byte and its length, trailer included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlockHandle {
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
+}
+
+impl BlockHandle {
+    /// The end of the block: the offset of the byte after it.
+    pub(crate) fn end(&self) -> u64 {
+        self.offset.saturating_add(self.len)
+    }
+
+    /// The handle as an index entry's value: two uvarints.
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        put_uvarint(out, self.offset);
+        put_uvarint(out, self.len);
+    }
+
+    /// Decodes an index entry's value, which must hold exactly a handle.
+    pub(crate) fn decode(b: &[u8]) -> Result<BlockHandle, CorruptionKind> {
+        let mut at = 0;
+        let offset = get_uvarint(b, &mut at)?;
+        let len = get_uvarint(b, &mut at)?;
+        if at != b.len() {
+            return Err(bad("index entry longer than a block handle"));
+        }
+        Ok(BlockHandle { offset, len })
+    }
+}
+
+/// Appends the trailer of a block whose contents are `out[start..]`: the compression byte and
+/// the crc32 of the contents and that byte.
+pub(crate) fn seal_block(out: &mut BytesMut, start: usize) {
+    out.put_u8(COMPRESSION_NONE);
+    let crc = crc32fast::hash(&out[start..]);
+    out.put_u32_le(crc);
+}
+
+/// Checks a block's trailer, before anything in it is decoded, and returns its contents'
+/// length: the checksum first (a damaged compression byte reads as a checksum mismatch), then
+/// the compression byte.
+pub(crate) fn check_block(raw: &[u8]) -> Result<usize, CorruptionKind> {
+    let Some(body) = raw.len().checked_sub(4).filter(|&n| n >= 1) else {
+        return Err(bad("block shorter than its trailer"));
+    };
+    let stored = u32_at(raw, body)?;
+    if crc32fast::hash(&raw[..body]) != stored {
+        return Err(bad("block checksum mismatch"));
+    }
+    if raw[body - 1] != COMPRESSION_NONE {
+        return Err(bad("unknown block compression"));
+    }
+    Ok(body - 1)
+}
+
+/// What the meta block says of a table: counts, bounds and the buckets present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TableMeta {
+    /// Versions stored (tombstones included); at least 1.
+    pub(crate) entries: u64,
+    /// Of which tombstones.
+    pub(crate) tombstones: u64,
+    /// The smallest seq of any version.
+    pub(crate) seq_min: u64,
+    /// The largest seq of any version.
+    pub(crate) seq_max: u64,
+    /// The user keys' bytes, summed over every version (bucket ids not counted).
+    pub(crate) key_bytes: u64,
+    /// The values' bytes, summed over every version.
+    pub(crate) value_bytes: u64,
+    /// Data blocks in the file (as many as index entries).
+    pub(crate) data_blocks: u64,
+    /// The first internal key of the table.
+    pub(crate) min_key: InternalKey,
+    /// The last internal key of the table.
+    pub(crate) max_key: InternalKey,
+    /// The bucket ids that have a version in the table, ascending, each once.
+    pub(crate) buckets: Vec<u64>,
+}
+
+impl TableMeta {
+    /// Encodes the meta block's contents.
+    ///
+    /// ```text
+    /// offset  size  field (integers u64 LE unless said)
+    ///  0       8    entries
+    ///  8       8    tombstones
+    /// 16       8    seq min
+    /// 24       8    seq max
+    /// 32       8    user key bytes
+    /// 40       8    value bytes
+    /// 48       8    data blocks
+    /// 56       …    min key: bucket u64, seq u64, user key length u32, user key
+    ///  …       …    max key: the same
+    ///  …       4    bucket count, u32 LE; then each bucket id, u64, ascending
+    /// ```
+    pub(crate) fn encode(&self, out: &mut BytesMut) {
+        for v in [
+            self.entries,
+            self.tombstones,
+            self.seq_min,
+            self.seq_max,
+            self.key_bytes,
+            self.value_bytes,
+            self.data_blocks,
+        ] {
+            out.put_u64_le(v);
+        }
+        for k in [&self.min_key, &self.max_key] {
+            out.put_u64_le(k.bucket);
+            out.put_u64_le(k.seq);
+            // Keys are at most MAX_KEY_BYTES (the writer checks), within u32.
+            out.put_u32_le(k.key.len() as u32);
+            out.put_slice(&k.key);
+        }
+        out.put_u32_le(self.buckets.len() as u32);
+        for b in &self.buckets {
+            out.put_u64_le(*b);
+        }
+    }
+
+    /// Decodes the meta block's contents, refusing what no writer produces.
+    pub(crate) fn decode(b: &[u8]) -> Result<TableMeta, CorruptionKind> {
+        let f = |i: usize| u64_at(b, i * 8);
+        let mut at = 56;
+        let key = |at: &mut usize| -> Result<InternalKey, CorruptionKind> {
+            let bucket = u64_at(b, *at)?;
+            let seq = u64_at(b, *at + 8)?;
+            let len = u32_at(b, *at + 16)? as usize;
+            let start = *at + 20;
+            let user = b
+                .get(start..start + len)
+                .ok_or(bad("meta key past its block"))?;
+            *at = start + len;
+            Ok(InternalKey::new(
+                bucket,
+                bytes::Bytes::copy_from_slice(user),
+                seq,
+            ))
+        };
+        let min_key = key(&mut at)?;
+        let max_key = key(&mut at)?;
+        let count = u32_at(b, at)? as usize;
+        at += 4;
+        if b.len().checked_sub(at) != count.checked_mul(8) {
+            return Err(bad("meta block length"));
+        }
+        let buckets = (0..count)
+            .map(|i| u64_at(b, at + i * 8))
+            .collect::<Result<Vec<_>, _>>()?;
+        let meta = TableMeta {
+            entries: f(0)?,
+            tombstones: f(1)?,
+            seq_min: f(2)?,
+            seq_max: f(3)?,
+            key_bytes: f(4)?,
+            value_bytes: f(5)?,
+            data_blocks: f(6)?,
+            min_key,
+            max_key,
+            buckets,
+        };
+        meta.check()?;
+        Ok(meta)
+    }
+
+    /// What every writer's meta block keeps.
+    fn check(&self) -> Result<(), CorruptionKind> {
+        let sound = self.entries >= 1
+            && self.tombstones <= self.entries
+            && self.data_blocks >= 1
+            && self.data_blocks <= self.entries
+            && self.seq_min <= self.seq_max
+            && self.min_key <= self.max_key
+            && (self.seq_min..=self.seq_max).contains(&self.min_key.seq)
+            && (self.seq_min..=self.seq_max).contains(&self.max_key.seq)
+            && !self.buckets.is_empty()
+            && self.buckets.len() as u64 <= self.entries
+            && self.buckets.windows(2).all(|w| w[0] < w[1])
+            && self.buckets.first() == Some(&self.min_key.bucket)
+            && self.buckets.last() == Some(&self.max_key.bucket);
+        if sound {
+            Ok(())
+        } else {
+            Err(bad("meta block fields disagree"))
+        }
+    }
+}
+
+/// The footer: where the filter, index and meta blocks are, and the format version.
+///
+/// ```text
+/// offset  size  field
+///  0      16    filter block handle: offset u64 LE, len u64 LE (len 0: no filter)
+/// 16      16    index block handle
+/// 32      16    meta block handle
+/// 48       2    reserved: written as zeros, not checked (the checksum covers them)
+/// 50       2    format version, u16 LE = 1
+/// 52       4    crc32 of bytes 0..52, u32 LE
+/// 56       8    magic "RTDTABLE"
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Footer {
+    /// `len` 0: the table has no filter; its offset is then where the data blocks end.
+    pub(crate) filter: BlockHandle,
+    pub(crate) index: BlockHandle,
+    pub(crate) meta: BlockHandle,
+}
+
+impl Footer {
+    pub(crate) fn encode(&self) -> [u8; FOOTER_LEN] {
+        let mut b = [0u8; FOOTER_LEN];
+        let fields = [
+            self.filter.offset,
+            self.filter.len,
+            self.index.offset,
+            self.index.len,
+            self.meta.offset,
+            self.meta.len,
+        ];
+        for (i, v) in fields.iter().enumerate() {
+            b[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        b[50..52].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let crc = crc32fast::hash(&b[..52]);
+        b[52..56].copy_from_slice(&crc.to_le_bytes());
+        b[56..64].copy_from_slice(MAGIC);
+        b
+    }
+
+    /// Decodes the last [`FOOTER_LEN`] bytes of a file of `file_len` bytes: the magic, then the
+    /// checksum (so a damaged version reads as a checksum mismatch, and an intact footer of a
+    /// newer version as [`CorruptionKind::UnsupportedVersion`]), then the handles, which must
+    /// lay the blocks out as a writer does: data, filter, index, meta, footer, edge to edge.
+    pub(crate) fn decode(b: &[u8], file_len: u64) -> Result<Footer, CorruptionKind> {
+        if b.len() != FOOTER_LEN {
+            return Err(bad("file shorter than a footer"));
+        }
+        if &b[56..64] != MAGIC {
+            return Err(CorruptionKind::BadMagic);
+        }
+        if crc32fast::hash(&b[..52]) != u32_at(b, 52)? {
+            return Err(bad("footer checksum mismatch"));
+        }
+        let version = u16::from_le_bytes([b[50], b[51]]);
+        if version != FORMAT_VERSION {
+            return Err(CorruptionKind::UnsupportedVersion {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let handle = |i: usize| -> Result<BlockHandle, CorruptionKind> {
+            Ok(BlockHandle {
+                offset: u64_at(b, i * 16)?,
+                len: u64_at(b, i * 16 + 8)?,
+            })
+        };
+        let footer = Footer {
+            filter: handle(0)?,
+            index: handle(1)?,
+            meta: handle(2)?,
+        };
+        let min = (TRAILER_LEN + 4) as u64;
+        let laid_out = footer.filter.offset >= min
+            && (footer.filter.len == 0 || footer.filter.len > TRAILER_LEN as u64)
+            && footer.filter.end() == footer.index.offset
+            && footer.index.len >= min
+            && footer.index.end() == footer.meta.offset
+            && footer.meta.len >= min
+            && Some(footer.meta.end()) == file_len.checked_sub(FOOTER_LEN as u64);
+        if !laid_out {
+            return Err(bad("footer handles do not fit the file"));
+        }
+        Ok(footer)
+    }
+
+    /// Where the data blocks end.
+    pub(crate) fn data_end(&self) -> u64 {
+        self.filter.offset
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uvarints_round_trip_and_refuse_what_overflows() {
+        for v in [0, 1, 127, 128, 300, u32::MAX as u64, u64::MAX - 1, u64::MAX] {
+            let mut b = Vec::new();
+            put_uvarint(&mut b, v);
+            let mut at = 0;
+            assert_eq!(get_uvarint(&b, &mut at), Ok(v));
+            assert_eq!(at, b.len());
+            let mut at = 0;
+            assert!(get_uvarint(&b[..b.len() - 1], &mut at).is_err());
+        }
+        let mut at = 0;
+        assert!(get_uvarint(&[0xff; 10], &mut at).is_err());
+        let mut at = 0;
+        assert!(
+            get_uvarint(
+                &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2],
+                &mut at
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn the_footer_checks_magic_then_checksum_then_version() {
+        let f = Footer {
+            filter: BlockHandle {
+                offset: 100,
+                len: 20,
+            },
+            index: BlockHandle {
+                offset: 120,
+                len: 30,
+            },
+            meta: BlockHandle {
+                offset: 150,
+                len: 90,
+            },
+        };
+        let len = 240 + FOOTER_LEN as u64;
+        let b = f.encode();
+        assert_eq!(Footer::decode(&b, len), Ok(f));
+        assert!(Footer::decode(&b, len + 1).is_err());
+        let mut v2 = b;
+        v2[50] = 2;
+        assert!(matches!(
+            Footer::decode(&v2, len),
+            Err(CorruptionKind::BadTable { .. })
+        ));
+        let crc = crc32fast::hash(&v2[..52]);
+        v2[52..56].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            Footer::decode(&v2, len),
+            Err(CorruptionKind::UnsupportedVersion {
+                found: 2,
+                supported: 1
+            })
+        );
+        let mut magic = b;
+        magic[63] ^= 1;
+        assert_eq!(Footer::decode(&magic, len), Err(CorruptionKind::BadMagic));
+    }
+}

@@ -1,0 +1,347 @@
+//! Reading a table: [`Table::open`] reads and checks the footer, meta, index and filter blocks
+//! and keeps them in memory; a point lookup ([`Table::get`]) then reads at most one data block,
+//! and scans ([`TableIter`](super::TableIter)) read them one at a time, all through
+//! [`Table::read_block`], where a block cache will slot in.
+//!
+//! Invariants of an open table (checked at open, so that no later read trusts an unchecked
+//! byte):
+//! 1. the footer's, meta's, index's and filter's checksums held, and the footer lays the blocks
+//!    out edge to edge: data blocks, filter, index, meta, footer;
+//! 2. the index's entries are in order, as many as the meta block's data blocks, and their
+//!    handles cover the data region from offset 0 to its end, edge to edge;
+//! 3. a data block's checksum is checked when it is read, before any entry is decoded.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use ringtide_platform::{File, IoDriver, OpenOptions};
+
+use super::block::{Block, Cursor, Kind};
+use super::filter::Filter;
+use super::format::{BlockHandle, FOOTER_LEN, Footer, TRAILER_LEN, TableMeta, bad, check_block};
+use crate::error::{CorruptionKind, Error, Result};
+
+/// Where a table's bytes come from.
+enum Source {
+    File(File),
+    /// A table image in memory: the fuzz target and the tests decode tables without files.
+    #[cfg(any(test, feature = "fuzzing"))]
+    Memory(Bytes),
+}
+
+impl Source {
+    /// Reads `len` bytes at `offset`. The caller checked the range against the file's length at
+    /// open; a file that shrank since reads as damage.
+    async fn read(&self, path: &Path, offset: u64, len: u64) -> Result<Bytes> {
+        let short = || Error::corruption(path, offset, bad("block past the end of the file"));
+        match self {
+            Source::File(file) => {
+                let len = usize::try_from(len).map_err(|_| short())?;
+                let (res, buf) = file
+                    .read_exact_at(BytesMut::with_capacity(len), offset)
+                    .await;
+                match res {
+                    Ok(()) => Ok(buf.freeze()),
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(short()),
+                    Err(e) => Err(Error::io(path, e)),
+                }
+            }
+            #[cfg(any(test, feature = "fuzzing"))]
+            Source::Memory(bytes) => {
+                let end = offset
+                    .checked_add(len)
+                    .filter(|&e| e <= bytes.len() as u64)
+                    .ok_or_else(short)?;
+                Ok(bytes.slice(offset as usize..end as usize))
+            }
+        }
+    }
+}
+
+struct Inner {
+    path: PathBuf,
+    source: Source,
+    file_bytes: u64,
+    footer: Footer,
+    meta: TableMeta,
+    index: Block,
+    filter: Option<Filter>,
+}
+
+/// An open table: immutable, shared by every reader (cheap to clone).
+#[derive(Clone)]
+pub(crate) struct Table {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("path", &self.inner.path)
+            .field("file_bytes", &self.inner.file_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An entry of a table: one version of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TableEntry {
+    pub(crate) bucket: u64,
+    pub(crate) key: Bytes,
+    pub(crate) seq: u64,
+    /// `None`: a tombstone.
+    pub(crate) value: Option<Bytes>,
+}
+
+impl TableEntry {
+    /// The entry under a data block cursor.
+    pub(super) fn from_cursor(c: &Cursor) -> std::result::Result<TableEntry, CorruptionKind> {
+        let key = c.key();
+        let Some((bucket, user)) = key.split_first_chunk::<8>() else {
+            return Err(bad("data block key shorter than a bucket id"));
+        };
+        Ok(TableEntry {
+            bucket: u64::from_be_bytes(*bucket),
+            key: Bytes::copy_from_slice(user),
+            seq: c.seq(),
+            value: match c.kind() {
+                Kind::Value => Some(c.value()),
+                Kind::Tombstone => None,
+            },
+        })
+    }
+}
+
+/// The block key of `(bucket, key)`: the bucket id big-endian, then the user key.
+pub(crate) fn block_key(bucket: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&bucket.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+impl Table {
+    /// Opens the table at `path` (read-only) and checks its footer, meta, index and filter.
+    ///
+    /// # Errors
+    /// [`Error::Corruption`] naming the file and the offset of the damaged block (the footer's
+    /// for a file too short, a bad magic or an unknown format version); I/O errors.
+    ///
+    /// # Cancel safety
+    /// Dropping the future leaves nothing behind (the file is closed).
+    pub(crate) async fn open(driver: &IoDriver, path: impl Into<PathBuf>) -> Result<Table> {
+        let path = path.into();
+        let file = driver
+            .open(&path, &OpenOptions::new().read(true))
+            .await
+            .map_err(|e| Error::io(&path, e))?;
+        let len = file.len().await.map_err(|e| Error::io(&path, e))?;
+        let table = Table::load(path, Source::File(file), len).await?;
+        let m = table.meta();
+        tracing::debug!(path = %table.path().display(), entries = m.entries, data_blocks = m.data_blocks, "table opened");
+        Ok(table)
+    }
+
+    /// A table image held in memory, read as [`Table::open`] reads a file; `name` stands for
+    /// the file in errors.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) async fn from_bytes(name: impl Into<PathBuf>, image: Bytes) -> Result<Table> {
+        let len = image.len() as u64;
+        Table::load(name.into(), Source::Memory(image), len).await
+    }
+
+    async fn load(path: PathBuf, source: Source, file_bytes: u64) -> Result<Table> {
+        let footer_at = file_bytes.saturating_sub(FOOTER_LEN as u64);
+        let footer_bytes = if file_bytes < FOOTER_LEN as u64 {
+            Bytes::new()
+        } else {
+            source.read(&path, footer_at, FOOTER_LEN as u64).await?
+        };
+        let footer = Footer::decode(&footer_bytes, file_bytes)
+            .map_err(|k| Error::corruption(&path, footer_at, k))?;
+        // The filter, index and meta blocks lie edge to edge before the footer: one read.
+        let tail_at = footer.filter.offset;
+        let tail = source.read(&path, tail_at, footer_at - tail_at).await?;
+        let slice = |h: BlockHandle| {
+            tail.slice((h.offset - tail_at) as usize..(h.end() - tail_at) as usize)
+        };
+        let file = &path;
+        let damaged =
+            |h: BlockHandle| move |k: CorruptionKind| Error::corruption(file, h.offset, k);
+        let meta_raw = slice(footer.meta);
+        let meta_len = check_block(&meta_raw).map_err(damaged(footer.meta))?;
+        let meta = TableMeta::decode(&meta_raw[..meta_len]).map_err(damaged(footer.meta))?;
+        let index = Block::decode(slice(footer.index)).map_err(damaged(footer.index))?;
+        check_index(&index, &footer, &meta).map_err(damaged(footer.index))?;
+        let filter = if footer.filter.len == 0 {
+            None
+        } else {
+            let raw = slice(footer.filter);
+            let len = check_block(&raw).map_err(damaged(footer.filter))?;
+            Some(Filter::decode(raw.slice(..len)).map_err(damaged(footer.filter))?)
+        };
+        let inner = Inner {
+            path,
+            source,
+            file_bytes,
+            footer,
+            meta,
+            index,
+            filter,
+        };
+        Ok(Table {
+            inner: Arc::new(inner),
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub(crate) fn meta(&self) -> &TableMeta {
+        &self.inner.meta
+    }
+
+    /// The file's length in bytes.
+    pub(crate) fn file_bytes(&self) -> u64 {
+        self.inner.file_bytes
+    }
+
+    /// A cursor on the index block (its entries: a separator key and a data block's handle).
+    pub(super) fn index_cursor(&self) -> Cursor {
+        self.inner.index.cursor()
+    }
+
+    /// The footer: where the filter, index and meta blocks are.
+    pub(super) fn footer(&self) -> Footer {
+        self.inner.footer
+    }
+
+    /// The index block's handle (where errors in it are reported).
+    pub(super) fn index_block_handle(&self) -> BlockHandle {
+        self.inner.footer.index
+    }
+
+    /// The handle under an index cursor.
+    pub(super) fn handle_at(&self, index: &Cursor) -> Result<BlockHandle> {
+        BlockHandle::decode(index.value_slice())
+            .map_err(|k| Error::corruption(self.path(), self.inner.footer.index.offset, k))
+    }
+
+    /// Reads and checks one data block: the one place data blocks are read, so that a block
+    /// cache can slot in here (a block is immutable and cheap to clone).
+    ///
+    /// # Errors
+    /// [`Error::Corruption`] at the block's offset for a damaged block; I/O errors.
+    ///
+    /// # Cancel safety
+    /// Dropping the future loses nothing but the read.
+    pub(crate) async fn read_block(&self, handle: BlockHandle) -> Result<Block> {
+        let raw = self
+            .inner
+            .source
+            .read(self.path(), handle.offset, handle.len)
+            .await?;
+        Block::decode(raw).map_err(|k| self.corrupt(handle, k))
+    }
+
+    pub(super) fn corrupt(&self, handle: BlockHandle, kind: CorruptionKind) -> Error {
+        Error::corruption(self.path(), handle.offset, kind)
+    }
+
+    /// Whether `(bucket, key)` may have a version here: within the table's key range and not
+    /// ruled out by its filter.
+    fn may_contain(&self, block_key: &[u8]) -> bool {
+        let m = &self.inner.meta;
+        let (min, max) = (&m.min_key, &m.max_key);
+        let below = block_key.split_first_chunk::<8>().is_some_and(|(b, k)| {
+            let bucket = u64::from_be_bytes(*b);
+            (bucket, k) < (min.bucket, &min.key[..])
+        });
+        let above = block_key.split_first_chunk::<8>().is_some_and(|(b, k)| {
+            let bucket = u64::from_be_bytes(*b);
+            (bucket, k) > (max.bucket, &max.key[..])
+        });
+        !below
+            && !above
+            && self
+                .inner
+                .filter
+                .as_ref()
+                .is_none_or(|f| f.may_contain(block_key))
+    }
+
+    /// The newest version of `key` in `bucket` at or below `snapshot`: `None` if the table has
+    /// none, `Some(None)` for a tombstone. Reads at most one data block.
+    ///
+    /// # Errors
+    /// [`Error::Corruption`] naming the damaged block; I/O errors.
+    ///
+    /// # Cancel safety
+    /// Dropping the future loses nothing but the read.
+    pub(crate) async fn get(
+        &self,
+        bucket: u64,
+        key: &[u8],
+        snapshot: u64,
+    ) -> Result<Option<Option<Bytes>>> {
+        let target = block_key(bucket, key);
+        if !self.may_contain(&target) {
+            return Ok(None);
+        }
+        let index_at = self.inner.footer.index;
+        let mut index = self.index_cursor();
+        index
+            .seek(&target, snapshot)
+            .map_err(|k| self.corrupt(index_at, k))?;
+        if !index.valid() {
+            return Ok(None);
+        }
+        let handle = self.handle_at(&index)?;
+        let mut data = self.read_block(handle).await?.cursor();
+        data.seek(&target, snapshot)
+            .map_err(|k| self.corrupt(handle, k))?;
+        // Past the block's end: the block's separator was above its last key, so the next
+        // block starts above `key` (see the writer's `separator`).
+        if !data.valid() || data.key() != target.as_slice() {
+            return Ok(None);
+        }
+        let entry = TableEntry::from_cursor(&data).map_err(|k| self.corrupt(handle, k))?;
+        Ok(Some(entry.value))
+    }
+}
+
+/// Checks the index block against the footer and meta (invariant 2).
+fn check_index(
+    index: &Block,
+    footer: &Footer,
+    meta: &TableMeta,
+) -> std::result::Result<(), CorruptionKind> {
+    let mut c = index.cursor();
+    c.seek_to_first()?;
+    let (mut blocks, mut expected_offset) = (0u64, 0u64);
+    while c.valid() {
+        if c.kind() != Kind::Value {
+            return Err(bad("index entry without a handle"));
+        }
+        let h = BlockHandle::decode(c.value_slice())?;
+        if h.offset != expected_offset
+            || h.len < (TRAILER_LEN + 4) as u64
+            || h.end() > footer.data_end()
+        {
+            return Err(bad(
+                "index handles do not cover the data blocks edge to edge",
+            ));
+        }
+        expected_offset = h.end();
+        blocks += 1;
+        c.next()?;
+    }
+    if expected_offset != footer.data_end() || blocks != meta.data_blocks {
+        return Err(bad(
+            "index handles do not cover the data blocks edge to edge",
+        ));
+    }
+    Ok(())
+}
