@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use ringtide::kv::{Db, DbOptions, Isolation, TxnOptions};
+use ringtide::kv::{CursorEntry, Db, DbOptions, Isolation, TxnOptions};
 use ringtide::platform::IoDriver;
 use ringtide::wal::SyncPolicy;
 use ringtide::{ConflictKind, Error, Result};
@@ -21,6 +21,7 @@ both_backends!(
     read_only_transactions_never_conflict,
     scans_merge_own_writes_in_both_directions,
     cursors_move_both_ways_over_own_writes,
+    entry_cursors_walk_keys_and_nested_buckets,
     buckets_nest_and_never_see_each_other,
     deleting_a_bucket_hides_everything_in_it,
     bucket_ids_are_never_reused_after_reopen,
@@ -286,6 +287,79 @@ async fn scans_merge_own_writes_in_both_directions(driver: IoDriver) -> Result<(
     assert_eq!(prefix.len(), 90);
     assert_eq!(prefix[0].0, "k0999");
     txn.commit().await?;
+    db.close().await
+}
+
+/// A short form of a cursor entry: `k:name` or `b:name`.
+fn entry(e: Option<CursorEntry>) -> Option<String> {
+    e.map(|e| match e {
+        CursorEntry::Key { key, .. } => format!("k:{}", String::from_utf8_lossy(&key)),
+        CursorEntry::Bucket { name } => format!("b:{}", String::from_utf8_lossy(&name)),
+        _ => unreachable!("no other entry"),
+    })
+}
+
+async fn entry_cursors_walk_keys_and_nested_buckets(driver: IoDriver) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = Db::open(dir.path(), options(&driver)).await?;
+    db.update(|txn| async move {
+        for k in ["a", "m", "z"] {
+            txn.put(b(k), b("v"))?;
+        }
+        let bk = txn.create_bucket("b").await?;
+        bk.put(b("k"), b("v"))?;
+        bk.create_bucket("inner").await?;
+        txn.create_bucket("m").await?;
+        Ok(())
+    })
+    .await?;
+    let txn = db.begin(serializable())?;
+    let mut c = txn.entry_cursor();
+    let mut forward = Vec::new();
+    while let Some(e) = entry(c.next().await?) {
+        forward.push(e);
+    }
+    // A key before a bucket of the same name; a nested bucket's own entries stay inside it.
+    assert_eq!(forward, ["k:a", "b:b", "k:m", "b:m", "k:z"]);
+    let mut back = Vec::new();
+    let mut c = txn.entry_cursor();
+    while let Some(e) = entry(c.prev().await?) {
+        back.push(e);
+    }
+    assert_eq!(back, ["k:z", "b:m", "k:m", "b:b", "k:a"]);
+    let mut c = txn.entry_cursor();
+    assert_eq!(entry(c.seek("m").await?).as_deref(), Some("k:m"));
+    assert_eq!(entry(c.next().await?).as_deref(), Some("b:m"));
+    assert_eq!(entry(c.prev().await?).as_deref(), Some("k:m"));
+    assert_eq!(entry(c.seek("c").await?).as_deref(), Some("k:m"));
+    assert_eq!(entry(c.last().await?).as_deref(), Some("k:z"));
+    assert_eq!(entry(c.first().await?).as_deref(), Some("k:a"));
+    assert_eq!(entry(c.prev().await?), None);
+    let inner = txn.bucket("b").await?.expect("created");
+    let mut c = inner.entry_cursor();
+    assert_eq!(entry(c.first().await?).as_deref(), Some("b:inner"));
+    assert_eq!(entry(c.next().await?).as_deref(), Some("k:k"));
+    assert_eq!(entry(c.next().await?), None);
+    // The transaction's own bucket changes, as any write.
+    txn.create_bucket("c").await?;
+    txn.delete_bucket("m").await?;
+    txn.delete(b("a"))?;
+    let mut c = txn.entry_cursor();
+    let mut own = Vec::new();
+    while let Some(e) = entry(c.next().await?) {
+        own.push(e);
+    }
+    assert_eq!(own, ["b:b", "b:c", "k:m", "k:z"]);
+    txn.rollback().await?;
+    // Serializable: a bucket created where a cursor passed is a phantom.
+    let reader = db.begin(serializable())?;
+    let mut c = reader.entry_cursor();
+    while c.next().await?.is_some() {}
+    reader.put(b("seen"), b("all"))?;
+    db.update(|txn| async move { txn.create_bucket("d").await.map(drop) })
+        .await?;
+    let err = reader.commit().await.unwrap_err();
+    assert_eq!(conflict_kind(&err), Some(ConflictKind::Phantom), "{err}");
     db.close().await
 }
 

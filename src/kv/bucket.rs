@@ -20,6 +20,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::entries::EntryCursor;
 use super::scan::{Cursor, Scan};
 use super::txn::{Txn, bounds, prefix_bounds};
 use crate::error::{CorruptionKind, Error, Result};
@@ -273,6 +274,12 @@ impl Bucket {
     /// A cursor over this bucket's keys.
     pub fn cursor(&self) -> Cursor {
         Cursor::new(self.txn.clone(), self.id)
+    }
+
+    /// A cursor over this bucket's keys and the buckets nested in it, in one order (BoltDB's
+    /// cursor).
+    pub fn entry_cursor(&self) -> EntryCursor {
+        EntryCursor::new(self.txn.clone(), self.id)
     }
 
     /// Creates the nested bucket `name`.

@@ -64,6 +64,7 @@
 //! compaction) comes next, without a change to this API.
 
 mod bucket;
+mod entries;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz;
@@ -84,6 +85,7 @@ use bytes::Bytes;
 use tracing::Instrument;
 
 pub use bucket::Bucket;
+pub use entries::{CursorEntry, EntryCursor};
 pub use options::{DbOptions, Durability, Isolation, TxnOptions};
 pub use scan::{Cursor, Scan};
 pub use stats::DbStats;

@@ -243,7 +243,8 @@ fn as_ref(b: &Bound<Bytes>) -> Bound<&[u8]> {
 ///
 /// It sees the transaction's snapshot plus the transaction's own writes as they are at each
 /// move. In a serializable transaction each move counts the keys it passed over as read.
-/// Nested buckets are not entries of their parent: list them with `buckets()`.
+/// Nested buckets are not entries of this cursor: [`EntryCursor`](crate::kv::EntryCursor)
+/// (`entry_cursor()`) walks keys and nested buckets together.
 #[derive(Debug)]
 pub struct Cursor {
     txn: Txn,
@@ -327,7 +328,7 @@ impl Cursor {
         self.step(from, true)
     }
 
-    fn step(&mut self, from: Bound<Bytes>, reverse: bool) -> Result<Option<KeyValue>> {
+    pub(crate) fn step(&mut self, from: Bound<Bytes>, reverse: bool) -> Result<Option<KeyValue>> {
         let found = self.find(from.clone(), reverse)?;
         // What this move read: from its start to the entry it found (or the end).
         let to = found

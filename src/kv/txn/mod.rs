@@ -303,6 +303,12 @@ impl Txn {
         Cursor::new(self.clone(), ROOT)
     }
 
+    /// A cursor over the root keyspace's keys and the top-level buckets, in one order
+    /// (BoltDB's cursor).
+    pub fn entry_cursor(&self) -> super::EntryCursor {
+        super::EntryCursor::new(self.clone(), ROOT)
+    }
+
     /// Creates the top-level bucket `name`.
     ///
     /// # Errors
