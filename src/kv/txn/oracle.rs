@@ -32,6 +32,37 @@ pub(crate) type BucketKey = (u64, Bytes);
 
 /// Bytes a key costs in the history beyond its own length.
 const HISTORY_KEY_OVERHEAD: u64 = 64;
+/// A commit of at least this many keys is kept in the history whole, as its sorted key list,
+/// rather than key by key: recording and forgetting it cost O(1) under the lock instead of a
+/// B-tree insert and remove per key, and the rare commits validated against it search it.
+const LARGE_COMMIT_KEYS: usize = 256;
+
+/// A commit recorded in the history, for collection.
+enum Logged {
+    /// Its keys, each also in `history`.
+    Keys(Vec<BucketKey>),
+    /// A large commit, kept whole in `large`; the bytes it counts for.
+    Large(u64),
+}
+
+/// The first key of `keys` (sorted) within `range`.
+fn first_within<'a>(
+    keys: &'a [BucketKey],
+    (lower, upper): &(Bound<BucketKey>, Bound<BucketKey>),
+) -> Option<&'a BucketKey> {
+    let i = match lower {
+        Bound::Included(l) => keys.partition_point(|k| k < l),
+        Bound::Excluded(l) => keys.partition_point(|k| k <= l),
+        Bound::Unbounded => 0,
+    };
+    let key = keys.get(i)?;
+    let below_upper = match upper {
+        Bound::Included(u) => key <= u,
+        Bound::Excluded(u) => key < u,
+        Bound::Unbounded => true,
+    };
+    below_upper.then_some(key)
+}
 
 /// A range of a bucket a transaction scanned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,10 +134,12 @@ struct State {
     visible: u64,
     /// Finished seqs above the watermark.
     finished: BTreeSet<u64>,
-    /// Per key, the newest seq that wrote it.
+    /// Per key, the newest seq that wrote it (commits of fewer than `LARGE_COMMIT_KEYS`).
     history: BTreeMap<BucketKey, u64>,
-    /// The commits recorded in `history`, in seq order, for collection.
-    log: VecDeque<(u64, Vec<BucketKey>)>,
+    /// Large commits, whole: their seq and sorted keys, in seq order.
+    large: VecDeque<(u64, Vec<BucketKey>)>,
+    /// The commits recorded in the history, in seq order, for collection.
+    log: VecDeque<(u64, Logged)>,
     history_bytes: u64,
     /// Commits at or below it are no longer in the history.
     floor: u64,
@@ -253,7 +286,16 @@ impl Oracle {
     }
 
     fn validate(s: &State, check: CommitCheck<'_>, written: &[BucketKey]) -> Result<(), Refusal> {
-        let newer = |key: &BucketKey| s.history.get(key).is_some_and(|&seq| seq > check.snapshot);
+        let snapshot = check.snapshot;
+        // The large commits newer than the snapshot (the newest last).
+        let large_newer = || {
+            let from = s.large.partition_point(|(seq, _)| *seq <= snapshot);
+            s.large.range(from..).map(|(_, keys)| keys.as_slice())
+        };
+        let newer = |key: &BucketKey| {
+            s.history.get(key).is_some_and(|&seq| seq > snapshot)
+                || large_newer().any(|keys| keys.binary_search(key).is_ok())
+        };
         let too_old = check.snapshot < s.floor;
         for key in written {
             if too_old {
@@ -289,11 +331,14 @@ impl Oracle {
             if too_old {
                 return Err((ConflictKind::TooOld, (range.bucket, Bytes::new())));
             }
+            let bounds = range.history_range();
             let hit = s
                 .history
-                .range(range.history_range())
-                .find(|(_, seq)| **seq > check.snapshot);
-            if let Some((key, _)) = hit {
+                .range(bounds.clone())
+                .find(|(_, seq)| **seq > snapshot)
+                .map(|(key, _)| key)
+                .or_else(|| large_newer().find_map(|keys| first_within(keys, &bounds)));
+            if let Some(key) = hit {
                 return Err((ConflictKind::Phantom, key.clone()));
             }
         }
@@ -301,11 +346,22 @@ impl Oracle {
     }
 
     fn record(&self, s: &mut State, seq: u64, written: Vec<BucketKey>) {
-        for key in &written {
-            s.history_bytes += key.1.len() as u64 + HISTORY_KEY_OVERHEAD;
-            s.history.insert(key.clone(), seq);
+        let bytes: u64 = written
+            .iter()
+            .map(|key| key.1.len() as u64 + HISTORY_KEY_OVERHEAD)
+            .sum();
+        s.history_bytes += bytes;
+        if written.len() >= LARGE_COMMIT_KEYS {
+            // A write set's keys come sorted and unique (see `written_keys`).
+            debug_assert!(written.windows(2).all(|w| w[0] < w[1]));
+            s.large.push_back((seq, written));
+            s.log.push_back((seq, Logged::Large(bytes)));
+        } else {
+            for key in &written {
+                s.history.insert(key.clone(), seq);
+            }
+            s.log.push_back((seq, Logged::Keys(written)));
         }
-        s.log.push_back((seq, written));
         self.collect(s);
     }
 
@@ -331,11 +387,20 @@ impl Oracle {
             if needed && s.history_bytes <= self.max_history_bytes {
                 break;
             }
-            let (seq, keys) = s.log.pop_front().expect("front exists");
-            for key in keys {
-                s.history_bytes -= key.1.len() as u64 + HISTORY_KEY_OVERHEAD;
-                if s.history.get(&key) == Some(&seq) {
-                    s.history.remove(&key);
+            let (seq, logged) = s.log.pop_front().expect("front exists");
+            match logged {
+                Logged::Keys(keys) => {
+                    for key in keys {
+                        s.history_bytes -= key.1.len() as u64 + HISTORY_KEY_OVERHEAD;
+                        if s.history.get(&key) == Some(&seq) {
+                            s.history.remove(&key);
+                        }
+                    }
+                }
+                Logged::Large(bytes) => {
+                    s.history_bytes -= bytes;
+                    let (large_seq, _) = s.large.pop_front().expect("a large commit logged");
+                    debug_assert_eq!(large_seq, seq);
                 }
             }
             s.floor = s.floor.max(seq);
@@ -401,7 +466,11 @@ impl Oracle {
             visible: s.visible,
             active_snapshots: s.snapshots.len() as u64,
             oldest_snapshot: s.snapshots.keys().next().map(|&(snap, _)| snap),
-            history_keys: s.history.len() as u64,
+            history_keys: s.history.len() as u64
+                + s.large
+                    .iter()
+                    .map(|(_, keys)| keys.len() as u64)
+                    .sum::<u64>(),
             history_bytes: s.history_bytes,
             history_floor: s.floor,
             prepared: s.holds.len() as u64,
@@ -499,6 +568,59 @@ mod tests {
             commit(&small, snap, &["new"], &[]).unwrap_err().0,
             ConflictKind::TooOld
         );
+    }
+
+    #[test]
+    fn large_commits_are_validated_against_whole() {
+        let o = Oracle::new(0, 1 << 30);
+        let before = o.begin(1, None);
+        // 300 keys k000..k299 but k150: one large commit, kept as its sorted key list.
+        let names: Vec<String> = (0..300)
+            .filter(|&i| i != 150)
+            .map(|i| format!("k{i:03}"))
+            .collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let seq = commit(&o, before, &refs, &[]).unwrap();
+        o.publish(seq);
+        assert_eq!(o.figures().history_keys, 299);
+        // Written or read by a transaction whose snapshot predates it: a conflict.
+        assert_eq!(
+            commit(&o, before, &["k007"], &[]).unwrap_err().0,
+            ConflictKind::WriteWrite
+        );
+        assert_eq!(
+            commit(&o, before, &["other"], &["k299"]).unwrap_err().0,
+            ConflictKind::ReadWrite
+        );
+        let range = |lower: &str, upper: &str| ScannedRange {
+            bucket: 0,
+            lower: Bound::Included(Bytes::copy_from_slice(lower.as_bytes())),
+            upper: Bound::Excluded(Bytes::copy_from_slice(upper.as_bytes())),
+        };
+        let scan = |ranges: &[ScannedRange], written: &str| {
+            o.validate_and_assign(
+                CommitCheck {
+                    snapshot: before,
+                    reads: &[],
+                    ranges,
+                    own_hold: None,
+                },
+                vec![key(written)],
+                u64::MAX,
+            )
+        };
+        assert_eq!(
+            scan(&[range("k1485", "k151")], "elsewhere").unwrap_err(),
+            (ConflictKind::Phantom, key("k149"))
+        );
+        // Not in it: k150 was never written, and "j".."k" holds none of its keys.
+        for (ranges, written) in [([range("k1495", "k1505")], "w1"), ([range("j", "k")], "w2")] {
+            o.publish(scan(&ranges, written).unwrap());
+        }
+        // Not a conflict for a snapshot that saw it; collected once no snapshot needs it.
+        o.publish(commit(&o, o.visible(), &["k007"], &[]).unwrap());
+        o.release(before, 1);
+        assert_eq!(o.figures().history_keys, 0);
     }
 
     #[test]
