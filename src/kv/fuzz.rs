@@ -2,9 +2,12 @@
 //! `fuzz/fuzz_targets/kv_table.rs`), compiled only with the non-default feature `fuzzing`: not
 //! API.
 
+use std::ops::Bound;
+
 use bytes::Bytes;
 
 use super::record::{self, Encoded, WriteRef};
+use super::txn::oracle::ScannedRange;
 use crate::types::Lsn;
 
 /// Decodes `data` as one record chunk: it must return an error or a chunk, never panic; a chunk
@@ -19,7 +22,8 @@ pub fn record_decoder(data: &[u8]) {
         key: &w.key,
         value: w.value.as_deref(),
     });
-    let encoded = Encoded::new(chunk.header, writes).finish(chunk.header.seq);
+    // Held keys and ranges (a prepare record's) follow the writes, as the encoder puts them.
+    let encoded = Encoded::prepare(chunk.header, writes, &chunk.held).finish(chunk.header.seq);
     // Re-encoded, a chunk has the same header and writes; its `more` flag is the encoder's.
     let again: Vec<_> = encoded
         .iter()
@@ -27,6 +31,8 @@ pub fn record_decoder(data: &[u8]) {
         .collect();
     let writes: Vec<_> = again.iter().flat_map(|c| c.writes.clone()).collect();
     assert_eq!(writes, chunk.writes, "writes survive a round trip");
+    let held: Vec<_> = again.iter().flat_map(|c| c.held.clone()).collect();
+    assert_eq!(held, chunk.held, "holds survive a round trip");
     assert!(again.iter().all(|c| c.header == chunk.header));
     if !chunk.more && again.len() == 1 {
         assert_eq!(encoded[0], bytes, "one encoding per record");
@@ -63,6 +69,25 @@ pub fn seeds() -> Vec<Vec<u8>> {
         ];
         for chunk in Encoded::new(header, writes).finish(7) {
             out.push(chunk.to_vec());
+        }
+        if kind == Kind::Prepare {
+            // What a serializable prepare holds: a key read, ranges with every kind of bound.
+            let held = [
+                record::Held::Key((0, Bytes::from_static(b"read"))),
+                record::Held::Range(ScannedRange {
+                    bucket: 17,
+                    lower: Bound::Included(Bytes::from_static(b"a")),
+                    upper: Bound::Excluded(Bytes::from_static(b"m")),
+                }),
+                record::Held::Range(ScannedRange {
+                    bucket: 18,
+                    lower: Bound::Unbounded,
+                    upper: Bound::Unbounded,
+                }),
+            ];
+            for chunk in Encoded::prepare(header, writes, &held).finish(7) {
+                out.push(chunk.to_vec());
+            }
         }
     }
     out
