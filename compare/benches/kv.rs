@@ -801,6 +801,29 @@ mod ringtide_engine {
             .read_only(true)
     }
 
+    impl Ringtide {
+        /// One read-modify-write through `Db::update_with`, as a user would write it (it waits
+        /// for the winner of a conflict to be visible before retrying); the closure counts its
+        /// runs, so the retries are the runs but one.
+        async fn increment_with(&self, i: u64, options: TxnOptions) -> u64 {
+            let k = b(&key(i));
+            let runs = AtomicU64::new(0);
+            self.db
+                .update_with(options, |txn| {
+                    runs.fetch_add(1, Ordering::Relaxed);
+                    let k = k.clone();
+                    async move {
+                        let v = txn.get(k.clone()).await?;
+                        txn.put(k, incremented(&v.expect("key missing")))?;
+                        Ok(())
+                    }
+                })
+                .await
+                .expect("ringtide update");
+            runs.load(Ordering::Relaxed) - 1
+        }
+    }
+
     impl Engine for Ringtide {
         const NAME: &'static str = "ringtide";
         const ASYNC: bool = true;
@@ -868,44 +891,14 @@ mod ringtide_engine {
         }
 
         async fn increment(&self, i: u64) -> u64 {
-            // `Db::update` as a user would write it (it waits for the winner of a conflict to be
-            // visible before retrying); the closure counts its runs.
-            let k = b(&key(i));
-            let runs = AtomicU64::new(0);
-            self.db
-                .update(|txn| {
-                    runs.fetch_add(1, Ordering::Relaxed);
-                    let k = k.clone();
-                    async move {
-                        let v = txn.get(k.clone()).await?;
-                        txn.put(k, incremented(&v.expect("key missing")))?;
-                        Ok(())
-                    }
-                })
-                .await
-                .expect("ringtide update");
-            runs.load(Ordering::Relaxed) - 1
+            self.increment_with(i, TxnOptions::default()).await
         }
 
         const SNAPSHOT_ISOLATION: bool = true;
 
         async fn increment_snapshot(&self, i: u64) -> u64 {
-            let k = b(&key(i));
-            let runs = AtomicU64::new(0);
             let options = TxnOptions::default().isolation(Isolation::Snapshot);
-            self.db
-                .update_with(options, |txn| {
-                    runs.fetch_add(1, Ordering::Relaxed);
-                    let k = k.clone();
-                    async move {
-                        let v = txn.get(k.clone()).await?;
-                        txn.put(k, incremented(&v.expect("key missing")))?;
-                        Ok(())
-                    }
-                })
-                .await
-                .expect("ringtide update");
-            runs.load(Ordering::Relaxed) - 1
+            self.increment_with(i, options).await
         }
 
         async fn counters(&self, indexes: Range<u64>) -> u64 {

@@ -41,10 +41,6 @@ impl CursorEntry {
             CursorEntry::Bucket { name } => name,
         }
     }
-
-    fn is_bucket(&self) -> bool {
-        matches!(self, CursorEntry::Bucket { .. })
-    }
 }
 
 /// A cursor over the keys and nested buckets of one bucket (or of the root keyspace), in name
@@ -176,11 +172,6 @@ impl EntryCursor {
         if found.is_some() {
             self.current.clone_from(&found);
         }
-        debug_assert!(
-            found
-                .as_ref()
-                .is_none_or(|f| !f.is_bucket() || !f.name().is_empty())
-        );
         Ok(found)
     }
 

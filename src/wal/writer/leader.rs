@@ -280,8 +280,8 @@ fn try_write(cell: &WriterCell, shared: &Shared, cx: &mut Context<'_>) -> Option
     if !w.usable_for(&taken, 0) {
         return None;
     }
-    let recent = std::mem::take(&mut taken.recent);
-    let io = w.write_piece(&taken, super::write::Piece::whole(&taken), recent);
+    let mut recent = std::mem::take(&mut taken.recent);
+    let io = w.write_piece(&taken, super::write::Piece::whole(&taken), &mut recent);
     // Polled here, under the writer, so that writes reach the kernel in launch order.
     let _ = io.poll_as(Party::Leader, cx);
     let in_flight = w.in_flight.as_mut()?;

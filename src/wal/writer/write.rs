@@ -247,13 +247,7 @@ impl Writer {
             }
             self.direct.ensure(&self.shared, &self.active).await;
             // The writer task drives it from `in_flight`.
-            let last_piece = piece.frames.end == taken.offsets.len();
-            let recent = if last_piece {
-                std::mem::take(&mut recent)
-            } else {
-                Vec::new()
-            };
-            drop(self.write_piece(&taken, piece, recent));
+            drop(self.write_piece(&taken, piece, &mut recent));
         }
     }
 
@@ -279,12 +273,13 @@ impl Writer {
     /// everything before is already durable the write carries `RWF_DSYNC` (durable for its own
     /// range, one request); otherwise it is linked to an fdatasync that covers everything
     /// written before it in this segment (earlier segments were synced at rotation).
-    /// `recent` holds the taken entries for the window of recent entries (on the last piece).
+    /// `recent` holds the taken entries for the window of recent entries: the last piece takes
+    /// them.
     pub(super) fn write_piece(
         &mut self,
         taken: &Taken,
         piece: Piece,
-        recent: Vec<StagedEntry>,
+        recent: &mut Vec<StagedEntry>,
     ) -> BatchIo {
         assert!(self.in_flight.is_none(), "one write in flight at a time");
         let last_piece = piece.frames.end == taken.offsets.len();
@@ -317,7 +312,14 @@ impl Writer {
             payload_bytes: if last_piece { taken.payload_bytes } else { 0 },
             started: Instant::now(),
             recycle: last_piece.then(|| taken.buf.clone()),
-            recent: (taken.first_lsn, recent),
+            recent: (
+                taken.first_lsn,
+                if last_piece {
+                    std::mem::take(recent)
+                } else {
+                    Vec::new()
+                },
+            ),
             direct_refused: false,
             direct_buf: None,
         };
