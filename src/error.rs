@@ -308,6 +308,15 @@ pub enum CorruptionKind {
         /// The last lsn found intact (for a missing segment: the lsn before its first).
         found_last: Lsn,
     },
+    /// An entry of the key-value store's manifest (its log of table edits) that cannot be
+    /// decoded or applied, or a table it names that is missing.
+    #[error("damaged manifest at lsn {lsn}: {reason}")]
+    BadManifest {
+        /// The manifest entry.
+        lsn: Lsn,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// A table (SSTable) of the key-value store is damaged or holds what no writer produces: a
     /// block's checksum, a length past its block, keys out of order, a footer that does not fit
     /// the file. The error's `offset` is where the damaged block (or the footer) starts.

@@ -22,7 +22,9 @@
 //! the transaction, possibly of a bucket it deleted since), create / create-if-not-exists /
 //! delete / look up / list buckets, `next_sequence`, scans (ranges, prefixes, either
 //! direction, empty and inverted ranges too), cursor walks, commit, rollback, drop, calls on a
-//! finished transaction, `Db::update`, close and reopen.
+//! finished transaction, `Db::update`, flush (memtable to a table) and compaction (L0 into L1)
+//! while transactions are open, close and reopen: reads after a flush or a compaction go to
+//! tables, and must still see each open transaction's snapshot.
 //!
 //! Transactions interleave, one call at a time: commits never race here (tests/kv.rs runs
 //! concurrent committers). Most sequences start from `/t0`, `/t1` and `/t0/n0` created; each
@@ -185,6 +187,10 @@ enum Op {
     Drop(u8),
     Update(Vec<TxnOp>),
     Reopen,
+    /// `Db::flush`: the memtable written as a table, under the open transactions' snapshots.
+    Flush,
+    /// `Db::compact`: L0 merged into L1, dropping versions no open snapshot sees.
+    Compact,
 }
 
 fn path() -> impl Strategy<Value = Path> {
@@ -266,6 +272,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u8>().prop_map(Op::Drop),
         2 => prop::collection::vec(txn_op(), 1..5).prop_map(Op::Update),
         1 => Just(Op::Reopen),
+        3 => Just(Op::Flush),
+        1 => Just(Op::Compact),
     ]
 }
 
@@ -1357,6 +1365,16 @@ async fn run(ops: Vec<Op>, policy: SyncPolicy, with_setup: bool) -> Result<(), S
                         return Err(ctx(format!("store {got:?}, model {want:?}")));
                     }
                 }
+                check_state(&db, &model).await.map_err(ctx)?;
+            }
+            Op::Flush => {
+                db.flush().await.map_err(|e| ctx(format!("flush: {e}")))?;
+                check_state(&db, &model).await.map_err(ctx)?;
+            }
+            Op::Compact => {
+                db.compact()
+                    .await
+                    .map_err(|e| ctx(format!("compact: {e}")))?;
                 check_state(&db, &model).await.map_err(ctx)?;
             }
             Op::Reopen => {

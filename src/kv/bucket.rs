@@ -148,7 +148,7 @@ pub(crate) async fn create(
     txn.check_bucket(parent)?;
     let key = entry_key(parent, name);
     let path = path_of(parent_path, name);
-    if let Some(existing) = txn.get_in(CATALOG, &key)? {
+    if let Some(existing) = txn.get_in(CATALOG, &key).await? {
         if if_not_exists {
             return Ok(remember(txn, decode_id(&existing)?, key, path));
         }
@@ -176,7 +176,7 @@ pub(crate) async fn open(
         return Ok(None);
     }
     let key = entry_key(parent, name);
-    match txn.get_in(CATALOG, &key)? {
+    match txn.get_in(CATALOG, &key).await? {
         Some(v) => Ok(Some(remember(
             txn,
             decode_id(&v)?,
@@ -204,7 +204,7 @@ pub(crate) async fn list(txn: &Txn, parent: u64) -> Result<Vec<Bytes>> {
     let prefix = entry_key(parent, &[]);
     let mut scan = Scan::new(txn.clone(), CATALOG, prefix_bounds(&prefix));
     let mut names = Vec::new();
-    while let Some(entry) = scan.next_entry() {
+    while let Some(entry) = scan.next_entry().await {
         let (key, _) = entry?;
         names.push(key.slice(prefix.len()..));
     }
@@ -231,7 +231,7 @@ impl Bucket {
     /// # Cancel safety
     /// Safe, as [`Txn::get`].
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
-        self.txn.get_in(self.id, key.as_ref())
+        self.txn.get_in(self.id, key.as_ref()).await
     }
 
     /// Whether `key` exists in this bucket.
@@ -242,7 +242,7 @@ impl Bucket {
     /// # Cancel safety
     /// Safe, as [`Txn::get`].
     pub async fn contains(&self, key: impl AsRef<[u8]>) -> Result<bool> {
-        Ok(self.txn.get_in(self.id, key.as_ref())?.is_some())
+        Ok(self.txn.get_in(self.id, key.as_ref()).await?.is_some())
     }
 
     /// Puts `key` → `value` in this bucket.
@@ -349,7 +349,7 @@ impl Bucket {
     pub async fn next_sequence(&self) -> Result<u64> {
         self.txn.check_bucket(self.id)?;
         let key = id_key(b's', self.id);
-        let current = match self.txn.get_in(CATALOG, &key)? {
+        let current = match self.txn.get_in(CATALOG, &key).await? {
             Some(v) => decode_id(&v)?,
             None => 0,
         };

@@ -76,7 +76,7 @@ impl EntryCursor {
     /// # Cancel safety
     /// Safe: a move reads only.
     pub async fn first(&mut self) -> Result<Option<CursorEntry>> {
-        self.find(Bound::Unbounded, Bound::Unbounded, false)
+        self.find(Bound::Unbounded, Bound::Unbounded, false).await
     }
 
     /// Moves to the last entry.
@@ -87,7 +87,7 @@ impl EntryCursor {
     /// # Cancel safety
     /// Safe: a move reads only.
     pub async fn last(&mut self) -> Result<Option<CursorEntry>> {
-        self.find(Bound::Unbounded, Bound::Unbounded, true)
+        self.find(Bound::Unbounded, Bound::Unbounded, true).await
     }
 
     /// Moves to the first entry whose name is at or after `name`.
@@ -100,6 +100,7 @@ impl EntryCursor {
     pub async fn seek(&mut self, name: impl AsRef<[u8]>) -> Result<Option<CursorEntry>> {
         let name = Bytes::copy_from_slice(name.as_ref());
         self.find(Bound::Included(name.clone()), Bound::Included(name), false)
+            .await
     }
 
     /// Moves to the next entry (the first one if the cursor has not moved yet).
@@ -120,7 +121,7 @@ impl EntryCursor {
                 (Bound::Excluded(name.clone()), Bound::Excluded(name.clone()))
             }
         };
-        self.find(keys_from, buckets_from, false)
+        self.find(keys_from, buckets_from, false).await
     }
 
     /// Moves to the previous entry (the last one if the cursor has not moved yet).
@@ -141,13 +142,13 @@ impl EntryCursor {
                 (Bound::Included(name.clone()), Bound::Excluded(name.clone()))
             }
         };
-        self.find(keys_from, buckets_from, true)
+        self.find(keys_from, buckets_from, true).await
     }
 
     /// The nearest key and the nearest nested bucket from the given bounds (in the direction
     /// asked), and the nearer of the two (a key first on a tie going forward, the bucket first
     /// going back).
-    fn find(
+    async fn find(
         &mut self,
         keys_from: Bound<Bytes>,
         buckets_from: Bound<Bytes>,
@@ -155,9 +156,10 @@ impl EntryCursor {
     ) -> Result<Option<CursorEntry>> {
         let key = self
             .keys
-            .step(keys_from, reverse)?
+            .step(keys_from, reverse)
+            .await?
             .map(|(key, value)| CursorEntry::Key { key, value });
-        let bucket = self.nearest_bucket(buckets_from, reverse)?;
+        let bucket = self.nearest_bucket(buckets_from, reverse).await?;
         let found = match (key, bucket) {
             (None, other) | (other, None) => other,
             (Some(k), Some(b)) => {
@@ -176,7 +178,11 @@ impl EntryCursor {
     }
 
     /// The nearest nested bucket from `from` (a name bound), through the catalog.
-    fn nearest_bucket(&mut self, from: Bound<Bytes>, reverse: bool) -> Result<Option<CursorEntry>> {
+    async fn nearest_bucket(
+        &mut self,
+        from: Bound<Bytes>,
+        reverse: bool,
+    ) -> Result<Option<CursorEntry>> {
         let prefixed = |name: Bytes| {
             let mut k = self.prefix.to_vec();
             k.extend_from_slice(&name);
@@ -193,7 +199,7 @@ impl EntryCursor {
                 None => Bound::Unbounded,
             },
         };
-        let found = self.buckets.step(from, reverse)?;
+        let found = self.buckets.step(from, reverse).await?;
         Ok(found.and_then(|(key, _)| {
             // Past this bucket's entries (another parent's, or another kind of catalog key).
             let name = key.strip_prefix(&self.prefix[..])?;

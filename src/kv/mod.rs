@@ -58,13 +58,16 @@
 //!
 //! # Layout on disk
 //!
-//! A store's directory holds its wal in `wal/`: one record per commit (an atomic batch of
-//! chunks; byte tables in docs/design.md). This first part of the store keeps every version in
-//! memory (the memtable) and replays the wal at open; the LSM below it (tables, flush,
-//! compaction) comes next, without a change to this API.
+//! A store's directory holds its wal in `wal/` (one record per commit, an atomic batch of
+//! chunks), its tables in `tables/` and the manifest naming them in `manifest/` (byte tables in
+//! docs/design.md). Commits go to the wal and the memtable; a full memtable is flushed to an L0
+//! table in the background and the wal is cut below it; L0 tables are compacted into L1.
+//! Opening replays the manifest, opens the tables and replays the wal's commits the tables do
+//! not hold.
 
 mod bucket;
 mod entries;
+mod flush;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz;
@@ -88,7 +91,7 @@ pub use bucket::Bucket;
 pub use entries::{CursorEntry, EntryCursor};
 pub use options::{DbOptions, Durability, Isolation, TxnOptions};
 pub use scan::{Cursor, Scan};
-pub use stats::DbStats;
+pub use stats::{DbStats, LevelStats};
 pub use txn::{CommitInfo, Txn};
 
 use crate::error::{Error, Result};
@@ -143,13 +146,31 @@ impl Db {
         options.validate()?;
         let span = tracing::info_span!("kv_open", dir = %dir.display(), read_only);
         async move {
+            // One executor for the wal, the manifest and the tables.
+            let driver = match &options.driver {
+                Some(driver) => driver.clone(),
+                None => {
+                    ringtide_platform::IoDriver::new(ringtide_platform::DriverOptions::default())?
+                }
+            };
+            let options = options.driver(driver.clone());
             let wal_dir = dir.join("wal");
             let wal = if read_only {
                 Wal::open_read_only(&wal_dir, options.wal_options()).await?
             } else {
                 Wal::open(&wal_dir, options.wal_options()).await?
             };
-            let replayed = recovery::replay(&wal).await?;
+            let opened = tree::Tree::open(
+                dir,
+                driver,
+                options.tree_options(),
+                options.wal_options(),
+                read_only,
+                wal.first_lsn(),
+            )
+            .await?;
+            let tree = opened.tree;
+            let replayed = recovery::replay(&wal, &tree, opened.flushed).await?;
             tracing::info!(
                 records = replayed.records,
                 last_seq = replayed.last_seq,
@@ -178,14 +199,19 @@ impl Db {
                 .collect();
             let shared = Arc::new(Shared::new(
                 wal,
-                replayed.memtable,
+                tree,
                 oracle,
                 options,
                 read_only,
                 (replayed.next_txn_id, replayed.next_bucket_id),
                 replayed.prepared,
             ));
+            for &(id, floor, seq) in &replayed.log_holds {
+                shared.background.hold_log(id, floor, seq);
+            }
             if !read_only {
+                // Replay may have filled the memtable past its size.
+                shared.rotate_and_flush();
                 for id in expired {
                     tracing::info!(
                         txn = id,
@@ -353,7 +379,62 @@ impl Db {
         self.shared
             .closed
             .store(true, std::sync::atomic::Ordering::Release);
-        self.shared.wal.close().await
+        // A flush or compaction under way stops at its next step (its work is either recorded
+        // or left as files the next open removes).
+        drop(self.shared.tree.jobs.lock().await);
+        let wal = self.shared.wal.close().await;
+        let manifest = self.shared.tree.manifest.close().await;
+        wal.and(manifest)
+    }
+
+    /// Flushes the memtables to tables (wildcat's `ForceFlush`) and waits: the active memtable
+    /// is made immutable, every immutable memtable is written as an L0 table, the wal is cut
+    /// below what the tables hold, and L0 is compacted if it reached its trigger. Commits made
+    /// meanwhile go to the new memtable.
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`] on a read-only store; [`Error::Closed`]; the tables', manifest's or
+    /// wal's I/O errors (the data stays in the wal and the memtables: nothing is lost).
+    ///
+    /// # Cancel safety
+    /// Dropped, the flush in progress may stop after any table; call it again.
+    pub async fn flush(&self) -> Result<()> {
+        self.check_writable()?;
+        self.shared.rotate(true);
+        self.shared.run_jobs().await
+    }
+
+    /// Compacts L0 (every flushed table) into L1 now, whether or not it reached its trigger:
+    /// versions no snapshot can see are dropped, and tombstones that shadow nothing.
+    ///
+    /// # Errors
+    /// As [`Db::flush`].
+    ///
+    /// # Cancel safety
+    /// Dropped before the compaction's edit is recorded, nothing changes but files the next
+    /// open removes.
+    pub async fn compact(&self) -> Result<()> {
+        self.check_writable()?;
+        let _job = self.shared.tree.jobs.lock().await;
+        self.shared
+            .tree
+            .compact_l0(self.shared.oracle.oldest_needed())
+            .await
+            .map(drop)
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.shared.read_only {
+            return Err(Error::ReadOnly);
+        }
+        if self
+            .shared
+            .closed
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(Error::Closed);
+        }
+        Ok(())
     }
 }
 

@@ -25,6 +25,12 @@ pub struct DbOptions {
     pub(crate) default_timeout: Option<Duration>,
     pub(crate) max_update_attempts: u32,
     pub(crate) wal_segment_size_bytes: u64,
+    pub(crate) write_buffer_bytes: u64,
+    pub(crate) max_immutable_memtables: usize,
+    pub(crate) l0_compaction_trigger: usize,
+    pub(crate) table_target_bytes: u64,
+    pub(crate) block_size_bytes: usize,
+    pub(crate) bloom_bits_per_key: u32,
     pub(crate) driver: Option<IoDriver>,
 }
 
@@ -41,6 +47,12 @@ impl Default for DbOptions {
             default_timeout: None,
             max_update_attempts: 32,
             wal_segment_size_bytes: 64 << 20,
+            write_buffer_bytes: 64 << 20,
+            max_immutable_memtables: 2,
+            l0_compaction_trigger: 4,
+            table_target_bytes: 32 << 20,
+            block_size_bytes: 4 << 10,
+            bloom_bits_per_key: 10,
             driver: None,
         }
     }
@@ -123,6 +135,49 @@ impl DbOptions {
         self
     }
 
+    /// The size at which the active memtable becomes immutable and is flushed to a table in
+    /// the background (its commits are then dropped from the wal). Default: 64 MiB; accepted:
+    /// 64 KiB to 4 GiB. A commit larger than it fills a memtable of its own.
+    pub fn write_buffer_bytes(mut self, bytes: u64) -> Self {
+        self.write_buffer_bytes = bytes;
+        self
+    }
+
+    /// How many immutable memtables may wait for their flush before commits wait (a future
+    /// that resolves when a flush finishes; the time is counted in `DbStats::stall_micros`).
+    /// Default: 2; accepted: 1 to 64.
+    pub fn max_immutable_memtables(mut self, count: usize) -> Self {
+        self.max_immutable_memtables = count;
+        self
+    }
+
+    /// How many L0 tables (flushed memtables) start a compaction into L1. Default: 4;
+    /// accepted: 1 to 64.
+    pub fn l0_compaction_trigger(mut self, tables: usize) -> Self {
+        self.l0_compaction_trigger = tables;
+        self
+    }
+
+    /// The size compaction closes an L1 table at. Default: 32 MiB; accepted: 64 KiB to 4 GiB.
+    pub fn table_target_bytes(mut self, bytes: u64) -> Self {
+        self.table_target_bytes = bytes;
+        self
+    }
+
+    /// The size of a table's data blocks, the unit of a read from disk. Default: 4 KiB;
+    /// accepted: 64 B to 4 MiB.
+    pub fn block_size_bytes(mut self, bytes: usize) -> Self {
+        self.block_size_bytes = bytes;
+        self
+    }
+
+    /// Bloom filter bits per key of each table (10: about 1% false positives; 0: no filter).
+    /// Default: 10; accepted: 0 to 32.
+    pub fn bloom_bits_per_key(mut self, bits: u32) -> Self {
+        self.bloom_bits_per_key = bits;
+        self
+    }
+
     /// The I/O executor to use (e.g. one shared by several stores); default: one of its own.
     pub fn driver(mut self, driver: IoDriver) -> Self {
         self.driver = Some(driver);
@@ -151,7 +206,38 @@ impl DbOptions {
         if self.max_update_attempts == 0 {
             return Err(Error::invalid("max_update_attempts", "must be at least 1"));
         }
-        Ok(())
+        if !(64 << 10..=4 << 30).contains(&self.write_buffer_bytes) {
+            return Err(Error::invalid(
+                "write_buffer_bytes",
+                "must be 64 KiB to 4 GiB",
+            ));
+        }
+        if !(1..=64).contains(&self.max_immutable_memtables) {
+            return Err(Error::invalid("max_immutable_memtables", "must be 1 to 64"));
+        }
+        if !(1..=64).contains(&self.l0_compaction_trigger) {
+            return Err(Error::invalid("l0_compaction_trigger", "must be 1 to 64"));
+        }
+        if !(64 << 10..=4 << 30).contains(&self.table_target_bytes) {
+            return Err(Error::invalid(
+                "table_target_bytes",
+                "must be 64 KiB to 4 GiB",
+            ));
+        }
+        self.tree_options().table.validate()
+    }
+
+    /// The tree's shape.
+    pub(crate) fn tree_options(&self) -> super::tree::TreeOptions {
+        super::tree::TreeOptions {
+            write_buffer_bytes: self.write_buffer_bytes,
+            max_immutable_memtables: self.max_immutable_memtables,
+            l0_compaction_trigger: self.l0_compaction_trigger,
+            table_target_bytes: self.table_target_bytes,
+            table: super::tree::table::TableOptions::default()
+                .block_size_bytes(self.block_size_bytes)
+                .bloom_bits_per_key(self.bloom_bits_per_key),
+        }
     }
 
     /// The wal's options: a transaction is one atomic batch of record chunks of at most ~1 MiB

@@ -1,5 +1,6 @@
-//! Opening a store: replay the wal's records into a new memtable, restore prepared transactions
-//! as prepared, and find where sequence numbers, transaction ids and bucket ids resume.
+//! Opening a store: replay the wal's records of the commits the tables do not hold yet (seqs
+//! above the flushed one) into the memtable, restore prepared transactions as prepared, and
+//! find where sequence numbers, transaction ids and bucket ids resume.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -8,7 +9,9 @@ use futures::StreamExt;
 
 use super::bucket::{self, CATALOG, FIRST_BUCKET_ID};
 use super::record::{self, Kind};
-use super::tree::memtable::Memtable;
+use super::tree::Tree;
+use super::tree::manifest::Flushed;
+use super::tree::read::Range;
 use super::txn::WriteSet;
 use super::txn::commit::{Prepared, deadline_from_unix_ms, write_set};
 use crate::error::{CorruptionKind, Error, Result};
@@ -17,19 +20,21 @@ use crate::wal::Wal;
 
 /// What replay found.
 pub(crate) struct Replayed {
-    pub(crate) memtable: Memtable,
     pub(crate) last_seq: u64,
     pub(crate) next_txn_id: u64,
     pub(crate) next_bucket_id: u64,
     pub(crate) prepared: BTreeMap<u64, Prepared>,
     pub(crate) records: u64,
+    /// Prepare records the wal must keep: txn id → (its position, its commit's seq if it
+    /// committed after the flushed seq).
+    pub(crate) log_holds: Vec<(u64, Lsn, Option<u64>)>,
 }
 
 /// Replays every record of `wal` (see the module docs).
-pub(crate) async fn replay(wal: &Wal) -> Result<Replayed> {
-    let memtable = Memtable::new();
-    let mut last_seq = 0;
-    let mut max_txn_id = 0;
+pub(crate) async fn replay(wal: &Wal, tree: &Tree, flushed: Flushed) -> Result<Replayed> {
+    let mut last_seq = flushed.seq;
+    let mut max_txn_id = flushed.next_txn_id.saturating_sub(1);
+    let mut log_holds = Vec::new();
     let mut prepared: BTreeMap<u64, Prepared> = BTreeMap::new();
     let mut records = 0;
     let mut pending: Option<(record::Header, Vec<record::Write>, Vec<record::Held>, Lsn)> = None;
@@ -59,9 +64,11 @@ pub(crate) async fn replay(wal: &Wal) -> Result<Replayed> {
         records += 1;
         max_txn_id = max_txn_id.max(header.txn_id);
         match header.kind {
+            // In the tables already.
+            Kind::Commit if header.seq <= flushed.seq => {}
             Kind::Commit => {
                 let set = write_set(std::mem::take(&mut writes));
-                apply(&memtable, header.seq, &set);
+                apply(tree, header.seq, &set);
                 last_seq = last_seq.max(header.seq);
             }
             Kind::Prepare => {
@@ -72,8 +79,13 @@ pub(crate) async fn replay(wal: &Wal) -> Result<Replayed> {
                         held: std::mem::take(&mut held),
                         deadline: deadline_from_unix_ms(header.aux),
                         resolving: false,
+                        log_floor: first_lsn,
                     },
                 );
+            }
+            Kind::CommitPrepared if header.seq <= flushed.seq => {
+                // Its writes are in the tables (its prepare record may have been cut).
+                prepared.remove(&header.txn_id);
             }
             Kind::CommitPrepared => {
                 let Some(p) = prepared.remove(&header.txn_id) else {
@@ -83,8 +95,9 @@ pub(crate) async fn replay(wal: &Wal) -> Result<Replayed> {
                         "commit of a transaction that was not prepared",
                     ));
                 };
-                apply(&memtable, header.seq, &p.writes);
+                apply(tree, header.seq, &p.writes);
                 last_seq = last_seq.max(header.seq);
+                log_holds.push((header.txn_id, p.log_floor, Some(header.seq)));
             }
             Kind::Rollback => {
                 prepared.remove(&header.txn_id);
@@ -95,11 +108,13 @@ pub(crate) async fn replay(wal: &Wal) -> Result<Replayed> {
         // The wal appends a record's chunks as one atomic batch: a record cut short is damage.
         return Err(bad(wal, first, "a record's last chunk is missing"));
     }
-    let next_bucket_id = max_bucket_id(&memtable, last_seq)
+    let next_bucket_id = max_bucket_id(tree, last_seq)
+        .await?
         .max(FIRST_BUCKET_ID - 1)
         .saturating_add(1);
+    log_holds.extend(prepared.iter().map(|(&id, p)| (id, p.log_floor, None)));
     Ok(Replayed {
-        memtable,
+        log_holds,
         last_seq,
         next_txn_id: max_txn_id + 1,
         next_bucket_id,
@@ -108,27 +123,32 @@ pub(crate) async fn replay(wal: &Wal) -> Result<Replayed> {
     })
 }
 
-fn apply(memtable: &Memtable, seq: u64, writes: &WriteSet) {
-    memtable.apply(seq, super::txn::writes_of(writes));
+fn apply(tree: &Tree, seq: u64, writes: &WriteSet) {
+    tree.apply(seq, super::txn::writes_of(writes));
 }
 
 /// The highest bucket id the catalog names (live or deleted), so that ids are never reused.
-fn max_bucket_id(memtable: &Memtable, snapshot: u64) -> u64 {
+async fn max_bucket_id(tree: &Tree, snapshot: u64) -> Result<u64> {
     let mut max = 0;
     let mut from: Option<bytes::Bytes> = None;
     loop {
-        let start = from
-            .as_ref()
-            .map_or(Bound::Unbounded, |k| Bound::Excluded(&k[..]));
-        let (batch, more) = memtable.scan_forward(CATALOG, start, Bound::Unbounded, snapshot, 1024);
+        let range = Range {
+            bucket: CATALOG,
+            from: from
+                .as_ref()
+                .map_or(Bound::Unbounded, |k| Bound::Excluded(&k[..])),
+            to: Bound::Unbounded,
+            reverse: false,
+        };
+        let (batch, resume) = tree.scan(range, snapshot, 1024).await?;
         for (key, value) in &batch {
             if let Some(id) = bucket::id_in_entry(key, Some(value)) {
                 max = max.max(id);
             }
         }
-        match (more, batch.last()) {
-            (true, Some((k, _))) => from = Some(k.clone()),
-            _ => return max,
+        match resume {
+            Some(k) => from = Some(k),
+            None => return Ok(max),
         }
     }
 }
@@ -170,12 +190,26 @@ mod tests {
     #[tokio::test]
     async fn a_record_of_an_unknown_version_names_its_segment() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path(), WalOptions::default()).await.unwrap();
+        let wal = Wal::open(dir.path().join("wal"), WalOptions::default())
+            .await
+            .unwrap();
+        let options = crate::kv::DbOptions::default();
+        let tree = Tree::open(
+            dir.path(),
+            ringtide_platform::IoDriver::new(Default::default()).unwrap(),
+            options.tree_options(),
+            WalOptions::default(),
+            false,
+            wal.first_lsn(),
+        )
+        .await
+        .unwrap()
+        .tree;
         let mut chunk = vec![0u8; record::HEADER_BYTES];
         chunk[0] = record::VERSION + 1;
         chunk[1] = Kind::Commit as u8;
         wal.append(bytes::Bytes::from(chunk)).await.unwrap();
-        let err = replay(&wal)
+        let err = replay(&wal, &tree, Flushed::default())
             .await
             .err()
             .expect("an unknown version is refused");

@@ -7,14 +7,19 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures::Stream;
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream};
 
 use super::tree::memtable::KeyValue;
+use super::tree::read::Range;
 use super::txn::oracle::ScannedRange;
 use super::txn::{KeyBounds, Txn, check_not_deleted};
 use crate::error::Result;
 
-/// Entries read from the memtable by a scan's first step; each step doubles it, up to
+/// A batch read from the tree: live entries, and the key it is complete up to if more follow.
+type Fetched = Result<(Vec<KeyValue>, Option<Bytes>)>;
+
+/// Entries read from the tree by a scan's first step; each step doubles it, up to
 /// [`MAX_BATCH`]: a short range read does not pay for a long one.
 const FIRST_BATCH: usize = 8;
 const MAX_BATCH: usize = 256;
@@ -27,7 +32,9 @@ type OwnWrite = (Bytes, Option<Bytes>);
 /// A range whose start is above its end (`"c".."a"`) holds no key: it yields nothing.
 ///
 /// It sees the transaction's snapshot plus the transaction's own writes made before its first
-/// poll. Values are `Bytes` shared with the memtable, not copied. It holds no lock between
+/// poll. Values are `Bytes` shared with the memtable or a table's block, not copied. It reads
+/// the tree a batch at a time (the first small, then doubling), through the I/O executor for
+/// what is in tables. It holds no lock between
 /// polls; dropping it releases everything it holds. In a serializable transaction the whole
 /// range counts as read (a write committed into it after the snapshot is a conflict at commit),
 /// however much of it is consumed. After the transaction's timeout it yields
@@ -46,6 +53,8 @@ pub struct Scan {
     own_next: usize,
     batch: usize,
     done: bool,
+    /// The batch being read.
+    pending: Option<BoxFuture<'static, Fetched>>,
 }
 
 impl std::fmt::Debug for Scan {
@@ -72,6 +81,7 @@ impl Scan {
             own_next: 0,
             batch: FIRST_BATCH,
             done: false,
+            pending: None,
         }
     }
 
@@ -84,23 +94,47 @@ impl Scan {
         self.buffer.clear();
         self.batch = FIRST_BATCH;
         self.done = false;
+        self.pending = None;
         self
     }
 
-    /// The next entry, without waiting (the memtable is in memory).
-    pub(crate) fn next_entry(&mut self) -> Option<Result<KeyValue>> {
+    /// The next entry: from the buffer, or after the next batch is read.
+    pub(crate) fn poll_entry(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<KeyValue>>> {
         loop {
             if let Some(kv) = self.buffer.pop_front() {
-                return Some(Ok(kv));
+                return Poll::Ready(Some(Ok(kv)));
             }
             if self.done {
-                return None;
+                return Poll::Ready(None);
             }
-            if let Err(e) = self.fill() {
-                self.done = true;
-                return Some(Err(e));
+            if self.pending.is_none() {
+                match self.fetch() {
+                    Ok(Some(fetch)) => self.pending = Some(fetch),
+                    Ok(None) => continue,
+                    Err(e) => {
+                        self.done = true;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
+            }
+            let fetched = match self.pending.as_mut().map(|f| f.poll_unpin(cx)) {
+                Some(Poll::Ready(fetched)) => fetched,
+                _ => return Poll::Pending,
+            };
+            self.pending = None;
+            match fetched {
+                Ok((batch, resume)) => self.merge_own(batch, resume),
+                Err(e) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
             }
         }
+    }
+
+    /// The next entry.
+    pub(crate) async fn next_entry(&mut self) -> Option<Result<KeyValue>> {
+        std::future::poll_fn(|cx| self.poll_entry(cx)).await
     }
 
     fn start(&mut self) -> Result<()> {
@@ -138,11 +172,12 @@ impl Scan {
         Ok(())
     }
 
-    fn fill(&mut self) -> Result<()> {
+    /// Starts reading the next batch (`None`: the range holds nothing).
+    fn fetch(&mut self) -> Result<Option<BoxFuture<'static, Fetched>>> {
         if !self.started {
             self.start()?;
             if self.done {
-                return Ok(());
+                return Ok(None);
             }
         } else {
             drop(self.txn.live()?);
@@ -153,23 +188,32 @@ impl Scan {
             (&self.bounds.0, &self.bounds.1)
         };
         let from = match &self.position {
-            Some(p) => Bound::Excluded(&p[..]),
-            None => as_ref(start),
+            Some(p) => Bound::Excluded(p.clone()),
+            None => start.clone(),
         };
-        let inner = &self.txn.inner;
-        let memtable = &inner.db.memtable;
+        let to = end.clone();
         let limit = self.batch;
         self.batch = (self.batch * 2).min(MAX_BATCH);
-        let (batch, more) = if self.reverse {
-            memtable.scan_backward(self.bucket, from, as_ref(end), inner.snapshot, limit)
-        } else {
-            memtable.scan_forward(self.bucket, from, as_ref(end), inner.snapshot, limit)
-        };
-        let limit = if more {
-            batch.last().map(|(k, _)| k.clone())
-        } else {
-            None
-        };
+        let db = self.txn.inner.db.clone();
+        let (bucket, snapshot, reverse) = (self.bucket, self.txn.inner.snapshot, self.reverse);
+        Ok(Some(
+            async move {
+                let range = Range {
+                    bucket,
+                    from: as_ref(&from),
+                    to: as_ref(&to),
+                    reverse,
+                };
+                db.tree.scan(range, snapshot, limit).await
+            }
+            .boxed(),
+        ))
+    }
+
+    /// Merges a batch read from the tree with the transaction's own writes up to where the
+    /// batch is complete (`resume`; `None`: the range's end).
+    fn merge_own(&mut self, batch: Vec<KeyValue>, resume: Option<Bytes>) {
+        let limit = resume;
         let reverse = self.reverse;
         let before = |a: &[u8], b: &[u8]| if reverse { a > b } else { a < b };
         let mut mem = batch.into_iter().peekable();
@@ -206,15 +250,14 @@ impl Scan {
             Some(l) => self.position = Some(l),
             None => self.done = true,
         }
-        Ok(())
     }
 }
 
 impl Stream for Scan {
     type Item = Result<(Bytes, Bytes)>;
 
-    fn poll_next(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Poll::Ready(self.get_mut().next_entry())
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_entry(cx)
     }
 }
 
@@ -272,7 +315,7 @@ impl Cursor {
     /// # Cancel safety
     /// Safe: a move reads only.
     pub async fn first(&mut self) -> Result<Option<(Bytes, Bytes)>> {
-        self.step(Bound::Unbounded, false)
+        self.step(Bound::Unbounded, false).await
     }
 
     /// Moves to the last entry.
@@ -283,7 +326,7 @@ impl Cursor {
     /// # Cancel safety
     /// Safe: a move reads only.
     pub async fn last(&mut self) -> Result<Option<(Bytes, Bytes)>> {
-        self.step(Bound::Unbounded, true)
+        self.step(Bound::Unbounded, true).await
     }
 
     /// Moves to the first entry whose key is at or after `key`.
@@ -295,7 +338,7 @@ impl Cursor {
     /// Safe: a move reads only.
     pub async fn seek(&mut self, key: impl AsRef<[u8]>) -> Result<Option<(Bytes, Bytes)>> {
         let key = Bytes::copy_from_slice(key.as_ref());
-        self.step(Bound::Included(key), false)
+        self.step(Bound::Included(key), false).await
     }
 
     /// Moves to the next entry (the first one if the cursor has not moved yet).
@@ -310,7 +353,7 @@ impl Cursor {
             .current
             .clone()
             .map_or(Bound::Unbounded, Bound::Excluded);
-        self.step(from, false)
+        self.step(from, false).await
     }
 
     /// Moves to the previous entry (the last one if the cursor has not moved yet).
@@ -325,11 +368,15 @@ impl Cursor {
             .current
             .clone()
             .map_or(Bound::Unbounded, Bound::Excluded);
-        self.step(from, true)
+        self.step(from, true).await
     }
 
-    pub(crate) fn step(&mut self, from: Bound<Bytes>, reverse: bool) -> Result<Option<KeyValue>> {
-        let found = self.find(from.clone(), reverse)?;
+    pub(crate) async fn step(
+        &mut self,
+        from: Bound<Bytes>,
+        reverse: bool,
+    ) -> Result<Option<KeyValue>> {
+        let found = self.find(from.clone(), reverse).await?;
         // What this move read: from its start to the entry it found (or the end).
         let to = found
             .as_ref()
@@ -346,7 +393,7 @@ impl Cursor {
         Ok(found)
     }
 
-    fn find(&self, mut from: Bound<Bytes>, reverse: bool) -> Result<Option<KeyValue>> {
+    async fn find(&self, mut from: Bound<Bytes>, reverse: bool) -> Result<Option<KeyValue>> {
         let inner = &self.txn.inner;
         loop {
             let own = {
@@ -366,24 +413,13 @@ impl Cursor {
                     next.map(|(k, v)| (k.clone(), v.clone()))
                 })
             };
-            let memtable = &inner.db.memtable;
-            let (mem, _) = if reverse {
-                memtable.scan_backward(
-                    self.bucket,
-                    as_ref(&from),
-                    Bound::Unbounded,
-                    inner.snapshot,
-                    1,
-                )
-            } else {
-                memtable.scan_forward(
-                    self.bucket,
-                    as_ref(&from),
-                    Bound::Unbounded,
-                    inner.snapshot,
-                    1,
-                )
+            let range = Range {
+                bucket: self.bucket,
+                from: as_ref(&from),
+                to: Bound::Unbounded,
+                reverse,
             };
+            let (mem, _) = inner.db.tree.scan(range, inner.snapshot, 1).await?;
             let mem = mem.into_iter().next();
             let own_first = match (&mem, &own) {
                 (_, None) => return Ok(mem),

@@ -1,5 +1,5 @@
-//! What every handle of one open store shares: the wal, the memtable, the oracle, the prepared
-//! transactions and the counters.
+//! What every handle of one open store shares: the wal, the tree (memtables and tables), the
+//! oracle, the prepared transactions and the counters.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::options::{DbOptions, Isolation};
-use super::tree::memtable::Memtable;
+use super::tree::Tree;
 use super::txn::WriteSet;
 use super::txn::commit::Prepared;
 use super::txn::oracle::Oracle;
@@ -15,7 +15,7 @@ use crate::wal::Wal;
 
 pub(crate) struct Shared {
     pub(crate) wal: Wal,
-    pub(crate) memtable: Memtable,
+    pub(crate) tree: Tree,
     pub(crate) oracle: Oracle,
     pub(crate) options: DbOptions,
     pub(crate) read_only: bool,
@@ -24,12 +24,14 @@ pub(crate) struct Shared {
     prepared: Mutex<BTreeMap<u64, Prepared>>,
     pub(crate) counters: Counters,
     pub(crate) closed: AtomicBool,
+    /// Background flushes and compactions (see `flush.rs`).
+    pub(crate) background: super::flush::Background,
 }
 
 impl Shared {
     pub(crate) fn new(
         wal: Wal,
-        memtable: Memtable,
+        tree: Tree,
         oracle: Oracle,
         options: DbOptions,
         read_only: bool,
@@ -38,7 +40,7 @@ impl Shared {
     ) -> Shared {
         Shared {
             wal,
-            memtable,
+            tree,
             oracle,
             options,
             read_only,
@@ -47,7 +49,14 @@ impl Shared {
             prepared: Mutex::new(prepared),
             counters: Counters::default(),
             closed: AtomicBool::new(false),
+            background: super::flush::Background::default(),
         }
+    }
+
+    /// The id the next transaction will get (recorded with each flush, so that ids are not
+    /// reused once the wal records that carried them are cut).
+    pub(crate) fn peek_next_txn_id(&self) -> u64 {
+        self.next_txn_id.load(Ordering::Relaxed)
     }
 
     pub(crate) fn next_txn_id(&self) -> u64 {
@@ -60,9 +69,12 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Inserts a commit's writes into the memtable at `seq`.
-    pub(crate) fn apply(&self, seq: u64, writes: &WriteSet) {
-        self.memtable.apply(seq, super::txn::writes_of(writes));
+    /// Inserts a commit's writes into the memtable of `seq`; starts a flush if the active
+    /// memtable is full.
+    pub(crate) fn apply(self: &std::sync::Arc<Self>, seq: u64, writes: &WriteSet) {
+        if self.tree.apply(seq, super::txn::writes_of(writes)) {
+            self.rotate_and_flush();
+        }
     }
 }
 

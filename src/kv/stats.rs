@@ -7,6 +7,16 @@ use super::shared::{Counters, Shared};
 use crate::types::SeqNo;
 use crate::wal::WalStats;
 
+/// One level of the tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LevelStats {
+    /// Tables in the level.
+    pub tables: u64,
+    /// Their bytes on disk.
+    pub bytes: u64,
+}
+
 /// A snapshot of a store's figures ([`Db::stats`](super::Db::stats)).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -17,10 +27,32 @@ pub struct DbStats {
     pub last_seq: SeqNo,
     /// The newest commit visible to new transactions.
     pub committed_seq: SeqNo,
-    /// Versions in the memtable (tombstones included).
+    /// Versions in the memtables, active and immutable (tombstones included).
     pub memtable_versions: u64,
-    /// Approximate bytes of the memtable.
+    /// Approximate bytes of the memtables.
     pub memtable_bytes: u64,
+    /// Immutable memtables waiting for their flush.
+    pub immutable_memtables: u64,
+    /// Per level (L0 first): table count and bytes on disk.
+    pub levels: Vec<LevelStats>,
+    /// Flushes done (memtables written as L0 tables).
+    pub flushes: u64,
+    /// Compactions done.
+    pub compactions: u64,
+    /// Bytes written by flushes.
+    pub bytes_flushed: u64,
+    /// Bytes read and written by compactions.
+    pub bytes_compacted_in: u64,
+    /// Bytes written by compactions.
+    pub bytes_compacted_out: u64,
+    /// Write amplification of the tree: bytes written to tables (flushes and compactions) per
+    /// byte flushed (0 before the first flush). The wal's bytes are not counted.
+    pub write_amplification: f64,
+    /// Microseconds commits waited for a flush (backpressure).
+    pub stall_micros: u64,
+    /// The background work's error, if a flush or compaction failed (commits that must wait
+    /// for room then fail with it).
+    pub background_error: Option<String>,
     /// Transactions begun and not yet ended.
     pub active_txns: u64,
     /// Snapshots held by read-write transactions not yet ended or expired (they keep conflict
@@ -55,12 +87,46 @@ pub struct DbStats {
 pub(crate) fn collect(shared: &Shared) -> DbStats {
     let o = shared.oracle.figures();
     let c = &shared.counters;
+    let current = shared.tree.current();
+    let t = &shared.tree.figures;
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     DbStats {
         options: shared.options.clone(),
         last_seq: SeqNo(o.last_seq),
         committed_seq: SeqNo(o.visible),
-        memtable_versions: shared.memtable.versions() as u64,
-        memtable_bytes: shared.memtable.approximate_bytes(),
+        memtable_versions: current
+            .memtables
+            .iter()
+            .map(|m| m.mem.versions() as u64)
+            .sum(),
+        memtable_bytes: current
+            .memtables
+            .iter()
+            .map(|m| m.mem.approximate_bytes())
+            .sum(),
+        immutable_memtables: current.memtables.len() as u64 - 1,
+        levels: std::iter::once(&current.version.l0)
+            .chain(current.version.levels.iter())
+            .map(|tables| LevelStats {
+                tables: tables.len() as u64,
+                bytes: tables.iter().map(|t| t.table.file_bytes()).sum(),
+            })
+            .collect(),
+        flushes: get(&t.flushes),
+        compactions: get(&t.compactions),
+        bytes_flushed: get(&t.bytes_flushed),
+        bytes_compacted_in: get(&t.bytes_compacted_in),
+        bytes_compacted_out: get(&t.bytes_compacted_out),
+        write_amplification: {
+            let flushed = get(&t.bytes_flushed);
+            if flushed == 0 {
+                0.0
+            } else {
+                (flushed + get(&t.bytes_compacted_out)) as f64 / flushed as f64
+            }
+        },
+        stall_micros: get(&t.stall_micros),
+        background_error: shared.background_error().map(|e| e.to_string()),
         active_txns: Counters::get(&c.active),
         active_snapshots: o.active_snapshots,
         oldest_snapshot: o.oldest_snapshot.map(SeqNo),
@@ -81,7 +147,14 @@ pub(crate) fn collect(shared: &Shared) -> DbStats {
 impl fmt::Display for DbStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let o = &self.options;
-        let rows: [(&str, String); 22] = [
+        let levels = self
+            .levels
+            .iter()
+            .enumerate()
+            .map(|(n, l)| format!("L{n} {}/{}", l.tables, l.bytes))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows: [(&str, String); 27] = [
             ("sync policy", format!("{:?}", o.sync_policy)),
             (
                 "max key / value / txn bytes",
@@ -95,6 +168,20 @@ impl fmt::Display for DbStats {
             ("committed seq", self.committed_seq.to_string()),
             ("memtable versions", self.memtable_versions.to_string()),
             ("memtable bytes", self.memtable_bytes.to_string()),
+            ("immutable memtables", self.immutable_memtables.to_string()),
+            ("levels (tables/bytes)", levels),
+            (
+                "flushes / compactions",
+                format!("{} / {}", self.flushes, self.compactions),
+            ),
+            (
+                "write amplification / stall µs",
+                format!("{:.2} / {}", self.write_amplification, self.stall_micros),
+            ),
+            (
+                "background error",
+                self.background_error.clone().unwrap_or_else(|| "-".into()),
+            ),
             ("active transactions", self.active_txns.to_string()),
             ("active snapshots", self.active_snapshots.to_string()),
             (

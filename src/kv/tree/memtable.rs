@@ -195,6 +195,21 @@ impl Memtable {
         snapshot: u64,
         limit: usize,
     ) -> (Vec<KeyValue>, bool) {
+        let (versions, more) = self.versions_forward(bucket, from, to, snapshot, limit, false);
+        (live(versions), more)
+    }
+
+    /// Like [`Memtable::scan_forward`], with the newest visible version of each key whether a
+    /// value or a tombstone (`tombstones`), or values only; `limit` counts what is returned.
+    pub(crate) fn versions_forward(
+        &self,
+        bucket: u64,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        snapshot: u64,
+        limit: usize,
+        tombstones: bool,
+    ) -> (Vec<(Bytes, Value)>, bool) {
         let mut out = Vec::new();
         let mut cursor = match from {
             Bound::Included(k) => self.seek_key(bucket, k),
@@ -216,8 +231,10 @@ impl Memtable {
             } else {
                 self.get(bucket, &ikey.key, snapshot)
             };
-            if let Some(Some(value)) = visible {
-                out.push((ikey.key.clone(), value));
+            match visible {
+                Some(Some(value)) => out.push((ikey.key.clone(), Some(value))),
+                Some(None) if tombstones => out.push((ikey.key.clone(), None)),
+                _ => {}
             }
             cursor = self.next_key(bucket, &entry);
         }
@@ -233,6 +250,20 @@ impl Memtable {
         snapshot: u64,
         limit: usize,
     ) -> (Vec<KeyValue>, bool) {
+        let (versions, more) = self.versions_backward(bucket, from, to, snapshot, limit, false);
+        (live(versions), more)
+    }
+
+    /// [`Memtable::versions_forward`] in descending key order.
+    pub(crate) fn versions_backward(
+        &self,
+        bucket: u64,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        snapshot: u64,
+        limit: usize,
+        tombstones: bool,
+    ) -> (Vec<(Bytes, Value)>, bool) {
         let mut out = Vec::new();
         let mut cursor = match from {
             // The last version of `k` is (k, seq 0); the entry at or before it.
@@ -248,8 +279,10 @@ impl Memtable {
             if out.len() == limit {
                 return (out, true);
             }
-            if let Some(Some(value)) = self.get(bucket, &ikey.key, snapshot) {
-                out.push((ikey.key.clone(), value));
+            match self.get(bucket, &ikey.key, snapshot) {
+                Some(Some(value)) => out.push((ikey.key.clone(), Some(value))),
+                Some(None) if tombstones => out.push((ikey.key.clone(), None)),
+                _ => {}
             }
             cursor = self.seek_before_key(bucket, &ikey.key);
         }
@@ -300,6 +333,14 @@ impl Memtable {
         }
     }
 
+    /// Every version in internal-key order: `(bucket, key, seq, value)`.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, Bytes, u64, Value)> + '_ {
+        self.map.iter().map(|e| {
+            let k = e.key();
+            (k.bucket, k.key.clone(), k.seq, e.value().clone())
+        })
+    }
+
     /// Versions held (all buckets, tombstones included).
     pub(crate) fn versions(&self) -> usize {
         self.map.len()
@@ -312,6 +353,13 @@ impl Memtable {
 }
 
 type Entry<'a> = crossbeam_skiplist::map::Entry<'a, InternalKey, Value>;
+
+fn live(versions: Vec<(Bytes, Value)>) -> Vec<KeyValue> {
+    versions
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect()
+}
 
 fn below(key: &[u8], to: Bound<&[u8]>) -> bool {
     match to {

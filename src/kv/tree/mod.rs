@@ -1,6 +1,353 @@
 //! The storage under the transactions, which knows nothing of transactions or buckets:
-//! internal keys `(bucket id, user key, seq)` → value or tombstone. Part 1 of the store holds
-//! them in the memtable alone; tables, flush and compaction slot in here.
+//! internal keys `(bucket id, user key, seq)` → value or tombstone, in an LSM tree.
+//!
+//! - **Memtables**: the active one takes new commits; at `write_buffer_bytes` it becomes
+//!   immutable and a new one takes over ([`Tree::rotate`]). Each memtable holds a contiguous
+//!   range of seqs: a commit goes to the memtable of its seq, chosen by seq, not by the moment
+//!   it inserts, so that when memtable *n* is flushed every seq up to its end is in it or
+//!   older ones.
+//! - **Tables** (`table/`): a flushed memtable becomes an L0 table; compaction merges L0 into
+//!   L1 (`job.rs`). The set of tables is a [`Version`], swapped whole; the manifest
+//!   (`manifest.rs`) records each change durably before it is swapped in.
+//! - **Reads** see memtables newest first, then L0 newest first, then L1: for one key the
+//!   first source holding a version at or below the snapshot has the newest such version (the
+//!   sources hold disjoint, descending seq ranges).
+//!
+//! The store (one level up) decides when to flush and what the oldest snapshot is; the tree
+//! does the work and keeps its state consistent.
 
+pub(crate) mod job;
+pub(crate) mod manifest;
 pub(crate) mod memtable;
+pub(crate) mod read;
 pub(crate) mod table;
+pub(crate) mod version;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use ringtide_platform::{EntryKind, IoDriver};
+
+use self::manifest::Manifest;
+use self::memtable::{Memtable, Value};
+use self::table::{Table, TableOptions};
+use self::version::{TableFile, Version};
+use crate::error::{CorruptionKind, Error, Result};
+use crate::types::Lsn;
+use crate::wal::WalOptions;
+
+/// How the tree is shaped (from the store's options).
+#[derive(Debug, Clone)]
+pub(crate) struct TreeOptions {
+    pub(crate) write_buffer_bytes: u64,
+    pub(crate) max_immutable_memtables: usize,
+    pub(crate) l0_compaction_trigger: usize,
+    pub(crate) table_target_bytes: u64,
+    pub(crate) table: TableOptions,
+}
+
+/// A memtable and the seqs it holds: those above `after_seq` (and, once immutable, up to the
+/// next memtable's `after_seq`).
+#[derive(Clone)]
+pub(crate) struct Slot {
+    pub(crate) mem: Arc<Memtable>,
+    pub(crate) after_seq: u64,
+    /// A log position at or below that of every record whose writes this memtable holds (the
+    /// store's wal lsn when it was made active): the log may be cut below it once every older
+    /// memtable is flushed.
+    pub(crate) log_from: Lsn,
+}
+
+/// The tree's state at one moment: memtables (newest first; the first is the active one) and
+/// the tables. Swapped whole; readers hold the one they started with.
+#[derive(Clone)]
+pub(crate) struct Super {
+    pub(crate) memtables: Vec<Slot>,
+    pub(crate) version: Arc<Version>,
+}
+
+impl Super {
+    /// The memtable that holds `seq`.
+    pub(crate) fn memtable_for(&self, seq: u64) -> &Arc<Memtable> {
+        &self
+            .memtables
+            .iter()
+            .find(|s| s.after_seq < seq)
+            .unwrap_or_else(|| self.memtables.last().expect("always an active memtable"))
+            .mem
+    }
+}
+
+/// See the module docs.
+pub(crate) struct Tree {
+    tables_dir: PathBuf,
+    driver: IoDriver,
+    pub(crate) options: TreeOptions,
+    current: RwLock<Arc<Super>>,
+    pub(crate) manifest: Manifest,
+    next_table_id: AtomicU64,
+    /// One flush or compaction at a time.
+    pub(crate) jobs: tokio::sync::Mutex<()>,
+    /// Woken when an immutable memtable is flushed (writers waiting for room).
+    pub(crate) room: tokio::sync::Notify,
+    pub(crate) figures: Figures,
+}
+
+/// Counters of the tree's work.
+#[derive(Default)]
+pub(crate) struct Figures {
+    pub(crate) flushes: AtomicU64,
+    pub(crate) compactions: AtomicU64,
+    pub(crate) bytes_flushed: AtomicU64,
+    pub(crate) bytes_compacted_in: AtomicU64,
+    pub(crate) bytes_compacted_out: AtomicU64,
+    pub(crate) stall_micros: AtomicU64,
+}
+
+/// What [`Tree::open`] found.
+pub(crate) struct Opened {
+    pub(crate) tree: Tree,
+    pub(crate) flushed: manifest::Flushed,
+}
+
+impl Tree {
+    /// Opens the tree of the store in `dir`: replays the manifest, opens every table it names
+    /// (one missing is `Corruption`), removes table files no edit names (unless read-only) and
+    /// starts with one empty memtable for the seqs after the flushed one.
+    ///
+    /// # Errors
+    /// [`Error::Corruption`] for a damaged manifest or table, or a table named but missing;
+    /// I/O errors.
+    ///
+    /// # Cancel safety
+    /// Safe to drop; orphan removal may be half done, which the next open finishes.
+    pub(crate) async fn open(
+        dir: &Path,
+        driver: IoDriver,
+        options: TreeOptions,
+        wal_options: WalOptions,
+        read_only: bool,
+        log_from: Lsn,
+    ) -> Result<Opened> {
+        options.table.validate()?;
+        let tables_dir = dir.join("tables");
+        if !read_only {
+            driver
+                .create_dir_all(&tables_dir)
+                .await
+                .map_err(|e| Error::io(&tables_dir, e))?;
+        }
+        let manifest = Manifest::open(&dir.join("manifest"), wal_options, read_only).await?;
+        let state = manifest.state().await;
+        let present = list_tables(&driver, &tables_dir).await?;
+        let mut max_id = present.iter().map(|(id, _)| *id).max().unwrap_or(0);
+        let mut files = Vec::new();
+        for (&id, &level) in &state.tables {
+            max_id = max_id.max(id);
+            let path = table_path(&tables_dir, id);
+            if !present.iter().any(|(p, _)| *p == id) {
+                return Err(Error::corruption(
+                    path,
+                    0,
+                    CorruptionKind::BadManifest {
+                        lsn: Lsn(0),
+                        reason: "a table the manifest names is missing",
+                    },
+                ));
+            }
+            let table = Table::open(&driver, &path).await?;
+            files.push(TableFile::new(id, level, table, driver.clone()));
+        }
+        if !read_only {
+            for (id, path) in &present {
+                if !state.tables.contains_key(id) {
+                    tracing::info!(path = %path.display(), "removing a table no edit names");
+                    driver
+                        .remove_file(path)
+                        .await
+                        .map_err(|e| Error::io(path, e))?;
+                }
+            }
+        }
+        // L0 newest first: a later flush has a larger id.
+        files.sort_by_key(|t| std::cmp::Reverse(t.id));
+        let version = Version::default().edit(&[], files);
+        let slot = Slot {
+            mem: Arc::new(Memtable::new()),
+            after_seq: state.flushed.seq,
+            log_from,
+        };
+        let tree = Tree {
+            tables_dir,
+            driver,
+            options,
+            current: RwLock::new(Arc::new(Super {
+                memtables: vec![slot],
+                version: Arc::new(version),
+            })),
+            manifest,
+            next_table_id: AtomicU64::new(max_id + 1),
+            jobs: tokio::sync::Mutex::new(()),
+            room: tokio::sync::Notify::new(),
+            figures: Figures::default(),
+        };
+        Ok(Opened {
+            tree,
+            flushed: state.flushed,
+        })
+    }
+
+    /// The current state (memtables and tables), for a read or a job.
+    pub(crate) fn current(&self) -> Arc<Super> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn swap(&self, f: impl FnOnce(&Super) -> Super) {
+        let mut guard = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let next = f(&guard);
+        *guard = Arc::new(next);
+    }
+
+    /// Inserts a commit's writes at `seq` into the memtable that holds `seq`; returns whether
+    /// the active memtable is now full.
+    pub(crate) fn apply<'a>(
+        &self,
+        seq: u64,
+        writes: impl IntoIterator<Item = (u64, &'a Bytes, &'a Value)>,
+    ) -> bool {
+        let current = self.current();
+        let mem = current.memtable_for(seq);
+        mem.apply(seq, writes);
+        let active = &current.memtables[0].mem;
+        Arc::ptr_eq(mem, active) && active.approximate_bytes() >= self.options.write_buffer_bytes
+    }
+
+    /// The newest version of `key` at or below `snapshot` (`None`: none or a tombstone).
+    ///
+    /// # Errors
+    /// A damaged table; I/O errors.
+    pub(crate) async fn get(
+        &self,
+        bucket: u64,
+        key: &[u8],
+        snapshot: u64,
+    ) -> Result<Option<Bytes>> {
+        let current = self.current();
+        for slot in &current.memtables {
+            if let Some(v) = slot.mem.get(bucket, key, snapshot) {
+                return Ok(v);
+            }
+        }
+        let version = &current.version;
+        for t in &version.l0 {
+            if let Some(v) = t.table.get(bucket, key, snapshot).await? {
+                return Ok(v);
+            }
+        }
+        for level in &version.levels {
+            if let Some(t) = Version::find_in_level(level, bucket, key)
+                && let Some(v) = t.table.get(bucket, key, snapshot).await?
+            {
+                return Ok(v);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Makes the active memtable immutable and starts a new one for the seqs after
+    /// `last_assigned()` (read under the tree's lock, so that no seq above it can have chosen
+    /// the old memtable). `log_from` is read *before*: every record of a later seq is appended
+    /// after it. Does nothing if the active memtable is empty.
+    /// Unless `force`, only a full memtable is rotated (many commits may see it full).
+    pub(crate) fn rotate(
+        &self,
+        log_from: Lsn,
+        force: bool,
+        last_assigned: impl FnOnce() -> u64,
+    ) -> bool {
+        let mut rotated = false;
+        self.swap(|s| {
+            let mut next = s.clone();
+            let active = &s.memtables[0].mem;
+            let full = active.approximate_bytes() >= self.options.write_buffer_bytes;
+            if active.versions() == 0 || !(force || full) {
+                return next;
+            }
+            rotated = true;
+            next.memtables.insert(
+                0,
+                Slot {
+                    mem: Arc::new(Memtable::new()),
+                    after_seq: last_assigned(),
+                    log_from,
+                },
+            );
+            next
+        });
+        rotated
+    }
+
+    /// Immutable memtables waiting for their flush.
+    pub(crate) fn immutables(&self) -> usize {
+        self.current().memtables.len() - 1
+    }
+
+    /// Whether writers should wait: too many immutable memtables.
+    pub(crate) fn stalled(&self) -> bool {
+        self.immutables() > self.options.max_immutable_memtables
+    }
+
+    pub(crate) fn new_table_path(&self) -> (u64, PathBuf) {
+        let id = self.next_table_id.fetch_add(1, Ordering::Relaxed);
+        (id, table_path(&self.tables_dir, id))
+    }
+
+    pub(crate) fn tables_dir(&self) -> &Path {
+        &self.tables_dir
+    }
+
+    pub(crate) fn driver(&self) -> &IoDriver {
+        &self.driver
+    }
+}
+
+fn table_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:012}.sst"))
+}
+
+/// The table files in `dir` (by id), and files that look like unfinished tables.
+async fn list_tables(driver: &IoDriver, dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let entries = match driver.read_dir(dir).await {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for e in entries {
+        if e.kind != EntryKind::File {
+            continue;
+        }
+        let id = e
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".sst"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(id) = id
+            && seen.insert(id)
+        {
+            out.push((id, e.path));
+        }
+    }
+    Ok(out)
+}

@@ -46,6 +46,8 @@ pub(crate) struct Prepared {
     pub(crate) deadline: Option<Instant>,
     /// Set while its commit or rollback runs, so that a second one is refused.
     pub(crate) resolving: bool,
+    /// A wal position at or below its prepare record (the wal keeps it while it is needed).
+    pub(crate) log_floor: crate::types::Lsn,
 }
 
 impl Txn {
@@ -82,6 +84,11 @@ impl Txn {
             return result;
         }
         let started = Instant::now();
+        // Backpressure: before anything is taken, so that a dropped wait changes nothing.
+        let writes = !self.lock().writes.is_empty();
+        if writes {
+            db.wait_for_room().await?;
+        }
         let taken = self.take()?;
         if taken.writes.is_empty() {
             self.inner.release();
@@ -182,6 +189,9 @@ impl Txn {
             return Err(self.refused(refusal));
         }
         self.inner.release();
+        // Read before the append: the record lands after it.
+        let log_floor = crate::types::Lsn(db.wal.last_lsn().0 + 1);
+        db.background.hold_log(id, log_floor, None);
         db.prepared_txns().insert(
             id,
             Prepared {
@@ -189,6 +199,7 @@ impl Txn {
                 held: Vec::new(),
                 deadline: self.inner.deadline,
                 resolving: false,
+                log_floor,
             },
         );
         let chunks = encoded.finish(0);
@@ -198,6 +209,7 @@ impl Txn {
             if result.is_err() {
                 task_db.prepared_txns().remove(&id);
                 task_db.oracle.unhold(id);
+                task_db.background.release_log(id);
             }
             result.map(drop)
         })
@@ -308,6 +320,7 @@ impl Shared {
         let result = finish(self, seq, chunks, writes, ack).await;
         self.prepared_txns().remove(&id);
         result?;
+        self.background.log_committed(id, seq);
         Ok(CommitInfo {
             seq: SeqNo(seq),
             writes: count,
@@ -349,6 +362,7 @@ impl Shared {
             if result.is_ok() {
                 db.prepared_txns().remove(&id);
                 db.oracle.unhold(id);
+                db.background.release_log(id);
                 db.counters.rollback();
             } else if let Some(entry) = db.prepared_txns().get_mut(&id) {
                 entry.resolving = false;

@@ -88,7 +88,9 @@ impl Inner {
     /// Releases the snapshot and counts the transaction as ended (once; idempotent).
     pub(crate) fn release(&self) {
         if !self.ended.swap(true, std::sync::atomic::Ordering::AcqRel) {
-            if !self.read_only {
+            if self.read_only {
+                self.db.oracle.release_reader(self.snapshot);
+            } else {
                 self.db.oracle.release(self.snapshot, self.id);
             }
             self.db.counters.txn_ended(self.begun.elapsed());
@@ -150,10 +152,9 @@ impl Txn {
         let deadline = timeout.map(|t| now + t);
         let read_only = options.read_only || db.read_only;
         // A read-only transaction never validates, so it needs no conflict history kept for it:
-        // its snapshot is the watermark, read without the oracle's lock. (Part 2's version
-        // collection will register these too, more cheaply than the history's registry.)
+        // its snapshot is registered only so that the versions it sees are kept.
         let snapshot = if read_only {
-            db.oracle.visible()
+            db.oracle.begin_reader()
         } else {
             db.oracle.begin(id, deadline)
         };
@@ -255,7 +256,7 @@ impl Txn {
     /// # Cancel safety
     /// Safe: a read changes nothing but the transaction's read set.
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
-        self.get_in(ROOT, key.as_ref())
+        self.get_in(ROOT, key.as_ref()).await
     }
 
     /// Whether `key` exists in the root keyspace, as this transaction sees it.
@@ -266,7 +267,7 @@ impl Txn {
     /// # Cancel safety
     /// Safe, as [`Txn::get`].
     pub async fn contains(&self, key: impl AsRef<[u8]>) -> Result<bool> {
-        Ok(self.get_in(ROOT, key.as_ref())?.is_some())
+        Ok(self.get_in(ROOT, key.as_ref()).await?.is_some())
     }
 
     /// Puts `key` → `value` in the root keyspace (buffered until commit).
@@ -408,23 +409,24 @@ impl Txn {
         }
     }
 
-    pub(crate) fn get_in(&self, bucket: u64, key: &[u8]) -> Result<Option<Bytes>> {
+    pub(crate) async fn get_in(&self, bucket: u64, key: &[u8]) -> Result<Option<Bytes>> {
         check_key(key)?;
-        let mut state = self.live()?;
-        check_not_deleted(&state, bucket)?;
-        if let Some(own) = state.writes.get(&bucket).and_then(|w| w.get(key)) {
-            return Ok(own.clone());
+        {
+            let mut state = self.live()?;
+            check_not_deleted(&state, bucket)?;
+            if let Some(own) = state.writes.get(&bucket).and_then(|w| w.get(key)) {
+                return Ok(own.clone());
+            }
+            // Recorded before the read: a commit running concurrently validates it.
+            if self.records_reads() {
+                state.reads.push((bucket, Bytes::copy_from_slice(key)));
+            }
         }
-        let value = self
-            .inner
+        self.inner
             .db
-            .memtable
+            .tree
             .get(bucket, key, self.inner.snapshot)
-            .flatten();
-        if self.records_reads() {
-            state.reads.push((bucket, Bytes::copy_from_slice(key)));
-        }
-        Ok(value)
+            .await
     }
 
     pub(crate) fn write_in(&self, bucket: u64, key: Bytes, value: Option<Bytes>) -> Result<()> {

@@ -156,6 +156,9 @@ struct State {
 /// See the module docs.
 pub(crate) struct Oracle {
     state: Mutex<State>,
+    /// Snapshots of read-only transactions (snapshot → count): they need no conflict history,
+    /// only their versions kept, so they register here, off the commit path's lock.
+    readers: Mutex<BTreeMap<u64, u32>>,
     visible: AtomicU64,
     max_history_bytes: u64,
 }
@@ -171,6 +174,7 @@ impl Oracle {
                 ..State::default()
             }),
             visible: AtomicU64::new(last_seq),
+            readers: Mutex::new(BTreeMap::new()),
             max_history_bytes,
         }
     }
@@ -186,6 +190,52 @@ impl Oracle {
     /// The watermark: every commit at or below it is visible.
     pub(crate) fn visible(&self) -> u64 {
         self.visible.load(Ordering::Acquire)
+    }
+
+    /// The oldest snapshot any reader holds or can take: versions it cannot see that a newer
+    /// version at or below it shadows are needed by no one.
+    pub(crate) fn oldest_needed(&self) -> u64 {
+        let writers = {
+            let s = self.lock();
+            s.snapshots
+                .keys()
+                .next()
+                .map_or(s.visible, |&(snap, _)| snap.min(s.visible))
+        };
+        // The watermark read under the readers' lock: a reader registering later takes it or
+        // a newer one.
+        let readers = self.lock_readers();
+        let visible = self.visible();
+        let readers = readers
+            .keys()
+            .next()
+            .map_or(visible, |&snap| snap.min(visible));
+        writers.min(readers)
+    }
+
+    fn lock_readers(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, u32>> {
+        self.readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes a read-only transaction's snapshot (the watermark) and registers it.
+    pub(crate) fn begin_reader(&self) -> u64 {
+        let mut readers = self.lock_readers();
+        let snapshot = self.visible();
+        *readers.entry(snapshot).or_insert(0) += 1;
+        snapshot
+    }
+
+    /// Releases a read-only transaction's snapshot.
+    pub(crate) fn release_reader(&self, snapshot: u64) {
+        let mut readers = self.lock_readers();
+        if let Some(n) = readers.get_mut(&snapshot) {
+            *n -= 1;
+            if *n == 0 {
+                readers.remove(&snapshot);
+            }
+        }
     }
 
     /// The last seq assigned (visible or not yet).

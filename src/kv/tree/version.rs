@@ -1,0 +1,145 @@
+//! A version: the set of tables that make up the tree at one moment, immutable and shared by
+//! reference count. A reader holds the version it started with, so a compaction that replaces
+//! tables never pulls a file from under it: a replaced table's file is removed when the last
+//! version naming it is dropped.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ringtide_platform::IoDriver;
+
+use super::memtable::InternalKey;
+use super::table::Table;
+
+/// One table file of the tree.
+pub(crate) struct TableFile {
+    pub(crate) id: u64,
+    pub(crate) level: u8,
+    pub(crate) table: Table,
+    /// Set when a recorded edit removed it: its file goes when the last reference does.
+    obsolete: AtomicBool,
+    driver: IoDriver,
+}
+
+impl std::fmt::Debug for TableFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableFile")
+            .field("id", &self.id)
+            .field("level", &self.level)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TableFile {
+    pub(crate) fn new(id: u64, level: u8, table: Table, driver: IoDriver) -> Arc<TableFile> {
+        Arc::new(TableFile {
+            id,
+            level,
+            table,
+            obsolete: AtomicBool::new(false),
+            driver,
+        })
+    }
+
+    pub(crate) fn min_key(&self) -> &InternalKey {
+        &self.table.meta().min_key
+    }
+
+    pub(crate) fn max_key(&self) -> &InternalKey {
+        &self.table.meta().max_key
+    }
+
+    pub(crate) fn path(&self) -> PathBuf {
+        self.table.path().to_path_buf()
+    }
+
+    /// Marks the table removed from the tree (its edit is durable).
+    pub(crate) fn retire(&self) {
+        self.obsolete.store(true, Ordering::Release);
+    }
+
+    /// Whether `(bucket, key)` is within the table's key range.
+    pub(crate) fn covers(&self, bucket: u64, key: &[u8]) -> bool {
+        let (min, max) = (self.min_key(), self.max_key());
+        (min.bucket, &min.key[..]) <= (bucket, key) && (bucket, key) <= (max.bucket, &max.key[..])
+    }
+}
+
+impl Drop for TableFile {
+    fn drop(&mut self) {
+        if !self.obsolete.load(Ordering::Acquire) {
+            return;
+        }
+        let path = self.path();
+        let driver = self.driver.clone();
+        // Removed through the executor, off this (possibly synchronous) path; without a
+        // runtime the file stays behind and the next open removes it (no edit names it).
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = driver.remove_file(&path).await {
+                    tracing::warn!(path = %path.display(), error = %e, "removing a replaced table failed");
+                }
+            });
+        }
+    }
+}
+
+/// The tables of the tree at one moment.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Version {
+    /// Level 0: flushed memtables, newest first; their key ranges overlap.
+    pub(crate) l0: Vec<Arc<TableFile>>,
+    /// Levels 1 and up: each sorted by key, the tables' ranges disjoint.
+    pub(crate) levels: Vec<Vec<Arc<TableFile>>>,
+}
+
+impl Version {
+    /// Every table, L0 first.
+    pub(crate) fn tables(&self) -> impl Iterator<Item = &Arc<TableFile>> {
+        self.l0.iter().chain(self.levels.iter().flatten())
+    }
+
+    /// The table of a sorted level that may hold `(bucket, key)`.
+    pub(crate) fn find_in_level<'a>(
+        level: &'a [Arc<TableFile>],
+        bucket: u64,
+        key: &[u8],
+    ) -> Option<&'a Arc<TableFile>> {
+        let i = level.partition_point(|t| {
+            let max = t.max_key();
+            (max.bucket, &max.key[..]) < (bucket, key)
+        });
+        level.get(i).filter(|t| t.covers(bucket, key))
+    }
+
+    /// The version with the tables of `removed` gone and `added` in place (L0 tables added are
+    /// newer than every L0 table present).
+    pub(crate) fn edit(&self, removed: &[u64], added: Vec<Arc<TableFile>>) -> Version {
+        let keep = |t: &&Arc<TableFile>| !removed.contains(&t.id);
+        let mut l0: Vec<_> = added.iter().filter(|t| t.level == 0).cloned().collect();
+        l0.extend(self.l0.iter().filter(keep).cloned());
+        let depth = self
+            .levels
+            .len()
+            .max(added.iter().map(|t| t.level as usize).max().unwrap_or(0));
+        let mut levels = Vec::with_capacity(depth);
+        for n in 1..=depth {
+            let mut level: Vec<_> = self
+                .levels
+                .get(n - 1)
+                .into_iter()
+                .flatten()
+                .filter(keep)
+                .cloned()
+                .collect();
+            level.extend(added.iter().filter(|t| t.level as usize == n).cloned());
+            level.sort_by(|a, b| {
+                let (x, y) = (a.min_key(), b.min_key());
+                (x.bucket, &x.key).cmp(&(y.bucket, &y.key))
+            });
+            levels.push(level);
+        }
+        Version { l0, levels }
+    }
+}

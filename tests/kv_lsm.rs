@@ -1,0 +1,312 @@
+//! The key-value store's LSM tree under its transactions: memtables flushed to tables (by size
+//! and by `Db::flush`), L0 compacted into L1, reads served from tables, the wal cut below what
+//! the tables hold, and all of it across reopen. On both I/O backends.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use ringtide::kv::{Db, DbOptions, DbStats, TxnOptions};
+use ringtide::platform::IoDriver;
+use ringtide::{CorruptionKind, Error, Result};
+
+both_backends!(
+    reads_after_flush_and_compaction_match_a_model,
+    small_write_buffers_flush_in_the_background_and_cut_the_wal,
+    open_snapshots_see_their_versions_across_flush_and_compaction,
+    prepared_transactions_survive_flushes_and_wal_cuts,
+    orphan_tables_are_removed_and_missing_ones_refused,
+);
+
+fn options(driver: &IoDriver) -> DbOptions {
+    DbOptions::default()
+        .driver(driver.clone())
+        .wal_segment_size_bytes(64 << 10)
+        .write_buffer_bytes(64 << 10)
+        .table_target_bytes(64 << 10)
+        .block_size_bytes(512)
+}
+
+fn key(i: u32) -> Bytes {
+    Bytes::from(format!("key{i:06}"))
+}
+
+fn val(i: u32, round: u32) -> Bytes {
+    Bytes::from(format!(
+        "value-{i}-{round}-{}",
+        "x".repeat((i % 7) as usize * 10)
+    ))
+}
+
+/// Every root key and value, forward and backward, checked against `model`; and point reads.
+async fn check(db: &Db, model: &BTreeMap<Bytes, Bytes>) -> Result<()> {
+    let txn = db.begin(TxnOptions::default().read_only(true))?;
+    let all: Vec<(Bytes, Bytes)> = txn.scan::<&[u8]>(..).try_collect().await?;
+    let expected: Vec<(Bytes, Bytes)> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    assert_eq!(all.len(), expected.len(), "scan length");
+    assert!(all == expected, "forward scan differs from the model");
+    let mut rev: Vec<(Bytes, Bytes)> = txn.scan::<&[u8]>(..).rev().try_collect().await?;
+    rev.reverse();
+    assert!(rev == expected, "reverse scan differs from the model");
+    // A bounded range, both ways.
+    let (lo, hi) = (key(100), key(260));
+    let mid: Vec<(Bytes, Bytes)> = txn.scan(lo.clone()..hi.clone()).try_collect().await?;
+    let want: Vec<(Bytes, Bytes)> = model
+        .range(lo.clone()..hi.clone())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert!(mid == want, "range scan differs");
+    let mut mid_rev: Vec<(Bytes, Bytes)> = txn.scan(lo..hi).rev().try_collect().await?;
+    mid_rev.reverse();
+    assert!(mid_rev == want, "reverse range scan differs");
+    for i in (0..1200).step_by(7) {
+        assert_eq!(
+            txn.get(key(i)).await?,
+            model.get(&key(i)).cloned(),
+            "get {i}"
+        );
+    }
+    let mut cursor = txn.cursor();
+    let mut walked = Vec::new();
+    let mut at = cursor.seek(key(500)).await?;
+    while let Some((k, _)) = at {
+        walked.push(k);
+        if walked.len() == 20 {
+            break;
+        }
+        at = cursor.next().await?;
+    }
+    let want: Vec<Bytes> = model
+        .range(key(500)..)
+        .take(20)
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert_eq!(walked, want, "cursor walk");
+    txn.rollback().await
+}
+
+async fn reads_after_flush_and_compaction_match_a_model(driver: IoDriver) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = options(&driver).write_buffer_bytes(4 << 20);
+    let mut db = Db::open(dir.path(), options.clone()).await?;
+    let mut model = BTreeMap::new();
+    for round in 0..4u32 {
+        let txn = db.begin(TxnOptions::default())?;
+        for i in (round..1000).step_by(1 + round as usize) {
+            if (i + round) % 5 == 0 {
+                txn.delete(key(i))?;
+                model.remove(&key(i));
+            } else {
+                txn.put(key(i), val(i, round))?;
+                model.insert(key(i), val(i, round));
+            }
+        }
+        txn.commit().await?;
+        check(&db, &model).await?;
+        db.flush().await?;
+        let stats = db.stats();
+        assert_eq!(stats.memtable_versions, 0, "flushed: {stats}");
+        check(&db, &model).await?;
+        if round == 2 {
+            db.compact().await?;
+            let stats = db.stats();
+            assert_eq!(stats.levels[0].tables, 0, "compacted: {stats}");
+            assert!(stats.levels[1].tables >= 1, "compacted: {stats}");
+            check(&db, &model).await?;
+        }
+        db.close().await?;
+        db = Db::open(dir.path(), options.clone()).await?;
+        check(&db, &model).await?;
+    }
+    // Everything deleted: the compaction into the bottom level keeps no tombstone.
+    let txn = db.begin(TxnOptions::default())?;
+    for k in model.keys() {
+        txn.delete(k.clone())?;
+    }
+    txn.commit().await?;
+    model.clear();
+    db.flush().await?;
+    db.compact().await?;
+    check(&db, &model).await?;
+    let stats = db.stats();
+    assert_eq!(tables(&stats), 0, "nothing left to keep: {stats}");
+    db.close().await
+}
+
+fn tables(stats: &DbStats) -> u64 {
+    stats.levels.iter().map(|l| l.tables).sum()
+}
+
+async fn small_write_buffers_flush_in_the_background_and_cut_the_wal(
+    driver: IoDriver,
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = options(&driver).sync_policy(ringtide::wal::SyncPolicy::None);
+    let db = Db::open(dir.path(), options.clone()).await?;
+    let mut tasks = Vec::new();
+    for t in 0..4u32 {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..300u32 {
+                let n = t * 1000 + i;
+                db.update(|txn| async move {
+                    txn.put(key(n), val(n, 0))?;
+                    txn.put(key(n + 500), val(n, 1))?;
+                    Ok(())
+                })
+                .await?;
+            }
+            Ok::<_, Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task")?;
+    }
+    let mut model = BTreeMap::new();
+    for t in 0..4u32 {
+        for i in 0..300u32 {
+            let n = t * 1000 + i;
+            model.insert(key(n), val(n, 0));
+            model.insert(key(n + 500), val(n, 1));
+        }
+    }
+    check(&db, &model).await?;
+    let stats = db.stats();
+    assert!(stats.flushes >= 2, "background flushes: {stats}");
+    assert!(stats.wal.first_lsn.0 > 1, "the wal was cut: {stats}");
+    db.close().await?;
+    let db = Db::open(dir.path(), options).await?;
+    check(&db, &model).await?;
+    db.close().await
+}
+
+async fn open_snapshots_see_their_versions_across_flush_and_compaction(
+    driver: IoDriver,
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = Db::open(dir.path(), options(&driver)).await?;
+    let txn = db.begin(TxnOptions::default())?;
+    for i in 0..100 {
+        txn.put(key(i), val(i, 0))?;
+    }
+    txn.commit().await?;
+    let old = db.begin(TxnOptions::default().read_only(true))?;
+    for round in 1..4 {
+        let txn = db.begin(TxnOptions::default())?;
+        for i in 0..100 {
+            if i % 3 == 0 {
+                txn.delete(key(i))?;
+            } else {
+                txn.put(key(i), val(i, round))?;
+            }
+        }
+        txn.commit().await?;
+        db.flush().await?;
+    }
+    db.compact().await?;
+    for i in 0..100 {
+        assert_eq!(
+            old.get(key(i)).await?,
+            Some(val(i, 0)),
+            "old snapshot, key {i}"
+        );
+    }
+    let seen: Vec<(Bytes, Bytes)> = old.scan::<&[u8]>(..).try_collect().await?;
+    assert_eq!(seen.len(), 100);
+    old.rollback().await?;
+    let now = db.begin(TxnOptions::default().read_only(true))?;
+    for i in 0..100 {
+        let want = (i % 3 != 0).then(|| val(i, 3));
+        assert_eq!(now.get(key(i)).await?, want, "new snapshot, key {i}");
+    }
+    now.rollback().await?;
+    db.close().await
+}
+
+async fn prepared_transactions_survive_flushes_and_wal_cuts(driver: IoDriver) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = options(&driver);
+    let db = Db::open(dir.path(), options.clone()).await?;
+    let prepared = db.begin(TxnOptions::default())?;
+    prepared.put("held", "by 2pc")?;
+    prepared.prepare().await?;
+    let id = prepared.id();
+    drop(prepared);
+    // Enough commits to fill several memtables and wal segments.
+    for round in 0..6u32 {
+        let txn = db.begin(TxnOptions::default())?;
+        for i in 0..400 {
+            txn.put(key(i), val(i, round))?;
+        }
+        txn.commit().await?;
+        db.flush().await?;
+    }
+    db.close().await?;
+    let db = Db::open(dir.path(), options.clone()).await?;
+    let listed = db.prepared();
+    assert_eq!(listed.len(), 1, "the prepared transaction is restored");
+    assert_eq!(listed[0].id(), id);
+    listed[0].commit().await?;
+    for round in 6..10u32 {
+        let txn = db.begin(TxnOptions::default())?;
+        for i in 0..400 {
+            txn.put(key(i), val(i, round))?;
+        }
+        txn.commit().await?;
+        db.flush().await?;
+    }
+    db.close().await?;
+    let db = Db::open(dir.path(), options).await?;
+    assert!(db.prepared().is_empty());
+    let txn = db.begin(TxnOptions::default().read_only(true))?;
+    assert_eq!(txn.get("held").await?, Some(Bytes::from("by 2pc")));
+    assert_eq!(txn.get(key(5)).await?, Some(val(5, 9)));
+    txn.rollback().await?;
+    // Transaction ids are not reused after the records that carried them were cut.
+    let next = db.begin(TxnOptions::default())?;
+    assert!(next.id() > id);
+    next.rollback().await?;
+    db.close().await
+}
+
+async fn orphan_tables_are_removed_and_missing_ones_refused(driver: IoDriver) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = options(&driver);
+    let db = Db::open(dir.path(), options.clone()).await?;
+    db.update(|txn| async move {
+        txn.put("a", "1")?;
+        Ok(())
+    })
+    .await?;
+    db.flush().await?;
+    db.close().await?;
+    let tables = dir.path().join("tables");
+    let orphan = tables.join("000000009999.sst");
+    std::fs::write(&orphan, b"half a table from a crashed flush")?;
+    let db = Db::open(dir.path(), options.clone()).await?;
+    assert!(!orphan.exists(), "an orphan is removed at open");
+    db.close().await?;
+    let live = only_table(&tables);
+    std::fs::remove_file(&live)?;
+    match Db::open(dir.path(), options).await {
+        Err(Error::Corruption {
+            file,
+            kind: CorruptionKind::BadManifest { .. },
+            ..
+        }) => assert_eq!(file, live),
+        other => panic!("a missing table must be refused: {other:?}"),
+    }
+    Ok(())
+}
+
+fn only_table(dir: &Path) -> std::path::PathBuf {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("tables dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files.pop().expect("one")
+}
