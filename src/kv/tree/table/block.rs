@@ -190,6 +190,12 @@ impl Block {
         Ok(block)
     }
 
+    /// The bytes of the block's contents (entries and restart array; the trailer is not kept):
+    /// what a block cache weighs it by.
+    pub(crate) fn len_bytes(&self) -> usize {
+        self.contents.len()
+    }
+
     fn restart(&self, i: usize) -> usize {
         let at = self.restarts_at + 4 * i;
         let b = self.contents.get(at..at + 4).unwrap_or(&[0; 4]);

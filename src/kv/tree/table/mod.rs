@@ -6,6 +6,10 @@
 //! at most one data block, and cursors ([`TableIter`]) that walk the entries both ways. Every
 //! byte goes through the I/O executor.
 //!
+//! Data blocks are read through a [`BlockCache`] (`cache.rs`) shared by the tables opened with
+//! it, keyed by the table's id and the block's offset and kept under a budget in bytes; an open
+//! table holds its own index and filter in memory, outside the cache.
+//!
 //! The file: data blocks of about `block_size_bytes` (prefix-compressed keys with restart
 //! points: `block.rs`), an optional whole-table bloom filter (`filter.rs`), an index block (a
 //! separator key and a handle per data block), a meta block (counts, key and seq ranges,
@@ -24,6 +28,8 @@
 //!    the block (or footer) it is in.
 //! 4. `TableWriter::finish` makes the file's bytes durable; its name becomes durable with
 //!    [`sync_table_dir`], which the caller runs before any manifest edit names the table.
+//! 5. Tables opened with one block cache have distinct ids, never reused while it lives, so a
+//!    cached block is never another file's; only blocks that passed their checks are cached.
 //!
 //! Not yet used by the store: flush and the levels build on this API next. Until then the
 //! module is reached from its tests and the fuzz entry point only, hence the `dead_code`
@@ -39,6 +45,7 @@
 )]
 
 mod block;
+mod cache;
 mod filter;
 mod format;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -53,6 +60,7 @@ use std::path::Path;
 
 use ringtide_platform::IoDriver;
 
+pub(crate) use cache::{BlockCache, CacheFigures};
 pub(crate) use format::{BlockHandle, TableMeta};
 pub(crate) use iter::TableIter;
 pub(crate) use reader::{Table, TableEntry};

@@ -1,7 +1,8 @@
 //! Reading a table: [`Table::open`] reads and checks the footer, meta, index and filter blocks
-//! and keeps them in memory; a point lookup ([`Table::get`]) then reads at most one data block,
-//! and scans ([`TableIter`](super::TableIter)) read them one at a time, all through
-//! [`Table::read_block`], where a block cache will slot in.
+//! and keeps them in memory for as long as the table is open; a point lookup ([`Table::get`])
+//! then reads at most one data block, and scans ([`TableIter`](super::TableIter)) read them one
+//! at a time, all through [`Table::read_block`], which asks the table's [`BlockCache`] first and
+//! reads the file on a miss.
 //!
 //! Invariants of an open table (checked at open, so that no later read trusts an unchecked
 //! byte):
@@ -9,7 +10,8 @@
 //!    out edge to edge: data blocks, filter, index, meta, footer;
 //! 2. the index's entries are in order, as many as the meta block's data blocks, and their
 //!    handles cover the data region from offset 0 to its end, edge to edge;
-//! 3. a data block's checksum is checked when it is read, before any entry is decoded.
+//! 3. a data block's checksum is checked when it is read, before any entry is decoded, and
+//!    only a block that passed is cached, under the table's id and the block's offset.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use bytes::{Bytes, BytesMut};
 use ringtide_platform::{File, IoDriver, OpenOptions};
 
 use super::block::{Block, Cursor, Kind};
+use super::cache::BlockCache;
 use super::filter::Filter;
 use super::format::{BlockHandle, FOOTER_LEN, Footer, TRAILER_LEN, TableMeta, bad, check_block};
 use crate::error::{CorruptionKind, Error, Result};
@@ -61,6 +64,9 @@ impl Source {
 
 struct Inner {
     path: PathBuf,
+    /// The key of this table's blocks in `cache`: unique among the tables sharing it.
+    id: u64,
+    cache: BlockCache,
     source: Source,
     file_bytes: u64,
     footer: Footer,
@@ -79,6 +85,7 @@ impl std::fmt::Debug for Table {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Table")
             .field("path", &self.inner.path)
+            .field("id", &self.inner.id)
             .field("file_bytes", &self.inner.file_bytes)
             .finish_non_exhaustive()
     }
@@ -123,6 +130,10 @@ pub(crate) fn block_key(bucket: u64, key: &[u8]) -> Vec<u8> {
 
 impl Table {
     /// Opens the table at `path` (read-only) and checks its footer, meta, index and filter.
+    /// Its data blocks are cached in `cache` under `id`, which must be unique among the tables
+    /// opened with `cache` and never reused for another file while the cache lives (the
+    /// table's number): a block cached under an id is taken for the block of any table with
+    /// that id.
     ///
     /// # Errors
     /// [`Error::Corruption`] naming the file and the offset of the damaged block (the footer's
@@ -130,28 +141,40 @@ impl Table {
     ///
     /// # Cancel safety
     /// Dropping the future leaves nothing behind (the file is closed).
-    pub(crate) async fn open(driver: &IoDriver, path: impl Into<PathBuf>) -> Result<Table> {
+    pub(crate) async fn open(
+        driver: &IoDriver,
+        path: impl Into<PathBuf>,
+        id: u64,
+        cache: BlockCache,
+    ) -> Result<Table> {
         let path = path.into();
         let file = driver
             .open(&path, &OpenOptions::new().read(true))
             .await
             .map_err(|e| Error::io(&path, e))?;
         let len = file.len().await.map_err(|e| Error::io(&path, e))?;
-        let table = Table::load(path, Source::File(file), len).await?;
+        let table = Table::load(path, id, cache, Source::File(file), len).await?;
         let m = table.meta();
-        tracing::debug!(path = %table.path().display(), entries = m.entries, data_blocks = m.data_blocks, "table opened");
+        tracing::debug!(path = %table.path().display(), id, entries = m.entries, data_blocks = m.data_blocks, "table opened");
         Ok(table)
     }
 
-    /// A table image held in memory, read as [`Table::open`] reads a file; `name` stands for
-    /// the file in errors.
+    /// A table image held in memory, read as [`Table::open`] reads a file, without a block
+    /// cache; `name` stands for the file in errors.
     #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) async fn from_bytes(name: impl Into<PathBuf>, image: Bytes) -> Result<Table> {
         let len = image.len() as u64;
-        Table::load(name.into(), Source::Memory(image), len).await
+        let cache = BlockCache::disabled();
+        Table::load(name.into(), 0, cache, Source::Memory(image), len).await
     }
 
-    async fn load(path: PathBuf, source: Source, file_bytes: u64) -> Result<Table> {
+    async fn load(
+        path: PathBuf,
+        id: u64,
+        cache: BlockCache,
+        source: Source,
+        file_bytes: u64,
+    ) -> Result<Table> {
         let footer_at = file_bytes.saturating_sub(FOOTER_LEN as u64);
         let footer_bytes = if file_bytes < FOOTER_LEN as u64 {
             Bytes::new()
@@ -183,6 +206,8 @@ impl Table {
         };
         let inner = Inner {
             path,
+            id,
+            cache,
             source,
             file_bytes,
             footer,
@@ -197,6 +222,11 @@ impl Table {
 
     pub(crate) fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// The id its blocks are cached under.
+    pub(crate) fn id(&self) -> u64 {
+        self.inner.id
     }
 
     pub(crate) fn meta(&self) -> &TableMeta {
@@ -229,15 +259,35 @@ impl Table {
             .map_err(|k| Error::corruption(self.path(), self.inner.footer.index.offset, k))
     }
 
-    /// Reads and checks one data block: the one place data blocks are read, so that a block
-    /// cache can slot in here (a block is immutable and cheap to clone).
+    /// One data block, from the block cache or else read, checked and cached: the one place
+    /// data blocks are read. `handle` is one of the index's (a cached block is found by its
+    /// offset alone).
     ///
     /// # Errors
-    /// [`Error::Corruption`] at the block's offset for a damaged block; I/O errors.
+    /// [`Error::Corruption`] at the block's offset for a damaged block; I/O errors. Neither is
+    /// cached: the next read of the block reads it again.
     ///
     /// # Cancel safety
     /// Dropping the future loses nothing but the read.
     pub(crate) async fn read_block(&self, handle: BlockHandle) -> Result<Block> {
+        let inner = &self.inner;
+        let block = inner
+            .cache
+            .get_or_read(inner.id, handle.offset, self.read_block_uncached(handle))
+            .await?;
+        // The cache's key names one block (the cache's invariant 1): a handle of another length
+        // at a cached offset is not one of the index's.
+        assert_eq!(
+            block.len_bytes() as u64 + TRAILER_LEN as u64,
+            handle.len,
+            "a block handle not from the index of {}",
+            self.path().display()
+        );
+        Ok(block)
+    }
+
+    /// Reads, checks and decodes one data block from the file.
+    async fn read_block_uncached(&self, handle: BlockHandle) -> Result<Block> {
         let raw = self
             .inner
             .source

@@ -2,12 +2,15 @@
 //! ways, seeks) equal to a `BTreeMap` model, in memory and through files on both I/O backends;
 //! damage of any kind (every truncation, a bit flipped in every byte) is `Corruption` naming the
 //! damaged block, never a panic and never a value that was not written; the writer refuses what
-//! it must and writes in large writes.
+//! it must and writes in large writes; the block cache answers a second read without I/O, stays
+//! within its budget, keeps no damaged block and no block under another table's id.
 //!
 //! Method: proptest over random entries (several buckets, several versions per key, tombstones,
 //! empty values, values larger than a block, keys sharing prefixes and holding 0x00 and 0xff
-//! bytes) and options (block sizes from 64 B, filter on and off); the damage tests run over a
-//! small table of many blocks, in memory (every byte) and in files (a sample).
+//! bytes) and options (block sizes from 64 B, filter on and off), the file cases through one
+//! small shared block cache; the damage tests run over a small table of many blocks, in memory
+//! (every byte) and in files (a sample, through a block cache); the cache tests read that table's
+//! files and count the driver's operations and the cache's figures.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -22,7 +25,8 @@ use ringtide_platform::{Backend, DriverOptions, IoDriver, OpenOptions};
 use super::format::FOOTER_LEN;
 use super::fuzz::{build_image, check_against, probes_of, scan_both_ways};
 use super::{
-    BlockHandle, Table, TableEntry, TableIter, TableMeta, TableOptions, TableWriter, sync_table_dir,
+    BlockCache, BlockHandle, CacheFigures, Table, TableEntry, TableIter, TableMeta, TableOptions,
+    TableWriter, sync_table_dir,
 };
 use crate::error::{CorruptionKind, Error};
 
@@ -171,11 +175,13 @@ fn tables_in_files_read_back_as_the_model_on_both_backends() {
     let _guard = rt.enter();
     for driver in drivers() {
         let dir = tempfile::tempdir().expect("a temporary directory");
+        // Shared by every case, small enough to evict: each case's table has an id of its own.
+        let cache = BlockCache::new(64 << 10);
         let mut runner = TestRunner::new(Config {
             cases: 16,
             ..Config::default()
         });
-        let n = std::cell::Cell::new(0);
+        let n = std::cell::Cell::new(0u64);
         let strategy = (model_strategy(400), options_strategy(), probe_strategy());
         runner
             .run(&strategy, |(model, options, random)| {
@@ -185,10 +191,15 @@ fn tables_in_files_read_back_as_the_model_on_both_backends() {
                     let info = write_table(&driver, &path, &entries_of(&model), &options)
                         .await
                         .expect("written");
-                    let table = Table::open(&driver, &path).await.expect("opens");
+                    let table = Table::open(&driver, &path, n.get(), cache.clone())
+                        .await
+                        .expect("opens");
                     assert_eq!(table.file_bytes(), info.file_bytes);
                     assert_eq!(table.meta(), &info.meta);
+                    assert_eq!(table.id(), n.get());
                     check_model(&table, &model, &random).await;
+                    let figures = cache.figures();
+                    assert!(figures.bytes <= figures.capacity_bytes, "{figures:?}");
                 });
                 Ok(())
             })
@@ -223,7 +234,9 @@ fn a_table_is_written_in_large_writes() {
             assert!(info.file_bytes > 2_000_000);
             // Open, 4 writes of 512 KiB and the rest, fdatasync, close.
             assert!(ops <= 10, "{ops} operations for a 2 MB table");
-            let table = Table::open(&driver, &path).await.expect("opens");
+            let table = Table::open(&driver, &path, 1, BlockCache::disabled())
+                .await
+                .expect("opens");
             assert_eq!(
                 table.get(16, &1999u32.to_be_bytes(), 1).await.expect("get"),
                 Some(Some(Bytes::from(value.clone())))
@@ -436,16 +449,19 @@ fn damaged_tables_in_files_are_corruption_on_both_backends() {
     let _guard = rt.enter();
     for driver in drivers() {
         let dir = tempfile::tempdir().expect("a temporary directory");
+        // Read through a cache, which must keep none of the damage.
+        let cache = BlockCache::new(1 << 20);
+        let mut id = 0;
+        let mut open = |path: std::path::PathBuf| {
+            id += 1;
+            Table::open(&driver, path, id, cache.clone())
+        };
         rt.block_on(async {
             let write = |name: String, bytes: Vec<u8>| {
                 let path = dir.path().join(name);
                 let driver = driver.clone();
                 async move {
-                    let opts = OpenOptions::new().write(true).create_new(true);
-                    let f = driver.open(&path, &opts).await.expect("created");
-                    let (res, _) = f.write_all_at(Bytes::from(bytes), 0).await;
-                    res.expect("written");
-                    f.close().await.expect("closed");
+                    write_file(&driver, &path, bytes).await;
                     path
                 }
             };
@@ -457,7 +473,7 @@ fn damaged_tables_in_files_are_corruption_on_both_backends() {
                     len as u64 - FOOTER_LEN as u64
                 };
                 check_damaged(
-                    Table::open(&driver, &path).await,
+                    open(path).await,
                     &model,
                     Some(at),
                     &format!("file cut at {len}"),
@@ -471,13 +487,7 @@ fn damaged_tables_in_files_are_corruption_on_both_backends() {
                 let expected = if region == "footer" { footer_at } else { start };
                 let path = write(format!("flip-{at}"), d).await;
                 let what = format!("file, byte {at} ({region} at {start})");
-                check_damaged(
-                    Table::open(&driver, &path).await,
-                    &model,
-                    Some(expected),
-                    &what,
-                )
-                .await;
+                check_damaged(open(path).await, &model, Some(expected), &what).await;
             }
         });
     }
@@ -540,4 +550,258 @@ fn lookups_of_absent_keys_read_no_data_block_when_the_filter_rules_them_out() {
     assert!(read < 50, "{read} of 1000 absent keys read a data block");
     let handle = BlockHandle { offset: 0, len: 1 };
     assert!(block_on(table.read_block(handle)).is_err());
+}
+
+/// Writes `bytes` as a new file at `path`.
+async fn write_file(driver: &IoDriver, path: &Path, bytes: Vec<u8>) {
+    let opts = OpenOptions::new().write(true).create_new(true);
+    let f = driver.open(path, &opts).await.expect("created");
+    let (res, _) = f.write_all_at(Bytes::from(bytes), 0).await;
+    res.expect("written");
+    f.close().await.expect("closed");
+}
+
+/// The handles of a table's data blocks, in order.
+fn data_handles(table: &Table) -> Vec<BlockHandle> {
+    let mut handles = Vec::new();
+    let mut c = table.index_cursor();
+    c.seek_to_first().expect("index");
+    while c.valid() {
+        handles.push(table.handle_at(&c).expect("a handle"));
+        c.next().expect("index");
+    }
+    handles
+}
+
+/// Reads every data block of `table` once, in order; returns the operations it submitted.
+async fn read_every_block(driver: &IoDriver, table: &Table) -> u64 {
+    let before = driver.stats().submitted;
+    for h in data_handles(table) {
+        table.read_block(h).await.expect("a sound block");
+    }
+    driver.stats().submitted - before
+}
+
+/// Runs `test` with each backend's driver and a fresh directory, in a runtime.
+fn with_files(test: impl AsyncFn(&IoDriver, &Path)) {
+    let rt = runtime();
+    let _guard = rt.enter();
+    for driver in drivers() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        rt.block_on(test(&driver, dir.path()));
+    }
+}
+
+#[test]
+fn a_table_read_twice_is_read_from_the_cache_the_second_time() {
+    let (model, image, _) = small_table();
+    with_files(async |driver, dir| {
+        let path = dir.join("1.table");
+        write_file(driver, &path, image.to_vec()).await;
+        let cache = BlockCache::new(1 << 20);
+        let table = Table::open(driver, &path, 1, cache.clone())
+            .await
+            .expect("opens");
+        let blocks = table.meta().data_blocks;
+        assert!(read_every_block(driver, &table).await >= blocks);
+        let first = cache.figures();
+        assert_eq!(
+            (first.hits, first.misses, first.entries),
+            (0, blocks, blocks)
+        );
+        assert!(first.bytes >= table.footer().data_end());
+        assert_eq!(
+            read_every_block(driver, &table).await,
+            0,
+            "no I/O the second time"
+        );
+        let second = cache.figures();
+        assert_eq!((second.hits, second.misses), (blocks, blocks));
+        // Lookups and scans are answered from the cache too, and as written.
+        let before = driver.stats().submitted;
+        check_model(&table, &model, &[]).await;
+        assert_eq!(driver.stats().submitted, before);
+        let third = cache.figures();
+        assert!(
+            third.hits > second.hits && third.misses == blocks,
+            "{third:?}"
+        );
+    });
+}
+
+#[test]
+fn a_budget_smaller_than_the_blocks_keeps_the_cache_within_it() {
+    let mut model = Model::new();
+    for i in 0..400u32 {
+        model.insert(
+            (1, i.to_be_bytes().to_vec(), Reverse(1)),
+            Some(vec![b'v'; 40]),
+        );
+    }
+    let options = TableOptions::default().block_size_bytes(256);
+    let (image, info) = build_image(&entries_of(&model), &options).expect("sound");
+    let blocks = info.meta.data_blocks;
+    assert!(blocks >= 40, "{blocks} data blocks");
+    with_files(async |driver, dir| {
+        let path = dir.join("1.table");
+        write_file(driver, &path, image.to_vec()).await;
+        // A few blocks' worth, and less than one block.
+        for capacity_bytes in [4 * 400, 100] {
+            let cache = BlockCache::new(capacity_bytes);
+            let table = Table::open(driver, &path, 1, cache.clone())
+                .await
+                .expect("opens");
+            for _ in 0..3 {
+                read_every_block(driver, &table).await;
+                let f = cache.figures();
+                assert!(f.bytes <= capacity_bytes, "{f:?}");
+                assert!(f.entries < blocks, "{f:?}");
+            }
+            check_model(&table, &model, &[]).await;
+            let f = cache.figures();
+            assert!(f.bytes <= capacity_bytes, "{f:?}");
+            if capacity_bytes < 256 {
+                assert_eq!((f.entries, f.bytes, f.hits), (0, 0, 0), "nothing fits");
+            } else {
+                assert!(f.entries >= 1, "{f:?}");
+            }
+        }
+    });
+}
+
+#[test]
+fn a_cache_of_capacity_0_never_caches() {
+    let (model, image, _) = small_table();
+    with_files(async |driver, dir| {
+        let path = dir.join("1.table");
+        write_file(driver, &path, image.to_vec()).await;
+        let cache = BlockCache::new(0);
+        let table = Table::open(driver, &path, 1, cache.clone())
+            .await
+            .expect("opens");
+        let blocks = table.meta().data_blocks;
+        for _ in 0..2 {
+            assert!(read_every_block(driver, &table).await >= blocks);
+        }
+        check_model(&table, &model, &[]).await;
+        let nothing = CacheFigures {
+            hits: 0,
+            misses: 0,
+            bytes: 0,
+            capacity_bytes: 0,
+            entries: 0,
+        };
+        assert_eq!(cache.figures(), nothing);
+    });
+}
+
+#[test]
+fn a_damaged_block_fails_at_each_read_and_is_not_cached() {
+    let (_, image, _) = small_table();
+    let handles =
+        data_handles(&block_on(Table::from_bytes("small", image.clone())).expect("opens"));
+    let damaged = handles[2];
+    let mut bytes = image.to_vec();
+    bytes[(damaged.offset + damaged.len / 2) as usize] ^= 0x10;
+    with_files(async |driver, dir| {
+        let path = dir.join("1.table");
+        write_file(driver, &path, bytes.clone()).await;
+        let cache = BlockCache::new(1 << 20);
+        let table = Table::open(driver, &path, 1, cache.clone())
+            .await
+            .expect("opens: data blocks are not read at open");
+        for attempt in 1..=3u64 {
+            let before = driver.stats().submitted;
+            match table.read_block(damaged).await {
+                Err(Error::Corruption { offset, .. }) => assert_eq!(offset, damaged.offset),
+                other => panic!("attempt {attempt}: {other:?}"),
+            }
+            assert!(driver.stats().submitted > before, "read again");
+            let f = cache.figures();
+            assert_eq!((f.misses, f.hits, f.entries, f.bytes), (attempt, 0, 0, 0));
+        }
+        // Concurrent reads of it fail alike (each reads it: nothing is left to share).
+        let (a, b) = futures::join!(table.read_block(damaged), table.read_block(damaged));
+        assert!(matches!(
+            (a, b),
+            (Err(Error::Corruption { .. }), Err(Error::Corruption { .. }))
+        ));
+        assert_eq!(cache.figures().entries, 0);
+        // The sound blocks around it are cached as usual.
+        table.read_block(handles[0]).await.expect("sound");
+        table.read_block(handles[0]).await.expect("sound");
+        let f = cache.figures();
+        assert_eq!((f.hits, f.entries), (1, 1));
+    });
+}
+
+#[test]
+fn concurrent_misses_of_one_block_read_it_once() {
+    let (_, image, _) = small_table();
+    let rt = runtime();
+    let _guard = rt.enter();
+    for driver in drivers() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("1.table");
+        let cache = BlockCache::new(1 << 20);
+        let table = rt.block_on(async {
+            write_file(&driver, &path, image.to_vec()).await;
+            Table::open(&driver, &path, 1, cache.clone())
+                .await
+                .expect("opens")
+        });
+        let handle = data_handles(&table)[1];
+        // Spawned: the read's future is Send, as the store's tasks need.
+        let readers: Vec<_> = (0..8)
+            .map(|_| {
+                let table = table.clone();
+                rt.spawn(async move { table.read_block(handle).await })
+            })
+            .collect();
+        for r in readers {
+            rt.block_on(r).expect("joined").expect("sound");
+        }
+        let f = cache.figures();
+        assert_eq!((f.misses, f.hits, f.entries), (1, 7, 1), "{f:?}");
+    }
+}
+
+#[test]
+fn tables_with_different_ids_do_not_share_entries() {
+    // Two tables of the same layout (the same block offsets), different values.
+    let (model, image, _) = small_table();
+    let other_model: Model = model
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_ref().map(|v| vec![b'w'; v.len()])))
+        .collect();
+    let options = TableOptions::default()
+        .block_size_bytes(128)
+        .bloom_bits_per_key(10);
+    let (other_image, _) = build_image(&entries_of(&other_model), &options).expect("sound");
+    assert_eq!(other_image.len(), image.len());
+    assert_ne!(other_image, image);
+    with_files(async |driver, dir| {
+        let cache = BlockCache::new(1 << 20);
+        let mut tables = Vec::new();
+        for (id, bytes) in [(7, &image), (8, &other_image)] {
+            let path = dir.join(format!("{id}.table"));
+            write_file(driver, &path, bytes.to_vec()).await;
+            tables.push(
+                Table::open(driver, &path, id, cache.clone())
+                    .await
+                    .expect("opens"),
+            );
+        }
+        let blocks = tables[0].meta().data_blocks;
+        assert_eq!(data_handles(&tables[0]), data_handles(&tables[1]));
+        check_model(&tables[0], &model, &[]).await;
+        assert_eq!(cache.figures().misses, blocks);
+        // The second table's blocks are its own: all misses, then read back as its model.
+        assert!(read_every_block(driver, &tables[1]).await >= blocks);
+        let f = cache.figures();
+        assert_eq!((f.misses, f.entries), (2 * blocks, 2 * blocks), "{f:?}");
+        check_model(&tables[1], &other_model, &[]).await;
+        check_model(&tables[0], &model, &[]).await;
+        assert_eq!(cache.figures().misses, 2 * blocks);
+    });
 }
