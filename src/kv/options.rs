@@ -31,6 +31,7 @@ pub struct DbOptions {
     pub(crate) table_target_bytes: u64,
     pub(crate) block_size_bytes: usize,
     pub(crate) bloom_bits_per_key: u32,
+    pub(crate) block_cache_bytes: u64,
     pub(crate) driver: Option<IoDriver>,
 }
 
@@ -53,6 +54,7 @@ impl Default for DbOptions {
             table_target_bytes: 32 << 20,
             block_size_bytes: 4 << 10,
             bloom_bits_per_key: 10,
+            block_cache_bytes: 64 << 20,
             driver: None,
         }
     }
@@ -178,6 +180,14 @@ impl DbOptions {
         self
     }
 
+    /// The memory for tables' data blocks read from disk (shared by every table; index and
+    /// filter blocks are held apart, per open table). Default: 64 MiB; 0: no cache (every
+    /// read goes to the file).
+    pub fn block_cache_bytes(mut self, bytes: u64) -> Self {
+        self.block_cache_bytes = bytes;
+        self
+    }
+
     /// The I/O executor to use (e.g. one shared by several stores); default: one of its own.
     pub fn driver(mut self, driver: IoDriver) -> Self {
         self.driver = Some(driver);
@@ -234,6 +244,7 @@ impl DbOptions {
             max_immutable_memtables: self.max_immutable_memtables,
             l0_compaction_trigger: self.l0_compaction_trigger,
             table_target_bytes: self.table_target_bytes,
+            block_cache_bytes: self.block_cache_bytes,
             table: super::tree::table::TableOptions::default()
                 .block_size_bytes(self.block_size_bytes)
                 .bloom_bits_per_key(self.bloom_bits_per_key),

@@ -48,6 +48,12 @@ pub struct DbStats {
     /// Write amplification of the tree: bytes written to tables (flushes and compactions) per
     /// byte flushed (0 before the first flush). The wal's bytes are not counted.
     pub write_amplification: f64,
+    /// Block cache: hits, misses, bytes held and its budget.
+    pub block_cache_hits: u64,
+    /// See `block_cache_hits`.
+    pub block_cache_misses: u64,
+    /// See `block_cache_hits`.
+    pub block_cache_bytes: u64,
     /// Microseconds commits waited for a flush (backpressure).
     pub stall_micros: u64,
     /// The background work's error, if a flush or compaction failed (commits that must wait
@@ -89,6 +95,7 @@ pub(crate) fn collect(shared: &Shared) -> DbStats {
     let c = &shared.counters;
     let current = shared.tree.current();
     let t = &shared.tree.figures;
+    let cache = shared.tree.cache.figures();
     let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     DbStats {
         options: shared.options.clone(),
@@ -125,6 +132,9 @@ pub(crate) fn collect(shared: &Shared) -> DbStats {
                 (flushed + get(&t.bytes_compacted_out)) as f64 / flushed as f64
             }
         },
+        block_cache_hits: cache.hits,
+        block_cache_misses: cache.misses,
+        block_cache_bytes: cache.bytes,
         stall_micros: get(&t.stall_micros),
         background_error: shared.background_error().map(|e| e.to_string()),
         active_txns: Counters::get(&c.active),
@@ -154,7 +164,7 @@ impl fmt::Display for DbStats {
             .map(|(n, l)| format!("L{n} {}/{}", l.tables, l.bytes))
             .collect::<Vec<_>>()
             .join(", ");
-        let rows: [(&str, String); 27] = [
+        let rows: [(&str, String); 28] = [
             ("sync policy", format!("{:?}", o.sync_policy)),
             (
                 "max key / value / txn bytes",
@@ -177,6 +187,13 @@ impl fmt::Display for DbStats {
             (
                 "write amplification / stall µs",
                 format!("{:.2} / {}", self.write_amplification, self.stall_micros),
+            ),
+            (
+                "block cache hits / misses / bytes",
+                format!(
+                    "{} / {} / {}",
+                    self.block_cache_hits, self.block_cache_misses, self.block_cache_bytes
+                ),
             ),
             (
                 "background error",

@@ -117,7 +117,7 @@ impl Tree {
         let mut table_bytes = 0;
         if let Some(w) = writer {
             let path = w.path().to_path_buf();
-            let table = match self.finish_table(w).await {
+            let table = match self.finish_table(id, w).await {
                 Ok(t) => t,
                 Err(e) => return Err(self.remove_quietly(&path, e).await),
             };
@@ -196,7 +196,7 @@ impl Tree {
                     && w.estimated_file_bytes() >= self.options.table_target_bytes
                 {
                     let (id, w) = writer.take().expect("checked above");
-                    let table = self.finish_table(w).await?;
+                    let table = self.finish_table(id, w).await?;
                     outputs.push(TableFile::new(id, 1, table, self.driver().clone()));
                 }
                 if writer.is_none() {
@@ -213,7 +213,7 @@ impl Tree {
                 }
             }
             if let Some((id, w)) = writer.take() {
-                let table = self.finish_table(w).await?;
+                let table = self.finish_table(id, w).await?;
                 outputs.push(TableFile::new(id, 1, table, self.driver().clone()));
             }
             Ok(())
@@ -263,11 +263,11 @@ impl Tree {
     }
 
     /// Finishes a table, makes its name durable and opens it for reading.
-    async fn finish_table(&self, writer: TableWriter) -> Result<Table> {
+    async fn finish_table(&self, id: u64, writer: TableWriter) -> Result<Table> {
         let path = writer.path().to_path_buf();
         writer.finish().await?;
         sync_table_dir(self.driver(), self.tables_dir()).await?;
-        Table::open(self.driver(), &path).await
+        Table::open(self.driver(), &path, id, self.cache.clone()).await
     }
 
     async fn abandon(&self, writer: Option<TableWriter>, error: crate::Error) -> crate::Error {

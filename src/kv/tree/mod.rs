@@ -33,7 +33,7 @@ use ringtide_platform::{EntryKind, IoDriver};
 
 use self::manifest::Manifest;
 use self::memtable::{Memtable, Value};
-use self::table::{Table, TableOptions};
+use self::table::{BlockCache, Table, TableOptions};
 use self::version::{TableFile, Version};
 use crate::error::{CorruptionKind, Error, Result};
 use crate::types::Lsn;
@@ -46,6 +46,7 @@ pub(crate) struct TreeOptions {
     pub(crate) max_immutable_memtables: usize,
     pub(crate) l0_compaction_trigger: usize,
     pub(crate) table_target_bytes: u64,
+    pub(crate) block_cache_bytes: u64,
     pub(crate) table: TableOptions,
 }
 
@@ -94,6 +95,8 @@ pub(crate) struct Tree {
     /// Woken when an immutable memtable is flushed (writers waiting for room).
     pub(crate) room: tokio::sync::Notify,
     pub(crate) figures: Figures,
+    /// Data blocks of every table, by (table id, offset).
+    pub(crate) cache: BlockCache,
 }
 
 /// Counters of the tree's work.
@@ -144,6 +147,7 @@ impl Tree {
         let state = manifest.state().await;
         let present = list_tables(&driver, &tables_dir).await?;
         let mut max_id = present.iter().map(|(id, _)| *id).max().unwrap_or(0);
+        let cache = BlockCache::new(options.block_cache_bytes);
         let mut files = Vec::new();
         for (&id, &level) in &state.tables {
             max_id = max_id.max(id);
@@ -158,7 +162,7 @@ impl Tree {
                     },
                 ));
             }
-            let table = Table::open(&driver, &path).await?;
+            let table = Table::open(&driver, &path, id, cache.clone()).await?;
             files.push(TableFile::new(id, level, table, driver.clone()));
         }
         if !read_only {
@@ -193,6 +197,7 @@ impl Tree {
             jobs: tokio::sync::Mutex::new(()),
             room: tokio::sync::Notify::new(),
             figures: Figures::default(),
+            cache,
         };
         Ok(Opened {
             tree,

@@ -125,6 +125,7 @@ impl BlockCache {
         }
     }
 
+    #[cfg(any(test, feature = "fuzzing"))]
     /// A cache that holds nothing: every read goes to the file.
     pub(crate) fn disabled() -> BlockCache {
         BlockCache::new(0)

@@ -45,6 +45,7 @@ impl TableIter {
         }
     }
 
+    #[cfg(test)]
     /// Whether the cursor is on an entry.
     pub(crate) fn valid(&self) -> bool {
         self.data.as_ref().is_some_and(|(c, _)| c.valid())

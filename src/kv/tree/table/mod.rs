@@ -31,18 +31,7 @@
 //! 5. Tables opened with one block cache have distinct ids, never reused while it lives, so a
 //!    cached block is never another file's; only blocks that passed their checks are cached.
 //!
-//! Not yet used by the store: flush and the levels build on this API next. Until then the
-//! module is reached from its tests and the fuzz entry point only, hence the `dead_code`
-//! expectation below.
-
-#![cfg_attr(
-    not(test),
-    allow(
-        dead_code,
-        unused_imports,
-        reason = "the API of flush and the levels, which come next; tested until then"
-    )
-)]
+//! Used by the tree's flush and compaction (`../job.rs`) and its reads (`../read.rs`).
 
 mod block;
 mod cache;
@@ -60,11 +49,16 @@ use std::path::Path;
 
 use ringtide_platform::IoDriver;
 
-pub(crate) use cache::{BlockCache, CacheFigures};
+pub(crate) use cache::BlockCache;
+#[cfg(test)]
+pub(crate) use cache::CacheFigures;
+#[cfg(test)]
 pub(crate) use format::{BlockHandle, TableMeta};
 pub(crate) use iter::TableIter;
 pub(crate) use reader::{Table, TableEntry};
-pub(crate) use writer::{TableBuilder, TableInfo, TableWriter};
+pub(crate) use writer::TableWriter;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use writer::{TableBuilder, TableInfo};
 
 use crate::error::{Error, Result};
 
@@ -101,6 +95,7 @@ impl TableOptions {
         self
     }
 
+    #[cfg(any(test, feature = "fuzzing"))]
     /// Finished blocks are buffered up to this size and written in one write (default
     /// 512 KiB, 4 KiB to 64 MiB).
     pub(crate) fn write_buffer_bytes(mut self, bytes: usize) -> Self {

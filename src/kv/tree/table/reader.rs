@@ -224,6 +224,7 @@ impl Table {
         &self.inner.path
     }
 
+    #[cfg(test)]
     /// The id its blocks are cached under.
     pub(crate) fn id(&self) -> u64 {
         self.inner.id
@@ -243,6 +244,7 @@ impl Table {
         self.inner.index.cursor()
     }
 
+    #[cfg(test)]
     /// The footer: where the filter, index and meta blocks are.
     pub(super) fn footer(&self) -> Footer {
         self.inner.footer
@@ -276,13 +278,10 @@ impl Table {
             .get_or_read(inner.id, handle.offset, self.read_block_uncached(handle))
             .await?;
         // The cache's key names one block (the cache's invariant 1): a handle of another length
-        // at a cached offset is not one of the index's.
-        assert_eq!(
-            block.len_bytes() as u64 + TRAILER_LEN as u64,
-            handle.len,
-            "a block handle not from the index of {}",
-            self.path().display()
-        );
+        // at a cached offset is not one of the index's. Refused as damage, never trusted.
+        if block.len_bytes() as u64 + TRAILER_LEN as u64 != handle.len {
+            return Err(self.corrupt(handle, bad("a block handle that does not match its block")));
+        }
         Ok(block)
     }
 

@@ -347,6 +347,7 @@ impl TableWriter {
         &self.path
     }
 
+    #[cfg(test)]
     /// Versions added so far.
     pub(crate) fn entries(&self) -> u64 {
         self.builder.entries()
