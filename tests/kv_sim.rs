@@ -6,7 +6,10 @@
 //! or none, puts into buckets, buckets created, nested and deleted with everything in them, a key
 //! every task writes (commits that conflict are retried), prepared transactions
 //! ([`Txn::prepare`]) then committed or rolled back, and one large transaction (~2.4 MiB, three
-//! wal chunks of 1 MiB) in a bucket deleted later. A first run counts the disk operations; then,
+//! wal chunks of 1 MiB) in a bucket deleted later. Memtables are small (64 KiB) and one task
+//! calls `Db::flush` every fifth round, the workload ends with a flush: crashes land inside
+//! flushes (table written, directory synced, manifest edit, wal cut) and L0 compactions (trigger
+//! 2) too, and the check reads through tables. A first run counts the disk operations; then,
 //! for every operation number N (or an even sample of them), the workload runs again on a fresh
 //! disk that loses power when operation N + 1 starts (unsynced sectors kept, lost or torn at
 //! random; directory changes since the last directory sync may vanish); every other run loses
@@ -78,6 +81,11 @@ fn options(disk: &SimDisk, policy: SyncPolicy) -> DbOptions {
         .sync_policy(policy)
         .wal_segment_size_bytes(128 << 10)
         .lock_timeout(Duration::from_millis(10))
+        // Small memtables: the workload flushes several to tables, cuts the wal below them and
+        // compacts L0 into L1, so crashes land inside flushes and compactions too.
+        .write_buffer_bytes(64 << 10)
+        .l0_compaction_trigger(2)
+        .table_target_bytes(64 << 10)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -364,6 +372,14 @@ async fn task(db: Db, t: u64) -> TaskLog {
                 break;
             }
         }
+        // Task 0 also flushes now and then, while the others commit.
+        if t == 0
+            && round % 5 == 4
+            && let Err(e) = db.flush().await
+        {
+            log.error = Some(format!("flush: {e}"));
+            break;
+        }
     }
     log
 }
@@ -439,10 +455,10 @@ async fn execute(
 async fn workload(
     disk: &SimDisk,
     policy: SyncPolicy,
-) -> (Vec<TaskLog>, std::result::Result<(), String>) {
+) -> (Vec<TaskLog>, std::result::Result<(), String>, TreeWork) {
     let db = match Db::open(DIR, options(disk, policy)).await {
         Ok(db) => db,
-        Err(e) => return (Vec::new(), Err(format!("open: {e}"))),
+        Err(e) => return (Vec::new(), Err(format!("open: {e}")), TreeWork::default()),
     };
     let tasks: Vec<_> = (0..TASKS)
         .map(|t| tokio::spawn(task(db.clone(), t)))
@@ -452,10 +468,26 @@ async fn workload(
         logs.push(t.await.expect("a task panicked"));
     }
     if let Some(e) = logs.iter().find_map(|l| l.error.clone()) {
-        return (logs, Err(e));
+        return (logs, Err(e), TreeWork::default());
     }
+    // What is left in the memtable goes to a table too, and L0 into L1.
+    if let Err(e) = db.flush().await {
+        return (logs, Err(format!("flush: {e}")), TreeWork::default());
+    }
+    let stats = db.stats();
+    let work = TreeWork {
+        flushes: stats.flushes,
+        compactions: stats.compactions,
+    };
     let closed = db.close().await.map_err(|e| format!("close: {e}"));
-    (logs, closed)
+    (logs, closed, work)
+}
+
+/// The tree's work in a run without a crash.
+#[derive(Debug, Default, Clone, Copy)]
+struct TreeWork {
+    flushes: u64,
+    compactions: u64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -516,11 +548,16 @@ async fn check(
             if j > log.acked {
                 model.step(&log.actions, j - 1);
             }
-            let expected_prepared: BTreeMap<u64, RawWrites> = model
+            // A prepare whose transaction failed before it was prepared (a read from a table
+            // cut by the crash) was never attempted: no state includes it.
+            let Some(expected_prepared) = model
                 .prepared
                 .keys()
-                .map(|i| log.prepares[i].clone())
-                .collect();
+                .map(|i| log.prepares.get(i).cloned())
+                .collect::<Option<BTreeMap<u64, RawWrites>>>()
+            else {
+                continue;
+            };
             if model.state == found && expected_prepared == found_prepared {
                 matched = Some((j, model.clone()));
             } else if first_miss.is_none() {
@@ -733,6 +770,7 @@ async fn check_hot(
 /// What one run did.
 struct Ran {
     ops: u64,
+    work: TreeWork,
     checked: Checked,
     /// Commits retried after a conflict on the shared key.
     retries: u64,
@@ -752,7 +790,7 @@ async fn run_once(
     }
     let ran = tokio::time::timeout(Duration::from_secs(60), workload(&disk, policy)).await;
     let ops = disk.stats().ops;
-    let Ok((logs, result)) = ran else {
+    let Ok((logs, result, work)) = ran else {
         return Err(format!("{name} seed {seed} point {point:?}: workload hung"));
     };
     if point.is_none() {
@@ -789,6 +827,7 @@ async fn run_once(
     match tokio::time::timeout(Duration::from_secs(60), check(&disk, policy, &logs)).await {
         Ok(Ok(checked)) => Ok(Ran {
             ops,
+            work,
             checked,
             retries: logs.iter().map(|l| l.retries).sum(),
         }),
@@ -841,12 +880,19 @@ async fn every_crash_point_keeps_every_acknowledged_commit_whole() {
             }
         }
         eprintln!(
-            "kv_sim: {name}: {} crash points of {ops} operations explored ({} commits and {} \
-             conflict retries in a full run), {c} acknowledged commits and {p} recovered \
-             prepared txns checked",
+            "kv_sim: {name}: {} crash points of {ops} operations explored ({} commits, {} \
+             conflict retries, {} flushes and {} compactions in a full run), {c} acknowledged \
+             commits and {p} recovered prepared txns checked",
             points.len(),
             clean.checked.commits,
             clean.retries,
+            clean.work.flushes,
+            clean.work.compactions,
+        );
+        assert!(
+            clean.work.flushes >= 2 && clean.work.compactions >= 1,
+            "the workload must flush and compact: {:?}",
+            clean.work
         );
         total += points.len();
         commits += c;
