@@ -827,12 +827,16 @@ mod ringtide_engine {
     impl Engine for Ringtide {
         const NAME: &'static str = "ringtide";
         const ASYNC: bool = true;
-        const SETUP: &'static str = "ringtide::kv, DbOptions::default()";
+        const SETUP: &'static str =
+            "ringtide::kv, DbOptions::default(), block cache 4 GiB (as the other engines' caches)";
 
         async fn open(dir: &Path) -> Self {
             // Default options (durable commits, `SyncPolicy::Immediate`); the hot-key row needs
             // more retries than the default 32 with 64 writers on 1% of the keys.
-            let db = Db::open(dir, DbOptions::default().max_update_attempts(100_000))
+            let options = DbOptions::default()
+                .max_update_attempts(100_000)
+                .block_cache_bytes(CACHE_SIZE as u64);
+            let db = Db::open(dir, options)
                 .await
                 .expect("ringtide open");
             Self { db }
