@@ -19,6 +19,7 @@ both_backends!(
     open_snapshots_see_their_versions_across_flush_and_compaction,
     prepared_transactions_survive_flushes_and_wal_cuts,
     orphan_tables_are_removed_and_missing_ones_refused,
+    eio_at_every_step_of_a_flush_and_compaction_loses_nothing,
 );
 
 fn options(driver: &IoDriver) -> DbOptions {
@@ -309,4 +310,49 @@ fn only_table(dir: &Path) -> std::path::PathBuf {
         .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     files.pop().expect("one")
+}
+
+/// The disk fails (EIO from then on) at every operation number of a flush and a compaction in
+/// turn: the call fails or succeeds, and after the disk heals and the store reopens every
+/// acknowledged commit is there, nothing else, and the store flushes again.
+async fn eio_at_every_step_of_a_flush_and_compaction_loses_nothing(driver: IoDriver) -> Result<()> {
+    let mut k = 0;
+    loop {
+        let dir = tempfile::tempdir()?;
+        let options = options(&driver).l0_compaction_trigger(2);
+        let db = Db::open(dir.path(), options.clone()).await?;
+        let mut model = BTreeMap::new();
+        for round in 0..2u32 {
+            let txn = db.begin(TxnOptions::default())?;
+            for i in (round * 50)..(round * 50 + 120) {
+                txn.put(key(i), val(i, round))?;
+                model.insert(key(i), val(i, round));
+            }
+            txn.commit().await?;
+            if round == 0 {
+                db.flush().await?;
+            }
+        }
+        driver.fail_after(k);
+        let flushed = db.flush().await;
+        let compacted = db.compact().await;
+        driver.clear_failures();
+        let _ = db.close().await;
+        drop(db);
+        let db = Db::open(dir.path(), options).await?;
+        check(&db, &model).await?;
+        db.flush().await?;
+        db.compact().await?;
+        check(&db, &model).await?;
+        db.close().await?;
+        if flushed.is_ok() && compacted.is_ok() {
+            // The failure point is past the whole flush and compaction: every step was hit.
+            assert!(
+                k > 5,
+                "a flush and a compaction take more than {k} operations"
+            );
+            return Ok(());
+        }
+        k += 1;
+    }
 }

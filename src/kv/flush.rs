@@ -1,6 +1,9 @@
-//! When the tree's work runs: a full memtable is rotated out and flushed in a background task,
-//! which then compacts L0 if it reached its trigger; [`Db::flush`](super::Db::flush) runs the
-//! same work and waits for it. One job runs at a time (the tree's `jobs` lock).
+//! When the tree's work runs: a full memtable is rotated out and flushed by a background task;
+//! a flush that fills L0 to its trigger starts a compaction task. Flushes and compactions run
+//! apart (a flush never waits behind a long compaction), each kind one at a time (the tree's
+//! `flushing` and `compacting` locks). [`Db::flush`](super::Db::flush) and
+//! [`Db::compact`](super::Db::compact) run the same work in a task of their own and wait for it,
+//! so that a dropped call never splits a manifest edit from the swap after it.
 //!
 //! After a flush the wal's records of the flushed seqs are no longer needed, with one
 //! exception: a prepare record is needed until its transaction is rolled back or its commit is
@@ -9,10 +12,11 @@
 //!
 //! Commits wait (backpressure) while more than `max_immutable_memtables` memtables wait for
 //! their flush. A failed flush or compaction leaves the tree as it was (the wal still holds
-//! every commit); the error is kept and returned to commits that would have to wait for room,
-//! and to [`Db::flush`](super::Db::flush).
+//! every commit); the error is kept and returned to commits that would have to wait for room
+//! until a later job succeeds (the next rotation starts one).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -25,7 +29,8 @@ use crate::types::Lsn;
 /// The state of the background work.
 #[derive(Default)]
 pub(crate) struct Background {
-    running: AtomicBool,
+    flushing: AtomicBool,
+    compacting: AtomicBool,
     error: Mutex<Option<Arc<Error>>>,
     /// Prepare records the wal must keep: txn id → (a position at or below the record, the
     /// seq of its commit once committed).
@@ -37,6 +42,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Background {
+    fn running(&self, job: Job) -> &AtomicBool {
+        match job {
+            Job::Flush => &self.flushing,
+            Job::Compaction => &self.compacting,
+        }
+    }
+
     /// A prepare record about to be appended (or replayed at `floor`): the wal keeps it.
     pub(crate) fn hold_log(&self, txn_id: u64, floor: Lsn, commit_seq: Option<u64>) {
         lock(&self.log_holds).insert(txn_id, (floor, commit_seq));
@@ -67,6 +79,13 @@ impl Background {
     }
 }
 
+/// Which background job.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Job {
+    Flush,
+    Compaction,
+}
+
 impl Shared {
     /// Rotates a full active memtable out and starts the background work.
     pub(crate) fn rotate_and_flush(self: &Arc<Self>) {
@@ -74,7 +93,7 @@ impl Shared {
             return;
         }
         self.rotate(false);
-        self.start_background();
+        self.start(Job::Flush);
     }
 
     /// Rotates the active memtable (if `force`, whenever it holds anything; otherwise only if
@@ -86,67 +105,173 @@ impl Shared {
             .rotate(log_from, force, || self.oracle.last_assigned())
     }
 
-    fn start_background(self: &Arc<Self>) {
-        if self.background.running.swap(true, Ordering::AcqRel) {
+    /// Starts a background task for `job` unless one runs. Flushes and compactions run apart
+    /// (a flush never waits behind a long compaction), each one at a time.
+    fn start(self: &Arc<Self>, job: Job) {
+        if self.background.running(job).swap(true, Ordering::AcqRel) {
             return;
         }
         let db = self.clone();
         tokio::spawn(async move {
+            let running = db.background.running(job);
             loop {
-                if let Err(e) = db.run_jobs().await {
-                    tracing::error!(error = %e, "background flush or compaction failed");
-                    *lock(&db.background.error) = Some(Arc::new(e));
-                    db.tree.room.notify_waiters();
-                }
-                db.background.running.store(false, Ordering::Release);
-                // A rotation after the last check must not be left waiting.
-                let more = db.tree.immutables() > 0 || db.tree.needs_compaction();
-                let stop = db.closed.load(Ordering::Acquire) || db.background.failed().is_some();
-                if stop || !more || db.background.running.swap(true, Ordering::AcqRel) {
+                let result = match job {
+                    Job::Flush => db.flush_all().await,
+                    Job::Compaction => db.compact_all().await,
+                };
+                let result = db.note_outcome(result);
+                running.store(false, Ordering::Release);
+                let stop = db.closed.load(Ordering::Acquire) || result.is_err();
+                // A rotation (or a flush filling L0) after the last check must not be left
+                // waiting.
+                let more = match job {
+                    Job::Flush => db.tree.immutables() > 0,
+                    Job::Compaction => db.tree.needs_compaction(),
+                };
+                if stop || !more || running.swap(true, Ordering::AcqRel) {
                     break;
                 }
             }
+            if job == Job::Flush && db.tree.needs_compaction() && !db.closed.load(Ordering::Acquire)
+            {
+                db.start(Job::Compaction);
+            }
+            // Commits waiting for room see the outcome (or the close).
+            db.tree.room.notify_waiters();
         });
     }
 
-    /// Flushes every immutable memtable (oldest first) and cuts the wal after each, then
-    /// compacts L0 while it is at its trigger.
+    /// Keeps a job's error for the commits that wait for room (as the cause of `Poisoned`,
+    /// which `Db::flush` returns too); a later success clears it.
+    fn note_outcome(&self, result: Result<()>) -> Result<()> {
+        let mut error = lock(&self.background.error);
+        match result {
+            Ok(()) => {
+                *error = None;
+                Ok(())
+            }
+            Err(Error::Closed) => Err(Error::Closed),
+            Err(e) => {
+                tracing::error!(error = %e, "background flush or compaction failed");
+                let cause = Arc::new(e);
+                *error = Some(cause.clone());
+                Err(Error::Poisoned { cause })
+            }
+        }
+    }
+
+    /// Runs `work` in a task of its own and waits for it: dropped, the caller leaves the work
+    /// running to its end (a manifest edit and the swap after it are never split).
+    pub(crate) async fn detached<F, T>(self: &Arc<Self>, work: F) -> Result<T>
+    where
+        F: Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        match tokio::spawn(work).await {
+            Ok(result) => result,
+            Err(e) => Err(Error::Io {
+                path: None,
+                source: std::io::Error::other(format!("the store's job task ended: {e}")),
+            }),
+        }
+    }
+
+    /// What `Db::flush` runs: every immutable memtable flushed, then L0 compacted if it
+    /// reached its trigger.
+    pub(crate) async fn flush_now(self: &Arc<Self>) -> Result<()> {
+        let db = self.clone();
+        self.detached(async move {
+            db.rotate(true);
+            let result = db.flush_all().await;
+            db.note_outcome(result)?;
+            if db.tree.needs_compaction() {
+                let result = db.compact_all().await;
+                db.note_outcome(result)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// What `Db::compact` runs: L0 into L1 whatever its size.
+    pub(crate) async fn compact_now(self: &Arc<Self>) -> Result<()> {
+        let db = self.clone();
+        self.detached(async move {
+            let _job = db.tree.compacting.lock().await;
+            db.check_open()?;
+            db.tree
+                .compact_l0(db.oracle.oldest_needed(), &db.closed)
+                .await
+                .map(drop)
+        })
+        .await
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// Flushes every immutable memtable (oldest first) and cuts the wal after each.
     ///
     /// # Errors
-    /// The jobs' errors; what was done before stays done.
-    pub(crate) async fn run_jobs(&self) -> Result<()> {
-        let _job = self.tree.jobs.lock().await;
+    /// The flush's errors; what was done before stays done.
+    async fn flush_all(&self) -> Result<()> {
+        let _job = self.tree.flushing.lock().await;
         loop {
-            if self.closed.load(Ordering::Acquire) {
-                return Ok(());
-            }
+            self.check_open()?;
             let current = self.tree.current();
             let n = current.memtables.len();
             if n < 2 {
-                break;
+                return Ok(());
             }
             // Every seq of the memtable is inserted (or abandoned) once the watermark passes
             // its end.
-            self.oracle
-                .wait_visible(current.memtables[n - 2].after_seq)
-                .await;
+            let end = current.memtables[n - 2].after_seq;
             drop(current);
+            self.oracle.wait_visible(end).await;
+            // The flushed seq is recorded only once every record up to it is durable in the
+            // wal: a table must not make durable a commit (a commit of a prepared transaction
+            // above all) whose record a crash could still take.
+            self.wal.sync().await?;
             let next_txn_id = self.peek_next_txn_id();
             let Some(done) = self
                 .tree
                 .flush_oldest(self.oracle.oldest_needed(), next_txn_id)
                 .await?
             else {
-                break;
+                return Ok(());
             };
+            self.tree.room.notify_waiters();
             self.cut_wal(&done).await?;
         }
-        while self.tree.needs_compaction() && !self.closed.load(Ordering::Acquire) {
-            if !self.tree.compact_l0(self.oracle.oldest_needed()).await? {
+    }
+
+    /// Compacts L0 while it is at its trigger.
+    async fn compact_all(&self) -> Result<()> {
+        let _job = self.tree.compacting.lock().await;
+        while self.tree.needs_compaction() {
+            self.check_open()?;
+            if !self
+                .tree
+                .compact_l0(self.oracle.oldest_needed(), &self.closed)
+                .await?
+            {
                 break;
             }
         }
         Ok(())
+    }
+
+    /// Waits for the background jobs under way to stop (the store is closing: they stop at
+    /// their next step) and wakes the commits waiting for room.
+    pub(crate) async fn stop_jobs(&self) {
+        self.tree.room.notify_waiters();
+        drop(self.tree.flushing.lock().await);
+        drop(self.tree.compacting.lock().await);
+        self.tree.room.notify_waiters();
     }
 
     async fn cut_wal(&self, done: &FlushDone) -> Result<()> {
@@ -164,7 +289,8 @@ impl Shared {
     /// Waits while too many memtables wait for their flush.
     ///
     /// # Errors
-    /// [`Error::Poisoned`] if the background work failed while commits had to wait.
+    /// [`Error::Poisoned`] if the background work failed while commits had to wait;
+    /// [`Error::Closed`] if the store closed meanwhile.
     pub(crate) async fn wait_for_room(&self) -> Result<()> {
         if !self.tree.stalled() {
             return Ok(());
@@ -175,7 +301,10 @@ impl Shared {
             if let Some(cause) = self.background.failed() {
                 break Err(Error::Poisoned { cause });
             }
-            if !self.tree.stalled() || self.closed.load(Ordering::Acquire) {
+            if self.closed.load(Ordering::Acquire) {
+                break Err(Error::Closed);
+            }
+            if !self.tree.stalled() {
                 break Ok(());
             }
             notified.await;
@@ -192,5 +321,77 @@ impl Shared {
     /// The background work's error, if it failed.
     pub(crate) fn background_error(&self) -> Option<Arc<Error>> {
         self.background.failed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::kv::{Db, DbOptions, TxnOptions};
+
+    /// Commits wait while too many memtables wait for their flush, resume when one is
+    /// flushed, and end with `Closed` if the store closes instead.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commits_wait_for_room_and_end_when_the_store_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = DbOptions::default()
+            .write_buffer_bytes(64 << 10)
+            .max_immutable_memtables(1);
+        let db = Db::open(dir.path(), options).await.unwrap();
+        let shared = db.shared.clone();
+        let commit_round = |round: u32| {
+            let txn = db.begin(TxnOptions::default()).unwrap();
+            for i in 0..400u32 {
+                txn.put(format!("k{i:05}"), format!("{round}-{}", "x".repeat(100)))
+                    .unwrap();
+            }
+            tokio::spawn(async move { txn.commit().await })
+        };
+        // No flush can run: memtables pile up until a commit has to wait.
+        let held = shared.tree.flushing.lock().await;
+        let mut round = 0;
+        let waiting = loop {
+            let commit = commit_round(round);
+            round += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if !commit.is_finished() {
+                break commit;
+            }
+            commit.await.unwrap().unwrap();
+            assert!(round < 20, "a commit must wait once memtables pile up");
+        };
+        assert!(shared.tree.stalled());
+        // Flushes resume: the waiting commit goes through.
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the commit resumes after a flush")
+            .unwrap()
+            .unwrap();
+        assert!(db.stats().stall_micros > 0);
+        // Again, and this time the store closes.
+        let held = shared.tree.flushing.lock().await;
+        let waiting = loop {
+            let commit = commit_round(round);
+            round += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if !commit.is_finished() {
+                break commit;
+            }
+            commit.await.unwrap().unwrap();
+            assert!(round < 40, "a commit must wait once memtables pile up");
+        };
+        let closing = tokio::spawn({
+            let db = db.clone();
+            async move { db.close().await }
+        });
+        let result = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("a waiting commit ends when the store closes")
+            .unwrap();
+        assert!(matches!(result, Err(crate::Error::Closed)), "{result:?}");
+        drop(held);
+        closing.await.unwrap().unwrap();
     }
 }

@@ -367,24 +367,31 @@ impl Db {
         stats::collect(&self.shared)
     }
 
-    /// Closes the store: waits for queued commits, syncs the wal and releases the directory.
+    /// Closes the store: stops the flush or compaction under way at its next step, waits for
+    /// queued commits, syncs the wal and releases the directory.
     /// Later calls on any clone fail with [`Error::Closed`].
     ///
     /// # Errors
     /// The wal's errors on its final sync.
     ///
     /// # Cancel safety
-    /// Dropped, the close still completes in the wal's writer.
+    /// Dropped, the close still completes in a task of its own.
     pub async fn close(&self) -> Result<()> {
         self.shared
             .closed
             .store(true, std::sync::atomic::Ordering::Release);
-        // A flush or compaction under way stops at its next step (its work is either recorded
-        // or left as files the next open removes).
-        drop(self.shared.tree.jobs.lock().await);
-        let wal = self.shared.wal.close().await;
-        let manifest = self.shared.tree.manifest.close().await;
-        wal.and(manifest)
+        let shared = self.shared.clone();
+        self.shared
+            .detached(async move {
+                // A flush or compaction under way stops at its next step (its work is either
+                // recorded or left as files the next open removes); commits waiting for room
+                // fail with `Closed`.
+                shared.stop_jobs().await;
+                let wal = shared.wal.close().await;
+                let manifest = shared.tree.manifest.close().await;
+                wal.and(manifest)
+            })
+            .await
     }
 
     /// Flushes the memtables to tables (wildcat's `ForceFlush`) and waits: the active memtable
@@ -393,15 +400,16 @@ impl Db {
     /// meanwhile go to the new memtable.
     ///
     /// # Errors
-    /// [`Error::ReadOnly`] on a read-only store; [`Error::Closed`]; the tables', manifest's or
-    /// wal's I/O errors (the data stays in the wal and the memtables: nothing is lost).
+    /// [`Error::ReadOnly`] on a read-only store; [`Error::Closed`]; [`Error::Poisoned`] whose
+    /// cause is the tables', manifest's or wal's error (the data stays in the wal and the
+    /// memtables: nothing is lost; a later flush that succeeds clears it).
     ///
     /// # Cancel safety
-    /// Dropped, the flush in progress may stop after any table; call it again.
+    /// Safe: the work runs in a task of its own, which a dropped call leaves running to its
+    /// end.
     pub async fn flush(&self) -> Result<()> {
         self.check_writable()?;
-        self.shared.rotate(true);
-        self.shared.run_jobs().await
+        self.shared.flush_now().await
     }
 
     /// Compacts L0 (every flushed table) into L1 now, whether or not it reached its trigger:
@@ -411,16 +419,10 @@ impl Db {
     /// As [`Db::flush`].
     ///
     /// # Cancel safety
-    /// Dropped before the compaction's edit is recorded, nothing changes but files the next
-    /// open removes.
+    /// Safe, as [`Db::flush`].
     pub async fn compact(&self) -> Result<()> {
         self.check_writable()?;
-        let _job = self.shared.tree.jobs.lock().await;
-        self.shared
-            .tree
-            .compact_l0(self.shared.oracle.oldest_needed())
-            .await
-            .map(drop)
+        self.shared.compact_now().await
     }
 
     fn check_writable(&self) -> Result<()> {

@@ -2,10 +2,11 @@
 //! compacting L0 with the L1 tables it overlaps into new L1 tables.
 //!
 //! Each job writes its new tables in full (data fsynced, names made durable), records one
-//! manifest edit, and only then swaps the new version in. A job that fails or is dropped before
-//! its edit leaves files no edit names, which the next open removes (and the job removes on an
-//! error it sees): nothing half done is ever visible, and the wal still holds every commit a
-//! failed flush did not take.
+//! manifest edit, and only then swaps the new version in. A job that fails before its edit
+//! leaves files no edit names, which the next open removes (and the job removes those it can):
+//! nothing half done is ever visible, and the wal still holds every commit a failed flush did
+//! not take. The store runs jobs in tasks of their own, so a job is never dropped between its
+//! edit and its swap; a failed edit leaves its tables for the next open to judge.
 //!
 //! Both jobs drop versions no reader can see: of a key's versions at or below the oldest
 //! snapshot, only the newest is kept (a reader at that snapshot or later sees it or a newer
@@ -169,7 +170,11 @@ impl Tree {
     ///
     /// # Cancel safety
     /// Dropped before its edit is recorded, nothing changes but files no edit names.
-    pub(crate) async fn compact_l0(&self, oldest_snapshot: u64) -> Result<bool> {
+    pub(crate) async fn compact_l0(
+        &self,
+        oldest_snapshot: u64,
+        closed: &std::sync::atomic::AtomicBool,
+    ) -> Result<bool> {
         let current = self.current();
         let version = &current.version;
         if version.l0.is_empty() {
@@ -195,6 +200,10 @@ impl Tree {
                     && let Some((_, w)) = &writer
                     && w.estimated_file_bytes() >= self.options.table_target_bytes
                 {
+                    // Closing: stop between tables (what was written is left to the next open).
+                    if closed.load(std::sync::atomic::Ordering::Acquire) {
+                        return Err(crate::Error::Closed);
+                    }
                     let (id, w) = writer.take().expect("checked above");
                     let table = self.finish_table(id, w).await?;
                     outputs.push(TableFile::new(id, 1, table, self.driver().clone()));
@@ -231,12 +240,10 @@ impl Tree {
             added: outputs.iter().map(|t| (1, t.id)).collect(),
             ..Edit::default()
         };
-        if let Err(e) = self.manifest.record(&edit).await {
-            for t in &outputs {
-                t.retire();
-            }
-            return Err(e);
-        }
+        // An error here may come after the edit became durable (a failed fsync): the outputs
+        // are left as they are, and the next open keeps or removes them by what the manifest
+        // says.
+        self.manifest.record(&edit).await?;
         let bytes_out: u64 = outputs.iter().map(|t| t.table.file_bytes()).sum();
         self.swap(|s| {
             let mut next = s.clone();

@@ -283,7 +283,8 @@ impl Manifest {
     /// and the store poisons itself as the wal does).
     ///
     /// # Cancel safety
-    /// Not cancel safe: a dropped call may have recorded the edit. Run it to its end.
+    /// Not cancel safe: a dropped call may have recorded the edit without the caller knowing.
+    /// The store runs it in tasks that are never dropped midway.
     pub(crate) async fn record(&self, edit: &Edit) -> Result<()> {
         let mut guard = self.state.lock().await;
         let (state, since) = &mut *guard;
@@ -296,15 +297,18 @@ impl Manifest {
         *state = next;
         *since += 1;
         if *since >= SNAPSHOT_EVERY {
-            let lsn = self
-                .wal
-                .append_with(
-                    Record::new(bytes::Bytes::from(state.snapshot().encode())),
-                    Ack::Durable,
-                )
-                .await?;
-            *since = 0;
-            self.wal.truncate_front(lsn).await?;
+            // The edit is durable: a failure from here on is not the edit's (the manifest is
+            // only longer than it could be, and the next edit tries again).
+            let snapshot = Record::new(bytes::Bytes::from(state.snapshot().encode()));
+            match self.wal.append_with(snapshot, Ack::Durable).await {
+                Ok(lsn) => {
+                    *since = 0;
+                    if let Err(e) = self.wal.truncate_front(lsn).await {
+                        tracing::warn!(error = %e, "cutting the manifest below its snapshot failed");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "writing the manifest's snapshot failed"),
+            }
         }
         Ok(())
     }

@@ -90,8 +90,10 @@ pub(crate) struct Tree {
     current: RwLock<Arc<Super>>,
     pub(crate) manifest: Manifest,
     next_table_id: AtomicU64,
-    /// One flush or compaction at a time.
-    pub(crate) jobs: tokio::sync::Mutex<()>,
+    /// One flush at a time.
+    pub(crate) flushing: tokio::sync::Mutex<()>,
+    /// One compaction at a time (apart from flushes).
+    pub(crate) compacting: tokio::sync::Mutex<()>,
     /// Woken when an immutable memtable is flushed (writers waiting for room).
     pub(crate) room: tokio::sync::Notify,
     pub(crate) figures: Figures,
@@ -176,6 +178,16 @@ impl Tree {
                 }
             }
         }
+        let next_id = max_id.checked_add(1).ok_or_else(|| {
+            Error::corruption(
+                &tables_dir,
+                0,
+                CorruptionKind::BadManifest {
+                    lsn: Lsn(0),
+                    reason: "a table id at the end of the id space",
+                },
+            )
+        })?;
         // L0 newest first: a later flush has a larger id.
         files.sort_by_key(|t| std::cmp::Reverse(t.id));
         let version = Version::default().edit(&[], files);
@@ -193,8 +205,9 @@ impl Tree {
                 version: Arc::new(version),
             })),
             manifest,
-            next_table_id: AtomicU64::new(max_id + 1),
-            jobs: tokio::sync::Mutex::new(()),
+            next_table_id: AtomicU64::new(next_id),
+            flushing: tokio::sync::Mutex::new(()),
+            compacting: tokio::sync::Mutex::new(()),
             room: tokio::sync::Notify::new(),
             figures: Figures::default(),
             cache,
