@@ -21,7 +21,7 @@ type Fetched = Result<(Vec<KeyValue>, Option<Bytes>)>;
 
 /// Entries read from the tree by a scan's first step; each step doubles it, up to
 /// [`MAX_BATCH`]: a short range read does not pay for a long one.
-const FIRST_BATCH: usize = 8;
+const FIRST_BATCH: usize = 16;
 const MAX_BATCH: usize = 256;
 
 /// A transaction's own write in a scanned range: a value or a tombstone.

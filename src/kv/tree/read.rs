@@ -100,7 +100,26 @@ impl Tree {
 
 /// Merges the sources' batches (the first source newest): the live entries up to where every
 /// source is complete, and that key if some source has more.
-fn merge(batches: Vec<Batch>, reverse: bool) -> (Vec<KeyValue>, Option<Bytes>) {
+fn merge(mut batches: Vec<Batch>, reverse: bool) -> (Vec<KeyValue>, Option<Bytes>) {
+    // Most ranges find their keys in one source: nothing to merge.
+    let mut holding = batches.iter().filter(|(v, _)| !v.is_empty());
+    if let (Some(_), None) = (holding.next(), holding.next()) {
+        let i = batches
+            .iter()
+            .position(|(v, _)| !v.is_empty())
+            .expect("one");
+        let (versions, more) = batches.swap_remove(i);
+        let bound = if more {
+            versions.last().map(|(k, _)| k.clone())
+        } else {
+            None
+        };
+        let out = versions
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+        return (out, bound);
+    }
     let before = |a: &Bytes, b: &Bytes| if reverse { a > b } else { a < b };
     let mut bound: Option<Bytes> = None;
     for (versions, more) in &batches {

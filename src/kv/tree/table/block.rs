@@ -155,6 +155,11 @@ pub(crate) struct Block {
 }
 
 impl Block {
+    /// Its restart points.
+    pub(crate) fn restart_count(&self) -> usize {
+        self.restart_count
+    }
+
     /// Checks a raw block (contents and trailer) and its restart array.
     pub(crate) fn decode(raw: Bytes) -> Result<Block, CorruptionKind> {
         let len = check_block(&raw)?;
@@ -376,6 +381,19 @@ impl Cursor {
 
     pub(crate) fn seek_to_first(&mut self) -> Result<(), CorruptionKind> {
         self.start_at_restart(0)
+    }
+
+    /// Moves to restart point `i` (past the last entry if there is none): in the index block,
+    /// where every entry is a restart point, the `i`-th entry.
+    pub(crate) fn seek_to_restart(&mut self, i: usize) -> Result<(), CorruptionKind> {
+        if i >= self.block.restart_count {
+            self.at = self.block.restarts_at;
+            self.next = self.block.restarts_at;
+            self.key.clear();
+            self.valid = false;
+            return Ok(());
+        }
+        self.start_at_restart(i)
     }
 
     pub(crate) fn seek_to_last(&mut self) -> Result<(), CorruptionKind> {

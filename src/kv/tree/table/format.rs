@@ -50,7 +50,19 @@ pub(crate) fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
 
 /// Reads a uvarint at `b[*at..]` and moves `at` past it. Refuses one that runs past `b` or
 /// past 64 bits.
+#[inline]
 pub(crate) fn get_uvarint(b: &[u8], at: &mut usize) -> Result<u64, CorruptionKind> {
+    // Most varints of a block (lengths, shared prefixes) are one byte.
+    if let Some(&byte) = b.get(*at)
+        && byte < 0x80
+    {
+        *at += 1;
+        return Ok(u64::from(byte));
+    }
+    get_uvarint_long(b, at)
+}
+
+fn get_uvarint_long(b: &[u8], at: &mut usize) -> Result<u64, CorruptionKind> {
     let mut v = 0u64;
     for i in 0..10 {
         let byte = *b
@@ -69,6 +81,7 @@ pub(crate) fn get_uvarint(b: &[u8], at: &mut usize) -> Result<u64, CorruptionKin
 }
 
 /// A uvarint that must fit a `usize` (a length or an offset within a block).
+#[inline]
 pub(crate) fn get_len(b: &[u8], at: &mut usize) -> Result<usize, CorruptionKind> {
     usize::try_from(get_uvarint(b, at)?).map_err(|_| bad("length above the address space"))
 }

@@ -72,8 +72,9 @@ impl TableIter {
         let target = block_key(bucket, key);
         self.data = None;
         let index_at = self.index_handle();
+        let position = self.table.index_position(&target, seq);
         self.index
-            .seek(&target, seq)
+            .seek_to_restart(position)
             .map_err(|k| self.table.corrupt(index_at, k))?;
         if !self.index.valid() {
             return Ok(());

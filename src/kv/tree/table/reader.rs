@@ -19,7 +19,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use ringtide_platform::{File, IoDriver, OpenOptions};
 
-use super::block::{Block, Cursor, Kind};
+use super::block::{Block, Cursor, Kind, cmp_internal};
 use super::cache::BlockCache;
 use super::filter::Filter;
 use super::format::{BlockHandle, FOOTER_LEN, Footer, TRAILER_LEN, TableMeta, bad, check_block};
@@ -72,6 +72,7 @@ struct Inner {
     footer: Footer,
     meta: TableMeta,
     index: Block,
+    separators: Separators,
     filter: Option<Filter>,
 }
 
@@ -196,7 +197,7 @@ impl Table {
         let meta_len = check_block(&meta_raw).map_err(damaged(footer.meta))?;
         let meta = TableMeta::decode(&meta_raw[..meta_len]).map_err(damaged(footer.meta))?;
         let index = Block::decode(slice(footer.index)).map_err(damaged(footer.index))?;
-        check_index(&index, &footer, &meta).map_err(damaged(footer.index))?;
+        let separators = check_index(&index, &footer, &meta).map_err(damaged(footer.index))?;
         let filter = if footer.filter.len == 0 {
             None
         } else {
@@ -213,6 +214,7 @@ impl Table {
             footer,
             meta,
             index,
+            separators,
             filter,
         };
         Ok(Table {
@@ -244,8 +246,14 @@ impl Table {
         self.inner.index.cursor()
     }
 
-    #[cfg(test)]
+    /// The index entry (a restart point of the index block) of the block that may hold
+    /// `(key, seq)`: the first whose separator is at or after it (the entry count if none).
+    pub(super) fn index_position(&self, key: &[u8], seq: u64) -> usize {
+        self.inner.separators.position(key, seq)
+    }
+
     /// The footer: where the filter, index and meta blocks are.
+    #[cfg(test)]
     pub(super) fn footer(&self) -> Footer {
         self.inner.footer
     }
@@ -339,15 +347,9 @@ impl Table {
         if !self.may_contain(&target) {
             return Ok(None);
         }
-        let index_at = self.inner.footer.index;
-        let mut index = self.index_cursor();
-        index
-            .seek(&target, snapshot)
-            .map_err(|k| self.corrupt(index_at, k))?;
-        if !index.valid() {
+        let Some(handle) = self.inner.separators.find(&target, snapshot) else {
             return Ok(None);
-        }
-        let handle = self.handle_at(&index)?;
+        };
         let mut data = self.read_block(handle).await?.cursor();
         data.seek(&target, snapshot)
             .map_err(|k| self.corrupt(handle, k))?;
@@ -356,8 +358,11 @@ impl Table {
         if !data.valid() || data.key() != target.as_slice() {
             return Ok(None);
         }
-        let entry = TableEntry::from_cursor(&data).map_err(|k| self.corrupt(handle, k))?;
-        Ok(Some(entry.value))
+        // The value alone: the key is the one asked for (no copy of it).
+        Ok(Some(match data.kind() {
+            Kind::Value => Some(data.value()),
+            Kind::Tombstone => None,
+        }))
     }
 }
 
@@ -366,15 +371,17 @@ fn check_index(
     index: &Block,
     footer: &Footer,
     meta: &TableMeta,
-) -> std::result::Result<(), CorruptionKind> {
+) -> std::result::Result<Separators, CorruptionKind> {
     let mut c = index.cursor();
     c.seek_to_first()?;
     let (mut blocks, mut expected_offset) = (0u64, 0u64);
+    let mut separators = Separators::default();
     while c.valid() {
         if c.kind() != Kind::Value {
             return Err(bad("index entry without a handle"));
         }
         let h = BlockHandle::decode(c.value_slice())?;
+        separators.push(c.key(), c.seq(), h);
         if h.offset != expected_offset
             || h.len < (TRAILER_LEN + 4) as u64
             || h.end() > footer.data_end()
@@ -392,5 +399,61 @@ fn check_index(
             "index handles do not cover the data blocks edge to edge",
         ));
     }
-    Ok(())
+    // Every index entry is a restart point (its key whole): readers position the index's
+    // cursor on entry `i` as restart point `i`.
+    if index.restart_count() as u64 != blocks {
+        return Err(bad("index entries that are not restart points"));
+    }
+    Ok(separators)
+}
+
+/// The index block decoded once, at open: a point read binary-searches it without decoding an
+/// entry (its cursor would parse one at every probe).
+#[derive(Default)]
+struct Separators {
+    keys: Vec<u8>,
+    ends: Vec<usize>,
+    seqs: Vec<u64>,
+    handles: Vec<BlockHandle>,
+}
+
+impl Separators {
+    fn push(&mut self, key: &[u8], seq: u64, handle: BlockHandle) {
+        self.keys.extend_from_slice(key);
+        self.ends.push(self.keys.len());
+        self.seqs.push(seq);
+        self.handles.push(handle);
+    }
+
+    fn key(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.keys[start..self.ends[i]]
+    }
+
+    /// The handle of the block that holds `(key, seq)` if any block does: the first whose
+    /// separator is at or after it.
+    fn find(&self, key: &[u8], seq: u64) -> Option<BlockHandle> {
+        self.handles.get(self.position(key, seq)).copied()
+    }
+
+    /// The index entry of that block (the entry count if none).
+    fn position(&self, key: &[u8], seq: u64) -> usize {
+        partition_point(self.handles.len(), |i| {
+            cmp_internal(self.key(i), self.seqs[i], key, seq) == std::cmp::Ordering::Less
+        })
+    }
+}
+
+/// `slice::partition_point` over indexes.
+fn partition_point(len: usize, below: impl Fn(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (0, len);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if below(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
 }
