@@ -86,6 +86,8 @@ fn options(disk: &SimDisk, policy: SyncPolicy) -> DbOptions {
         .write_buffer_bytes(64 << 10)
         .l0_compaction_trigger(2)
         .table_target_bytes(64 << 10)
+        .l1_target_bytes(64 << 10)
+        .level_size_multiplier(2)
 }
 
 // ---------------------------------------------------------------------------------------------

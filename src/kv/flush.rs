@@ -199,10 +199,17 @@ impl Shared {
         self.detached(async move {
             let _job = db.tree.compacting.lock().await;
             db.check_open()?;
-            db.tree
-                .compact_l0(db.oracle.oldest_needed(), &db.closed)
-                .await
-                .map(drop)
+            // L0 into L1 whatever its size, then every level over its target.
+            let mut force_l0 = true;
+            while db
+                .tree
+                .compact_next(db.oracle.oldest_needed(), &db.closed, force_l0)
+                .await?
+            {
+                force_l0 = false;
+                db.check_open()?;
+            }
+            Ok(())
         })
         .await
     }
@@ -249,14 +256,14 @@ impl Shared {
         }
     }
 
-    /// Compacts L0 while it is at its trigger.
+    /// Compacts while some level is over its target (L0: its table count over its trigger).
     async fn compact_all(&self) -> Result<()> {
         let _job = self.tree.compacting.lock().await;
         while self.tree.needs_compaction() {
             self.check_open()?;
             if !self
                 .tree
-                .compact_l0(self.oracle.oldest_needed(), &self.closed)
+                .compact_next(self.oracle.oldest_needed(), &self.closed, false)
                 .await?
             {
                 break;

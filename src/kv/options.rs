@@ -29,6 +29,9 @@ pub struct DbOptions {
     pub(crate) max_immutable_memtables: usize,
     pub(crate) l0_compaction_trigger: usize,
     pub(crate) table_target_bytes: u64,
+    pub(crate) l1_target_bytes: u64,
+    pub(crate) level_size_multiplier: u64,
+    pub(crate) level_count: usize,
     pub(crate) block_size_bytes: usize,
     pub(crate) bloom_bits_per_key: u32,
     pub(crate) block_cache_bytes: u64,
@@ -52,6 +55,9 @@ impl Default for DbOptions {
             max_immutable_memtables: 2,
             l0_compaction_trigger: 4,
             table_target_bytes: 32 << 20,
+            l1_target_bytes: 256 << 20,
+            level_size_multiplier: 10,
+            level_count: 7,
             block_size_bytes: 4 << 10,
             bloom_bits_per_key: 10,
             block_cache_bytes: 64 << 20,
@@ -154,15 +160,38 @@ impl DbOptions {
     }
 
     /// How many L0 tables (flushed memtables) start a compaction into L1. Default: 4;
-    /// accepted: 1 to 64.
+    /// accepted: 1 to 64. Compactions run in a background task of their own, one at a time,
+    /// the level with the highest score first (L0: tables over this trigger; L1 and below:
+    /// bytes over the level's target).
     pub fn l0_compaction_trigger(mut self, tables: usize) -> Self {
         self.l0_compaction_trigger = tables;
         self
     }
 
-    /// The size compaction closes an L1 table at. Default: 32 MiB; accepted: 64 KiB to 4 GiB.
+    /// The size compaction closes a table at. Default: 32 MiB; accepted: 64 KiB to 4 GiB.
     pub fn table_target_bytes(mut self, bytes: u64) -> Self {
         self.table_target_bytes = bytes;
+        self
+    }
+
+    /// The size L1 is kept under: past it, compaction moves a table of L1 (round robin by key)
+    /// into L2. Default: 256 MiB; accepted: 64 KiB to 1 TiB.
+    pub fn l1_target_bytes(mut self, bytes: u64) -> Self {
+        self.l1_target_bytes = bytes;
+        self
+    }
+
+    /// How much larger each level's target is than the one above it (L2 = L1 × this, …).
+    /// Default: 10; accepted: 2 to 100.
+    pub fn level_size_multiplier(mut self, multiplier: u64) -> Self {
+        self.level_size_multiplier = multiplier;
+        self
+    }
+
+    /// Levels of the tree, L0 included: the last one is never compacted further. Default: 7
+    /// (L0–L6); accepted: 2 to 16.
+    pub fn level_count(mut self, levels: usize) -> Self {
+        self.level_count = levels;
         self
     }
 
@@ -234,6 +263,15 @@ impl DbOptions {
                 "must be 64 KiB to 4 GiB",
             ));
         }
+        if !(64 << 10..=1 << 40).contains(&self.l1_target_bytes) {
+            return Err(Error::invalid("l1_target_bytes", "must be 64 KiB to 1 TiB"));
+        }
+        if !(2..=100).contains(&self.level_size_multiplier) {
+            return Err(Error::invalid("level_size_multiplier", "must be 2 to 100"));
+        }
+        if !(2..=16).contains(&self.level_count) {
+            return Err(Error::invalid("level_count", "must be 2 to 16"));
+        }
         self.tree_options().table.validate()
     }
 
@@ -244,6 +282,9 @@ impl DbOptions {
             max_immutable_memtables: self.max_immutable_memtables,
             l0_compaction_trigger: self.l0_compaction_trigger,
             table_target_bytes: self.table_target_bytes,
+            l1_target_bytes: self.l1_target_bytes,
+            level_size_multiplier: self.level_size_multiplier,
+            level_count: self.level_count,
             block_cache_bytes: self.block_cache_bytes,
             table: super::tree::table::TableOptions::default()
                 .block_size_bytes(self.block_size_bytes)

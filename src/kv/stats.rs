@@ -8,13 +8,16 @@ use crate::types::SeqNo;
 use crate::wal::WalStats;
 
 /// One level of the tree.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct LevelStats {
     /// Tables in the level.
     pub tables: u64,
     /// Their bytes on disk.
     pub bytes: u64,
+    /// Its compaction score (L0: tables over `l0_compaction_trigger`; below: bytes over the
+    /// level's target; 1 or more: due). 0 for the last level.
+    pub score: f64,
 }
 
 /// A snapshot of a store's figures ([`Db::stats`](super::Db::stats)).
@@ -96,6 +99,7 @@ pub(crate) fn collect(shared: &Shared) -> DbStats {
     let current = shared.tree.current();
     let t = &shared.tree.figures;
     let cache = shared.tree.cache.figures();
+    let scores = shared.tree.scores();
     let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     DbStats {
         options: shared.options.clone(),
@@ -114,9 +118,11 @@ pub(crate) fn collect(shared: &Shared) -> DbStats {
         immutable_memtables: current.memtables.len() as u64 - 1,
         levels: std::iter::once(&current.version.l0)
             .chain(current.version.levels.iter())
-            .map(|tables| LevelStats {
+            .enumerate()
+            .map(|(n, tables)| LevelStats {
                 tables: tables.len() as u64,
                 bytes: tables.iter().map(|t| t.table.file_bytes()).sum(),
+                score: scores.get(n).copied().unwrap_or(0.0),
             })
             .collect(),
         flushes: get(&t.flushes),
@@ -161,7 +167,7 @@ impl fmt::Display for DbStats {
             .levels
             .iter()
             .enumerate()
-            .map(|(n, l)| format!("L{n} {}/{}", l.tables, l.bytes))
+            .map(|(n, l)| format!("L{n} {}/{}/{:.2}", l.tables, l.bytes, l.score))
             .collect::<Vec<_>>()
             .join(", ");
         let rows: [(&str, String); 28] = [
@@ -179,7 +185,7 @@ impl fmt::Display for DbStats {
             ("memtable versions", self.memtable_versions.to_string()),
             ("memtable bytes", self.memtable_bytes.to_string()),
             ("immutable memtables", self.immutable_memtables.to_string()),
-            ("levels (tables/bytes)", levels),
+            ("levels (tables/bytes/score)", levels),
             (
                 "flushes / compactions",
                 format!("{} / {}", self.flushes, self.compactions),

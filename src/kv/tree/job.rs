@@ -156,35 +156,150 @@ impl Tree {
         }))
     }
 
-    /// Whether L0 has reached its compaction trigger.
-    pub(crate) fn needs_compaction(&self) -> bool {
-        self.current().version.l0.len() >= self.options.l0_compaction_trigger
+    /// The target size of level `n` (1 and up): `l1_target_bytes`, times
+    /// `level_size_multiplier` per level below L1.
+    fn level_target(&self, n: usize) -> u64 {
+        let mut target = self.options.l1_target_bytes;
+        for _ in 1..n {
+            target = target.saturating_mul(self.options.level_size_multiplier);
+        }
+        target
     }
 
-    /// Compacts every L0 table with the L1 tables their key range overlaps into new L1 tables
-    /// (split at `table_target_bytes`, never inside one key's versions); returns whether there
-    /// was anything to do.
+    /// Each level's compaction score: L0's table count over its trigger, a sorted level's
+    /// bytes over its target. A level scoring 1 or more needs a compaction; the last level
+    /// never does (there is nothing below it).
+    pub(crate) fn scores(&self) -> Vec<f64> {
+        let current = self.current();
+        let version = &current.version;
+        let mut scores = vec![version.l0.len() as f64 / self.options.l0_compaction_trigger as f64];
+        let last = self.options.level_count - 1;
+        for n in 1..last {
+            let bytes: u64 = version
+                .levels
+                .get(n - 1)
+                .map_or(0, |l| l.iter().map(|t| t.table.file_bytes()).sum());
+            scores.push(bytes as f64 / self.level_target(n) as f64);
+        }
+        scores
+    }
+
+    /// Whether some level scores 1 or more.
+    pub(crate) fn needs_compaction(&self) -> bool {
+        self.scores().iter().any(|&s| s >= 1.0)
+    }
+
+    /// The compaction to run next: of the level with the highest score (at least 1), or of L0
+    /// whatever its score if `force_l0` and it holds anything.
+    fn pick(&self, force_l0: bool) -> Option<Task> {
+        let current = self.current();
+        let version = &current.version;
+        let scores = self.scores();
+        let (level, _) = scores
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s >= 1.0)
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .or_else(|| (force_l0 && !version.l0.is_empty()).then_some((0, &0.0)))?;
+        let upper: Vec<Arc<TableFile>> = if level == 0 {
+            version.l0.clone()
+        } else {
+            vec![self.next_in_level(version, level)?]
+        };
+        let lo = upper.iter().map(|t| user_key(t.min_key())).min()?;
+        let hi = upper.iter().map(|t| user_key(t.max_key())).max()?;
+        let lower: Vec<Arc<TableFile>> = version
+            .levels
+            .get(level)
+            .into_iter()
+            .flatten()
+            .filter(|t| user_key(t.max_key()) >= lo && user_key(t.min_key()) <= hi)
+            .cloned()
+            .collect();
+        let bottom = version.levels.iter().skip(level + 1).all(|l| l.is_empty());
+        Some(Task {
+            output_level: level as u8 + 1,
+            upper,
+            lower,
+            bottom,
+        })
+    }
+
+    /// The table of sorted level `n` to compact next: round robin by key, after the last one
+    /// compacted from that level.
+    fn next_in_level(&self, version: &Version, n: usize) -> Option<Arc<TableFile>> {
+        let level = version.levels.get(n - 1)?;
+        let mut cursors = self
+            .compaction_cursors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cursors.len() <= n {
+            cursors.resize(n + 1, None);
+        }
+        let after = cursors[n].clone();
+        let next = level
+            .iter()
+            .find(|t| after.as_ref().is_none_or(|a| user_key(t.min_key()) > *a))
+            .or_else(|| level.first())?
+            .clone();
+        cursors[n] = Some(user_key(next.max_key()));
+        Some(next)
+    }
+
+    /// Runs the next compaction (see [`Tree::pick`]); returns whether there was one.
     ///
     /// # Errors
-    /// Damaged tables; I/O errors: nothing changes then.
-    ///
-    /// # Cancel safety
-    /// Dropped before its edit is recorded, nothing changes but files no edit names.
-    pub(crate) async fn compact_l0(
+    /// Damaged tables; I/O errors: nothing changes then; [`crate::Error::Closed`] if `closed`
+    /// is set between two output tables.
+    pub(crate) async fn compact_next(
         &self,
         oldest_snapshot: u64,
         closed: &std::sync::atomic::AtomicBool,
+        force_l0: bool,
     ) -> Result<bool> {
-        let current = self.current();
-        let version = &current.version;
-        if version.l0.is_empty() {
+        let Some(task) = self.pick(force_l0) else {
             return Ok(false);
+        };
+        if task.upper.len() == 1 && task.lower.is_empty() && task.output_level > 1 {
+            self.move_down(&task.upper[0], task.output_level).await?;
+        } else {
+            self.compact(task, oldest_snapshot, closed).await?;
         }
-        let inputs = compaction_inputs(version);
+        Ok(true)
+    }
+
+    /// Moves a table of a sorted level one level down, as is: nothing below overlaps it.
+    async fn move_down(&self, table: &Arc<TableFile>, level: u8) -> Result<()> {
+        let edit = Edit {
+            removed: vec![table.id],
+            added: vec![(level, table.id)],
+            ..Edit::default()
+        };
+        self.manifest.record(&edit).await?;
+        // The same file under a new level; the old entry is not retired (the file stays).
+        let moved = TableFile::new(table.id, level, table.table.clone(), self.driver().clone());
+        self.swap(|s| {
+            let mut next = s.clone();
+            next.version = Arc::new(s.version.edit(&[table.id], vec![moved]));
+            next
+        });
+        tracing::debug!(table = table.id, level, "table moved down");
+        Ok(())
+    }
+
+    /// Merges a compaction's inputs into new tables of its output level (split at
+    /// `table_target_bytes`, never inside one key's versions) and records the exchange.
+    async fn compact(
+        &self,
+        task: Task,
+        oldest_snapshot: u64,
+        closed: &std::sync::atomic::AtomicBool,
+    ) -> Result<()> {
+        let level = task.output_level;
+        let inputs: Vec<Arc<TableFile>> = task.upper.into_iter().chain(task.lower).collect();
         let bytes_in: u64 = inputs.iter().map(|t| t.table.file_bytes()).sum();
-        let bottom = version.levels.iter().skip(1).all(|l| l.is_empty());
         let mut merge = Merge::new(inputs.iter().map(|t| t.table.clone()).collect()).await?;
-        let mut keep = Keep::new(oldest_snapshot, bottom);
+        let mut keep = Keep::new(oldest_snapshot, task.bottom);
         let mut outputs: Vec<Arc<TableFile>> = Vec::new();
         let mut writer: Option<(u64, TableWriter)> = None;
         let mut last_key: Option<(u64, Bytes)> = None;
@@ -206,7 +321,7 @@ impl Tree {
                     }
                     let (id, w) = writer.take().expect("checked above");
                     let table = self.finish_table(id, w).await?;
-                    outputs.push(TableFile::new(id, 1, table, self.driver().clone()));
+                    outputs.push(TableFile::new(id, level, table, self.driver().clone()));
                 }
                 if writer.is_none() {
                     let (id, path) = self.new_table_path();
@@ -223,7 +338,7 @@ impl Tree {
             }
             if let Some((id, w)) = writer.take() {
                 let table = self.finish_table(id, w).await?;
-                outputs.push(TableFile::new(id, 1, table, self.driver().clone()));
+                outputs.push(TableFile::new(id, level, table, self.driver().clone()));
             }
             Ok(())
         }
@@ -237,7 +352,7 @@ impl Tree {
         let removed: Vec<u64> = inputs.iter().map(|t| t.id).collect();
         let edit = Edit {
             removed: removed.clone(),
-            added: outputs.iter().map(|t| (1, t.id)).collect(),
+            added: outputs.iter().map(|t| (level, t.id)).collect(),
             ..Edit::default()
         };
         // An error here may come after the edit became durable (a failed fsync): the outputs
@@ -262,11 +377,12 @@ impl Tree {
         metrics::counter!("ringtide_kv_compactions_total").increment(1);
         tracing::debug!(
             tables_in = removed.len(),
+            level,
             bytes_in,
             bytes_out,
-            "compacted L0 into L1"
+            "compacted"
         );
-        Ok(true)
+        Ok(())
     }
 
     /// Finishes a table, makes its name durable and opens it for reading.
@@ -298,32 +414,19 @@ impl Tree {
     }
 }
 
-/// Every L0 table and the L1 tables whose key ranges overlap theirs.
-fn compaction_inputs(version: &Version) -> Vec<Arc<TableFile>> {
-    let mut inputs: Vec<Arc<TableFile>> = version.l0.clone();
-    let lo = version
-        .l0
-        .iter()
-        .map(|t| (t.min_key().bucket, t.min_key().key.clone()))
-        .min()
-        .expect("L0 not empty");
-    let hi = version
-        .l0
-        .iter()
-        .map(|t| (t.max_key().bucket, t.max_key().key.clone()))
-        .max()
-        .expect("L0 not empty");
-    if let Some(l1) = version.levels.first() {
-        for t in l1 {
-            let (min, max) = (t.min_key(), t.max_key());
-            let below = (max.bucket, &max.key) < (lo.0, &lo.1);
-            let above = (min.bucket, &min.key) > (hi.0, &hi.1);
-            if !below && !above {
-                inputs.push(t.clone());
-            }
-        }
-    }
-    inputs
+/// A compaction: tables of one level (all of L0, or one of a sorted level) and the tables of
+/// the level below that their key range meets, merged into that level.
+struct Task {
+    output_level: u8,
+    upper: Vec<Arc<TableFile>>,
+    lower: Vec<Arc<TableFile>>,
+    /// No level below the output holds data: tombstones can go.
+    bottom: bool,
+}
+
+/// A table key's user part, `(bucket, key)`, for range overlaps.
+fn user_key(k: &super::memtable::InternalKey) -> (u64, Bytes) {
+    (k.bucket, k.key.clone())
 }
 
 /// The versions of several tables merged into internal-key order.

@@ -7,9 +7,9 @@
 //!   it inserts, so that when memtable *n* is flushed every seq up to its end is in it or
 //!   older ones.
 //! - **Tables** (`table/`): a flushed memtable becomes an L0 table; compaction merges L0 into
-//!   L1 (`job.rs`). The set of tables is a [`Version`], swapped whole; the manifest
+//!   L1, and a table of a level over its size target into the level below (`job.rs`). The set of tables is a [`Version`], swapped whole; the manifest
 //!   (`manifest.rs`) records each change durably before it is swapped in.
-//! - **Reads** see memtables newest first, then L0 newest first, then L1: for one key the
+//! - **Reads** see memtables newest first, then L0 newest first, then L1, L2…: for one key the
 //!   first source holding a version at or below the snapshot has the newest such version (the
 //!   sources hold disjoint, descending seq ranges).
 //!
@@ -46,6 +46,10 @@ pub(crate) struct TreeOptions {
     pub(crate) max_immutable_memtables: usize,
     pub(crate) l0_compaction_trigger: usize,
     pub(crate) table_target_bytes: u64,
+    pub(crate) l1_target_bytes: u64,
+    pub(crate) level_size_multiplier: u64,
+    /// Levels, L0 included.
+    pub(crate) level_count: usize,
     pub(crate) block_cache_bytes: u64,
     pub(crate) table: TableOptions,
 }
@@ -99,6 +103,8 @@ pub(crate) struct Tree {
     pub(crate) figures: Figures,
     /// Data blocks of every table, by (table id, offset).
     pub(crate) cache: BlockCache,
+    /// Per sorted level, the last key compacted from it (compactions go round robin).
+    compaction_cursors: std::sync::Mutex<Vec<Option<(u64, Bytes)>>>,
 }
 
 /// Counters of the tree's work.
@@ -211,6 +217,7 @@ impl Tree {
             room: tokio::sync::Notify::new(),
             figures: Figures::default(),
             cache,
+            compaction_cursors: std::sync::Mutex::new(Vec::new()),
         };
         Ok(Opened {
             tree,
