@@ -465,3 +465,31 @@ fn write_kv_table_seeds() {
         std::fs::write(dir.join(format!("seed-{i}")), seed).expect("write seed");
     }
 }
+
+/// The manifest target: its seeds (flush, compaction, move, snapshot edits) and its corpus
+/// replay without a panic.
+#[test]
+fn kv_manifest_corpus_replays() {
+    let seeds = ringtide::kv::fuzz::manifest_seeds();
+    assert!(!seeds.is_empty());
+    for seed in &seeds {
+        ringtide::kv::fuzz::manifest_decoder(seed);
+    }
+    let dir = root().join("fuzz/corpus/kv_manifest");
+    let corpus = files(&dir);
+    assert!(!corpus.is_empty(), "seeds in {}", dir.display());
+    for file in corpus {
+        let data = std::fs::read(&file).expect("corpus file");
+        ringtide::kv::fuzz::manifest_decoder(&data);
+    }
+}
+
+#[test]
+#[ignore = "writes the manifest seeds into fuzz/corpus/kv_manifest: run by hand"]
+fn write_kv_manifest_seeds() {
+    let dir = root().join("fuzz/corpus/kv_manifest");
+    std::fs::create_dir_all(&dir).expect("corpus dir");
+    for (i, seed) in ringtide::kv::fuzz::manifest_seeds().iter().enumerate() {
+        std::fs::write(dir.join(format!("seed-{i}")), seed).expect("write seed");
+    }
+}

@@ -1,6 +1,6 @@
 //! The entry points of the key-value store's fuzz targets (`fuzz/fuzz_targets/kv_record.rs`,
-//! `fuzz/fuzz_targets/kv_table.rs`), compiled only with the non-default feature `fuzzing`: not
-//! API.
+//! `fuzz/fuzz_targets/kv_table.rs`, `fuzz/fuzz_targets/kv_manifest.rs`), compiled only with the
+//! non-default feature `fuzzing`: not API.
 
 use std::ops::Bound;
 
@@ -105,4 +105,77 @@ pub fn table_decoder(data: &[u8]) {
 /// Seeds for the `kv_table` corpus: tables with and without a filter, of one block and many.
 pub fn table_seeds() -> Vec<Vec<u8>> {
     super::tree::table::fuzz::seeds()
+}
+
+/// Decodes `data` as a sequence of manifest edits (each a u16 LE length, then that many bytes)
+/// and replays them as the manifest's replay does: every edit decodes to an error or an edit
+/// that re-encodes to its own bytes, and applying them to a state refuses what does not fit
+/// without a panic; a state's snapshot edit rebuilds the same state.
+pub fn manifest_decoder(data: &[u8]) {
+    use super::tree::manifest::{Edit, State};
+    let mut state = State::default();
+    let mut rest = data;
+    while let Some((len, tail)) = rest.split_first_chunk::<2>() {
+        let len = usize::from(u16::from_le_bytes(*len)).min(tail.len());
+        let (edit, tail) = tail.split_at(len);
+        rest = tail;
+        let Ok(decoded) = Edit::decode(edit) else {
+            continue;
+        };
+        assert_eq!(decoded.encode(), edit, "one encoding per edit");
+        let before = state.clone();
+        if state.apply(&decoded).is_err() {
+            // A refused edit may have changed part of a scratch copy, never the state kept.
+            state = before;
+        }
+    }
+    let mut rebuilt = State::default();
+    rebuilt
+        .apply(&state.snapshot())
+        .expect("a snapshot applies to an empty state");
+    assert_eq!(rebuilt, state, "a snapshot rebuilds its state");
+}
+
+/// Seeds of the manifest target: a flush, a compaction, a move down, a snapshot.
+pub fn manifest_seeds() -> Vec<Vec<u8>> {
+    use super::tree::manifest::{Edit, Flushed};
+    let edits = [
+        Edit {
+            flushed: Some(Flushed {
+                seq: 10,
+                next_txn_id: 4,
+            }),
+            added: vec![(0, 1)],
+            ..Edit::default()
+        },
+        Edit {
+            removed: vec![1],
+            added: vec![(1, 2), (1, 3)],
+            ..Edit::default()
+        },
+        Edit {
+            removed: vec![3],
+            added: vec![(2, 3)],
+            ..Edit::default()
+        },
+        Edit {
+            flushed: Some(Flushed {
+                seq: 20,
+                next_txn_id: 9,
+            }),
+            snapshot: true,
+            added: vec![(1, 2), (2, 3)],
+            ..Edit::default()
+        },
+    ];
+    let frame = |edits: &[Edit]| {
+        let mut out = Vec::new();
+        for e in edits {
+            let bytes = e.encode();
+            out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+            out.extend_from_slice(&bytes);
+        }
+        out
+    };
+    vec![frame(&edits), frame(&edits[..1]), frame(&edits[3..])]
 }
