@@ -110,3 +110,52 @@ async fn the_command_inspects_dumps_verifies_and_truncates() -> ringtide::Result
     }
     wal.close().await
 }
+
+#[tokio::test]
+async fn the_command_looks_into_dumps_flushes_and_compacts_a_store() -> ringtide::Result<()> {
+    use ringtide::kv::{Db, DbOptions, TxnOptions};
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("store");
+    let db = Db::open(&dir, DbOptions::default()).await?;
+    let txn = db.begin(TxnOptions::default())?;
+    for i in 0..50u32 {
+        txn.put(format!("k{i:03}"), format!("v{i}"))?;
+    }
+    let eu = txn
+        .create_bucket("users")
+        .await?
+        .create_bucket("eu")
+        .await?;
+    eu.put("alice", vec![0xffu8, 0x00])?;
+    txn.commit().await?;
+    db.close().await?;
+    let d = dir.to_str().unwrap();
+
+    let (ok, out, _) = ringtide(&["kv", "flush", d]);
+    assert!(ok, "{out}");
+    assert!(out.contains("L0 1 tables"), "{out}");
+    let (ok, out, _) = ringtide(&["kv", "compact", d]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("L0 0 tables") && out.contains("L1 1 tables"),
+        "{out}"
+    );
+
+    let (ok, out, _) = ringtide(&["kv", "stats", d]);
+    assert!(ok, "{out}");
+    assert!(out.contains("flushes / compactions"), "{out}");
+
+    let (ok, out, _) = ringtide(&["kv", "dump", d]);
+    assert!(ok);
+    assert_eq!(out.lines().count(), 50, "{out}");
+    assert_eq!(out.lines().next(), Some("k000 = v0"));
+    let (ok, out, _) = ringtide(&["kv", "dump", d, "--bucket", "users/eu", "--json"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    assert_eq!(v["key"], "alice");
+    assert_eq!(v["value_hex"], "ff00");
+    let (ok, _, err) = ringtide(&["kv", "dump", d, "--bucket", "nope"]);
+    assert!(!ok);
+    assert!(err.contains("nope"), "{err}");
+    Ok(())
+}

@@ -1,7 +1,9 @@
-//! The `ringtide` command: inspect, dump, verify and truncate write-ahead logs.
+//! The `ringtide` command: inspect, dump, verify and truncate write-ahead logs; look into,
+//! dump, flush and compact key-value stores.
 //!
-//! `inspect`, `dump` and `verify` open the log read-only: they take no lock and change no file
-//! (a torn tail is reported, not cut). `truncate-front` and `truncate-back` open it for writing.
+//! `wal inspect`, `wal dump`, `wal verify`, `kv stats` and `kv dump` open read-only: they take
+//! no lock and change no file (a torn tail is reported, not cut). `wal truncate-front`,
+//! `wal truncate-back`, `kv flush` and `kv compact` open for writing.
 
 #![allow(
     clippy::print_stdout,
@@ -17,6 +19,7 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use ringtide::CorruptionKind;
+use ringtide::kv::{Db, DbOptions, TxnOptions};
 use ringtide::wal::{Lsn, Wal, WalOptions};
 
 #[derive(Parser)]
@@ -32,6 +35,42 @@ enum Command {
     Wal {
         #[command(subcommand)]
         command: WalCommand,
+    },
+    /// Key-value store tools.
+    Kv {
+        #[command(subcommand)]
+        command: KvCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KvCommand {
+    /// The store's figures: seqs, memtables, levels, flushes, compactions, caches, its wal.
+    Stats {
+        /// The store's directory.
+        dir: PathBuf,
+    },
+    /// Prints the keys and values of the root keyspace or of a bucket, one line each.
+    Dump {
+        /// The store's directory.
+        dir: PathBuf,
+        /// A bucket path, nested buckets separated by `/` (default: the root keyspace).
+        #[arg(long)]
+        bucket: Option<String>,
+        /// One JSON object per entry: key and value as UTF-8 text (`key`, `value`) or, if not
+        /// text, as hex (`key_hex`, `value_hex`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Flushes the memtable to a table (the wal is cut below it), then compacts what is due.
+    Flush {
+        /// The store's directory.
+        dir: PathBuf,
+    },
+    /// Compacts L0 into L1, then every level over its target.
+    Compact {
+        /// The store's directory.
+        dir: PathBuf,
     },
 }
 
@@ -252,6 +291,81 @@ async fn truncate(dir: PathBuf, lsn: u64, front: bool) -> ringtide::Result<()> {
     wal.close().await
 }
 
+async fn kv_stats(dir: PathBuf) -> ringtide::Result<()> {
+    let db = Db::open_read_only(&dir, DbOptions::default()).await?;
+    println!("store        {}", dir.display());
+    print!("{}", db.stats());
+    db.close().await
+}
+
+fn text_or_hex(name: &str, bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => format!("\"{name}\":{}", serde_json::Value::from(text)),
+        Err(_) => format!("\"{name}_hex\":\"{}\"", hex(bytes)),
+    }
+}
+
+async fn kv_dump(dir: PathBuf, bucket: Option<String>, json: bool) -> ringtide::Result<()> {
+    let db = Db::open_read_only(&dir, DbOptions::default()).await?;
+    let txn = db.begin(TxnOptions::default().read_only(true))?;
+    let mut scan = match bucket.as_deref() {
+        None | Some("") | Some("/") => txn.scan::<&[u8]>(..),
+        Some(path) => {
+            let mut names = path.split('/').filter(|n| !n.is_empty());
+            let first = names.next().unwrap_or_default();
+            let not_found = || ringtide::Error::BucketNotFound {
+                name: path.to_string(),
+            };
+            let mut b = txn.bucket(first).await?.ok_or_else(not_found)?;
+            for name in names {
+                b = b.bucket(name).await?.ok_or_else(not_found)?;
+            }
+            b.scan::<&[u8]>(..)
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    while let Some(entry) = scan.next().await {
+        let (k, v) = entry?;
+        let line = if json {
+            format!(
+                "{{{},{}}}",
+                text_or_hex("key", &k),
+                text_or_hex("value", &v)
+            )
+        } else {
+            format!(
+                "{} = {}",
+                String::from_utf8_lossy(&k),
+                String::from_utf8_lossy(&v)
+            )
+        };
+        if writeln!(out, "{line}").is_err() {
+            break;
+        }
+    }
+    drop(scan);
+    txn.rollback().await?;
+    db.close().await
+}
+
+async fn kv_maintain(dir: PathBuf, compact: bool) -> ringtide::Result<()> {
+    let db = Db::open(&dir, DbOptions::default()).await?;
+    if compact {
+        db.compact().await?;
+    } else {
+        db.flush().await?;
+    }
+    let levels: Vec<String> = db
+        .stats()
+        .levels
+        .iter()
+        .enumerate()
+        .map(|(n, l)| format!("L{n} {} tables, {} bytes", l.tables, l.bytes))
+        .collect();
+    println!("{}: {}", dir.display(), levels.join("; "));
+    db.close().await
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -264,19 +378,32 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let Command::Wal { command } = cli.command;
     let result = runtime.block_on(async move {
-        match command {
-            WalCommand::Inspect { dir } => inspect(dir).await.map(|()| true),
-            WalCommand::Dump {
-                dir,
-                from,
-                to,
-                json,
-            } => dump(dir, from, to, json).await.map(|()| true),
-            WalCommand::Verify { dir } => verify(dir).await,
-            WalCommand::TruncateFront { dir, lsn } => truncate(dir, lsn, true).await.map(|()| true),
-            WalCommand::TruncateBack { dir, lsn } => truncate(dir, lsn, false).await.map(|()| true),
+        match cli.command {
+            Command::Wal { command } => match command {
+                WalCommand::Inspect { dir } => inspect(dir).await.map(|()| true),
+                WalCommand::Dump {
+                    dir,
+                    from,
+                    to,
+                    json,
+                } => dump(dir, from, to, json).await.map(|()| true),
+                WalCommand::Verify { dir } => verify(dir).await,
+                WalCommand::TruncateFront { dir, lsn } => {
+                    truncate(dir, lsn, true).await.map(|()| true)
+                }
+                WalCommand::TruncateBack { dir, lsn } => {
+                    truncate(dir, lsn, false).await.map(|()| true)
+                }
+            },
+            Command::Kv { command } => match command {
+                KvCommand::Stats { dir } => kv_stats(dir).await.map(|()| true),
+                KvCommand::Dump { dir, bucket, json } => {
+                    kv_dump(dir, bucket, json).await.map(|()| true)
+                }
+                KvCommand::Flush { dir } => kv_maintain(dir, false).await.map(|()| true),
+                KvCommand::Compact { dir } => kv_maintain(dir, true).await.map(|()| true),
+            },
         }
     });
     match result {
