@@ -141,6 +141,13 @@ async fn the_command_looks_into_dumps_flushes_and_compacts_a_store() -> ringtide
         "{out}"
     );
 
+    let (ok, out, err) = ringtide(&["kv", "verify", d]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("1 tables") && out.contains("every checksum sound"),
+        "{out}"
+    );
+
     let (ok, out, _) = ringtide(&["kv", "stats", d]);
     assert!(ok, "{out}");
     assert!(out.contains("flushes / compactions"), "{out}");
@@ -157,5 +164,17 @@ async fn the_command_looks_into_dumps_flushes_and_compacts_a_store() -> ringtide
     let (ok, _, err) = ringtide(&["kv", "dump", d, "--bucket", "nope"]);
     assert!(!ok);
     assert!(err.contains("nope"), "{err}");
+
+    // A damaged table: verify names it and fails.
+    let table = std::fs::read_dir(dir.join("tables"))?
+        .next()
+        .expect("a table")?
+        .path();
+    let mut bytes = std::fs::read(&table)?;
+    bytes[10] ^= 0x01;
+    std::fs::write(&table, &bytes)?;
+    let (ok, _, err) = ringtide(&["kv", "verify", d]);
+    assert!(!ok);
+    assert!(err.contains(&*table.to_string_lossy()), "{err}");
     Ok(())
 }

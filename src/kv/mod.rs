@@ -71,6 +71,7 @@ mod flush;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz;
+mod integrity;
 mod options;
 mod record;
 mod recovery;
@@ -89,6 +90,7 @@ use tracing::Instrument;
 
 pub use bucket::Bucket;
 pub use entries::{CursorEntry, EntryCursor};
+pub use integrity::{KvIntegrityProgress, KvIntegrityReport, TableProblem};
 pub use options::{DbOptions, Durability, Isolation, TxnOptions};
 pub use scan::{Cursor, Scan};
 pub use stats::{DbStats, LevelStats};
@@ -423,6 +425,26 @@ impl Db {
     pub async fn compact(&self) -> Result<()> {
         self.check_writable()?;
         self.shared.compact_now().await
+    }
+
+    /// Reads every table back whole and checks it: each data block's checksum, the order of
+    /// its versions, its meta block's claims (count, first and last key, seq range, buckets);
+    /// each sorted level's tables in order and disjoint; then the wal's frames
+    /// ([`Wal::check_integrity`](crate::wal::Wal::check_integrity)). Damage is reported, not
+    /// repaired; the check goes on past a damaged table. `progress` is called as it goes.
+    /// The store stays usable meanwhile (the check reads the tables of the moment it starts;
+    /// a compaction cannot remove them under it).
+    ///
+    /// # Errors
+    /// I/O errors (damage is in the report, not an error).
+    ///
+    /// # Cancel safety
+    /// Safe: it reads only.
+    pub async fn check_integrity(
+        &self,
+        progress: impl FnMut(KvIntegrityProgress),
+    ) -> Result<KvIntegrityReport> {
+        integrity::check(&self.shared, progress).await
     }
 
     fn check_writable(&self) -> Result<()> {
