@@ -66,6 +66,7 @@
 //! not hold.
 
 mod bucket;
+mod checkpoint;
 mod entries;
 mod flush;
 #[cfg(feature = "fuzzing")]
@@ -425,6 +426,25 @@ impl Db {
     pub async fn compact(&self) -> Result<()> {
         self.check_writable()?;
         self.shared.compact_now().await
+    }
+
+    /// Writes an online, consistent copy of the store into `dir` (which must not exist) and
+    /// returns the sequence number it holds: every commit at or below it, none above. The copy
+    /// opens as a store of its own ([`Db::open`]). Commits go on meanwhile. The memtables are
+    /// flushed first; then the tables of one moment are copied beside a manifest naming them.
+    /// Prepared transactions not yet resolved are not in the copy. Everything is synced before
+    /// it returns.
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`], [`Error::Closed`]; I/O errors naming the file (`AlreadyExists` if
+    /// `dir` exists); the flush's errors. A failed checkpoint may leave a partial `dir`: remove
+    /// it.
+    ///
+    /// # Cancel safety
+    /// Dropped, it may leave a partial `dir` (never a change to the store itself): remove it.
+    pub async fn checkpoint(&self, dir: impl AsRef<Path>) -> Result<SeqNo> {
+        self.check_writable()?;
+        checkpoint::checkpoint(&self.shared, dir.as_ref()).await
     }
 
     /// Reads every table back whole and checks it: each data block's checksum, the order of
