@@ -491,6 +491,31 @@ impl IoDriver {
         Ok(File::new(self.clone(), FileState::new(file), path))
     }
 
+    /// Makes `to` a new name (a hard link) of the file `from`, in the same file system. The new
+    /// name is durable once its directory is synced ([`sync_dir`](Self::sync_dir)). Runs on the
+    /// thread pool under either backend (as [`read_dir`](Self::read_dir) does).
+    ///
+    /// # Errors
+    ///
+    /// The system's error, e.g. `AlreadyExists` if `to` exists, `NotFound`, or `CrossesDevices`
+    /// (`EXDEV`) across file systems.
+    ///
+    /// # Cancel safety
+    ///
+    /// A dropped call may or may not have made the link.
+    pub async fn hard_link(&self, from: impl AsRef<Path>, to: impl AsRef<Path>) -> io::Result<()> {
+        let (from, to) = (from.as_ref().to_path_buf(), to.as_ref().to_path_buf());
+        let ticket = self.ticket(1).await?;
+        #[cfg(feature = "sim")]
+        if let Engine::Sim(sim) = &self.shared.engine {
+            return sim.link(&from, &to).await;
+        }
+        self.shared
+            .pool
+            .run(ticket, move || std::fs::hard_link(&from, &to))
+            .await
+    }
+
     /// Renames `from` to `to`, replacing `to` if it exists. Follow with
     /// [`sync_dir`](Self::sync_dir) of the parent(s) to make the new name survive a crash.
     ///

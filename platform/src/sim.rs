@@ -910,6 +910,28 @@ impl SimEngine {
         .await
     }
 
+    pub(crate) async fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        tracing::trace!(from = %from.display(), to = %to.display(), "sim link");
+        self.run(Op::Meta, |w, _| {
+            let (from_dir, from_name) = w.split(from)?;
+            let (to_dir, to_name) = w.split(to)?;
+            let ino = *w
+                .dir(from_dir)?
+                .entries
+                .get(&from_name)
+                .ok_or(err(libc::ENOENT))?;
+            if matches!(w.nodes.get(&ino), Some(Node::Dir(_))) {
+                return Err(err(libc::EPERM));
+            }
+            if w.dir(to_dir)?.entries.contains_key(&to_name) {
+                return Err(err(libc::EEXIST));
+            }
+            w.dir_mut(to_dir)?.apply(vec![(to_name, Some(ino))]);
+            Ok(())
+        })
+        .await
+    }
+
     pub(crate) async fn unlink(&self, path: &Path, dir: bool) -> io::Result<()> {
         tracing::trace!(path = %path.display(), "sim unlink");
         self.run(Op::Meta, |w, _| {
@@ -1288,6 +1310,45 @@ mod tests {
             outcomes.insert(names);
         }
         assert!(outcomes.len() >= 2, "both fates seen: {outcomes:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_hard_link_shares_the_file_and_is_durable_once_its_directory_is_synced() {
+        let mut outcomes = BTreeSet::new();
+        for seed in 0..16 {
+            let disk = SimDisk::new(seed);
+            let d = disk.driver();
+            let opts = crate::OpenOptions::new().write(true).create(true);
+            d.create_dir_all("/t").await.unwrap();
+            d.sync_dir("/").await.unwrap();
+            let f = d.open("/t/a", &opts).await.unwrap();
+            let (res, _) = f.write_all_at(bytes::Bytes::from_static(b"x"), 0).await;
+            res.unwrap();
+            f.sync_data().await.unwrap();
+            d.sync_dir("/t").await.unwrap();
+            d.hard_link("/t/a", "/t/b").await.unwrap();
+            assert_eq!(
+                d.hard_link("/t/a", "/t/b").await.unwrap_err().kind(),
+                io::ErrorKind::AlreadyExists
+            );
+            if seed % 2 == 0 {
+                d.sync_dir("/t").await.unwrap();
+            }
+            d.remove_file("/t/a").await.unwrap();
+            disk.crash();
+            let names = disk.list("/t").unwrap();
+            if seed % 2 == 0 {
+                assert!(
+                    names.contains(&std::ffi::OsString::from("b")),
+                    "a synced link survives: {names:?}"
+                );
+            }
+            outcomes.insert(names);
+        }
+        assert!(
+            outcomes.len() >= 2,
+            "unsynced links may vanish: {outcomes:?}"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]

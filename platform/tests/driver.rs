@@ -68,6 +68,7 @@ both_backends!(
     writev_beyond_iov_max_and_with_empty_buffers,
     direct_io_with_aligned_buffers,
     shutdown_waits_for_in_flight_operations,
+    hard_links_share_a_file_and_outlive_its_first_name,
 );
 
 fn options() -> DriverOptions {
@@ -653,4 +654,38 @@ fn io_uring_needs_a_tokio_runtime() {
     let driver =
         IoDriver::new(options().backend(Backend::ThreadPool)).expect("pool starts anywhere");
     assert_eq!(driver.backend(), Backend::ThreadPool);
+}
+
+/// `hard_link` makes a second name of a file: it reads the same bytes, survives the removal of
+/// the first name, and refuses an existing name or a missing file with their kinds.
+async fn hard_links_share_a_file_and_outlive_its_first_name(driver: IoDriver) -> io::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let file = driver
+        .open(&a, &OpenOptions::new().write(true).create_new(true))
+        .await?;
+    let (res, _) = file.write_all_at(Bytes::from_static(b"linked"), 0).await;
+    res?;
+    file.sync_data().await?;
+    file.close().await?;
+    driver.hard_link(&a, &b).await?;
+    driver.sync_dir(tmp.path()).await?;
+    assert_eq!(
+        driver.hard_link(&a, &b).await.unwrap_err().kind(),
+        io::ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        driver
+            .hard_link(tmp.path().join("missing"), tmp.path().join("c"))
+            .await
+            .unwrap_err()
+            .kind(),
+        io::ErrorKind::NotFound
+    );
+    driver.remove_file(&a).await?;
+    let file = driver.open(&b, &OpenOptions::new().read(true)).await?;
+    let (res, buf) = file.read_exact_at(BytesMut::with_capacity(6), 0).await;
+    res?;
+    assert_eq!(&buf[..], b"linked");
+    file.close().await
 }

@@ -431,7 +431,8 @@ impl Db {
     /// Writes an online, consistent copy of the store into `dir` (which must not exist) and
     /// returns the sequence number it holds: every commit at or below it, none above. The copy
     /// opens as a store of its own ([`Db::open`]). Commits go on meanwhile. The memtables are
-    /// flushed first; then the tables of one moment are copied beside a manifest naming them.
+    /// flushed first; then the tables of one moment are hard-linked (copied where `dir` is on
+    /// another file system) beside a manifest naming them.
     /// Prepared transactions not yet resolved are not in the copy. Everything is synced before
     /// it returns.
     ///
