@@ -29,7 +29,7 @@
 //! Runs under the default sync policy (`Immediate`) and `Grouped`. `RINGTIDE_KV_SIM_POINTS` caps
 //! the crash points per policy (default 400, an even sample when the workload has more
 //! operations, as it does not today; `0`: every point), `RINGTIDE_KV_SIM_SEEDS` the runs per
-//! point, each with its own seed, so its own choice of what the crash keeps (default 3),
+//! point, each with its own seed, so its own choice of what the crash keeps (default 2),
 //! `RINGTIDE_KV_SIM_SEED` the base seed. A failure names its policy, seed and crash point;
 //! `RINGTIDE_KV_SIM_SEED=S RINGTIDE_KV_SIM_ONLY=N` replays it, `RINGTIDE_SIM_TRACE=trace` prints
 //! every disk operation.
@@ -850,7 +850,7 @@ async fn every_crash_point_keeps_every_acknowledged_commit_whole() {
     let only = std::env::var("RINGTIDE_KV_SIM_ONLY")
         .ok()
         .and_then(|v| v.parse::<u64>().ok());
-    let seeds_per_point = common::env_u64("RINGTIDE_KV_SIM_SEEDS", 3);
+    let seeds_per_point = common::env_u64("RINGTIDE_KV_SIM_SEEDS", 2);
     let started = std::time::Instant::now();
     let mut failures = Vec::new();
     let (mut total, mut runs, mut commits, mut prepared) = (0, 0, 0, 0);
