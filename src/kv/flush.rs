@@ -355,23 +355,24 @@ mod tests {
             }
             tokio::spawn(async move { txn.commit().await })
         };
-        // No flush can run: memtables pile up until a commit has to wait.
+        // No flush can run: memtables pile up until commits have to wait.
+        let fill = |round: &mut u32| {
+            let r = *round;
+            *round += 1;
+            commit_round(r)
+        };
         let held = shared.tree.flushing.lock().await;
         let mut round = 0;
-        let waiting = loop {
-            let commit = commit_round(round);
-            round += 1;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if !commit.is_finished() {
-                break commit;
-            }
-            commit.await.unwrap().unwrap();
-            assert!(round < 20, "a commit must wait once memtables pile up");
-        };
-        assert!(shared.tree.stalled());
+        while !shared.tree.stalled() {
+            fill(&mut round).await.unwrap().unwrap();
+            assert!(round < 20, "memtables pile up while no flush runs");
+        }
+        let waiting = fill(&mut round);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "a commit waits while stalled");
         // Flushes resume: the waiting commit goes through.
         drop(held);
-        tokio::time::timeout(Duration::from_secs(10), waiting)
+        tokio::time::timeout(Duration::from_secs(30), waiting)
             .await
             .expect("the commit resumes after a flush")
             .unwrap()
@@ -379,21 +380,18 @@ mod tests {
         assert!(db.stats().stall_micros > 0);
         // Again, and this time the store closes.
         let held = shared.tree.flushing.lock().await;
-        let waiting = loop {
-            let commit = commit_round(round);
-            round += 1;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if !commit.is_finished() {
-                break commit;
-            }
-            commit.await.unwrap().unwrap();
-            assert!(round < 40, "a commit must wait once memtables pile up");
-        };
+        while !shared.tree.stalled() {
+            fill(&mut round).await.unwrap().unwrap();
+            assert!(round < 60, "memtables pile up while no flush runs");
+        }
+        let waiting = fill(&mut round);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "a commit waits while stalled");
         let closing = tokio::spawn({
             let db = db.clone();
             async move { db.close().await }
         });
-        let result = tokio::time::timeout(Duration::from_secs(10), waiting)
+        let result = tokio::time::timeout(Duration::from_secs(30), waiting)
             .await
             .expect("a waiting commit ends when the store closes")
             .unwrap();
