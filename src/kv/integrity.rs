@@ -2,14 +2,12 @@
 //! of its entries, its meta block's claims (entry count, first and last key, seq range,
 //! buckets) — each sorted level's tables in order and disjoint, and the wal's frames.
 
-use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::shared::Shared;
 use super::tree::version::TableFile;
 use crate::error::{CorruptionKind, Error, Result};
-use crate::wal::IntegrityReport;
+use crate::wal::{IntegrityProblem, IntegrityReport};
 
 /// How far a check has come ([`Db::check_integrity`](super::Db::check_integrity)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,29 +21,10 @@ pub struct KvIntegrityProgress {
     pub entries_checked: u64,
 }
 
-/// Damage a check found in one table (or in the order of a level's tables).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct TableProblem {
-    /// The table file.
-    pub file: PathBuf,
-    /// Where the damaged block starts (0 for a problem of the whole table).
-    pub offset: u64,
-    /// What is wrong.
-    pub kind: CorruptionKind,
-}
-
-impl fmt::Display for TableProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "corruption in {} at offset {}: {}",
-            self.file.display(),
-            self.offset,
-            self.kind
-        )
-    }
-}
+/// Damage a check found in one table (or in the order of a level's tables): the file, the
+/// offset of the damaged block (0 for a problem of the whole table) and what is wrong — the
+/// wal's [`IntegrityProblem`], the same three facts.
+pub type TableProblem = IntegrityProblem;
 
 /// What a check read and found.
 #[derive(Debug, Clone, PartialEq, Eq)]

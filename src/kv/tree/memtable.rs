@@ -231,11 +231,7 @@ impl Memtable {
             } else {
                 self.get(bucket, &ikey.key, snapshot)
             };
-            match visible {
-                Some(Some(value)) => out.push((ikey.key.clone(), Some(value))),
-                Some(None) if tombstones => out.push((ikey.key.clone(), None)),
-                _ => {}
-            }
+            push_visible(&mut out, &ikey.key, visible, tombstones);
             cursor = self.next_key(bucket, &entry);
         }
         (out, false)
@@ -279,11 +275,8 @@ impl Memtable {
             if out.len() == limit {
                 return (out, true);
             }
-            match self.get(bucket, &ikey.key, snapshot) {
-                Some(Some(value)) => out.push((ikey.key.clone(), Some(value))),
-                Some(None) if tombstones => out.push((ikey.key.clone(), None)),
-                _ => {}
-            }
+            let visible = self.get(bucket, &ikey.key, snapshot);
+            push_visible(&mut out, &ikey.key, visible, tombstones);
             cursor = self.seek_before_key(bucket, &ikey.key);
         }
         (out, false)
@@ -354,14 +347,30 @@ impl Memtable {
 
 type Entry<'a> = crossbeam_skiplist::map::Entry<'a, InternalKey, Value>;
 
-fn live(versions: Vec<(Bytes, Value)>) -> Vec<KeyValue> {
+/// Adds the version a snapshot sees of `key` (a tombstone only if `tombstones`).
+fn push_visible(
+    out: &mut Vec<(Bytes, Value)>,
+    key: &Bytes,
+    visible: Option<Value>,
+    tombstones: bool,
+) {
+    match visible {
+        Some(Some(value)) => out.push((key.clone(), Some(value))),
+        Some(None) if tombstones => out.push((key.clone(), None)),
+        _ => {}
+    }
+}
+
+/// The values of `versions`, tombstones dropped.
+pub(crate) fn live(versions: Vec<(Bytes, Value)>) -> Vec<KeyValue> {
     versions
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))
         .collect()
 }
 
-fn below(key: &[u8], to: Bound<&[u8]>) -> bool {
+/// Whether `key` is within an upper bound.
+pub(crate) fn below(key: &[u8], to: Bound<&[u8]>) -> bool {
     match to {
         Bound::Included(end) => key <= end,
         Bound::Excluded(end) => key < end,
@@ -369,7 +378,8 @@ fn below(key: &[u8], to: Bound<&[u8]>) -> bool {
     }
 }
 
-fn above(key: &[u8], to: Bound<&[u8]>) -> bool {
+/// Whether `key` is within a lower bound.
+pub(crate) fn above(key: &[u8], to: Bound<&[u8]>) -> bool {
     match to {
         Bound::Included(end) => key >= end,
         Bound::Excluded(end) => key > end,

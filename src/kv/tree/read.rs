@@ -12,7 +12,7 @@ use std::ops::Bound;
 use bytes::Bytes;
 
 use super::Tree;
-use super::memtable::{KeyValue, Value};
+use super::memtable::{KeyValue, Value, above, below, live};
 use super::table::Table;
 use super::version::TableFile;
 use crate::error::Result;
@@ -114,11 +114,7 @@ fn merge(mut batches: Vec<Batch>, reverse: bool) -> (Vec<KeyValue>, Option<Bytes
         } else {
             None
         };
-        let out = versions
-            .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k, v)))
-            .collect();
-        return (out, bound);
+        return (live(versions), bound);
     }
     let before = |a: &Bytes, b: &Bytes| if reverse { a > b } else { a < b };
     let mut bound: Option<Bytes> = None;
@@ -209,22 +205,6 @@ async fn level_versions(
         }
     }
     Ok((out, false))
-}
-
-fn below(key: &[u8], to: Bound<&[u8]>) -> bool {
-    match to {
-        Bound::Included(end) => key <= end,
-        Bound::Excluded(end) => key < end,
-        Bound::Unbounded => true,
-    }
-}
-
-fn above(key: &[u8], to: Bound<&[u8]>) -> bool {
-    match to {
-        Bound::Included(end) => key >= end,
-        Bound::Excluded(end) => key > end,
-        Bound::Unbounded => true,
-    }
 }
 
 /// The newest version the snapshot sees of each key of one table in `r`, up to `limit` keys.
