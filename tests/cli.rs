@@ -152,6 +152,22 @@ async fn the_command_looks_into_dumps_flushes_and_compacts_a_store() -> ringtide
     assert!(ok, "{out}");
     assert!(out.contains("flushes / compactions"), "{out}");
 
+    let (ok, out, _) = ringtide(&["kv", "compact", d, "--full"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("L1 1 tables"), "{out}");
+    // A checkpoint: a copy that dumps the same.
+    let copy = tmp.path().join("copy");
+    let c = copy.to_str().unwrap();
+    let (ok, out, err) = ringtide(&["kv", "checkpoint", d, c]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("at seq"), "{out}");
+    let (ok, out, err) = ringtide(&["kv", "dump", c]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 50, "{out}");
+    let (ok, _, err) = ringtide(&["kv", "checkpoint", d, c]);
+    assert!(!ok, "a checkpoint into an existing directory is refused");
+    assert!(err.contains("exists"), "{err}");
+
     let (ok, out, _) = ringtide(&["kv", "dump", d]);
     assert!(ok);
     assert_eq!(out.lines().count(), 50, "{out}");

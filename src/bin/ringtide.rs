@@ -77,6 +77,18 @@ enum KvCommand {
     Compact {
         /// The store's directory.
         dir: PathBuf,
+        /// Compacts everything into the last level instead (overwritten versions and
+        /// tombstones dropped, their space reclaimed).
+        #[arg(long)]
+        full: bool,
+    },
+    /// Writes a consistent copy of the store into a new directory (tables hard-linked where
+    /// they can be) and prints the sequence number it holds; the copy opens as a store.
+    Checkpoint {
+        /// The store's directory.
+        dir: PathBuf,
+        /// The copy's directory (must not exist).
+        target: PathBuf,
     },
 }
 
@@ -394,12 +406,19 @@ async fn kv_verify(dir: PathBuf) -> ringtide::Result<bool> {
     Ok(report.is_sound())
 }
 
-async fn kv_maintain(dir: PathBuf, compact: bool) -> ringtide::Result<()> {
+/// What `kv flush` and `kv compact` do.
+enum Maintain {
+    Flush,
+    Compact,
+    CompactFull,
+}
+
+async fn kv_maintain(dir: PathBuf, work: Maintain) -> ringtide::Result<()> {
     let db = Db::open(&dir, DbOptions::default()).await?;
-    if compact {
-        db.compact().await?;
-    } else {
-        db.flush().await?;
+    match work {
+        Maintain::Flush => db.flush().await?,
+        Maintain::Compact => db.compact().await?,
+        Maintain::CompactFull => db.compact_full().await?,
     }
     let levels: Vec<String> = db
         .stats()
@@ -409,6 +428,17 @@ async fn kv_maintain(dir: PathBuf, compact: bool) -> ringtide::Result<()> {
         .map(|(n, l)| format!("L{n} {} tables, {} bytes", l.tables, l.bytes))
         .collect();
     println!("{}: {}", dir.display(), levels.join("; "));
+    db.close().await
+}
+
+async fn kv_checkpoint(dir: PathBuf, target: PathBuf) -> ringtide::Result<()> {
+    let db = Db::open(&dir, DbOptions::default()).await?;
+    let seq = db.checkpoint(&target).await?;
+    println!(
+        "{}: checkpoint of {} at seq {seq}",
+        target.display(),
+        dir.display()
+    );
     db.close().await
 }
 
@@ -448,8 +478,18 @@ fn main() -> ExitCode {
                     kv_dump(dir, bucket, json).await.map(|()| true)
                 }
                 KvCommand::Verify { dir } => kv_verify(dir).await,
-                KvCommand::Flush { dir } => kv_maintain(dir, false).await.map(|()| true),
-                KvCommand::Compact { dir } => kv_maintain(dir, true).await.map(|()| true),
+                KvCommand::Flush { dir } => kv_maintain(dir, Maintain::Flush).await.map(|()| true),
+                KvCommand::Compact { dir, full } => {
+                    let work = if full {
+                        Maintain::CompactFull
+                    } else {
+                        Maintain::Compact
+                    };
+                    kv_maintain(dir, work).await.map(|()| true)
+                }
+                KvCommand::Checkpoint { dir, target } => {
+                    kv_checkpoint(dir, target).await.map(|()| true)
+                }
             },
         }
     });

@@ -3,9 +3,10 @@
 //!
 //! The memtables are flushed first, so that the tables hold every commit up to a seq `F` and
 //! nothing above it; one state of the tree is then pinned (its tables cannot be removed while
-//! pinned), its tables hard-linked (copied across file systems), and a manifest holding one snapshot edit (the tables, `F`, the
-//! next transaction id) written beside them. Commits go on meanwhile: those above `F` are not in
-//! the copy. The copy's wal starts empty. Prepared transactions not yet resolved are not in the
+//! pinned), its tables hard-linked (copied across file systems), and a manifest holding one
+//! snapshot edit (the tables, `F`, the next transaction id) written beside them. Commits go on
+//! meanwhile: those above `F` are not in the copy. The copy's wal starts empty (it is made, so
+//! that the copy opens read-only too). Prepared transactions not yet resolved are not in the
 //! copy (they are not committed data).
 //!
 //! Every file is written through the I/O executor and synced, the directories too, before the
@@ -21,6 +22,7 @@ use super::shared::Shared;
 use super::tree::manifest::{Edit, Flushed, Manifest};
 use crate::error::{Error, Result};
 use crate::types::SeqNo;
+use crate::wal::Wal;
 
 /// Bytes copied per read.
 const COPY_CHUNK_BYTES: usize = 1 << 20;
@@ -74,6 +76,9 @@ pub(crate) async fn checkpoint(shared: &Arc<Shared>, target: &Path) -> Result<Se
     let recorded = manifest.record(&edit).await;
     let closed = manifest.close().await;
     recorded.and(closed)?;
+    // An empty wal: the copy opens read-only as well as read-write.
+    let wal = Wal::open(target.join("wal"), shared.options.wal_options()).await?;
+    wal.close().await?;
     sync_dir(&driver, target).await?;
     if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
         sync_dir(&driver, parent).await?;

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::shared::Shared;
-use super::tree::job::FlushDone;
+use super::tree::job::{FlushDone, KeyRange};
 use crate::error::{Error, Result};
 use crate::types::Lsn;
 
@@ -214,6 +214,24 @@ impl Shared {
         .await
     }
 
+    /// What `Db::compact_range` runs: a flush, then the range down to the last level.
+    pub(crate) async fn compact_range_now(self: &Arc<Self>, range: KeyRange) -> Result<()> {
+        let db = self.clone();
+        self.detached(async move {
+            db.rotate(true);
+            let result = db.flush_all().await;
+            db.note_outcome(result)?;
+            let _job = db.tree.compacting.lock().await;
+            db.check_open()?;
+            let result = db
+                .tree
+                .compact_range(&range, db.oracle.oldest_needed(), &db.closed)
+                .await;
+            db.note_outcome(result)
+        })
+        .await
+    }
+
     fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
@@ -323,6 +341,14 @@ impl Shared {
             .fetch_add(waited, Ordering::Relaxed);
         metrics::counter!("ringtide_kv_stall_micros_total").increment(waited);
         result
+    }
+
+    /// Whether a flush, and a compaction, runs now.
+    pub(crate) fn background_running(&self) -> (bool, bool) {
+        (
+            self.background.flushing.load(Ordering::Relaxed),
+            self.background.compacting.load(Ordering::Relaxed),
+        )
     }
 
     /// The background work's error, if it failed.

@@ -82,6 +82,7 @@ mod stats;
 mod tree;
 mod txn;
 
+use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -181,7 +182,7 @@ impl Db {
                 "recovered"
             );
             let oracle =
-                txn::oracle::Oracle::new(replayed.last_seq, options.max_conflict_history_bytes);
+                txn::oracle::Oracle::new(replayed.last_seq, options.conflict_history_bytes());
             for (&id, p) in &replayed.prepared {
                 // Its writes, and what it read (serializable): held as before the restart.
                 let mut keys = txn::commit::written_keys(&p.writes);
@@ -426,6 +427,75 @@ impl Db {
     pub async fn compact(&self) -> Result<()> {
         self.check_writable()?;
         self.shared.compact_now().await
+    }
+
+    /// Compacts the root bucket's keys in `range` down to the last level that holds data
+    /// (RocksDB's `CompactRange`): the memtables are flushed first, then every table holding
+    /// keys in the range is merged into the level below, level by level, and the last level's
+    /// tables in the range are rewritten. Versions no snapshot can see and tombstones are
+    /// dropped, so the space they took is reclaimed. Tables partly in the range are compacted
+    /// whole (keys outside the range with them); L0 goes whole.
+    ///
+    /// # Errors
+    /// As [`Db::flush`]; the steps done before an error stay done.
+    ///
+    /// # Cancel safety
+    /// Safe, as [`Db::flush`].
+    pub async fn compact_range<K: AsRef<[u8]>>(&self, range: impl RangeBounds<K>) -> Result<()> {
+        self.compact_bucket_id_range(txn::ROOT, range).await
+    }
+
+    /// [`Db::compact_range`] over the keys of `bucket` (a handle opened in any transaction).
+    ///
+    /// # Errors
+    /// As [`Db::compact_range`].
+    ///
+    /// # Cancel safety
+    /// Safe, as [`Db::flush`].
+    pub async fn compact_bucket_range<K: AsRef<[u8]>>(
+        &self,
+        bucket: &Bucket,
+        range: impl RangeBounds<K>,
+    ) -> Result<()> {
+        self.compact_bucket_id_range(bucket.id(), range).await
+    }
+
+    /// [`Db::compact_range`] over every key of every bucket: the whole store in its last level.
+    ///
+    /// # Errors
+    /// As [`Db::compact_range`].
+    ///
+    /// # Cancel safety
+    /// Safe, as [`Db::flush`].
+    pub async fn compact_full(&self) -> Result<()> {
+        self.check_writable()?;
+        let range = tree::job::KeyRange {
+            start: Bound::Unbounded,
+            end: Bound::Unbounded,
+        };
+        self.shared.compact_range_now(range).await
+    }
+
+    async fn compact_bucket_id_range<K: AsRef<[u8]>>(
+        &self,
+        bucket: u64,
+        range: impl RangeBounds<K>,
+    ) -> Result<()> {
+        self.check_writable()?;
+        let key = |k: &K| (bucket, Bytes::copy_from_slice(k.as_ref()));
+        let range = tree::job::KeyRange {
+            start: match range.start_bound() {
+                Bound::Included(k) => Bound::Included(key(k)),
+                Bound::Excluded(k) => Bound::Excluded(key(k)),
+                Bound::Unbounded => Bound::Included((bucket, Bytes::new())),
+            },
+            end: match range.end_bound() {
+                Bound::Included(k) => Bound::Included(key(k)),
+                Bound::Excluded(k) => Bound::Excluded(key(k)),
+                Bound::Unbounded => Bound::Excluded((bucket.saturating_add(1), Bytes::new())),
+            },
+        };
+        self.shared.compact_range_now(range).await
     }
 
     /// Writes an online, consistent copy of the store into `dir` (which must not exist) and

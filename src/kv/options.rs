@@ -35,6 +35,7 @@ pub struct DbOptions {
     pub(crate) block_size_bytes: usize,
     pub(crate) bloom_bits_per_key: u32,
     pub(crate) block_cache_bytes: u64,
+    pub(crate) memory_limit_bytes: Option<u64>,
     pub(crate) driver: Option<IoDriver>,
 }
 
@@ -61,6 +62,7 @@ impl Default for DbOptions {
             block_size_bytes: 4 << 10,
             bloom_bits_per_key: 10,
             block_cache_bytes: 64 << 20,
+            memory_limit_bytes: None,
             driver: None,
         }
     }
@@ -217,6 +219,25 @@ impl DbOptions {
         self
     }
 
+    /// A bound on the store's memory: memtables, block cache, the tables' indexes and filters,
+    /// the conflict history and the buffers of flushes and compactions together stay under it.
+    /// Writers wait (the commit's future resolves once a flush frees room) instead of memory
+    /// growing. Default: none (each part bounded by its own option); accepted: 16 MiB to 1 TiB.
+    ///
+    /// The limit is split: half for memtables (`write_buffer_bytes` is lowered to fit
+    /// `max_immutable_memtables + 2` of them), up to a sixteenth for the conflict history
+    /// (`max_conflict_history_bytes` lowered to fit), the flush and compaction buffers, and the
+    /// rest for the tables' indexes and filters (held in memory while a table is open) and the
+    /// block cache, whose budget shrinks as the tables' indexes and filters grow (never above
+    /// `block_cache_bytes`). What is not counted: open transactions' write sets (bounded by
+    /// `max_txn_bytes` each), the wal's buffers and the allocator's own overhead. With more
+    /// data than the indexes and filters fit in, the limit cannot hold; `DbStats::memory`
+    /// reports it.
+    pub fn memory_limit_bytes(mut self, bytes: u64) -> Self {
+        self.memory_limit_bytes = Some(bytes);
+        self
+    }
+
     /// The I/O executor to use (e.g. one shared by several stores); default: one of its own.
     pub fn driver(mut self, driver: IoDriver) -> Self {
         self.driver = Some(driver);
@@ -272,13 +293,55 @@ impl DbOptions {
         if !(2..=16).contains(&self.level_count) {
             return Err(Error::invalid("level_count", "must be 2 to 16"));
         }
+        if let Some(limit) = self.memory_limit_bytes
+            && !(16 << 20..=1 << 40).contains(&limit)
+        {
+            return Err(Error::invalid(
+                "memory_limit_bytes",
+                "must be 16 MiB to 1 TiB",
+            ));
+        }
         self.tree_options().table.validate()
+    }
+
+    /// How `memory_limit_bytes` is split (see there); `None` without a limit.
+    pub(crate) fn memory_budget(&self) -> Option<MemoryBudget> {
+        let limit = self.memory_limit_bytes?;
+        let slots = self.max_immutable_memtables as u64 + 2;
+        let memtables = limit / 2;
+        let write_buffer_bytes = self.write_buffer_bytes.min(memtables / slots).max(64 << 10);
+        let conflict_history = self
+            .max_conflict_history_bytes
+            .min(limit / 16)
+            .max(64 << 10);
+        // A flush and a compaction at once: each a write buffer and its table's index and filter
+        // builders (about an eighth of the table they write, at most).
+        let table = super::tree::table::TableOptions::default();
+        let jobs = 2 * table.write_buffer_bytes as u64
+            + (write_buffer_bytes + self.table_target_bytes) / 8;
+        Some(MemoryBudget {
+            limit,
+            memtables,
+            write_buffer_bytes,
+            conflict_history,
+            tables: limit.saturating_sub(memtables + conflict_history + jobs),
+        })
+    }
+
+    /// The conflict history's bound (lowered under a memory limit).
+    pub(crate) fn conflict_history_bytes(&self) -> u64 {
+        self.memory_budget()
+            .map_or(self.max_conflict_history_bytes, |b| b.conflict_history)
     }
 
     /// The tree's shape.
     pub(crate) fn tree_options(&self) -> super::tree::TreeOptions {
+        let budget = self.memory_budget();
         super::tree::TreeOptions {
-            write_buffer_bytes: self.write_buffer_bytes,
+            write_buffer_bytes: budget
+                .as_ref()
+                .map_or(self.write_buffer_bytes, |b| b.write_buffer_bytes),
+            memory: budget,
             max_immutable_memtables: self.max_immutable_memtables,
             l0_compaction_trigger: self.l0_compaction_trigger,
             table_target_bytes: self.table_target_bytes,
@@ -317,6 +380,19 @@ impl DbOptions {
         }
         wal
     }
+}
+
+/// How a memory limit is split (see [`DbOptions::memory_limit_bytes`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MemoryBudget {
+    pub(crate) limit: u64,
+    /// Every memtable together: commits wait at this.
+    pub(crate) memtables: u64,
+    /// The active memtable's size at rotation.
+    pub(crate) write_buffer_bytes: u64,
+    pub(crate) conflict_history: u64,
+    /// The tables' indexes and filters, and the block cache.
+    pub(crate) tables: u64,
 }
 
 /// The isolation level of a transaction.

@@ -57,6 +57,23 @@ pub struct DbStats {
     pub block_cache_misses: u64,
     /// See `block_cache_hits`.
     pub block_cache_bytes: u64,
+    /// The block cache's budget now (under a memory limit it shrinks as the tables' indexes
+    /// and filters grow).
+    pub block_cache_capacity_bytes: u64,
+    /// The open tables' indexes and filters, held in memory outside the block cache.
+    pub table_meta_bytes: u64,
+    /// What the store counts against `memory_limit_bytes`: memtables, block cache, tables'
+    /// indexes and filters, conflict history.
+    pub memory_bytes: u64,
+    /// `DbOptions::memory_limit_bytes`, if set.
+    pub memory_limit_bytes: Option<u64>,
+    /// Space amplification of the tables: their bytes over the last non-empty level's (the
+    /// estimate RocksDB reports; 1 when everything is in one level, 0 with no table).
+    pub space_amplification: f64,
+    /// Whether a flush, and a compaction, is running now.
+    pub flush_running: bool,
+    /// See `flush_running`.
+    pub compaction_running: bool,
     /// Microseconds commits waited for a flush (backpressure).
     pub stall_micros: u64,
     /// The background work's error, if a flush or compaction failed (commits that must wait
@@ -100,6 +117,19 @@ pub(crate) fn collect(shared: &Shared) -> DbStats {
     let t = &shared.tree.figures;
     let cache = shared.tree.cache.figures();
     let scores = shared.tree.scores();
+    let memory = shared.tree.memory();
+    let levels: Vec<LevelStats> = std::iter::once(&current.version.l0)
+        .chain(current.version.levels.iter())
+        .enumerate()
+        .map(|(n, tables)| LevelStats {
+            tables: tables.len() as u64,
+            bytes: tables.iter().map(|t| t.table.file_bytes()).sum(),
+            score: scores.get(n).copied().unwrap_or(0.0),
+        })
+        .collect();
+    let table_bytes: u64 = levels.iter().map(|l| l.bytes).sum();
+    let last_level_bytes = levels.iter().rev().map(|l| l.bytes).find(|&b| b > 0);
+    let (flush_running, compaction_running) = shared.background_running();
     let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     DbStats {
         options: shared.options.clone(),
@@ -110,21 +140,9 @@ pub(crate) fn collect(shared: &Shared) -> DbStats {
             .iter()
             .map(|m| m.mem.versions() as u64)
             .sum(),
-        memtable_bytes: current
-            .memtables
-            .iter()
-            .map(|m| m.mem.approximate_bytes())
-            .sum(),
+        memtable_bytes: memory.memtable_bytes,
         immutable_memtables: current.memtables.len() as u64 - 1,
-        levels: std::iter::once(&current.version.l0)
-            .chain(current.version.levels.iter())
-            .enumerate()
-            .map(|(n, tables)| LevelStats {
-                tables: tables.len() as u64,
-                bytes: tables.iter().map(|t| t.table.file_bytes()).sum(),
-                score: scores.get(n).copied().unwrap_or(0.0),
-            })
-            .collect(),
+        levels,
         flushes: get(&t.flushes),
         compactions: get(&t.compactions),
         bytes_flushed: get(&t.bytes_flushed),
@@ -141,6 +159,16 @@ pub(crate) fn collect(shared: &Shared) -> DbStats {
         block_cache_hits: cache.hits,
         block_cache_misses: cache.misses,
         block_cache_bytes: cache.bytes,
+        block_cache_capacity_bytes: memory.block_cache_capacity,
+        table_meta_bytes: memory.table_meta_bytes,
+        memory_bytes: memory.memtable_bytes
+            + cache.bytes
+            + memory.table_meta_bytes
+            + o.history_bytes,
+        memory_limit_bytes: shared.options.memory_limit_bytes,
+        space_amplification: last_level_bytes.map_or(0.0, |b| table_bytes as f64 / b as f64),
+        flush_running,
+        compaction_running,
         stall_micros: get(&t.stall_micros),
         background_error: shared.background_error().map(|e| e.to_string()),
         active_txns: Counters::get(&c.active),
@@ -170,7 +198,7 @@ impl fmt::Display for DbStats {
             .map(|(n, l)| format!("L{n} {}/{}/{:.2}", l.tables, l.bytes, l.score))
             .collect::<Vec<_>>()
             .join(", ");
-        let rows: [(&str, String); 28] = [
+        let rows: [(&str, String); 31] = [
             ("sync policy", format!("{:?}", o.sync_policy)),
             (
                 "max key / value / txn bytes",
@@ -199,6 +227,29 @@ impl fmt::Display for DbStats {
                 format!(
                     "{} / {} / {}",
                     self.block_cache_hits, self.block_cache_misses, self.block_cache_bytes
+                ),
+            ),
+            (
+                "memory bytes / limit",
+                format!(
+                    "{} / {}",
+                    self.memory_bytes,
+                    self.memory_limit_bytes
+                        .map_or("-".into(), |l| l.to_string())
+                ),
+            ),
+            (
+                "block cache capacity / table meta bytes",
+                format!(
+                    "{} / {}",
+                    self.block_cache_capacity_bytes, self.table_meta_bytes
+                ),
+            ),
+            (
+                "space amplification / flushing / compacting",
+                format!(
+                    "{:.2} / {} / {}",
+                    self.space_amplification, self.flush_running, self.compaction_running
                 ),
             ),
             (

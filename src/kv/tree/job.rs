@@ -14,6 +14,7 @@
 //! nothing below it can be shadowed.
 
 use std::cmp::{Ordering, Reverse};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -206,23 +207,7 @@ impl Tree {
         } else {
             vec![self.next_in_level(version, level)?]
         };
-        let lo = upper.iter().map(|t| user_key(t.min_key())).min()?;
-        let hi = upper.iter().map(|t| user_key(t.max_key())).max()?;
-        let lower: Vec<Arc<TableFile>> = version
-            .levels
-            .get(level)
-            .into_iter()
-            .flatten()
-            .filter(|t| user_key(t.max_key()) >= lo && user_key(t.min_key()) <= hi)
-            .cloned()
-            .collect();
-        let bottom = version.levels.iter().skip(level + 1).all(|l| l.is_empty());
-        Some(Task {
-            output_level: level as u8 + 1,
-            upper,
-            lower,
-            bottom,
-        })
+        task_into_next(version, level, upper)
     }
 
     /// The table of sorted level `n` to compact next: round robin by key, after the last one
@@ -244,6 +229,92 @@ impl Tree {
             .clone();
         cursors[n] = Some(user_key(next.max_key()));
         Some(next)
+    }
+
+    /// Compacts every table holding keys in `range` down to the last level that holds data,
+    /// and rewrites that level's tables in the range (dropping tombstones and versions no
+    /// snapshot can see). L0 goes whole (its tables overlap in seqs, so a part of it cannot
+    /// move below the rest). Tables of a level with nothing under them in the level below are
+    /// moved down as they are. The caller flushed first and holds the compaction lock.
+    ///
+    /// # Errors
+    /// As [`Tree::compact_next`]; the steps done before an error stay done.
+    pub(crate) async fn compact_range(
+        &self,
+        range: &KeyRange,
+        oldest_snapshot: u64,
+        closed: &std::sync::atomic::AtomicBool,
+    ) -> Result<()> {
+        // Tables written from here on: at the last level, only by compactions to the bottom,
+        // which dropped what they could already.
+        let first_new = self
+            .next_table_id
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let mut level = 0;
+        loop {
+            let current = self.current();
+            let version = &current.version;
+            let Some(last) = version
+                .levels
+                .iter()
+                .rposition(|l| !l.is_empty())
+                .map(|i| i + 1)
+            else {
+                // Only L0 (or nothing): L0 into L1.
+                if !version.l0.is_empty() && version.l0.iter().any(|t| range.overlaps(t)) {
+                    let task =
+                        task_into_next(version, 0, version.l0.clone()).expect("L0 is not empty");
+                    self.compact(task, oldest_snapshot, closed).await?;
+                }
+                return Ok(());
+            };
+            if level > last {
+                return Ok(());
+            }
+            let upper: Vec<Arc<TableFile>> = if level == 0 {
+                if version.l0.iter().any(|t| range.overlaps(t)) {
+                    version.l0.clone()
+                } else {
+                    Vec::new()
+                }
+            } else {
+                version.levels[level - 1]
+                    .iter()
+                    .filter(|t| range.overlaps(t))
+                    .cloned()
+                    .collect()
+            };
+            if upper.is_empty() {
+                level += 1;
+                continue;
+            }
+            if level == last {
+                let upper: Vec<_> = upper.into_iter().filter(|t| t.id < first_new).collect();
+                if !upper.is_empty() {
+                    let task = Task {
+                        output_level: level as u8,
+                        upper,
+                        lower: Vec::new(),
+                        bottom: true,
+                    };
+                    self.compact(task, oldest_snapshot, closed).await?;
+                }
+                return Ok(());
+            }
+            let task = task_into_next(version, level, upper).expect("upper is not empty");
+            drop(current);
+            if task.lower.is_empty() && level > 0 {
+                for t in &task.upper {
+                    self.move_down(t, task.output_level).await?;
+                }
+            } else {
+                self.compact(task, oldest_snapshot, closed).await?;
+            }
+            if closed.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(crate::Error::Closed);
+            }
+            level += 1;
+        }
     }
 
     /// Runs the next compaction (see [`Tree::pick`]); returns whether there was one.
@@ -422,6 +493,53 @@ struct Task {
     lower: Vec<Arc<TableFile>>,
     /// No level below the output holds data: tombstones can go.
     bottom: bool,
+}
+
+/// The compaction of `upper` (tables of `level`) into the next level: with the tables of that
+/// level they overlap. `None` if `upper` is empty.
+fn task_into_next(version: &Version, level: usize, upper: Vec<Arc<TableFile>>) -> Option<Task> {
+    let lo = upper.iter().map(|t| user_key(t.min_key())).min()?;
+    let hi = upper.iter().map(|t| user_key(t.max_key())).max()?;
+    let lower: Vec<Arc<TableFile>> = version
+        .levels
+        .get(level)
+        .into_iter()
+        .flatten()
+        .filter(|t| user_key(t.max_key()) >= lo && user_key(t.min_key()) <= hi)
+        .cloned()
+        .collect();
+    let bottom = version.levels.iter().skip(level + 1).all(|l| l.is_empty());
+    Some(Task {
+        output_level: level as u8 + 1,
+        upper,
+        lower,
+        bottom,
+    })
+}
+
+/// A range of user keys `(bucket, key)` to compact.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyRange {
+    pub(crate) start: Bound<(u64, Bytes)>,
+    pub(crate) end: Bound<(u64, Bytes)>,
+}
+
+impl KeyRange {
+    /// Whether `table` holds a key in the range (by its first and last key).
+    fn overlaps(&self, table: &TableFile) -> bool {
+        let (min, max) = (user_key(table.min_key()), user_key(table.max_key()));
+        let after_start = match &self.start {
+            Bound::Included(s) => max >= *s,
+            Bound::Excluded(s) => max > *s,
+            Bound::Unbounded => true,
+        };
+        let before_end = match &self.end {
+            Bound::Included(e) => min <= *e,
+            Bound::Excluded(e) => min < *e,
+            Bound::Unbounded => true,
+        };
+        after_start && before_end
+    }
 }
 
 /// A table key's user part, `(bucket, key)`, for range overlaps.

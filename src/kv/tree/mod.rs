@@ -25,7 +25,7 @@ pub(crate) mod version;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -36,6 +36,7 @@ use self::memtable::{Memtable, Value};
 use self::table::{BlockCache, Table, TableOptions};
 use self::version::{TableFile, Version};
 use crate::error::{CorruptionKind, Error, Result};
+use crate::kv::options::MemoryBudget;
 use crate::types::Lsn;
 use crate::wal::WalOptions;
 
@@ -51,6 +52,8 @@ pub(crate) struct TreeOptions {
     /// Levels, L0 included.
     pub(crate) level_count: usize,
     pub(crate) block_cache_bytes: u64,
+    /// The split of `memory_limit_bytes`, if the store has one.
+    pub(crate) memory: Option<MemoryBudget>,
     pub(crate) table: TableOptions,
 }
 
@@ -105,6 +108,12 @@ pub(crate) struct Tree {
     pub(crate) cache: BlockCache,
     /// Per sorted level, the last key compacted from it (compactions go round robin).
     compaction_cursors: std::sync::Mutex<Vec<Option<(u64, Bytes)>>>,
+    /// What the commit path checks without taking the state's lock: the memtables' bytes
+    /// (added by each commit, taken off by each flush) and the immutable ones' count.
+    memtable_bytes: AtomicU64,
+    immutable_count: AtomicUsize,
+    /// The open tables' indexes and filters (held in memory outside the cache).
+    table_meta_bytes: AtomicU64,
 }
 
 /// Counters of the tree's work.
@@ -116,6 +125,14 @@ pub(crate) struct Figures {
     pub(crate) bytes_compacted_in: AtomicU64,
     pub(crate) bytes_compacted_out: AtomicU64,
     pub(crate) stall_micros: AtomicU64,
+}
+
+/// The tree's memory (see [`Tree::memory`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MemoryFigures {
+    pub(crate) memtable_bytes: u64,
+    pub(crate) table_meta_bytes: u64,
+    pub(crate) block_cache_capacity: u64,
 }
 
 /// What [`Tree::open`] found.
@@ -218,7 +235,11 @@ impl Tree {
             figures: Figures::default(),
             cache,
             compaction_cursors: std::sync::Mutex::new(Vec::new()),
+            memtable_bytes: AtomicU64::new(0),
+            immutable_count: AtomicUsize::new(0),
+            table_meta_bytes: AtomicU64::new(0),
         };
+        tree.note_version(&tree.current().version);
         Ok(Opened {
             tree,
             flushed: state.flushed,
@@ -239,7 +260,50 @@ impl Tree {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let next = f(&guard);
+        self.immutable_count
+            .store(next.memtables.len() - 1, Ordering::Release);
+        let flushed: u64 = guard
+            .memtables
+            .iter()
+            .filter(|old| !next.memtables.iter().any(|m| Arc::ptr_eq(&m.mem, &old.mem)))
+            .map(|old| old.mem.approximate_bytes())
+            .sum();
+        self.memtable_bytes.fetch_sub(flushed, Ordering::AcqRel);
+        let version_changed = !Arc::ptr_eq(&guard.version, &next.version);
         *guard = Arc::new(next);
+        if version_changed {
+            self.note_version(&guard.version);
+        }
+    }
+
+    /// A new set of tables: their indexes and filters are counted, and under a memory limit the
+    /// block cache gets what they leave of the tables' share (never above `block_cache_bytes`).
+    fn note_version(&self, version: &Version) {
+        let meta: u64 = version.tables().map(|t| t.table.resident_bytes()).sum();
+        self.table_meta_bytes.store(meta, Ordering::Relaxed);
+        if let Some(budget) = &self.options.memory {
+            let room = budget.tables.saturating_sub(meta);
+            let capacity = self.options.block_cache_bytes.min(room);
+            if capacity != self.cache.capacity() {
+                if capacity < (1 << 20) {
+                    tracing::warn!(
+                        limit = budget.limit,
+                        table_meta_bytes = meta,
+                        "the tables' indexes and filters leave the block cache under 1 MiB of the memory limit"
+                    );
+                }
+                self.cache.set_capacity(capacity);
+            }
+        }
+    }
+
+    /// What memory the tree holds, against its limit.
+    pub(crate) fn memory(&self) -> MemoryFigures {
+        MemoryFigures {
+            memtable_bytes: self.memtable_bytes.load(Ordering::Relaxed),
+            table_meta_bytes: self.table_meta_bytes.load(Ordering::Relaxed),
+            block_cache_capacity: self.cache.capacity(),
+        }
     }
 
     /// Inserts a commit's writes at `seq` into the memtable that holds `seq`; returns whether
@@ -251,7 +315,8 @@ impl Tree {
     ) -> bool {
         let current = self.current();
         let mem = current.memtable_for(seq);
-        mem.apply(seq, writes);
+        let added = mem.apply(seq, writes);
+        self.memtable_bytes.fetch_add(added, Ordering::AcqRel);
         let active = &current.memtables[0].mem;
         Arc::ptr_eq(mem, active) && active.approximate_bytes() >= self.options.write_buffer_bytes
     }
@@ -323,12 +388,18 @@ impl Tree {
 
     /// Immutable memtables waiting for their flush.
     pub(crate) fn immutables(&self) -> usize {
-        self.current().memtables.len() - 1
+        self.immutable_count.load(Ordering::Acquire)
     }
 
-    /// Whether writers should wait: too many immutable memtables.
+    /// Whether writers should wait: too many immutable memtables, or (under a memory limit)
+    /// the memtables' share of it used up. Free of locks: every commit with writes asks.
     pub(crate) fn stalled(&self) -> bool {
         self.immutables() > self.options.max_immutable_memtables
+            || self.options.memory.is_some_and(|m| {
+                // Only while a flush can free room (an immutable memtable waits for it): the
+                // active one alone is rotated when full, whatever its size.
+                self.immutables() > 0 && self.memtable_bytes.load(Ordering::Acquire) >= m.memtables
+            })
     }
 
     pub(crate) fn new_table_path(&self) -> (u64, PathBuf) {

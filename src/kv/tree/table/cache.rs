@@ -54,7 +54,9 @@ impl Weighter<BlockKey, Block> for BlockWeighter {
 struct Inner {
     /// `None`: caching is off (a capacity of 0).
     blocks: Option<Cache<BlockKey, Block, BlockWeighter>>,
-    capacity_bytes: u64,
+    /// Shards of `blocks`: a capacity is rounded down to a multiple of it.
+    shards: u64,
+    capacity_bytes: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -93,14 +95,14 @@ impl BlockCache {
     /// A cache holding blocks up to `capacity_bytes` in weight (blocks' bytes plus
     /// [`ENTRY_OVERHEAD_BYTES`] each); 0 turns caching off.
     pub(crate) fn new(capacity_bytes: u64) -> BlockCache {
+        // quick_cache splits the budget evenly over its shards (a power of two, fewer for a
+        // small budget), rounding each share up: a budget that is a multiple of the shard
+        // count keeps the sum of the shares within it.
+        let shards = std::thread::available_parallelism()
+            .map_or(1, NonZeroUsize::get)
+            .saturating_mul(4)
+            .next_power_of_two();
         let blocks = (capacity_bytes > 0).then(|| {
-            // quick_cache splits the budget evenly over its shards (a power of two, fewer for a
-            // small budget), rounding each share up: a budget that is a multiple of the shard
-            // count keeps the sum of the shares within it.
-            let shards = std::thread::available_parallelism()
-                .map_or(1, NonZeroUsize::get)
-                .saturating_mul(4)
-                .next_power_of_two();
             let estimated_items = (capacity_bytes / TYPICAL_BLOCK_BYTES).max(1);
             let options = OptionsBuilder::new()
                 .shards(shards)
@@ -118,7 +120,8 @@ impl BlockCache {
         BlockCache {
             inner: Arc::new(Inner {
                 blocks,
-                capacity_bytes,
+                shards: shards as u64,
+                capacity_bytes: AtomicU64::new(capacity_bytes),
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
             }),
@@ -142,8 +145,27 @@ impl BlockCache {
             hits: inner.hits.load(Ordering::Relaxed),
             misses: inner.misses.load(Ordering::Relaxed),
             bytes,
-            capacity_bytes: inner.capacity_bytes,
+            capacity_bytes: self.capacity(),
             entries,
+        }
+    }
+
+    /// The cache's budget now.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.inner.capacity_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Changes the budget (a memory limit shared with the tables' indexes and filters): blocks
+    /// over a lower one are evicted now. A cache made with a budget of 0 stays off.
+    pub(crate) fn set_capacity(&self, capacity_bytes: u64) {
+        let inner = &self.inner;
+        if let Some(blocks) = &inner.blocks {
+            // Never 0 for quick_cache: a cache that holds nothing is a capacity of one shard.
+            let rounded = (capacity_bytes - capacity_bytes % inner.shards).max(inner.shards);
+            blocks.set_capacity(rounded);
+            inner
+                .capacity_bytes
+                .store(capacity_bytes, Ordering::Relaxed);
         }
     }
 

@@ -74,6 +74,11 @@ pub(crate) struct Filter {
 }
 
 impl Filter {
+    /// The filter's bits, in bytes.
+    pub(crate) fn len_bytes(&self) -> usize {
+        self.bits.len()
+    }
+
     /// Decodes a filter block's contents (its trailer already checked).
     pub(crate) fn decode(contents: Bytes) -> Result<Filter, CorruptionKind> {
         let Some((&probes, _)) = contents.split_last() else {

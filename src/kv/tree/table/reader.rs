@@ -241,6 +241,19 @@ impl Table {
         self.inner.file_bytes
     }
 
+    /// The memory this table holds while open, outside the block cache: its index block (and
+    /// the separators decoded from it) and its filter.
+    pub(crate) fn resident_bytes(&self) -> u64 {
+        let inner = &self.inner;
+        let s = &inner.separators;
+        let separators = s.keys.capacity()
+            + s.ends.capacity() * size_of::<usize>()
+            + s.seqs.capacity() * size_of::<u64>()
+            + s.handles.capacity() * size_of::<BlockHandle>();
+        (inner.index.len_bytes() + separators + inner.filter.as_ref().map_or(0, Filter::len_bytes))
+            as u64
+    }
+
     /// A cursor on the index block (its entries: a separator key and a data block's handle).
     pub(super) fn index_cursor(&self) -> Cursor {
         self.inner.index.cursor()
