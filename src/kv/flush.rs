@@ -11,9 +11,10 @@
 //! position anything still needs ([`Background::log_holds`]).
 //!
 //! Commits wait (backpressure) while more than `max_immutable_memtables` memtables wait for
-//! their flush. A failed flush or compaction leaves the tree as it was (the wal still holds
-//! every commit); the error is kept and returned to commits that would have to wait for room
-//! until a later job succeeds (the next rotation starts one).
+//! their flush, while L0 holds `l0_stop_writes_trigger` tables or more, or while the memtables
+//! fill their share of `memory_limit_bytes`. A failed flush or compaction leaves the tree as it
+//! was (the wal still holds every commit); the error is kept and returned to commits that would
+//! have to wait for room until a later job succeeds (the next rotation starts one).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -311,14 +312,24 @@ impl Shared {
         Ok(())
     }
 
-    /// Waits while too many memtables wait for their flush.
+    /// Waits while the tree is stalled (see `Tree::stalled`): too many memtables wait for
+    /// their flush, too many L0 tables for their compaction, or the memory limit is reached.
     ///
     /// # Errors
     /// [`Error::Poisoned`] if the background work failed while commits had to wait;
     /// [`Error::Closed`] if the store closed meanwhile.
-    pub(crate) async fn wait_for_room(&self) -> Result<()> {
+    pub(crate) async fn wait_for_room(self: &Arc<Self>) -> Result<()> {
         if !self.tree.stalled() {
             return Ok(());
+        }
+        // The work that frees room runs (or starts now: nothing else may be left to start it).
+        if !self.read_only && !self.closed.load(Ordering::Acquire) {
+            if self.tree.immutables() > 0 {
+                self.start(Job::Flush);
+            }
+            if self.tree.needs_compaction() {
+                self.start(Job::Compaction);
+            }
         }
         let started = Instant::now();
         let result = loop {
@@ -424,5 +435,43 @@ mod tests {
         assert!(matches!(result, Err(crate::Error::Closed)), "{result:?}");
         drop(held);
         closing.await.unwrap().unwrap();
+    }
+
+    /// Commits wait while L0 holds `l0_stop_writes_trigger` tables (no compaction can run
+    /// meanwhile), and resume once a compaction shrinks it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commits_wait_for_l0_to_shrink() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = DbOptions::default()
+            .l0_compaction_trigger(2)
+            .l0_stop_writes_trigger(3);
+        let db = Db::open(dir.path(), options).await.unwrap();
+        let shared = db.shared.clone();
+        let commit = |i: u32| {
+            let txn = db.begin(TxnOptions::default()).unwrap();
+            txn.put(format!("k{i}"), "v").unwrap();
+            tokio::spawn(async move { txn.commit().await })
+        };
+        let held = shared.tree.compacting.lock().await;
+        let mut i = 0;
+        while !shared.tree.stalled() {
+            commit(i).await.unwrap().unwrap();
+            // A flush without the compaction `Db::flush` would wait for.
+            shared.rotate(true);
+            shared.flush_all().await.unwrap();
+            i += 1;
+            assert!(i < 10, "L0 fills while no compaction runs");
+        }
+        let waiting = commit(i);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "a commit waits while L0 is full");
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(30), waiting)
+            .await
+            .expect("the commit resumes after a compaction")
+            .unwrap()
+            .unwrap();
+        assert!(db.stats().levels[0].tables < 3);
+        db.close().await.unwrap();
     }
 }

@@ -28,6 +28,7 @@ pub struct DbOptions {
     pub(crate) write_buffer_bytes: u64,
     pub(crate) max_immutable_memtables: usize,
     pub(crate) l0_compaction_trigger: usize,
+    pub(crate) l0_stop_writes_trigger: usize,
     pub(crate) table_target_bytes: u64,
     pub(crate) l1_target_bytes: u64,
     pub(crate) level_size_multiplier: u64,
@@ -55,6 +56,7 @@ impl Default for DbOptions {
             write_buffer_bytes: 64 << 20,
             max_immutable_memtables: 2,
             l0_compaction_trigger: 4,
+            l0_stop_writes_trigger: 12,
             table_target_bytes: 32 << 20,
             l1_target_bytes: 256 << 20,
             level_size_multiplier: 10,
@@ -170,6 +172,14 @@ impl DbOptions {
         self
     }
 
+    /// How many L0 tables make commits wait until a compaction brings L0 back under it (every
+    /// L0 table is one more place a read looks; RocksDB's `level0_stop_writes_trigger`).
+    /// Default: 12; accepted: above `l0_compaction_trigger`, up to 1024.
+    pub fn l0_stop_writes_trigger(mut self, tables: usize) -> Self {
+        self.l0_stop_writes_trigger = tables;
+        self
+    }
+
     /// The size compaction closes a table at. Default: 32 MiB; accepted: 64 KiB to 4 GiB.
     pub fn table_target_bytes(mut self, bytes: u64) -> Self {
         self.table_target_bytes = bytes;
@@ -278,6 +288,14 @@ impl DbOptions {
         if !(1..=64).contains(&self.l0_compaction_trigger) {
             return Err(Error::invalid("l0_compaction_trigger", "must be 1 to 64"));
         }
+        if self.l0_stop_writes_trigger <= self.l0_compaction_trigger
+            || self.l0_stop_writes_trigger > 1024
+        {
+            return Err(Error::invalid(
+                "l0_stop_writes_trigger",
+                "must be above l0_compaction_trigger, up to 1024",
+            ));
+        }
         if !(64 << 10..=4 << 30).contains(&self.table_target_bytes) {
             return Err(Error::invalid(
                 "table_target_bytes",
@@ -344,6 +362,7 @@ impl DbOptions {
             memory: budget,
             max_immutable_memtables: self.max_immutable_memtables,
             l0_compaction_trigger: self.l0_compaction_trigger,
+            l0_stop_writes_trigger: self.l0_stop_writes_trigger,
             table_target_bytes: self.table_target_bytes,
             l1_target_bytes: self.l1_target_bytes,
             level_size_multiplier: self.level_size_multiplier,

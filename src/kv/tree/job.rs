@@ -446,6 +446,8 @@ impl Tree {
             .bytes_compacted_out
             .fetch_add(bytes_out, Relaxed);
         metrics::counter!("ringtide_kv_compactions_total").increment(1);
+        // Commits waiting for L0 to shrink.
+        self.room.notify_waiters();
         tracing::debug!(
             tables_in = removed.len(),
             level,

@@ -46,6 +46,7 @@ pub(crate) struct TreeOptions {
     pub(crate) write_buffer_bytes: u64,
     pub(crate) max_immutable_memtables: usize,
     pub(crate) l0_compaction_trigger: usize,
+    pub(crate) l0_stop_writes_trigger: usize,
     pub(crate) table_target_bytes: u64,
     pub(crate) l1_target_bytes: u64,
     pub(crate) level_size_multiplier: u64,
@@ -112,6 +113,7 @@ pub(crate) struct Tree {
     /// (added by each commit, taken off by each flush) and the immutable ones' count.
     memtable_bytes: AtomicU64,
     immutable_count: AtomicUsize,
+    l0_tables: AtomicUsize,
     /// The open tables' indexes and filters (held in memory outside the cache).
     table_meta_bytes: AtomicU64,
 }
@@ -237,6 +239,7 @@ impl Tree {
             compaction_cursors: std::sync::Mutex::new(Vec::new()),
             memtable_bytes: AtomicU64::new(0),
             immutable_count: AtomicUsize::new(0),
+            l0_tables: AtomicUsize::new(0),
             table_meta_bytes: AtomicU64::new(0),
         };
         tree.note_version(&tree.current().version);
@@ -279,6 +282,7 @@ impl Tree {
     /// A new set of tables: their indexes and filters are counted, and under a memory limit the
     /// block cache gets what they leave of the tables' share (never above `block_cache_bytes`).
     fn note_version(&self, version: &Version) {
+        self.l0_tables.store(version.l0.len(), Ordering::Release);
         let meta: u64 = version.tables().map(|t| t.table.resident_bytes()).sum();
         self.table_meta_bytes.store(meta, Ordering::Relaxed);
         if let Some(budget) = &self.options.memory {
@@ -391,10 +395,12 @@ impl Tree {
         self.immutable_count.load(Ordering::Acquire)
     }
 
-    /// Whether writers should wait: too many immutable memtables, or (under a memory limit)
-    /// the memtables' share of it used up. Free of locks: every commit with writes asks.
+    /// Whether writers should wait: too many immutable memtables, too many L0 tables, or
+    /// (under a memory limit) the memtables' share of it used up. Free of locks: every commit
+    /// with writes asks.
     pub(crate) fn stalled(&self) -> bool {
         self.immutables() > self.options.max_immutable_memtables
+            || self.l0_tables.load(Ordering::Acquire) >= self.options.l0_stop_writes_trigger
             || self.options.memory.is_some_and(|m| {
                 // Only while a flush can free room (an immutable memtable waits for it): the
                 // active one alone is rotated when full, whatever its size.
