@@ -1,0 +1,241 @@
+//! Damaged tables read through the store, on both I/O backends: a store whose data is all in
+//! one table is damaged in every way a disk can — the table cut at every length, each byte
+//! flipped in turn, each block-sized stretch zeroed — and opened read-only and read whole
+//! (every key, both scans). Nothing panics, no wrong value is ever returned, and every failure
+//! is `Error::Corruption` naming the table file, with an offset inside it.
+//!
+//! `RINGTIDE_KV_DAMAGE_STEP` (default 1: every byte) tries every n-th position only.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use ringtide::kv::{Db, DbOptions, TxnOptions};
+use ringtide::platform::IoDriver;
+use ringtide::{Error, Result};
+
+both_backends!(every_cut_flip_and_zeroed_block_of_a_table_is_refused_never_misread);
+
+const BLOCK: usize = 256;
+
+fn options(driver: &IoDriver) -> DbOptions {
+    DbOptions::default()
+        .driver(driver.clone())
+        .block_size_bytes(BLOCK)
+        // Every read goes to the file: a block cached from an earlier read would hide the
+        // damage.
+        .block_cache_bytes(0)
+}
+
+fn step() -> usize {
+    std::env::var("RINGTIDE_KV_DAMAGE_STEP")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&s| s > 0)
+        .unwrap_or(1)
+}
+
+/// A store holding 60 keys (and a few deleted ones) in one table.
+async fn build(dir: &Path, driver: &IoDriver) -> Result<(BTreeMap<Bytes, Bytes>, PathBuf)> {
+    let db = Db::open(dir, options(driver)).await?;
+    let mut model = BTreeMap::new();
+    let txn = db.begin(TxnOptions::default())?;
+    for i in 0..64u32 {
+        let (k, v) = (
+            Bytes::from(format!("key-{i:03}")),
+            Bytes::from(format!("value {i} {}", "v".repeat((i % 5) as usize * 7))),
+        );
+        txn.put(k.clone(), v.clone())?;
+        model.insert(k, v);
+    }
+    txn.commit().await?;
+    let txn = db.begin(TxnOptions::default())?;
+    for i in (0..64u32).step_by(16) {
+        let k = Bytes::from(format!("key-{i:03}"));
+        txn.delete(k.clone())?;
+        model.remove(&k);
+    }
+    txn.commit().await?;
+    db.flush().await?;
+    db.compact_full().await?;
+    db.close().await?;
+    let tables: Vec<PathBuf> = std::fs::read_dir(dir.join("tables"))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    assert_eq!(tables.len(), 1, "{tables:?}");
+    Ok((model, tables[0].clone()))
+}
+
+/// What reading the damaged store gave.
+#[derive(Default, Debug)]
+struct Outcome {
+    refused_at_open: u64,
+    reads_refused: u64,
+    intact: u64,
+}
+
+/// Opens the store read-only and reads it whole: each value right or `Corruption` naming
+/// `table`.
+async fn read_all(
+    dir: &Path,
+    driver: &IoDriver,
+    model: &BTreeMap<Bytes, Bytes>,
+    table: &Path,
+    len: u64,
+    outcome: &mut Outcome,
+    what: &str,
+) -> Result<()> {
+    let refused = |e: Error, outcome: &mut Outcome| -> Result<()> {
+        match e {
+            Error::Corruption { file, offset, .. } if file == table && offset <= len => Ok(()),
+            Error::Corruption { file, offset, .. } if file == table => {
+                panic!("{what}: corruption at {offset}, past the file's {len} bytes")
+            }
+            e => {
+                let _ = outcome;
+                panic!("{what}: not a corruption naming the table: {e:?}")
+            }
+        }
+    };
+    let db = match Db::open_read_only(dir, options(driver)).await {
+        Ok(db) => db,
+        Err(e) => {
+            outcome.refused_at_open += 1;
+            return refused(e, outcome);
+        }
+    };
+    let txn = db.begin(TxnOptions::default().read_only(true))?;
+    let mut any_refused = false;
+    for i in 0..64u32 {
+        let k = Bytes::from(format!("key-{i:03}"));
+        match txn.get(k.clone()).await {
+            Ok(v) => assert_eq!(v.as_ref(), model.get(&k), "{what}: wrong value for {k:?}"),
+            Err(e) => {
+                any_refused = true;
+                refused(e, outcome)?;
+            }
+        }
+    }
+    for reverse in [false, true] {
+        let scan = txn.scan::<&[u8]>(..);
+        let got: std::result::Result<Vec<(Bytes, Bytes)>, Error> = if reverse {
+            scan.rev().try_collect().await
+        } else {
+            scan.try_collect().await
+        };
+        match got {
+            Ok(mut all) => {
+                if reverse {
+                    all.reverse();
+                }
+                let want: Vec<(Bytes, Bytes)> =
+                    model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                assert!(all == want, "{what}: a scan (reverse: {reverse}) differs");
+            }
+            Err(e) => {
+                any_refused = true;
+                refused(e, outcome)?;
+            }
+        }
+    }
+    if any_refused {
+        outcome.reads_refused += 1;
+    } else {
+        outcome.intact += 1;
+    }
+    drop(txn);
+    db.close().await
+}
+
+async fn every_cut_flip_and_zeroed_block_of_a_table_is_refused_never_misread(
+    driver: IoDriver,
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (model, table) = build(dir.path(), &driver).await?;
+    let original = std::fs::read(&table)?;
+    let len = original.len();
+    let step = step();
+    let mut cuts = Outcome::default();
+    for at in (0..len).step_by(step) {
+        std::fs::write(&table, &original[..at])?;
+        let what = format!("cut at {at} of {len}");
+        read_all(
+            dir.path(),
+            &driver,
+            &model,
+            &table,
+            len as u64,
+            &mut cuts,
+            &what,
+        )
+        .await?;
+    }
+    // A table cut short is refused when the store opens (its footer is gone or wrong).
+    assert_eq!(
+        cuts.refused_at_open as usize,
+        len.div_ceil(step),
+        "{cuts:?}"
+    );
+
+    let mut flips = Outcome::default();
+    for at in (0..len).step_by(step) {
+        let mut damaged = original.clone();
+        damaged[at] ^= 1 << (at % 8);
+        std::fs::write(&table, &damaged)?;
+        let what = format!("bit {} of byte {at} of {len} flipped", at % 8);
+        read_all(
+            dir.path(),
+            &driver,
+            &model,
+            &table,
+            len as u64,
+            &mut flips,
+            &what,
+        )
+        .await?;
+    }
+    // Every flip is caught: by the open (footer, index, filter, meta) or by a read.
+    assert_eq!(flips.intact, 0, "{flips:?}");
+
+    let mut zeroed = Outcome::default();
+    for at in (0..len).step_by(BLOCK) {
+        let mut damaged = original.clone();
+        let end = (at + BLOCK).min(len);
+        damaged[at..end].fill(0);
+        if damaged == original {
+            continue;
+        }
+        std::fs::write(&table, &damaged)?;
+        let what = format!("bytes {at}..{end} of {len} zeroed");
+        read_all(
+            dir.path(),
+            &driver,
+            &model,
+            &table,
+            len as u64,
+            &mut zeroed,
+            &what,
+        )
+        .await?;
+    }
+    assert_eq!(zeroed.intact, 0, "{zeroed:?}");
+
+    // Whole again, it reads whole.
+    std::fs::write(&table, &original)?;
+    let mut sound = Outcome::default();
+    read_all(
+        dir.path(),
+        &driver,
+        &model,
+        &table,
+        len as u64,
+        &mut sound,
+        "undamaged",
+    )
+    .await?;
+    assert_eq!(sound.intact, 1);
+    Ok(())
+}
