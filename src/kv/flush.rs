@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -31,7 +31,8 @@ use crate::types::Lsn;
 #[derive(Default)]
 pub(crate) struct Background {
     flushing: AtomicBool,
-    compacting: AtomicBool,
+    /// Compaction tasks running (at most `max_concurrent_compactions`).
+    compactions: AtomicUsize,
     error: Mutex<Option<Arc<Error>>>,
     /// Prepare records the wal must keep: txn id → (a position at or below the record, the
     /// seq of its commit once committed).
@@ -43,10 +44,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Background {
-    fn running(&self, job: Job) -> &AtomicBool {
+    /// Counts one more task of `job` if fewer than `limit` run (one flush task at most).
+    fn claim(&self, job: Job, limit: usize) -> bool {
         match job {
-            Job::Flush => &self.flushing,
-            Job::Compaction => &self.compacting,
+            Job::Flush => !self.flushing.swap(true, Ordering::AcqRel),
+            Job::Compaction => self
+                .compactions
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < limit).then_some(n + 1)
+                })
+                .is_ok(),
+        }
+    }
+
+    fn release(&self, job: Job) {
+        match job {
+            Job::Flush => self.flushing.store(false, Ordering::Release),
+            Job::Compaction => {
+                self.compactions.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 
@@ -106,30 +122,35 @@ impl Shared {
             .rotate(log_from, force, || self.oracle.last_assigned())
     }
 
-    /// Starts a background task for `job` unless one runs. Flushes and compactions run apart
-    /// (a flush never waits behind a long compaction), each one at a time.
+    /// Starts a background task for `job` unless as many run as may: one flush task,
+    /// `max_concurrent_compactions` compaction tasks. Flushes and compactions run apart (a
+    /// flush never waits behind a long compaction).
     fn start(self: &Arc<Self>, job: Job) {
-        if self.background.running(job).swap(true, Ordering::AcqRel) {
+        let limit = self.tree.options.max_concurrent_compactions;
+        if !self.background.claim(job, limit) {
             return;
         }
         let db = self.clone();
         tokio::spawn(async move {
-            let running = db.background.running(job);
             loop {
-                let result = match job {
-                    Job::Flush => db.flush_all().await,
-                    Job::Compaction => db.compact_all().await,
+                let (result, worked) = match job {
+                    Job::Flush => (db.flush_all().await, true),
+                    Job::Compaction => match db.compact_all().await {
+                        Ok(worked) => (Ok(()), worked),
+                        Err(e) => (Err(e), false),
+                    },
                 };
                 let result = db.note_outcome(result);
-                running.store(false, Ordering::Release);
+                db.background.release(job);
                 let stop = db.closed.load(Ordering::Acquire) || result.is_err();
                 // A rotation (or a flush filling L0) after the last check must not be left
-                // waiting.
+                // waiting. A compaction task that found nothing to run beside the others
+                // ends (they look again when they finish).
                 let more = match job {
                     Job::Flush => db.tree.immutables() > 0,
-                    Job::Compaction => db.tree.needs_compaction(),
+                    Job::Compaction => worked && db.tree.needs_compaction(),
                 };
-                if stop || !more || running.swap(true, Ordering::AcqRel) {
+                if stop || !more || !db.background.claim(job, limit) {
                     break;
                 }
             }
@@ -186,7 +207,7 @@ impl Shared {
             let result = db.flush_all().await;
             db.note_outcome(result)?;
             if db.tree.needs_compaction() {
-                let result = db.compact_all().await;
+                let result = db.compact_all().await.map(|_| ());
                 db.note_outcome(result)?;
             }
             Ok(())
@@ -198,7 +219,7 @@ impl Shared {
     pub(crate) async fn compact_now(self: &Arc<Self>) -> Result<()> {
         let db = self.clone();
         self.detached(async move {
-            let _job = db.tree.compacting.lock().await;
+            let _all = db.tree.all_compactions().await;
             db.check_open()?;
             // L0 into L1 whatever its size, then every level over its target.
             let mut force_l0 = true;
@@ -222,7 +243,7 @@ impl Shared {
             db.rotate(true);
             let result = db.flush_all().await;
             db.note_outcome(result)?;
-            let _job = db.tree.compacting.lock().await;
+            let _all = db.tree.all_compactions().await;
             db.check_open()?;
             let result = db
                 .tree
@@ -275,11 +296,18 @@ impl Shared {
         }
     }
 
-    /// Compacts while some level is over its target (L0: its table count over its trigger).
-    async fn compact_all(&self) -> Result<()> {
-        let _job = self.tree.compacting.lock().await;
+    /// Compacts while some level is over its target (L0: its table count over its trigger)
+    /// and has a compaction no other task runs; starts another task (up to
+    /// `max_concurrent_compactions`) to look for one that can run beside it.
+    /// Returns whether it ran any.
+    async fn compact_all(self: &Arc<Self>) -> Result<bool> {
+        let cooldown = self.tree.options.compaction_cooldown;
+        let mut worked = false;
         while self.tree.needs_compaction() {
             self.check_open()?;
+            let permit = self.tree.compaction_permit().await;
+            self.check_open()?;
+            self.start(Job::Compaction);
             if !self
                 .tree
                 .compact_next(self.oracle.oldest_needed(), &self.closed, false)
@@ -287,8 +315,13 @@ impl Shared {
             {
                 break;
             }
+            worked = true;
+            drop(permit);
+            if !cooldown.is_zero() && !self.tree.stalled() {
+                tokio::time::sleep(cooldown).await;
+            }
         }
-        Ok(())
+        Ok(worked)
     }
 
     /// Waits for the background jobs under way to stop (the store is closing: they stop at
@@ -296,7 +329,7 @@ impl Shared {
     pub(crate) async fn stop_jobs(&self) {
         self.tree.room.notify_waiters();
         drop(self.tree.flushing.lock().await);
-        drop(self.tree.compacting.lock().await);
+        drop(self.tree.all_compactions().await);
         self.tree.room.notify_waiters();
     }
 
@@ -355,10 +388,10 @@ impl Shared {
     }
 
     /// Whether a flush, and a compaction, runs now.
-    pub(crate) fn background_running(&self) -> (bool, bool) {
+    pub(crate) fn background_running(&self) -> (bool, usize) {
         (
             self.background.flushing.load(Ordering::Relaxed),
-            self.background.compacting.load(Ordering::Relaxed),
+            self.background.compactions.load(Ordering::Relaxed),
         )
     }
 
@@ -452,7 +485,7 @@ mod tests {
             txn.put(format!("k{i}"), "v").unwrap();
             tokio::spawn(async move { txn.commit().await })
         };
-        let held = shared.tree.compacting.lock().await;
+        let held = shared.tree.all_compactions().await;
         let mut i = 0;
         while !shared.tree.stalled() {
             commit(i).await.unwrap().unwrap();

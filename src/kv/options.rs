@@ -29,6 +29,10 @@ pub struct DbOptions {
     pub(crate) max_immutable_memtables: usize,
     pub(crate) l0_compaction_trigger: usize,
     pub(crate) l0_stop_writes_trigger: usize,
+    pub(crate) max_concurrent_compactions: usize,
+    pub(crate) compaction_score_size_weight: f64,
+    pub(crate) compaction_score_count_weight: f64,
+    pub(crate) compaction_cooldown: Duration,
     pub(crate) table_target_bytes: u64,
     pub(crate) l1_target_bytes: u64,
     pub(crate) level_size_multiplier: u64,
@@ -57,6 +61,10 @@ impl Default for DbOptions {
             max_immutable_memtables: 2,
             l0_compaction_trigger: 4,
             l0_stop_writes_trigger: 12,
+            max_concurrent_compactions: 2,
+            compaction_score_size_weight: 1.0,
+            compaction_score_count_weight: 0.0,
+            compaction_cooldown: Duration::ZERO,
             table_target_bytes: 32 << 20,
             l1_target_bytes: 256 << 20,
             level_size_multiplier: 10,
@@ -180,6 +188,33 @@ impl DbOptions {
         self
     }
 
+    /// How many compactions may run at once (each in a task of its own, on tables no other one
+    /// touches; flushes run apart from them). Default: 2; accepted: 1 to 64.
+    pub fn max_concurrent_compactions(mut self, count: usize) -> Self {
+        self.max_concurrent_compactions = count;
+        self
+    }
+
+    /// How a sorted level's compaction score weighs its size and its table count (wildcat's
+    /// scoring): `bytes / target × size_weight + tables / (target / table_target_bytes) ×
+    /// count_weight`; a level scoring 1 or more is due, the highest first. L0 scores its table
+    /// count over `l0_compaction_trigger`. Default: 1 and 0 (size alone, as RocksDB); a count
+    /// weight favours levels of many small tables (after deletes shrank them). Accepted: finite,
+    /// 0 or more, not both 0.
+    pub fn compaction_score_weights(mut self, size_weight: f64, count_weight: f64) -> Self {
+        self.compaction_score_size_weight = size_weight;
+        self.compaction_score_count_weight = count_weight;
+        self
+    }
+
+    /// A pause between a background compaction task's compactions, to leave the disk to
+    /// foreground work (wildcat's cooldown); skipped while commits wait for room. Default: none;
+    /// accepted: up to 1 hour.
+    pub fn compaction_cooldown(mut self, pause: Duration) -> Self {
+        self.compaction_cooldown = pause;
+        self
+    }
+
     /// The size compaction closes a table at. Default: 32 MiB; accepted: 64 KiB to 4 GiB.
     pub fn table_target_bytes(mut self, bytes: u64) -> Self {
         self.table_target_bytes = bytes;
@@ -296,6 +331,32 @@ impl DbOptions {
                 "must be above l0_compaction_trigger, up to 1024",
             ));
         }
+        if !(1..=64).contains(&self.max_concurrent_compactions) {
+            return Err(Error::invalid(
+                "max_concurrent_compactions",
+                "must be 1 to 64",
+            ));
+        }
+        let (size_w, count_w) = (
+            self.compaction_score_size_weight,
+            self.compaction_score_count_weight,
+        );
+        if !(size_w.is_finite() && count_w.is_finite())
+            || size_w < 0.0
+            || count_w < 0.0
+            || size_w + count_w == 0.0
+        {
+            return Err(Error::invalid(
+                "compaction_score_weights",
+                "must be finite, 0 or more, and not both 0",
+            ));
+        }
+        if self.compaction_cooldown > Duration::from_secs(3600) {
+            return Err(Error::invalid(
+                "compaction_cooldown",
+                "must be at most 1 hour",
+            ));
+        }
         if !(64 << 10..=4 << 30).contains(&self.table_target_bytes) {
             return Err(Error::invalid(
                 "table_target_bytes",
@@ -363,6 +424,10 @@ impl DbOptions {
             max_immutable_memtables: self.max_immutable_memtables,
             l0_compaction_trigger: self.l0_compaction_trigger,
             l0_stop_writes_trigger: self.l0_stop_writes_trigger,
+            max_concurrent_compactions: self.max_concurrent_compactions,
+            compaction_score_size_weight: self.compaction_score_size_weight,
+            compaction_score_count_weight: self.compaction_score_count_weight,
+            compaction_cooldown: self.compaction_cooldown,
             table_target_bytes: self.table_target_bytes,
             l1_target_bytes: self.l1_target_bytes,
             level_size_multiplier: self.level_size_multiplier,

@@ -70,10 +70,10 @@ pub struct DbStats {
     /// Space amplification of the tables: their bytes over the last non-empty level's (the
     /// estimate RocksDB reports; 1 when everything is in one level, 0 with no table).
     pub space_amplification: f64,
-    /// Whether a flush, and a compaction, is running now.
+    /// Whether a flush is running now.
     pub flush_running: bool,
-    /// See `flush_running`.
-    pub compaction_running: bool,
+    /// Compaction tasks running now (at most `max_concurrent_compactions`).
+    pub compactions_running: u64,
     /// Microseconds commits waited for a flush (backpressure).
     pub stall_micros: u64,
     /// The background work's error, if a flush or compaction failed (commits that must wait
@@ -129,7 +129,7 @@ pub(crate) fn collect(shared: &Shared) -> DbStats {
         .collect();
     let table_bytes: u64 = levels.iter().map(|l| l.bytes).sum();
     let last_level_bytes = levels.iter().rev().map(|l| l.bytes).find(|&b| b > 0);
-    let (flush_running, compaction_running) = shared.background_running();
+    let (flush_running, compactions_running) = shared.background_running();
     let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     DbStats {
         options: shared.options.clone(),
@@ -168,7 +168,7 @@ pub(crate) fn collect(shared: &Shared) -> DbStats {
         memory_limit_bytes: shared.options.memory_limit_bytes,
         space_amplification: last_level_bytes.map_or(0.0, |b| table_bytes as f64 / b as f64),
         flush_running,
-        compaction_running,
+        compactions_running: compactions_running as u64,
         stall_micros: get(&t.stall_micros),
         background_error: shared.background_error().map(|e| e.to_string()),
         active_txns: Counters::get(&c.active),
@@ -246,10 +246,10 @@ impl fmt::Display for DbStats {
                 ),
             ),
             (
-                "space amplification / flushing / compacting",
+                "space amplification / flushing / compactions running",
                 format!(
                     "{:.2} / {} / {}",
-                    self.space_amplification, self.flush_running, self.compaction_running
+                    self.space_amplification, self.flush_running, self.compactions_running
                 ),
             ),
             (

@@ -167,20 +167,27 @@ impl Tree {
         target
     }
 
-    /// Each level's compaction score: L0's table count over its trigger, a sorted level's
-    /// bytes over its target. A level scoring 1 or more needs a compaction; the last level
-    /// never does (there is nothing below it).
+    /// Each level's compaction score: L0's table count over its trigger; a sorted level's
+    /// bytes over its target and its tables over the count its target holds, weighed by
+    /// `compaction_score_weights`. A level scoring 1 or more needs a compaction; the last
+    /// level never does (there is nothing below it).
     pub(crate) fn scores(&self) -> Vec<f64> {
-        let current = self.current();
-        let version = &current.version;
-        let mut scores = vec![version.l0.len() as f64 / self.options.l0_compaction_trigger as f64];
-        let last = self.options.level_count - 1;
-        for n in 1..last {
-            let bytes: u64 = version
-                .levels
-                .get(n - 1)
-                .map_or(0, |l| l.iter().map(|t| t.table.file_bytes()).sum());
-            scores.push(bytes as f64 / self.level_target(n) as f64);
+        self.scores_of(&self.current().version)
+    }
+
+    fn scores_of(&self, version: &Version) -> Vec<f64> {
+        let o = &self.options;
+        let mut scores = vec![version.l0.len() as f64 / o.l0_compaction_trigger as f64];
+        for n in 1..o.level_count - 1 {
+            let level = version.levels.get(n - 1).map_or(&[][..], |l| &l[..]);
+            let bytes: u64 = level.iter().map(|t| t.table.file_bytes()).sum();
+            let target = self.level_target(n);
+            let tables_at_target = (target / o.table_target_bytes).max(1);
+            scores.push(
+                bytes as f64 / target as f64 * o.compaction_score_size_weight
+                    + level.len() as f64 / tables_at_target as f64
+                        * o.compaction_score_count_weight,
+            );
         }
         scores
     }
@@ -190,30 +197,78 @@ impl Tree {
         self.scores().iter().any(|&s| s >= 1.0)
     }
 
-    /// The compaction to run next: of the level with the highest score (at least 1), or of L0
-    /// whatever its score if `force_l0` and it holds anything.
-    fn pick(&self, force_l0: bool) -> Option<Task> {
+    /// The compaction to run next, with its tables marked busy until the guard is dropped:
+    /// of the level with the highest score (at least 1) that has one whose tables no running
+    /// compaction reads, or of L0 whatever its score if `force_l0` and nothing else is due.
+    fn pick(&self, force_l0: bool) -> Option<(Task, Busy<'_>)> {
         let current = self.current();
         let version = &current.version;
-        let scores = self.scores();
-        let (level, _) = scores
-            .iter()
+        let mut due: Vec<(usize, f64)> = self
+            .scores_of(version)
+            .into_iter()
             .enumerate()
-            .filter(|(_, s)| **s >= 1.0)
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .or_else(|| (force_l0 && !version.l0.is_empty()).then_some((0, &0.0)))?;
-        let upper: Vec<Arc<TableFile>> = if level == 0 {
-            version.l0.clone()
-        } else {
-            vec![self.next_in_level(version, level)?]
-        };
-        task_into_next(version, level, upper)
+            .filter(|(_, s)| *s >= 1.0)
+            .collect();
+        due.sort_by(|a, b| b.1.total_cmp(&a.1));
+        if due.is_empty() && force_l0 && !version.l0.is_empty() {
+            due.push((0, 0.0));
+        }
+        let mut busy = self
+            .busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (level, _) in due {
+            let candidates: Vec<Vec<Arc<TableFile>>> = if level == 0 {
+                vec![version.l0.clone()]
+            } else {
+                self.round_robin(version, level)
+                    .into_iter()
+                    .map(|t| vec![t])
+                    .collect()
+            };
+            for upper in candidates {
+                let Some(task) = task_into_next(version, level, upper) else {
+                    continue;
+                };
+                let ids: Vec<u64> = task.upper.iter().chain(&task.lower).map(|t| t.id).collect();
+                if ids.iter().any(|id| busy.contains(id)) {
+                    continue;
+                }
+                busy.extend(&ids);
+                if level > 0 {
+                    self.set_cursor(level, user_key(task.upper[0].max_key()));
+                }
+                return Some((task, Busy { tree: self, ids }));
+            }
+        }
+        None
     }
 
-    /// The table of sorted level `n` to compact next: round robin by key, after the last one
-    /// compacted from that level.
-    fn next_in_level(&self, version: &Version, n: usize) -> Option<Arc<TableFile>> {
-        let level = version.levels.get(n - 1)?;
+    /// The tables of sorted level `n` in the order compaction takes them: round robin by key,
+    /// from the one after the last compacted from that level.
+    fn round_robin(&self, version: &Version, n: usize) -> Vec<Arc<TableFile>> {
+        let Some(level) = version.levels.get(n - 1) else {
+            return Vec::new();
+        };
+        let after = self
+            .compaction_cursors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(n)
+            .cloned()
+            .flatten();
+        let first = level
+            .iter()
+            .position(|t| after.as_ref().is_none_or(|a| user_key(t.min_key()) > *a))
+            .unwrap_or(0);
+        level[first..]
+            .iter()
+            .chain(&level[..first])
+            .cloned()
+            .collect()
+    }
+
+    fn set_cursor(&self, n: usize, key: (u64, Bytes)) {
         let mut cursors = self
             .compaction_cursors
             .lock()
@@ -221,14 +276,7 @@ impl Tree {
         if cursors.len() <= n {
             cursors.resize(n + 1, None);
         }
-        let after = cursors[n].clone();
-        let next = level
-            .iter()
-            .find(|t| after.as_ref().is_none_or(|a| user_key(t.min_key()) > *a))
-            .or_else(|| level.first())?
-            .clone();
-        cursors[n] = Some(user_key(next.max_key()));
-        Some(next)
+        cursors[n] = Some(key);
     }
 
     /// Compacts every table holding keys in `range` down to the last level that holds data,
@@ -328,7 +376,7 @@ impl Tree {
         closed: &std::sync::atomic::AtomicBool,
         force_l0: bool,
     ) -> Result<bool> {
-        let Some(task) = self.pick(force_l0) else {
+        let Some((task, _busy)) = self.pick(force_l0) else {
             return Ok(false);
         };
         if task.upper.len() == 1 && task.lower.is_empty() && task.output_level > 1 {
@@ -497,6 +545,25 @@ struct Task {
     bottom: bool,
 }
 
+/// Tables a running compaction reads, unmarked when it ends (however it ends).
+struct Busy<'a> {
+    tree: &'a Tree,
+    ids: Vec<u64>,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        let mut busy = self
+            .tree
+            .busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for id in &self.ids {
+            busy.remove(id);
+        }
+    }
+}
+
 /// The compaction of `upper` (tables of `level`) into the next level: with the tables of that
 /// level they overlap. `None` if `upper` is empty.
 fn task_into_next(version: &Version, level: usize, upper: Vec<Arc<TableFile>>) -> Option<Task> {
@@ -618,5 +685,70 @@ mod tests {
         assert!(bottom.keep(1, &b("c"), 12, true));
         // a reader at 10 sees the value under the newer tombstone
         assert!(bottom.keep(1, &b("c"), 4, false));
+    }
+
+    /// Compactions picked while others hold their tables take other tables, never one a
+    /// running compaction reads; the tables are free again once each ends.
+    #[tokio::test]
+    async fn concurrent_picks_take_disjoint_tables() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let driver = ringtide_platform::IoDriver::new(Default::default())?;
+        let options = crate::kv::DbOptions::default()
+            .write_buffer_bytes(64 << 10)
+            .table_target_bytes(64 << 10)
+            .l1_target_bytes(64 << 10)
+            .l0_compaction_trigger(2)
+            .max_concurrent_compactions(4)
+            .tree_options();
+        let tree = Tree::open(
+            dir.path(),
+            driver,
+            options,
+            crate::wal::WalOptions::default(),
+            false,
+            Lsn(1),
+        )
+        .await?
+        .tree;
+        let mut seq = 0;
+        let mut flush = async |keys: std::ops::Range<u32>| -> Result<()> {
+            seq += 1;
+            let value: super::super::memtable::Value = Some(Bytes::from(vec![7u8; 200]));
+            let keys: Vec<Bytes> = keys.map(|i| Bytes::from(format!("k{i:06}"))).collect();
+            tree.apply(seq, keys.iter().map(|k| (0, k, &value)));
+            let last = seq;
+            tree.rotate(Lsn(1), true, || last);
+            tree.flush_oldest(0, 1).await?;
+            Ok(())
+        };
+        // L1 of ~6 tables (6 times its target), then two L0 tables over the first of them.
+        flush(0..1500).await?;
+        let closed = std::sync::atomic::AtomicBool::new(false);
+        assert!(tree.compact_next(0, &closed, true).await?);
+        flush(0..50).await?;
+        flush(10..60).await?;
+        let scores = tree.scores();
+        assert!(scores[0] >= 1.0 && scores[1] >= 1.0, "{scores:?}");
+
+        let mut picks = Vec::new();
+        while let Some(pick) = tree.pick(false) {
+            picks.push(pick);
+            assert!(picks.len() < 64);
+        }
+        assert!(
+            picks.len() >= 2,
+            "compactions run side by side: {}",
+            picks.len()
+        );
+        let mut seen = std::collections::HashSet::new();
+        for (task, _) in &picks {
+            for t in task.upper.iter().chain(&task.lower) {
+                assert!(seen.insert(t.id), "table {} in two compactions", t.id);
+            }
+        }
+        drop(picks);
+        assert!(tree.busy.lock().unwrap().is_empty());
+        assert!(tree.pick(false).is_some());
+        Ok(())
     }
 }

@@ -47,6 +47,10 @@ pub(crate) struct TreeOptions {
     pub(crate) max_immutable_memtables: usize,
     pub(crate) l0_compaction_trigger: usize,
     pub(crate) l0_stop_writes_trigger: usize,
+    pub(crate) max_concurrent_compactions: usize,
+    pub(crate) compaction_score_size_weight: f64,
+    pub(crate) compaction_score_count_weight: f64,
+    pub(crate) compaction_cooldown: std::time::Duration,
     pub(crate) table_target_bytes: u64,
     pub(crate) l1_target_bytes: u64,
     pub(crate) level_size_multiplier: u64,
@@ -100,8 +104,11 @@ pub(crate) struct Tree {
     next_table_id: AtomicU64,
     /// One flush at a time.
     pub(crate) flushing: tokio::sync::Mutex<()>,
-    /// One compaction at a time (apart from flushes).
-    pub(crate) compacting: tokio::sync::Mutex<()>,
+    /// A permit per compaction running (`max_concurrent_compactions`); `Db::compact`,
+    /// `compact_range` and close take them all.
+    compacting: tokio::sync::Semaphore,
+    /// Tables a running compaction reads: no other one picks them.
+    pub(crate) busy: std::sync::Mutex<std::collections::HashSet<u64>>,
     /// Woken when an immutable memtable is flushed (writers waiting for room).
     pub(crate) room: tokio::sync::Notify,
     pub(crate) figures: Figures,
@@ -221,6 +228,7 @@ impl Tree {
             after_seq: state.flushed.seq,
             log_from,
         };
+        let compaction_slots = options.max_concurrent_compactions;
         let tree = Tree {
             tables_dir,
             driver,
@@ -232,7 +240,8 @@ impl Tree {
             manifest,
             next_table_id: AtomicU64::new(next_id),
             flushing: tokio::sync::Mutex::new(()),
-            compacting: tokio::sync::Mutex::new(()),
+            compacting: tokio::sync::Semaphore::new(compaction_slots),
+            busy: std::sync::Mutex::new(std::collections::HashSet::new()),
             room: tokio::sync::Notify::new(),
             figures: Figures::default(),
             cache,
@@ -247,6 +256,22 @@ impl Tree {
             tree,
             flushed: state.flushed,
         })
+    }
+
+    /// A compaction's permit (see `compacting`).
+    pub(crate) async fn compaction_permit(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.compacting
+            .acquire()
+            .await
+            .expect("the compaction semaphore is never closed")
+    }
+
+    /// Every compaction's permit: no compaction runs while it is held.
+    pub(crate) async fn all_compactions(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.compacting
+            .acquire_many(self.options.max_concurrent_compactions as u32)
+            .await
+            .expect("the compaction semaphore is never closed")
     }
 
     /// The current state (memtables and tables), for a read or a job.
