@@ -24,6 +24,7 @@ both_backends!(
     damage_in_a_table_is_found_by_the_check_and_never_read_as_data,
     a_checkpoint_under_concurrent_writes_opens_and_equals_the_store_at_its_seq,
     compact_range_reclaims_space_and_keeps_what_snapshots_see,
+    a_deleted_bucket_is_reclaimed_by_compaction_once_no_snapshot_sees_it,
 );
 
 fn options(driver: &IoDriver) -> DbOptions {
@@ -624,5 +625,75 @@ async fn compact_range_reclaims_space_and_keeps_what_snapshots_see(driver: IoDri
     db.close().await?;
     let db = Db::open(dir.path(), options).await?;
     check(&db, &model).await?;
+    db.close().await
+}
+
+/// A bucket (with one nested in it) deleted: its keys stay while a snapshot from before the
+/// delete is open, and a compaction after it ends drops them all, nested bucket and catalog
+/// entries included. A bucket made again under the name is empty.
+async fn a_deleted_bucket_is_reclaimed_by_compaction_once_no_snapshot_sees_it(
+    driver: IoDriver,
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = options(&driver);
+    let db = Db::open(dir.path(), options.clone()).await?;
+    let txn = db.begin(TxnOptions::default())?;
+    txn.put("root-key", "stays")?;
+    let big = txn.create_bucket("big").await?;
+    let inner = big.create_bucket("inner").await?;
+    for i in 0..2000u32 {
+        big.put(key(i), val(i, 0))?;
+        inner.put(key(i), val(i, 1))?;
+    }
+    big.next_sequence().await?;
+    txn.commit().await?;
+    db.compact_full().await?;
+    let full = table_bytes(&db.stats());
+
+    let old = db.begin(TxnOptions::default().read_only(true))?;
+    db.update(|txn| async move { txn.delete_bucket("big").await })
+        .await?;
+    db.compact_full().await?;
+    let old_big = old.bucket("big").await?.expect("the old snapshot sees it");
+    let old_inner = old_big.bucket("inner").await?.expect("and the nested one");
+    for i in (0..2000).step_by(97) {
+        assert_eq!(old_big.get(key(i)).await?, Some(val(i, 0)));
+        assert_eq!(old_inner.get(key(i)).await?, Some(val(i, 1)));
+    }
+    assert!(
+        table_bytes(&db.stats()) >= full / 2,
+        "kept while a snapshot sees it"
+    );
+    drop((old_big, old_inner, old));
+
+    db.compact_full().await?;
+    let after = table_bytes(&db.stats());
+    assert!(
+        after < full / 20,
+        "reclaimed: {full} B before, {after} B after"
+    );
+    let txn = db.begin(TxnOptions::default())?;
+    assert!(txn.bucket("big").await?.is_none());
+    assert_eq!(txn.get("root-key").await?, Some(Bytes::from("stays")));
+    let again = txn.create_bucket("big").await?;
+    assert_eq!(again.get(key(5)).await?, None);
+    assert!(again.buckets().await?.is_empty());
+    assert_eq!(again.next_sequence().await?, 1);
+    txn.commit().await?;
+    db.close().await?;
+    let db = Db::open(dir.path(), options).await?;
+    assert!(db.check_integrity(|_| {}).await?.is_sound());
+    db.view(|txn| async move {
+        assert!(
+            txn.bucket("big")
+                .await?
+                .expect("made again")
+                .buckets()
+                .await?
+                .is_empty()
+        );
+        Ok(())
+    })
+    .await?;
     db.close().await
 }

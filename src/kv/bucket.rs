@@ -12,9 +12,11 @@
 //! | `d` ‖ bucket id (u64 BE)               | empty: a deleted bucket whose keys await reclaiming |
 //!
 //! Deleting a bucket removes its `b` entry and adds a `d` entry: O(1) whatever it holds. Its keys
-//! and nested buckets are unreachable at once; the LSM's compaction reclaims them (part 2).
+//! and nested buckets are unreachable at once; compaction drops them (and their catalog
+//! entries) once no snapshot from before the delete is held ([`DeadBuckets`]).
 
-use std::ops::RangeBounds;
+use std::collections::BTreeSet;
+use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -22,6 +24,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::entries::EntryCursor;
 use super::scan::{Cursor, Scan};
+use super::tree::Tree;
+use super::tree::job::Unreachable;
+use super::tree::read::Range;
 use super::txn::{Txn, bounds, prefix_bounds};
 use crate::error::{CorruptionKind, Error, Result};
 
@@ -163,6 +168,78 @@ pub(crate) async fn create(
         Some(Bytes::copy_from_slice(&id.to_le_bytes())),
     )?;
     Ok(remember(txn, id, key, path))
+}
+
+/// The buckets whose keys no snapshot at or above a seq can reach: those deleted at or below
+/// it (their `d` entries) and every bucket nested in one. Compaction drops their keys and their
+/// catalog entries (`b` entries in them, their `s` entries); the `d` entries stay (17 bytes a
+/// deleted bucket).
+#[derive(Debug, Default)]
+pub(crate) struct DeadBuckets(BTreeSet<u64>);
+
+impl DeadBuckets {
+    /// The dead buckets as of `snapshot`, read from the catalog in the tree.
+    ///
+    /// # Errors
+    /// A damaged table or catalog entry; I/O errors.
+    pub(crate) async fn at(tree: &Tree, snapshot: u64) -> Result<DeadBuckets> {
+        let mut dead = BTreeSet::new();
+        for (key, _) in scan_catalog(tree, b"d", snapshot).await? {
+            if let Some(id) = catalog_id(&key) {
+                dead.insert(id);
+            }
+        }
+        let mut queue: Vec<u64> = dead.iter().copied().collect();
+        while let Some(id) = queue.pop() {
+            for (_, value) in scan_catalog(tree, &entry_key(id, b""), snapshot).await? {
+                let child = decode_id(&value)?;
+                if dead.insert(child) {
+                    queue.push(child);
+                }
+            }
+        }
+        Ok(DeadBuckets(dead))
+    }
+}
+
+impl Unreachable for DeadBuckets {
+    fn unreachable(&self, bucket: u64, key: &[u8]) -> bool {
+        !self.0.is_empty()
+            && (self.0.contains(&bucket)
+                || (bucket == CATALOG && catalog_owner(key).is_some_and(|o| self.0.contains(&o))))
+    }
+}
+
+/// The id in an `s` or `d` entry's key.
+fn catalog_id(key: &[u8]) -> Option<u64> {
+    match key {
+        [_, id @ ..] if id.len() == 8 => Some(u64::from_be_bytes(id.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+/// Every catalog entry with `prefix` visible at `snapshot`.
+async fn scan_catalog(tree: &Tree, prefix: &[u8], snapshot: u64) -> Result<Vec<(Bytes, Bytes)>> {
+    let (from, to) = prefix_bounds(prefix);
+    let mut out = Vec::new();
+    let mut resume: Option<Bytes> = None;
+    loop {
+        let range = Range {
+            bucket: CATALOG,
+            from: match &resume {
+                Some(k) => Bound::Excluded(&k[..]),
+                None => from.as_ref().map(|k| &k[..]),
+            },
+            to: to.as_ref().map(|k| &k[..]),
+            reverse: false,
+        };
+        let (batch, next) = tree.scan(range, snapshot, 256).await?;
+        out.extend(batch);
+        match next {
+            Some(k) => resume = Some(k),
+            None => return Ok(out),
+        }
+    }
 }
 
 pub(crate) async fn open(

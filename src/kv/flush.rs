@@ -22,8 +22,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use super::bucket::DeadBuckets;
 use super::shared::Shared;
-use super::tree::job::{FlushDone, KeyRange};
+use super::tree::job::{FlushDone, Horizon, KeyRange};
 use crate::error::{Error, Result};
 use crate::types::Lsn;
 
@@ -93,6 +94,21 @@ impl Background {
 
     fn failed(&self) -> Option<Arc<Error>> {
         lock(&self.error).clone()
+    }
+}
+
+/// See [`Shared::reach`].
+struct Reach {
+    oldest: u64,
+    dead: DeadBuckets,
+}
+
+impl Reach {
+    fn get(&self) -> Horizon<'_> {
+        Horizon {
+            oldest_snapshot: self.oldest,
+            unreachable: &self.dead,
+        }
     }
 }
 
@@ -225,7 +241,7 @@ impl Shared {
             let mut force_l0 = true;
             while db
                 .tree
-                .compact_next(db.oracle.oldest_needed(), &db.closed, force_l0)
+                .compact_next(db.reach().await?.get(), &db.closed, force_l0)
                 .await?
             {
                 force_l0 = false;
@@ -245,13 +261,23 @@ impl Shared {
             db.note_outcome(result)?;
             let _all = db.tree.all_compactions().await;
             db.check_open()?;
-            let result = db
-                .tree
-                .compact_range(&range, db.oracle.oldest_needed(), &db.closed)
-                .await;
+            let result = match db.reach().await {
+                Ok(reach) => db.tree.compact_range(&range, reach.get(), &db.closed).await,
+                Err(e) => Err(e),
+            };
             db.note_outcome(result)
         })
         .await
+    }
+
+    /// What a compaction may drop now: versions below the oldest snapshot anyone holds or can
+    /// take, and the keys of the buckets deleted at or below it.
+    async fn reach(&self) -> Result<Reach> {
+        let oldest = self.oracle.oldest_needed();
+        Ok(Reach {
+            oldest,
+            dead: DeadBuckets::at(&self.tree, oldest).await?,
+        })
     }
 
     fn check_open(&self) -> Result<()> {
@@ -310,7 +336,7 @@ impl Shared {
             self.start(Job::Compaction);
             if !self
                 .tree
-                .compact_next(self.oracle.oldest_needed(), &self.closed, false)
+                .compact_next(self.reach().await?.get(), &self.closed, false)
                 .await?
             {
                 break;

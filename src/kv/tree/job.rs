@@ -35,19 +35,54 @@ pub(crate) struct FlushDone {
     pub(crate) log_from: Lsn,
 }
 
+/// Keys the store says no snapshot at or above a horizon can reach (its deleted buckets'
+/// keys): compaction drops every version of them. The tree knows nothing of buckets.
+pub(crate) trait Unreachable: Send + Sync {
+    fn unreachable(&self, bucket: u64, key: &[u8]) -> bool;
+}
+
+/// Every key reachable.
+struct NoneUnreachable;
+
+impl Unreachable for NoneUnreachable {
+    fn unreachable(&self, _: u64, _: &[u8]) -> bool {
+        false
+    }
+}
+
+/// What a compaction may drop: versions below `oldest_snapshot` that no snapshot sees, and
+/// every version of the keys `unreachable` names (as of `oldest_snapshot`).
+#[derive(Clone, Copy)]
+pub(crate) struct Horizon<'a> {
+    pub(crate) oldest_snapshot: u64,
+    pub(crate) unreachable: &'a dyn Unreachable,
+}
+
+impl Horizon<'_> {
+    /// Versions below `oldest_snapshot`, and no key unreachable.
+    pub(crate) fn at(oldest_snapshot: u64) -> Horizon<'static> {
+        Horizon {
+            oldest_snapshot,
+            unreachable: &NoneUnreachable,
+        }
+    }
+}
+
 /// Decides, version by version in internal-key order, which versions a new table keeps.
-struct Keep {
+struct Keep<'a> {
     oldest_snapshot: u64,
+    unreachable: &'a dyn Unreachable,
     bottom: bool,
     last: Option<(u64, Bytes)>,
     /// A version at or below the oldest snapshot was kept for the current key.
     settled: bool,
 }
 
-impl Keep {
-    fn new(oldest_snapshot: u64, bottom: bool) -> Keep {
+impl<'a> Keep<'a> {
+    fn new(horizon: Horizon<'a>, bottom: bool) -> Keep<'a> {
         Keep {
-            oldest_snapshot,
+            oldest_snapshot: horizon.oldest_snapshot,
+            unreachable: horizon.unreachable,
             bottom,
             last: None,
             settled: false,
@@ -62,6 +97,9 @@ impl Keep {
         if !same {
             self.last = Some((bucket, key.clone()));
             self.settled = false;
+        }
+        if self.unreachable.unreachable(bucket, key) {
+            return false;
         }
         if seq > self.oldest_snapshot {
             return true;
@@ -97,7 +135,7 @@ impl Tree {
         let slot = &current.memtables[n - 1];
         let next = &current.memtables[n - 2];
         let until = next.after_seq;
-        let mut keep = Keep::new(oldest_snapshot, false);
+        let mut keep = Keep::new(Horizon::at(oldest_snapshot), false);
         let versions = slot
             .mem
             .iter()
@@ -290,7 +328,7 @@ impl Tree {
     pub(crate) async fn compact_range(
         &self,
         range: &KeyRange,
-        oldest_snapshot: u64,
+        horizon: Horizon<'_>,
         closed: &std::sync::atomic::AtomicBool,
     ) -> Result<()> {
         // Tables written from here on: at the last level, only by compactions to the bottom,
@@ -312,7 +350,7 @@ impl Tree {
                 if !version.l0.is_empty() && version.l0.iter().any(|t| range.overlaps(t)) {
                     let task =
                         task_into_next(version, 0, version.l0.clone()).expect("L0 is not empty");
-                    self.compact(task, oldest_snapshot, closed).await?;
+                    self.compact(task, horizon, closed).await?;
                 }
                 return Ok(());
             };
@@ -345,7 +383,7 @@ impl Tree {
                         lower: Vec::new(),
                         bottom: true,
                     };
-                    self.compact(task, oldest_snapshot, closed).await?;
+                    self.compact(task, horizon, closed).await?;
                 }
                 return Ok(());
             }
@@ -356,7 +394,7 @@ impl Tree {
                     self.move_down(t, task.output_level).await?;
                 }
             } else {
-                self.compact(task, oldest_snapshot, closed).await?;
+                self.compact(task, horizon, closed).await?;
             }
             if closed.load(std::sync::atomic::Ordering::Acquire) {
                 return Err(crate::Error::Closed);
@@ -372,7 +410,7 @@ impl Tree {
     /// is set between two output tables.
     pub(crate) async fn compact_next(
         &self,
-        oldest_snapshot: u64,
+        horizon: Horizon<'_>,
         closed: &std::sync::atomic::AtomicBool,
         force_l0: bool,
     ) -> Result<bool> {
@@ -382,7 +420,7 @@ impl Tree {
         if task.upper.len() == 1 && task.lower.is_empty() && task.output_level > 1 {
             self.move_down(&task.upper[0], task.output_level).await?;
         } else {
-            self.compact(task, oldest_snapshot, closed).await?;
+            self.compact(task, horizon, closed).await?;
         }
         Ok(true)
     }
@@ -411,14 +449,14 @@ impl Tree {
     async fn compact(
         &self,
         task: Task,
-        oldest_snapshot: u64,
+        horizon: Horizon<'_>,
         closed: &std::sync::atomic::AtomicBool,
     ) -> Result<()> {
         let level = task.output_level;
         let inputs: Vec<Arc<TableFile>> = task.upper.into_iter().chain(task.lower).collect();
         let bytes_in: u64 = inputs.iter().map(|t| t.table.file_bytes()).sum();
         let mut merge = Merge::new(inputs.iter().map(|t| t.table.clone()).collect()).await?;
-        let mut keep = Keep::new(oldest_snapshot, task.bottom);
+        let mut keep = Keep::new(horizon, task.bottom);
         let mut outputs: Vec<Arc<TableFile>> = Vec::new();
         let mut writer: Option<(u64, TableWriter)> = None;
         let mut last_key: Option<(u64, Bytes)> = None;
@@ -668,7 +706,7 @@ mod tests {
 
     #[test]
     fn keep_drops_versions_below_the_oldest_snapshot_but_the_newest() {
-        let mut k = Keep::new(10, false);
+        let mut k = Keep::new(Horizon::at(10), false);
         // key a: 15 (above), 9 (newest at or below 10), 5 (hidden)
         assert!(k.keep(1, &b("a"), 15, false));
         assert!(k.keep(1, &b("a"), 9, false));
@@ -678,7 +716,7 @@ mod tests {
         assert!(!k.keep(1, &b("b"), 3, false));
         // the same key in another bucket is another key
         assert!(k.keep(2, &b("b"), 2, false));
-        let mut bottom = Keep::new(10, true);
+        let mut bottom = Keep::new(Horizon::at(10), true);
         assert!(!bottom.keep(1, &b("b"), 8, true));
         assert!(!bottom.keep(1, &b("b"), 3, false));
         assert!(bottom.keep(1, &b("b2"), 3, false));
@@ -724,7 +762,7 @@ mod tests {
         // L1 of ~6 tables (6 times its target), then two L0 tables over the first of them.
         flush(0..1500).await?;
         let closed = std::sync::atomic::AtomicBool::new(false);
-        assert!(tree.compact_next(0, &closed, true).await?);
+        assert!(tree.compact_next(Horizon::at(0), &closed, true).await?);
         flush(0..50).await?;
         flush(10..60).await?;
         let scores = tree.scores();
