@@ -12,8 +12,8 @@
 //! | `d` ‖ bucket id (u64 BE)               | empty: a deleted bucket whose keys await reclaiming |
 //!
 //! Deleting a bucket removes its `b` entry and adds a `d` entry: O(1) whatever it holds. Its keys
-//! and nested buckets are unreachable at once; compaction drops them (and their catalog
-//! entries) once no snapshot from before the delete is held ([`DeadBuckets`]).
+//! and nested buckets are unreachable at once; compaction drops their keys once no snapshot from
+//! before the delete is held ([`DeadBuckets`]). Their catalog entries stay.
 
 use std::collections::BTreeSet;
 use std::ops::{Bound, RangeBounds};
@@ -171,9 +171,8 @@ pub(crate) async fn create(
 }
 
 /// The buckets whose keys no snapshot at or above a seq can reach: those deleted at or below
-/// it (their `d` entries) and every bucket nested in one. Compaction drops their keys and their
-/// catalog entries (`b` entries in them, their `s` entries); the `d` entries stay (17 bytes a
-/// deleted bucket).
+/// it (their `d` entries) and every bucket nested in one. Compaction drops their keys; their
+/// catalog entries stay (see [`DeadBuckets::unreachable`]).
 #[derive(Debug, Default)]
 pub(crate) struct DeadBuckets(BTreeSet<u64>);
 
@@ -185,7 +184,7 @@ impl DeadBuckets {
     pub(crate) async fn at(tree: &Tree, snapshot: u64) -> Result<DeadBuckets> {
         let mut dead = BTreeSet::new();
         for (key, _) in scan_catalog(tree, b"d", snapshot).await? {
-            if let Some(id) = catalog_id(&key) {
+            if let Some(id) = id_in_entry(&key, None) {
                 dead.insert(id);
             }
         }
@@ -203,23 +202,21 @@ impl DeadBuckets {
 }
 
 impl Unreachable for DeadBuckets {
-    fn unreachable(&self, bucket: u64, key: &[u8]) -> bool {
-        !self.0.is_empty()
-            && (self.0.contains(&bucket)
-                || (bucket == CATALOG && catalog_owner(key).is_some_and(|o| self.0.contains(&o))))
-    }
-}
-
-/// The id in an `s` or `d` entry's key.
-fn catalog_id(key: &[u8]) -> Option<u64> {
-    match key {
-        [_, id @ ..] if id.len() == 8 => Some(u64::from_be_bytes(id.try_into().ok()?)),
-        _ => None,
+    /// The keys of a dead bucket. Catalog entries all stay: the `b` entries under a dead
+    /// bucket are how the buckets nested in it are found by later compactions (their keys may
+    /// sit in levels not compacted yet), and every id the catalog names keeps the id counter
+    /// above it at open (ids are never reused).
+    fn unreachable(&self, bucket: u64, _key: &[u8]) -> bool {
+        self.0.contains(&bucket)
     }
 }
 
 /// Every catalog entry with `prefix` visible at `snapshot`.
-async fn scan_catalog(tree: &Tree, prefix: &[u8], snapshot: u64) -> Result<Vec<(Bytes, Bytes)>> {
+pub(crate) async fn scan_catalog(
+    tree: &Tree,
+    prefix: &[u8],
+    snapshot: u64,
+) -> Result<Vec<(Bytes, Bytes)>> {
     let (from, to) = prefix_bounds(prefix);
     let mut out = Vec::new();
     let mut resume: Option<Bytes> = None;

@@ -3,15 +3,13 @@
 //! find where sequence numbers, transaction ids and bucket ids resume.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 
 use futures::StreamExt;
 
-use super::bucket::{self, CATALOG, FIRST_BUCKET_ID};
+use super::bucket::{self, FIRST_BUCKET_ID};
 use super::record::{self, Kind};
 use super::tree::Tree;
 use super::tree::manifest::Flushed;
-use super::tree::read::Range;
 use super::txn::WriteSet;
 use super::txn::commit::{Prepared, deadline_from_unix_ms, write_set};
 use crate::error::{CorruptionKind, Error, Result};
@@ -129,28 +127,12 @@ fn apply(tree: &Tree, seq: u64, writes: &WriteSet) {
 
 /// The highest bucket id the catalog names (live or deleted), so that ids are never reused.
 async fn max_bucket_id(tree: &Tree, snapshot: u64) -> Result<u64> {
-    let mut max = 0;
-    let mut from: Option<bytes::Bytes> = None;
-    loop {
-        let range = Range {
-            bucket: CATALOG,
-            from: from
-                .as_ref()
-                .map_or(Bound::Unbounded, |k| Bound::Excluded(&k[..])),
-            to: Bound::Unbounded,
-            reverse: false,
-        };
-        let (batch, resume) = tree.scan(range, snapshot, 1024).await?;
-        for (key, value) in &batch {
-            if let Some(id) = bucket::id_in_entry(key, Some(value)) {
-                max = max.max(id);
-            }
-        }
-        match resume {
-            Some(k) => from = Some(k),
-            None => return Ok(max),
-        }
-    }
+    let catalog = bucket::scan_catalog(tree, b"", snapshot).await?;
+    Ok(catalog
+        .iter()
+        .filter_map(|(key, value)| bucket::id_in_entry(key, Some(value)))
+        .max()
+        .unwrap_or(0))
 }
 
 fn bad(wal: &Wal, lsn: Lsn, reason: &'static str) -> Error {
