@@ -1,6 +1,7 @@
 //! Options of a store and of its transactions: builders with units in their names, defaults
 //! documented, checked at open.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -10,6 +11,23 @@ use crate::wal::{RecoveryMode, SyncPolicy, WalOptions};
 /// The largest `max_txn_bytes` accepted: the wal appends one transaction as one atomic batch,
 /// and a batch is at most 1 GiB.
 const MAX_TXN_BYTES_LIMIT: u64 = 1 << 30;
+
+/// How a level's tables store their data blocks ([`DbOptions::compression`],
+/// [`DbOptions::level_compression`]).
+///
+/// Each block says how it is stored, so a store reads tables of any compression whatever its
+/// options: a change applies to the tables written from then on (flushes into L0, compactions
+/// into the level), and a table moved down to a level as it is keeps its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Compression {
+    /// Blocks stored as they are: the cheapest to write and read.
+    None,
+    /// Blocks compressed with LZ4 (its raw block format): fast to compress and faster to
+    /// decompress, for a modest ratio. A block that LZ4 does not shrink by at least 1/8 is stored as
+    /// it is, and so is one whose contents exceed 64 MiB (a block of one very large value).
+    Lz4,
+}
 
 /// Options of a [`Db`](super::Db).
 #[derive(Debug, Clone)]
@@ -35,6 +53,11 @@ pub struct DbOptions {
     pub(crate) block_size_bytes: usize,
     pub(crate) bloom_bits_per_key: u32,
     pub(crate) block_cache_bytes: u64,
+    /// Every level's compression but those in `level_compression`.
+    pub(crate) compression: Compression,
+    /// Per level, set by [`DbOptions::level_compression`]; checked against `level_count` at
+    /// open.
+    pub(crate) level_compression: BTreeMap<usize, Compression>,
     pub(crate) driver: Option<IoDriver>,
 }
 
@@ -61,6 +84,8 @@ impl Default for DbOptions {
             block_size_bytes: 4 << 10,
             bloom_bits_per_key: 10,
             block_cache_bytes: 64 << 20,
+            compression: Compression::Lz4,
+            level_compression: BTreeMap::from([(0, Compression::None)]),
             driver: None,
         }
     }
@@ -217,6 +242,32 @@ impl DbOptions {
         self
     }
 
+    /// The compression of every level's tables' data blocks; clears what
+    /// [`level_compression`](Self::level_compression) set before. Default: L0
+    /// [`Compression::None`] (a flush, which commits may wait for, stays cheap, and L0 tables
+    /// are short-lived), L1 and below [`Compression::Lz4`].
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self.level_compression.clear();
+        self
+    }
+
+    /// The compression of one level's tables' data blocks (0: L0, the flushed memtables), over
+    /// what [`compression`](Self::compression) set. Default: see `compression`; accepted:
+    /// levels below `level_count` (checked at open, so the two may be set in either order).
+    pub fn level_compression(mut self, level: usize, compression: Compression) -> Self {
+        self.level_compression.insert(level, compression);
+        self
+    }
+
+    /// The compression level `level`'s tables are written with.
+    pub(crate) fn compression_of(&self, level: usize) -> Compression {
+        self.level_compression
+            .get(&level)
+            .copied()
+            .unwrap_or(self.compression)
+    }
+
     /// The I/O executor to use (e.g. one shared by several stores); default: one of its own.
     pub fn driver(mut self, driver: IoDriver) -> Self {
         self.driver = Some(driver);
@@ -272,6 +323,19 @@ impl DbOptions {
         if !(2..=16).contains(&self.level_count) {
             return Err(Error::invalid("level_count", "must be 2 to 16"));
         }
+        if let Some(level) = self
+            .level_compression
+            .keys()
+            .find(|&&l| l >= self.level_count)
+        {
+            return Err(Error::invalid(
+                "level_compression",
+                format!(
+                    "level {level} is not below level_count ({})",
+                    self.level_count
+                ),
+            ));
+        }
         self.tree_options().table.validate()
     }
 
@@ -286,6 +350,9 @@ impl DbOptions {
             level_size_multiplier: self.level_size_multiplier,
             level_count: self.level_count,
             block_cache_bytes: self.block_cache_bytes,
+            level_compression: (0..self.level_count)
+                .map(|l| self.compression_of(l))
+                .collect(),
             table: super::tree::table::TableOptions::default()
                 .block_size_bytes(self.block_size_bytes)
                 .bloom_bits_per_key(self.bloom_bits_per_key),
@@ -384,5 +451,43 @@ impl TxnOptions {
     pub fn durability(mut self, durability: Durability) -> Self {
         self.durability = Some(durability);
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_is_per_level_and_checked_against_the_level_count() {
+        let levels = |o: &DbOptions| o.tree_options().level_compression;
+        let (none, lz4) = (Compression::None, Compression::Lz4);
+        let defaults = DbOptions::default();
+        assert_eq!(levels(&defaults), [none, lz4, lz4, lz4, lz4, lz4, lz4]);
+        let every = DbOptions::default().level_count(3).compression(lz4);
+        assert_eq!(levels(&every), [lz4, lz4, lz4]);
+        // `compression` clears what `level_compression` set before it, not after.
+        let one = DbOptions::default()
+            .level_compression(2, lz4)
+            .compression(none)
+            .level_compression(1, lz4)
+            .level_count(3);
+        assert_eq!(levels(&one), [none, lz4, none]);
+        assert!(one.validate().is_ok());
+        let table = one.tree_options();
+        assert_eq!(table.table_options(1).compression, lz4);
+        assert_eq!(table.table_options(2).compression, none);
+        // A level past the count is refused at open, whichever was set first.
+        let past = DbOptions::default()
+            .level_compression(5, lz4)
+            .level_count(5);
+        assert!(matches!(
+            past.validate(),
+            Err(Error::InvalidArgument {
+                name: "level_compression",
+                ..
+            })
+        ));
+        assert!(past.level_count(6).validate().is_ok());
     }
 }
