@@ -438,8 +438,9 @@ fn write_kv_record_seeds() {
     }
 }
 
-/// The table target: its seeds (tables with and without a filter, of one block and many) and
-/// its corpus replay without a panic, as images and as entries.
+/// The table target: its seeds (tables with and without a filter, of one block and many, with
+/// data blocks uncompressed and lz4) and its corpus replay without a panic, as images and as
+/// entries.
 #[test]
 fn kv_table_corpus_replays() {
     let seeds = ringtide::kv::fuzz::table_seeds();

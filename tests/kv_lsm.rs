@@ -9,7 +9,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use ringtide::kv::{Db, DbOptions, DbStats, TxnOptions};
+use ringtide::kv::{Compression, Db, DbOptions, DbStats, TxnOptions};
 use ringtide::platform::IoDriver;
 use ringtide::{CorruptionKind, Error, Result};
 
@@ -25,6 +25,7 @@ both_backends!(
     a_checkpoint_under_concurrent_writes_opens_and_equals_the_store_at_its_seq,
     compact_range_reclaims_space_and_keeps_what_snapshots_see,
     a_deleted_bucket_is_reclaimed_by_compaction_once_no_snapshot_sees_it,
+    compressed_levels_read_back_across_flush_compaction_and_reopen,
 );
 
 fn options(driver: &IoDriver) -> DbOptions {
@@ -385,18 +386,7 @@ async fn levels_below_l1_fill_and_reads_stay_right(driver: IoDriver) -> Result<(
     let db = Db::open(dir.path(), options.clone()).await?;
     let mut model = BTreeMap::new();
     for round in 0..12u32 {
-        let txn = db.begin(TxnOptions::default())?;
-        for j in 0..1000u32 {
-            let i = (j * 7 + round * 131) % 4000;
-            if (i + round) % 9 == 0 {
-                txn.delete(key(i))?;
-                model.remove(&key(i));
-            } else {
-                txn.put(key(i), val(i, round))?;
-                model.insert(key(i), val(i, round));
-            }
-        }
-        txn.commit().await?;
+        write_round(&db, &mut model, round).await?;
         db.flush().await?;
     }
     db.compact().await?;
@@ -696,4 +686,115 @@ async fn a_deleted_bucket_is_reclaimed_by_compaction_once_no_snapshot_sees_it(
     })
     .await?;
     db.close().await
+}
+
+/// Bytes flushes and compactions wrote.
+fn written(stats: &DbStats) -> u64 {
+    stats.bytes_flushed + stats.bytes_compacted_out
+}
+
+/// Commits one round of puts and deletes over keys 0..4000, into `model` too.
+async fn write_round(db: &Db, model: &mut BTreeMap<Bytes, Bytes>, round: u32) -> Result<()> {
+    let txn = db.begin(TxnOptions::default())?;
+    for j in 0..1000u32 {
+        let i = (j * 7 + round * 131) % 4000;
+        if (i + round).is_multiple_of(9) {
+            txn.delete(key(i))?;
+            model.remove(&key(i));
+        } else {
+            txn.put(key(i), val(i, round))?;
+            model.insert(key(i), val(i, round));
+        }
+    }
+    txn.commit().await?;
+    Ok(())
+}
+
+/// Compression per level: by default flushes (L0) are stored uncompressed and compactions
+/// (L1 and below) lz4; then every level lz4 but L1; reads match the model throughout, across
+/// reopens with other compression options (each block says how it is stored), and
+/// `check_integrity` reads every table back clean. A level past `level_count` is refused.
+async fn compressed_levels_read_back_across_flush_compaction_and_reopen(
+    driver: IoDriver,
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let refused = Db::open(
+        dir.path(),
+        options(&driver)
+            .level_count(4)
+            .level_compression(4, Compression::Lz4),
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(Error::InvalidArgument { .. })),
+        "{refused:?}"
+    );
+    // The defaults: L0 uncompressed, L1 and below lz4. No compaction but those asked for.
+    let defaults = options(&driver)
+        .write_buffer_bytes(4 << 20)
+        .l0_compaction_trigger(64);
+    let db = Db::open(dir.path(), defaults.clone()).await?;
+    let mut model = BTreeMap::new();
+    for round in 0..2 {
+        write_round(&db, &mut model, round).await?;
+        db.flush().await?;
+    }
+    let stats = db.stats();
+    assert_eq!(stats.levels[0].tables, 2, "{stats}");
+    assert_eq!(stats.bytes_written_uncompressed, written(&stats), "{stats}");
+    check(&db, &model).await?;
+    db.compact().await?;
+    let stats = db.stats();
+    assert_eq!(stats.levels[0].tables, 0, "{stats}");
+    let l1 = stats.levels[1].bytes;
+    assert!(l1 > 0, "{stats}");
+    // What the compaction wrote is lz4: well under its uncompressed size.
+    let saved = stats.bytes_written_uncompressed - written(&stats);
+    assert!(saved > l1 / 2, "saved {saved} of L1's {l1} bytes: {stats}");
+    check(&db, &model).await?;
+    db.close().await?;
+
+    // Every level lz4 but L1; small levels, so that data moves through L1 into L2 and L3.
+    let mixed = options(&driver)
+        .compression(Compression::Lz4)
+        .level_compression(1, Compression::None)
+        .l0_compaction_trigger(2)
+        .l1_target_bytes(64 << 10)
+        .level_size_multiplier(2)
+        .level_count(4);
+    let db = Db::open(dir.path(), mixed.clone()).await?;
+    check(&db, &model).await?;
+    let before = db.stats();
+    db.flush().await?;
+    for round in 2..10 {
+        write_round(&db, &mut model, round).await?;
+        db.flush().await?;
+    }
+    db.compact().await?;
+    let stats = db.stats();
+    let deep = stats.levels.iter().skip(2).map(|l| l.tables).sum::<u64>();
+    assert!(deep > 0, "data reached L2 or below: {stats}");
+    assert!(stats.compactions > before.compactions, "{stats}");
+    assert!(
+        stats.bytes_written_uncompressed > written(&stats),
+        "{stats}"
+    );
+    check(&db, &model).await?;
+    let report = db.check_integrity(|_| {}).await?;
+    assert!(report.is_sound(), "{report:?}");
+    assert!(report.tables >= 2, "{report:?}");
+    db.close().await?;
+
+    // Reopened without compression: every table reads as it was written.
+    let none = options(&driver)
+        .compression(Compression::None)
+        .level_count(4);
+    for options in [none, mixed] {
+        let db = Db::open(dir.path(), options).await?;
+        check(&db, &model).await?;
+        let report = db.check_integrity(|_| {}).await?;
+        assert!(report.is_sound(), "{report:?}");
+        db.close().await?;
+    }
+    Ok(())
 }

@@ -94,15 +94,17 @@ pub fn seeds() -> Vec<Vec<u8>> {
 }
 
 /// The `kv_table` target: `data` read as a table image (as it is, and with its checksums
-/// recomputed, so that the decoders behind them are reached) must open, answer lookups and scan
-/// both ways without a panic, every error being `Corruption` and every scan in order; and read as
-/// options and entries, written and read back, it must equal a model.
+/// recomputed, so that the decoders behind them, lz4's included, are reached) must open, answer
+/// lookups and scan both ways without a panic, every error being `Corruption` and every scan in
+/// order; and read as options (compression among them) and entries, written and read back, it
+/// must equal a model.
 pub fn table_decoder(data: &[u8]) {
     super::tree::table::fuzz::decode_image(data);
     super::tree::table::fuzz::round_trip(data);
 }
 
-/// Seeds for the `kv_table` corpus: tables with and without a filter, of one block and many.
+/// Seeds for the `kv_table` corpus: tables with and without a filter, of one block and many,
+/// with data blocks uncompressed and lz4.
 pub fn table_seeds() -> Vec<Vec<u8>> {
     super::tree::table::fuzz::seeds()
 }

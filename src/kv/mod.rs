@@ -93,7 +93,7 @@ use tracing::Instrument;
 pub use bucket::Bucket;
 pub use entries::{CursorEntry, EntryCursor};
 pub use integrity::{KvIntegrityProgress, KvIntegrityReport, TableProblem};
-pub use options::{DbOptions, Durability, Isolation, TxnOptions};
+pub use options::{Compression, DbOptions, Durability, Isolation, TxnOptions};
 pub use scan::{Cursor, Scan};
 pub use stats::{DbStats, LevelStats};
 pub use txn::{CommitInfo, Txn};

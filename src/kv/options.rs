@@ -1,6 +1,7 @@
 //! Options of a store and of its transactions: builders with units in their names, defaults
 //! documented, checked at open.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -10,6 +11,23 @@ use crate::wal::{RecoveryMode, SyncPolicy, WalOptions};
 /// The largest `max_txn_bytes` accepted: the wal appends one transaction as one atomic batch,
 /// and a batch is at most 1 GiB.
 const MAX_TXN_BYTES_LIMIT: u64 = 1 << 30;
+
+/// How a level's tables store their data blocks ([`DbOptions::compression`],
+/// [`DbOptions::level_compression`]).
+///
+/// Each block says how it is stored, so a store reads tables of any compression whatever its
+/// options: a change applies to the tables written from then on (flushes into L0, compactions
+/// into the level), and a table moved down to a level as it is keeps its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Compression {
+    /// Blocks stored as they are: the cheapest to write and read.
+    None,
+    /// Blocks compressed with LZ4 (its raw block format): fast to compress and faster to
+    /// decompress, for a modest ratio. A block that LZ4 does not shrink by at least 1/8 is stored as
+    /// it is, and so is one whose contents exceed 64 MiB (a block of one very large value).
+    Lz4,
+}
 
 /// Options of a [`Db`](super::Db).
 #[derive(Debug, Clone)]
@@ -28,7 +46,7 @@ pub struct DbOptions {
     pub(crate) write_buffer_bytes: u64,
     pub(crate) max_immutable_memtables: usize,
     pub(crate) l0_compaction_trigger: usize,
-    pub(crate) l0_stop_writes_trigger: usize,
+    pub(crate) l0_stop_writes_trigger: Option<usize>,
     pub(crate) max_concurrent_compactions: usize,
     pub(crate) compaction_score_size_weight: f64,
     pub(crate) compaction_score_count_weight: f64,
@@ -41,6 +59,11 @@ pub struct DbOptions {
     pub(crate) bloom_bits_per_key: u32,
     pub(crate) block_cache_bytes: u64,
     pub(crate) memory_limit_bytes: Option<u64>,
+    /// Every level's compression but those in `level_compression`.
+    pub(crate) compression: Compression,
+    /// Per level, set by [`DbOptions::level_compression`]; checked against `level_count` at
+    /// open.
+    pub(crate) level_compression: BTreeMap<usize, Compression>,
     pub(crate) driver: Option<IoDriver>,
 }
 
@@ -60,7 +83,7 @@ impl Default for DbOptions {
             write_buffer_bytes: 64 << 20,
             max_immutable_memtables: 2,
             l0_compaction_trigger: 4,
-            l0_stop_writes_trigger: 12,
+            l0_stop_writes_trigger: None,
             max_concurrent_compactions: 2,
             compaction_score_size_weight: 1.0,
             compaction_score_count_weight: 0.0,
@@ -73,6 +96,8 @@ impl Default for DbOptions {
             bloom_bits_per_key: 10,
             block_cache_bytes: 64 << 20,
             memory_limit_bytes: None,
+            compression: Compression::Lz4,
+            level_compression: BTreeMap::from([(0, Compression::None)]),
             driver: None,
         }
     }
@@ -182,9 +207,10 @@ impl DbOptions {
 
     /// How many L0 tables make commits wait until a compaction brings L0 back under it (every
     /// L0 table is one more place a read looks; RocksDB's `level0_stop_writes_trigger`).
-    /// Default: 12; accepted: above `l0_compaction_trigger`, up to 1024.
+    /// Default: 12, or 3 × `l0_compaction_trigger` if that is more; accepted: above
+    /// `l0_compaction_trigger`, up to 1024.
     pub fn l0_stop_writes_trigger(mut self, tables: usize) -> Self {
-        self.l0_stop_writes_trigger = tables;
+        self.l0_stop_writes_trigger = Some(tables);
         self
     }
 
@@ -283,6 +309,32 @@ impl DbOptions {
         self
     }
 
+    /// The compression of every level's tables' data blocks; clears what
+    /// [`level_compression`](Self::level_compression) set before. Default: L0
+    /// [`Compression::None`] (a flush, which commits may wait for, stays cheap, and L0 tables
+    /// are short-lived), L1 and below [`Compression::Lz4`].
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self.level_compression.clear();
+        self
+    }
+
+    /// The compression of one level's tables' data blocks (0: L0, the flushed memtables), over
+    /// what [`compression`](Self::compression) set. Default: see `compression`; accepted:
+    /// levels below `level_count` (checked at open, so the two may be set in either order).
+    pub fn level_compression(mut self, level: usize, compression: Compression) -> Self {
+        self.level_compression.insert(level, compression);
+        self
+    }
+
+    /// The compression level `level`'s tables are written with.
+    pub(crate) fn compression_of(&self, level: usize) -> Compression {
+        self.level_compression
+            .get(&level)
+            .copied()
+            .unwrap_or(self.compression)
+    }
+
     /// The I/O executor to use (e.g. one shared by several stores); default: one of its own.
     pub fn driver(mut self, driver: IoDriver) -> Self {
         self.driver = Some(driver);
@@ -323,9 +375,7 @@ impl DbOptions {
         if !(1..=64).contains(&self.l0_compaction_trigger) {
             return Err(Error::invalid("l0_compaction_trigger", "must be 1 to 64"));
         }
-        if self.l0_stop_writes_trigger <= self.l0_compaction_trigger
-            || self.l0_stop_writes_trigger > 1024
-        {
+        if self.l0_stop_writes() <= self.l0_compaction_trigger || self.l0_stop_writes() > 1024 {
             return Err(Error::invalid(
                 "l0_stop_writes_trigger",
                 "must be above l0_compaction_trigger, up to 1024",
@@ -380,7 +430,26 @@ impl DbOptions {
                 "must be 16 MiB to 1 TiB",
             ));
         }
+        if let Some(level) = self
+            .level_compression
+            .keys()
+            .find(|&&l| l >= self.level_count)
+        {
+            return Err(Error::invalid(
+                "level_compression",
+                format!(
+                    "level {level} is not below level_count ({})",
+                    self.level_count
+                ),
+            ));
+        }
         self.tree_options().table.validate()
+    }
+
+    /// `l0_stop_writes_trigger`, or its default: 12, or 3 × `l0_compaction_trigger` if more.
+    fn l0_stop_writes(&self) -> usize {
+        self.l0_stop_writes_trigger
+            .unwrap_or_else(|| (3 * self.l0_compaction_trigger).max(12))
     }
 
     /// How `memory_limit_bytes` is split (see there); `None` without a limit.
@@ -423,7 +492,7 @@ impl DbOptions {
             memory: budget,
             max_immutable_memtables: self.max_immutable_memtables,
             l0_compaction_trigger: self.l0_compaction_trigger,
-            l0_stop_writes_trigger: self.l0_stop_writes_trigger,
+            l0_stop_writes_trigger: self.l0_stop_writes(),
             max_concurrent_compactions: self.max_concurrent_compactions,
             compaction_score_size_weight: self.compaction_score_size_weight,
             compaction_score_count_weight: self.compaction_score_count_weight,
@@ -433,6 +502,9 @@ impl DbOptions {
             level_size_multiplier: self.level_size_multiplier,
             level_count: self.level_count,
             block_cache_bytes: self.block_cache_bytes,
+            level_compression: (0..self.level_count)
+                .map(|l| self.compression_of(l))
+                .collect(),
             table: super::tree::table::TableOptions::default()
                 .block_size_bytes(self.block_size_bytes)
                 .bloom_bits_per_key(self.bloom_bits_per_key),
@@ -544,5 +616,43 @@ impl TxnOptions {
     pub fn durability(mut self, durability: Durability) -> Self {
         self.durability = Some(durability);
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_is_per_level_and_checked_against_the_level_count() {
+        let levels = |o: &DbOptions| o.tree_options().level_compression;
+        let (none, lz4) = (Compression::None, Compression::Lz4);
+        let defaults = DbOptions::default();
+        assert_eq!(levels(&defaults), [none, lz4, lz4, lz4, lz4, lz4, lz4]);
+        let every = DbOptions::default().level_count(3).compression(lz4);
+        assert_eq!(levels(&every), [lz4, lz4, lz4]);
+        // `compression` clears what `level_compression` set before it, not after.
+        let one = DbOptions::default()
+            .level_compression(2, lz4)
+            .compression(none)
+            .level_compression(1, lz4)
+            .level_count(3);
+        assert_eq!(levels(&one), [none, lz4, none]);
+        assert!(one.validate().is_ok());
+        let table = one.tree_options();
+        assert_eq!(table.table_options(1).compression, lz4);
+        assert_eq!(table.table_options(2).compression, none);
+        // A level past the count is refused at open, whichever was set first.
+        let past = DbOptions::default()
+            .level_compression(5, lz4)
+            .level_count(5);
+        assert!(matches!(
+            past.validate(),
+            Err(Error::InvalidArgument {
+                name: "level_compression",
+                ..
+            })
+        ));
+        assert!(past.level_count(6).validate().is_ok());
     }
 }

@@ -48,6 +48,10 @@ pub struct DbStats {
     pub bytes_compacted_in: u64,
     /// Bytes written by compactions.
     pub bytes_compacted_out: u64,
+    /// What flushes and compactions would have written had every data block been stored
+    /// uncompressed: against `bytes_flushed + bytes_compacted_out` (what they wrote), what
+    /// compression saved ([`DbOptions::compression`]).
+    pub bytes_written_uncompressed: u64,
     /// Write amplification of the tree: bytes written to tables (flushes and compactions) per
     /// byte flushed (0 before the first flush). The wal's bytes are not counted.
     pub write_amplification: f64,
@@ -148,6 +152,7 @@ pub(crate) fn collect(shared: &Shared) -> DbStats {
         bytes_flushed: get(&t.bytes_flushed),
         bytes_compacted_in: get(&t.bytes_compacted_in),
         bytes_compacted_out: get(&t.bytes_compacted_out),
+        bytes_written_uncompressed: get(&t.bytes_written_uncompressed),
         write_amplification: {
             let flushed = get(&t.bytes_flushed);
             if flushed == 0 {
@@ -198,7 +203,7 @@ impl fmt::Display for DbStats {
             .map(|(n, l)| format!("L{n} {}/{}/{:.2}", l.tables, l.bytes, l.score))
             .collect::<Vec<_>>()
             .join(", ");
-        let rows: [(&str, String); 31] = [
+        let rows: [(&str, String); 32] = [
             ("sync policy", format!("{:?}", o.sync_policy)),
             (
                 "max key / value / txn bytes",
@@ -217,6 +222,14 @@ impl fmt::Display for DbStats {
             (
                 "flushes / compactions",
                 format!("{} / {}", self.flushes, self.compactions),
+            ),
+            (
+                "table bytes written / uncompressed",
+                format!(
+                    "{} / {}",
+                    self.bytes_flushed + self.bytes_compacted_out,
+                    self.bytes_written_uncompressed
+                ),
             ),
             (
                 "write amplification / stall µs",

@@ -8,6 +8,10 @@
 //! not take. The store runs jobs in tasks of their own, so a job is never dropped between its
 //! edit and its swap; a failed edit leaves its tables for the next open to judge.
 //!
+//! Each job writes its tables with the compression of the level they go to
+//! ([`TreeOptions::table_options`](super::TreeOptions::table_options)); a table moved down a
+//! level as it is keeps its own (every block says how it is stored).
+//!
 //! Both jobs drop versions no reader can see: of a key's versions at or below the oldest
 //! snapshot, only the newest is kept (a reader at that snapshot or later sees it or a newer
 //! one); a compaction into the bottom level also drops that version if it is a tombstone, as
@@ -146,7 +150,9 @@ impl Tree {
             if writer.is_none() {
                 let (new_id, path) = self.new_table_path();
                 id = new_id;
-                writer = Some(TableWriter::create(self.driver(), path, &self.options.table).await?);
+                // L0's compression (none by default: commits may wait for a flush).
+                let options = self.options.table_options(0);
+                writer = Some(TableWriter::create(self.driver(), path, &options).await?);
             }
             let w = writer.as_mut().expect("created above");
             if let Err(e) = w.add(bucket, &key, seq, value.as_deref()).await {
@@ -154,14 +160,15 @@ impl Tree {
             }
         }
         let mut added = Vec::new();
-        let mut table_bytes = 0;
+        let (mut table_bytes, mut uncompressed_bytes) = (0, 0);
         if let Some(w) = writer {
             let path = w.path().to_path_buf();
-            let table = match self.finish_table(id, w).await {
+            let (table, uncompressed) = match self.finish_table(id, w).await {
                 Ok(t) => t,
                 Err(e) => return Err(self.remove_quietly(&path, e).await),
             };
             table_bytes = table.file_bytes();
+            uncompressed_bytes = uncompressed;
             added.push(TableFile::new(id, 0, table, self.driver().clone()));
         }
         let edit = Edit {
@@ -186,6 +193,9 @@ impl Tree {
         self.figures
             .bytes_flushed
             .fetch_add(table_bytes, std::sync::atomic::Ordering::Relaxed);
+        self.figures
+            .bytes_written_uncompressed
+            .fetch_add(uncompressed_bytes, std::sync::atomic::Ordering::Relaxed);
         metrics::counter!("ringtide_kv_flushes_total").increment(1);
         self.room.notify_waiters();
         tracing::debug!(seq = until, table_bytes, "memtable flushed");
@@ -457,9 +467,12 @@ impl Tree {
         let bytes_in: u64 = inputs.iter().map(|t| t.table.file_bytes()).sum();
         let mut merge = Merge::new(inputs.iter().map(|t| t.table.clone()).collect()).await?;
         let mut keep = Keep::new(horizon, task.bottom);
+        // The output level's compression.
+        let table_options = self.options.table_options(usize::from(level));
         let mut outputs: Vec<Arc<TableFile>> = Vec::new();
         let mut writer: Option<(u64, TableWriter)> = None;
         let mut last_key: Option<(u64, Bytes)> = None;
+        let mut uncompressed_out = 0;
         let result: Result<()> = async {
             while let Some(e) = merge.next().await? {
                 if !keep.keep(e.bucket, &e.key, e.seq, e.value.is_none()) {
@@ -477,14 +490,15 @@ impl Tree {
                         return Err(crate::Error::Closed);
                     }
                     let (id, w) = writer.take().expect("checked above");
-                    let table = self.finish_table(id, w).await?;
+                    let (table, uncompressed) = self.finish_table(id, w).await?;
+                    uncompressed_out += uncompressed;
                     outputs.push(TableFile::new(id, level, table, self.driver().clone()));
                 }
                 if writer.is_none() {
                     let (id, path) = self.new_table_path();
                     writer = Some((
                         id,
-                        TableWriter::create(self.driver(), path, &self.options.table).await?,
+                        TableWriter::create(self.driver(), path, &table_options).await?,
                     ));
                 }
                 let (_, w) = writer.as_mut().expect("created above");
@@ -494,7 +508,8 @@ impl Tree {
                 }
             }
             if let Some((id, w)) = writer.take() {
-                let table = self.finish_table(id, w).await?;
+                let (table, uncompressed) = self.finish_table(id, w).await?;
+                uncompressed_out += uncompressed;
                 outputs.push(TableFile::new(id, level, table, self.driver().clone()));
             }
             Ok(())
@@ -531,6 +546,9 @@ impl Tree {
         self.figures
             .bytes_compacted_out
             .fetch_add(bytes_out, Relaxed);
+        self.figures
+            .bytes_written_uncompressed
+            .fetch_add(uncompressed_out, Relaxed);
         metrics::counter!("ringtide_kv_compactions_total").increment(1);
         // Commits waiting for L0 to shrink.
         self.room.notify_waiters();
@@ -544,12 +562,14 @@ impl Tree {
         Ok(())
     }
 
-    /// Finishes a table, makes its name durable and opens it for reading.
-    async fn finish_table(&self, id: u64, writer: TableWriter) -> Result<Table> {
+    /// Finishes a table, makes its name durable and opens it for reading; returns it and what
+    /// its size would be with its data blocks uncompressed.
+    async fn finish_table(&self, id: u64, writer: TableWriter) -> Result<(Table, u64)> {
         let path = writer.path().to_path_buf();
-        writer.finish().await?;
+        let info = writer.finish().await?;
         sync_table_dir(self.driver(), self.tables_dir()).await?;
-        Table::open(self.driver(), &path, id, self.cache.clone()).await
+        let table = Table::open(self.driver(), &path, id, self.cache.clone()).await?;
+        Ok((table, info.uncompressed_file_bytes))
     }
 
     async fn abandon(&self, writer: Option<TableWriter>, error: crate::Error) -> crate::Error {
@@ -737,6 +757,8 @@ mod tests {
             .l1_target_bytes(64 << 10)
             .l0_compaction_trigger(2)
             .max_concurrent_compactions(4)
+            // Sizes as written: the level scores below count file bytes.
+            .compression(crate::kv::Compression::None)
             .tree_options();
         let tree = Tree::open(
             dir.path(),

@@ -36,6 +36,7 @@ use self::memtable::{Memtable, Value};
 use self::table::{BlockCache, Table, TableOptions};
 use self::version::{TableFile, Version};
 use crate::error::{CorruptionKind, Error, Result};
+use crate::kv::options::Compression;
 use crate::kv::options::MemoryBudget;
 use crate::types::Lsn;
 use crate::wal::WalOptions;
@@ -59,7 +60,23 @@ pub(crate) struct TreeOptions {
     pub(crate) block_cache_bytes: u64,
     /// The split of `memory_limit_bytes`, if the store has one.
     pub(crate) memory: Option<MemoryBudget>,
+    /// Per level (L0 first, `level_count` of them): the compression its new tables are written
+    /// with.
+    pub(crate) level_compression: Vec<Compression>,
+    /// How tables are written; its compression is replaced by the level's.
     pub(crate) table: TableOptions,
+}
+
+impl TreeOptions {
+    /// How the tables of `level` are written: `table` with the level's compression.
+    pub(crate) fn table_options(&self, level: usize) -> TableOptions {
+        let compression = self
+            .level_compression
+            .get(level)
+            .copied()
+            .unwrap_or(self.table.compression);
+        self.table.clone().compression(compression)
+    }
 }
 
 /// A memtable and the seqs it holds: those above `after_seq` (and, once immutable, up to the
@@ -133,6 +150,8 @@ pub(crate) struct Figures {
     pub(crate) bytes_flushed: AtomicU64,
     pub(crate) bytes_compacted_in: AtomicU64,
     pub(crate) bytes_compacted_out: AtomicU64,
+    /// What flushes and compactions would have written with every data block uncompressed.
+    pub(crate) bytes_written_uncompressed: AtomicU64,
     pub(crate) stall_micros: AtomicU64,
 }
 

@@ -4,7 +4,7 @@
 //! entry     shared: uvarint | unshared: uvarint | value len: uvarint | seq: uvarint | kind: u8
 //!           | key[shared..]: unshared bytes | value: value len bytes
 //! contents  entry … entry | restart offset: u32 LE … | restart count: u32 LE
-//! block     contents | trailer (format.rs)
+//! block     contents (as stored: compressed or not) | trailer (format.rs)
 //! ```
 //!
 //! A block key is `bucket id (u64 BE) ‖ user key`, so byte order is (bucket, key) order; entries
@@ -14,7 +14,8 @@
 //! seek is a binary search over restart points and a short scan.
 //!
 //! Invariants a decoded [`Block`] keeps (checked when it is decoded, before any entry is read):
-//! 1. its checksum held;
+//! 1. its checksum held (and a compressed block decompressed to its stated length: a
+//!    [`Block`] holds the contents decompressed);
 //! 2. it has at least one restart point, the first at offset 0, the offsets ascending and within
 //!    the entries.
 //!
@@ -27,7 +28,7 @@ use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 
-use super::format::{bad, check_block, get_len, get_uvarint, put_uvarint, seal_block};
+use super::format::{BlockSealer, bad, get_len, get_uvarint, open_block, put_uvarint};
 use crate::error::CorruptionKind;
 
 /// Entries between restart points in data blocks.
@@ -122,21 +123,20 @@ impl BlockBuilder {
         self.since_restart += 1;
     }
 
-    /// Appends the finished block (contents and trailer) to `out`, returns its length, and
-    /// empties the builder for the next block.
-    pub(crate) fn finish_into(&mut self, out: &mut BytesMut) -> u64 {
-        let start = out.len();
-        out.extend_from_slice(&self.buf);
+    /// Appends the finished block (contents, stored as `sealer` decides, and trailer) to `out`,
+    /// returns its length, and empties the builder for the next block.
+    pub(crate) fn finish_into(&mut self, out: &mut BytesMut, sealer: &mut BlockSealer) -> u64 {
         for r in &self.restarts {
-            out.extend_from_slice(&r.to_le_bytes());
+            self.buf.extend_from_slice(&r.to_le_bytes());
         }
-        out.extend_from_slice(&(self.restarts.len() as u32).to_le_bytes());
-        seal_block(out, start);
+        self.buf
+            .extend_from_slice(&(self.restarts.len() as u32).to_le_bytes());
+        let len = sealer.put_block(out, &self.buf);
         self.buf.clear();
         self.restarts.clear();
         self.since_restart = 0;
         self.last_key.clear();
-        (out.len() - start) as u64
+        len
     }
 }
 
@@ -144,11 +144,13 @@ fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-/// A block read and checked: its contents (entries and restart array), shared and cheap to
-/// clone, so that a block cache can hold it.
+/// A block read and checked: its contents (entries and restart array, decompressed), shared and
+/// cheap to clone, so that a block cache can hold it.
 #[derive(Debug, Clone)]
 pub(crate) struct Block {
     contents: Bytes,
+    /// The block's length in its file, trailer included (what its handle says).
+    stored_len: usize,
     /// Where the restart array starts (the end of the entries).
     restarts_at: usize,
     restart_count: usize,
@@ -160,10 +162,11 @@ impl Block {
         self.restart_count
     }
 
-    /// Checks a raw block (contents and trailer) and its restart array.
+    /// Checks a raw block (contents as stored and trailer), decompresses it if it is
+    /// compressed, and checks its restart array.
     pub(crate) fn decode(raw: Bytes) -> Result<Block, CorruptionKind> {
-        let len = check_block(&raw)?;
-        let contents = raw.slice(..len);
+        let contents = open_block(&raw)?;
+        let len = contents.len();
         let count_at = len
             .checked_sub(4)
             .ok_or(bad("block without a restart count"))?;
@@ -177,6 +180,7 @@ impl Block {
         }
         let block = Block {
             contents,
+            stored_len: raw.len(),
             restarts_at,
             restart_count: count,
         };
@@ -195,10 +199,15 @@ impl Block {
         Ok(block)
     }
 
-    /// The bytes of the block's contents (entries and restart array; the trailer is not kept):
-    /// what a block cache weighs it by.
+    /// The bytes of the block's contents (entries and restart array, decompressed; the trailer
+    /// is not kept): what a block cache weighs it by.
     pub(crate) fn len_bytes(&self) -> usize {
         self.contents.len()
+    }
+
+    /// The block's length in its file, trailer included.
+    pub(crate) fn stored_len(&self) -> usize {
+        self.stored_len
     }
 
     fn restart(&self, i: usize) -> usize {
@@ -474,6 +483,7 @@ impl Cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::options::Compression;
 
     fn block(entries: &[(&[u8], u64)], interval: usize) -> Block {
         let mut b = BlockBuilder::new(interval);
@@ -481,7 +491,7 @@ mod tests {
             b.add(k, *s, Kind::Value, k);
         }
         let mut out = BytesMut::new();
-        b.finish_into(&mut out);
+        b.finish_into(&mut out, &mut BlockSealer::new(Compression::None));
         Block::decode(out.freeze()).expect("a sound block")
     }
 
@@ -539,24 +549,31 @@ mod tests {
 
     #[test]
     fn damaged_blocks_are_refused_not_misread() {
-        let b = {
-            let mut bb = BlockBuilder::new(2);
-            for i in 0..6u8 {
-                bb.add(&[b'k', i], 1, Kind::Value, &[i; 3]);
+        for compression in [Compression::None, Compression::Lz4] {
+            let b = {
+                let mut bb = BlockBuilder::new(2);
+                for i in 0..6u8 {
+                    bb.add(&[b'k', i], 1, Kind::Value, &[i; 24]);
+                }
+                let mut out = BytesMut::new();
+                bb.finish_into(&mut out, &mut BlockSealer::new(compression));
+                out.freeze()
+            };
+            // The compression byte says which: the lz4 block was worth compressing.
+            let byte = b[b.len() - 5];
+            assert_eq!(byte, u8::from(compression == Compression::Lz4));
+            let sound = Block::decode(b.clone()).expect("a sound block");
+            assert_eq!(sound.stored_len(), b.len());
+            for i in 0..b.len() {
+                for bit in 0..8 {
+                    let mut d = b.to_vec();
+                    d[i] ^= 1 << bit;
+                    assert!(Block::decode(Bytes::from(d)).is_err(), "flip at {i}.{bit}");
+                }
             }
-            let mut out = BytesMut::new();
-            bb.finish_into(&mut out);
-            out.freeze()
-        };
-        for i in 0..b.len() {
-            for bit in 0..8 {
-                let mut d = b.to_vec();
-                d[i] ^= 1 << bit;
-                assert!(Block::decode(Bytes::from(d)).is_err(), "flip at {i}.{bit}");
+            for len in 0..b.len() {
+                assert!(Block::decode(b.slice(..len)).is_err());
             }
-        }
-        for len in 0..b.len() {
-            assert!(Block::decode(b.slice(..len)).is_err());
         }
     }
 }

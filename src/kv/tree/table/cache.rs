@@ -4,8 +4,8 @@
 //! Only data blocks go through it ([`Table::read_block`](super::Table::read_block)); a table's
 //! index and filter are held by the open table itself for as long as it is open. The cache is
 //! [`quick_cache`]'s concurrent S3-FIFO cache (a scan reads each of its blocks once and so
-//! cannot push out the blocks read again and again), each block weighed by its bytes plus
-//! [`ENTRY_OVERHEAD_BYTES`].
+//! cannot push out the blocks read again and again), each block held decompressed (a hit costs
+//! no decompression) and weighed by its decompressed bytes plus [`ENTRY_OVERHEAD_BYTES`].
 //!
 //! Invariants:
 //! 1. A key `(table id, block offset)` names one block for the life of the cache: tables opened
@@ -41,7 +41,8 @@ pub(crate) const ENTRY_OVERHEAD_BYTES: u64 = 128;
 /// up to about 32 times this size fits a shard; a heavier one is read but not kept.
 const TYPICAL_BLOCK_BYTES: u64 = 4 << 10;
 
-/// Weighs a block by its bytes; never 0 (an entry of weight 0 would never be evicted).
+/// Weighs a block by its contents' bytes, decompressed (what it holds in memory); never 0 (an
+/// entry of weight 0 would never be evicted).
 #[derive(Debug, Clone, Copy)]
 struct BlockWeighter;
 

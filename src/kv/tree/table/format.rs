@@ -4,16 +4,30 @@
 //!
 //! ```text
 //! file     data block … data block | filter block (optional) | index block | meta block | footer
-//! block    contents | compression: u8 (0 = none) | crc32 of contents ‖ compression: u32 LE
+//! block    stored | compression: u8 | crc32 of stored ‖ compression: u32 LE
+//! stored   compression 0 (none): the contents
+//!          compression 1 (lz4):  contents length: uvarint | the contents as one LZ4 raw block
 //! handle   offset: uvarint | len: uvarint          (len counts the trailer)
 //! footer   64 bytes, at the end of the file (table below)
 //! ```
 //!
-//! The checksum is crc32 (IEEE, `crc32fast`), as in the wal's frames.
+//! The checksum is crc32 (IEEE, `crc32fast`), as in the wal's frames. It covers the bytes as
+//! stored (compressed, for an lz4 block), so it is checked before anything is decompressed: the
+//! decompressor never sees a byte that was not written. A compressed block's stated length is
+//! bounded before anything is allocated ([`MAX_COMPRESSED_CONTENTS_BYTES`], and 255 bytes per
+//! byte of LZ4 data, LZ4's largest expansion), and must be exactly what its LZ4 data yields.
+//!
+//! Which blocks are compressed: the writer compresses data blocks only, and only those that
+//! LZ4 shrinks by at least 1/8 (as RocksDB does: less is not worth the decompression on every
+//! read); the index, filter and meta blocks are stored as they are (a filter is random bits, a
+//! meta block a few dozen bytes, and the index and filter are read once, when a table is
+//! opened, and held in memory decoded: compressing them would save a little disk and no read).
+//! A reader accepts either byte on any block.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::CorruptionKind;
+use crate::kv::options::Compression;
 use crate::kv::tree::memtable::InternalKey;
 
 /// The table format this build writes and reads.
@@ -25,8 +39,17 @@ pub(crate) const MAGIC: &[u8; 8] = b"RTDTABLE";
 pub(crate) const FOOTER_LEN: usize = 64;
 /// The block trailer: the compression byte and the crc32.
 pub(crate) const TRAILER_LEN: usize = 5;
-/// The compression byte of an uncompressed block; no other value is written by this version.
-const COMPRESSION_NONE: u8 = 0;
+/// The compression byte of a block stored as it is.
+pub(crate) const COMPRESSION_NONE: u8 = 0;
+/// The compression byte of an lz4 block: `contents length: uvarint | LZ4 raw block`.
+pub(crate) const COMPRESSION_LZ4: u8 = 1;
+/// The longest contents a writer compresses (a longer block, which holds one very large value,
+/// is stored as it is), and so the longest a reader decompresses: a damaged length allocates no
+/// more than this.
+pub(crate) const MAX_COMPRESSED_CONTENTS_BYTES: usize = 64 << 20;
+/// LZ4's largest expansion: no byte of an LZ4 block stands for more than 255 bytes of output (a
+/// length's continuation bytes count 255 each; a token stands for at most 34, a literal for 1).
+const LZ4_MAX_EXPANSION: usize = 255;
 /// The longest block key a writer stores: a bucket id and a user key of up to 16 MiB (the
 /// store's own limit).
 pub(crate) const MAX_KEY_BYTES: usize = 8 + (16 << 20);
@@ -131,18 +154,91 @@ impl BlockHandle {
     }
 }
 
-/// Appends the trailer of a block whose contents are `out[start..]`: the compression byte and
-/// the crc32 of the contents and that byte.
-pub(crate) fn seal_block(out: &mut BytesMut, start: usize) {
-    out.put_u8(COMPRESSION_NONE);
+/// Appends the trailer of a block whose stored bytes are `out[start..]`: the compression byte
+/// and the crc32 of the stored bytes and that byte.
+fn seal_block(out: &mut BytesMut, start: usize, compression: u8) {
+    out.put_u8(compression);
     let crc = crc32fast::hash(&out[start..]);
     out.put_u32_le(crc);
 }
 
-/// Checks a block's trailer, before anything in it is decoded, and returns its contents'
-/// length: the checksum first (a damaged compression byte reads as a checksum mismatch), then
-/// the compression byte.
-pub(crate) fn check_block(raw: &[u8]) -> Result<usize, CorruptionKind> {
+/// Stores blocks as a table's options say: compressed where that pays, each with its trailer;
+/// counts their bytes as stored and as they would be uncompressed.
+pub(crate) struct BlockSealer {
+    compression: Compression,
+    /// The compressor's output, reused from block to block.
+    scratch: Vec<u8>,
+    /// The blocks' bytes as stored, trailers included.
+    pub(crate) stored_bytes: u64,
+    /// The blocks' bytes had they been stored uncompressed, trailers included.
+    pub(crate) uncompressed_bytes: u64,
+}
+
+impl BlockSealer {
+    pub(crate) fn new(compression: Compression) -> BlockSealer {
+        BlockSealer {
+            compression,
+            scratch: Vec::new(),
+            stored_bytes: 0,
+            uncompressed_bytes: 0,
+        }
+    }
+
+    /// Appends a block of `contents` to `out` with its trailer, compressed if the sealer's
+    /// compression shrinks it by at least 1/8 (and it is at most
+    /// [`MAX_COMPRESSED_CONTENTS_BYTES`]), else as it is; returns the block's length.
+    pub(crate) fn put_block(&mut self, out: &mut BytesMut, contents: &[u8]) -> u64 {
+        let start = out.len();
+        let compressed = match self.compression {
+            Compression::None => false,
+            Compression::Lz4 => self.compress_lz4(contents),
+        };
+        let compression = if compressed {
+            out.extend_from_slice(&self.scratch);
+            COMPRESSION_LZ4
+        } else {
+            out.extend_from_slice(contents);
+            COMPRESSION_NONE
+        };
+        seal_block(out, start, compression);
+        let len = (out.len() - start) as u64;
+        self.stored_bytes += len;
+        self.uncompressed_bytes += (contents.len() + TRAILER_LEN) as u64;
+        len
+    }
+
+    /// Compresses `contents` into `scratch` (length and LZ4 block); whether that saves 1/8.
+    fn compress_lz4(&mut self, contents: &[u8]) -> bool {
+        if contents.len() > MAX_COMPRESSED_CONTENTS_BYTES {
+            return false;
+        }
+        self.scratch.clear();
+        put_uvarint(&mut self.scratch, contents.len() as u64);
+        let header = self.scratch.len();
+        let max = lz4_flex::block::get_maximum_output_size(contents.len());
+        self.scratch.resize(header + max, 0);
+        match lz4_flex::block::compress_into(contents, &mut self.scratch[header..]) {
+            Ok(n) => {
+                self.scratch.truncate(header + n);
+                // RocksDB's rule: keep the compressed form only if it saves at least 1/8.
+                self.scratch.len() < contents.len() - contents.len() / 8
+            }
+            // Not expected with a buffer of the maximum output size: stored as it is.
+            Err(_) => false,
+        }
+    }
+}
+
+/// Appends a block of `contents`, stored as it is, with its trailer; returns its length.
+pub(crate) fn put_raw_block(out: &mut BytesMut, contents: &[u8]) -> u64 {
+    BlockSealer::new(Compression::None).put_block(out, contents)
+}
+
+/// Checks a block (contents and trailer, as read) before anything in it is decoded, and returns
+/// its contents: the checksum first (it covers the stored bytes and the compression byte, so a
+/// damaged compression byte reads as a checksum mismatch), then the compression byte, then, for
+/// a compressed block, its contents decompressed (see [`decompress_lz4`]).
+pub(crate) fn open_block(raw: &Bytes) -> Result<Bytes, CorruptionKind> {
     let Some(body) = raw.len().checked_sub(4).filter(|&n| n >= 1) else {
         return Err(bad("block shorter than its trailer"));
     };
@@ -150,10 +246,35 @@ pub(crate) fn check_block(raw: &[u8]) -> Result<usize, CorruptionKind> {
     if crc32fast::hash(&raw[..body]) != stored {
         return Err(bad("block checksum mismatch"));
     }
-    if raw[body - 1] != COMPRESSION_NONE {
-        return Err(bad("unknown block compression"));
+    match raw[body - 1] {
+        COMPRESSION_NONE => Ok(raw.slice(..body - 1)),
+        COMPRESSION_LZ4 => decompress_lz4(&raw[..body - 1]),
+        _ => Err(bad("unknown block compression")),
     }
-    Ok(body - 1)
+}
+
+/// The contents of an lz4 block's stored bytes (`length: uvarint | LZ4 raw block`). The length
+/// is bounded before anything is allocated: by [`MAX_COMPRESSED_CONTENTS_BYTES`] and by what
+/// the LZ4 data can yield at most; the data must then yield exactly that many bytes. Anything
+/// else is `BadTable`, never a panic.
+fn decompress_lz4(stored: &[u8]) -> Result<Bytes, CorruptionKind> {
+    let mut at = 0;
+    let len = get_len(stored, &mut at)?;
+    let lz4 = &stored[at..];
+    if len > MAX_COMPRESSED_CONTENTS_BYTES {
+        return Err(bad("compressed block longer than any writer compresses"));
+    }
+    if len > lz4.len().saturating_mul(LZ4_MAX_EXPANSION) {
+        return Err(bad("compressed block longer than its lz4 data can yield"));
+    }
+    let mut out = vec![0u8; len];
+    match lz4_flex::block::decompress_into(lz4, &mut out) {
+        Ok(n) if n == len => Ok(Bytes::from(out)),
+        Ok(_) => Err(bad("lz4 data shorter than its block's stated length")),
+        Err(_) => Err(bad(
+            "lz4 data that does not decompress to its stated length",
+        )),
+    }
 }
 
 /// What the meta block says of a table: counts, bounds and the buckets present.
@@ -407,6 +528,112 @@ mod tests {
                 &mut at
             )
             .is_err()
+        );
+    }
+
+    /// A block of `stored` bytes with compression byte `compression` and a sound checksum.
+    fn sealed(stored: &[u8], compression: u8) -> Bytes {
+        let mut out = BytesMut::from(stored);
+        seal_block(&mut out, 0, compression);
+        out.freeze()
+    }
+
+    fn reason(r: Result<Bytes, CorruptionKind>) -> &'static str {
+        match r {
+            Err(CorruptionKind::BadTable { reason }) => reason,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn blocks_are_compressed_where_that_saves_an_eighth_and_read_back() {
+        let text = b"the same few words, and the same few words again; ".repeat(20);
+        let mut noise = vec![0u8; 1000];
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for b in &mut noise {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = (x >> 32) as u8;
+        }
+        for (contents, compressible) in [(&text[..], true), (&noise[..], false), (b"", false)] {
+            for compression in [Compression::None, Compression::Lz4] {
+                let mut sealer = BlockSealer::new(compression);
+                let mut out = BytesMut::from(&b"before"[..]);
+                let len = sealer.put_block(&mut out, contents);
+                let block = out.split_off(6).freeze();
+                assert_eq!(block.len() as u64, len);
+                let lz4 = compression == Compression::Lz4 && compressible;
+                assert_eq!(block[block.len() - 5], u8::from(lz4));
+                if lz4 {
+                    assert!(block.len() < contents.len() / 2);
+                    // The stated length, then the LZ4 block.
+                    let mut at = 0;
+                    assert_eq!(get_len(&block, &mut at), Ok(contents.len()));
+                } else {
+                    assert_eq!(&block[..contents.len()], contents);
+                }
+                assert_eq!(open_block(&block).as_deref(), Ok(contents));
+                assert_eq!(sealer.stored_bytes, len);
+                assert_eq!(
+                    sealer.uncompressed_bytes,
+                    (contents.len() + TRAILER_LEN) as u64
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_compressed_block_is_bounded_before_anything_is_allocated() {
+        let contents = b"abcdefgh".repeat(64);
+        let lz4 = lz4_flex::block::compress(&contents);
+        let with_len = |len: u64, data: &[u8]| {
+            let mut stored = Vec::new();
+            put_uvarint(&mut stored, len);
+            stored.extend_from_slice(data);
+            sealed(&stored, COMPRESSION_LZ4)
+        };
+        let sound = with_len(contents.len() as u64, &lz4);
+        assert_eq!(open_block(&sound).as_deref(), Ok(&contents[..]));
+        // Above what any writer compresses, or what the data can yield: refused unallocated.
+        for len in [u64::MAX, 1 << 40, MAX_COMPRESSED_CONTENTS_BYTES as u64 + 1] {
+            assert_eq!(
+                reason(open_block(&with_len(len, &lz4))),
+                "compressed block longer than any writer compresses"
+            );
+        }
+        let most = (lz4.len() * LZ4_MAX_EXPANSION) as u64;
+        assert_eq!(
+            reason(open_block(&with_len(most + 1, &lz4))),
+            "compressed block longer than its lz4 data can yield"
+        );
+        assert_eq!(
+            reason(open_block(&with_len(0, b""))),
+            "lz4 data that does not decompress to its stated length"
+        );
+        // Within the bounds, a length other than the data's is refused either way.
+        for len in [most, contents.len() as u64 + 1] {
+            assert_eq!(
+                reason(open_block(&with_len(len, &lz4))),
+                "lz4 data shorter than its block's stated length"
+            );
+        }
+        assert_eq!(
+            reason(open_block(&with_len(contents.len() as u64 - 1, &lz4))),
+            "lz4 data that does not decompress to its stated length"
+        );
+        // A varint that never ends, an unknown compression byte.
+        assert!(open_block(&sealed(&[0xff; 12], COMPRESSION_LZ4)).is_err());
+        assert_eq!(
+            reason(open_block(&sealed(b"contents", 2))),
+            "unknown block compression"
+        );
+        // Damage under the checksum is a checksum mismatch, found before decompressing.
+        let mut flipped = sound.to_vec();
+        flipped[3] ^= 1;
+        assert_eq!(
+            reason(open_block(&Bytes::from(flipped))),
+            "block checksum mismatch"
         );
     }
 

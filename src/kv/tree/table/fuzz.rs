@@ -7,8 +7,12 @@
 //!   checksums recomputed ([`reseal`]) so that the fuzzer reaches the decoders behind them.
 //!   Opening, every lookup and both scans must return entries or `Corruption`, never panic;
 //!   what a scan yields is strictly ordered, and a backward scan yields what a forward one does.
-//! - [`round_trip`]: arbitrary bytes read as options and entries ([`entries_from_bytes`]),
-//!   written by the builder, read back and compared with a model ([`check_against`]).
+//! - [`round_trip`]: arbitrary bytes read as options (lz4 data blocks or not among them) and
+//!   entries ([`entries_from_bytes`]), written by the builder, read back and compared with a
+//!   model ([`check_against`]).
+//!
+//! The seeds hold lz4 data blocks too, so the decoding target mutates compressed bytes, and
+//! behind a recomputed checksum they reach the decompressor.
 
 use std::cmp::Ordering;
 
@@ -19,6 +23,7 @@ use super::block::{Block, cmp_internal};
 use super::format::{BlockHandle, FOOTER_LEN, TRAILER_LEN};
 use super::{Table, TableBuilder, TableEntry, TableInfo, TableOptions};
 use crate::error::{Error, Result};
+use crate::kv::options::Compression;
 
 /// Writes `entries` (in order) with the builder; returns the file's bytes and what it holds.
 pub(crate) fn build_image(
@@ -175,16 +180,24 @@ pub(crate) async fn check_against(
 }
 
 /// Reads options and sorted, distinct entries from arbitrary bytes: byte 0 picks the block
-/// size, byte 1 the filter; then each entry takes a bucket byte, a key length and key, a seq
+/// size, byte 1 the filter (its value mod 3) and the compression (lz4 if its value / 3 is odd);
+/// then each entry takes a bucket byte, a key length and key, a seq
 /// byte and a value byte (255: a tombstone; 254: a value larger than a block).
 pub(crate) fn entries_from_bytes(data: &[u8]) -> (TableOptions, Vec<TableEntry>) {
     let mut it = data.iter().copied();
     let mut next = || it.next();
     let block = 64 + usize::from(next().unwrap_or(0) % 16) * 48;
-    let bits = [0, 1, 10][usize::from(next().unwrap_or(2) % 3)];
+    let filter_and_compression = next().unwrap_or(2);
+    let bits = [0, 1, 10][usize::from(filter_and_compression % 3)];
+    let compression = if (filter_and_compression / 3) % 2 == 1 {
+        Compression::Lz4
+    } else {
+        Compression::None
+    };
     let options = TableOptions::default()
         .block_size_bytes(block)
         .bloom_bits_per_key(bits)
+        .compression(compression)
         .write_buffer_bytes(4 << 10);
     let mut entries = Vec::new();
     while let (Some(b), Some(len)) = (next(), next()) {
@@ -339,8 +352,8 @@ fn reseal_block(d: &mut [u8], h: BlockHandle, limit: usize) {
 }
 
 /// Seeds for the fuzz corpus: tables with and without a filter, one block and many, tombstones,
-/// several buckets and versions, a value larger than a block. The round-trip target reads the
-/// same bytes as entries.
+/// several buckets and versions, a value larger than a block, data blocks stored uncompressed
+/// and lz4-compressed. The round-trip target reads the same bytes as entries.
 pub(crate) fn seeds() -> Vec<Vec<u8>> {
     let mut entries = Vec::new();
     for (bucket, key, seq, value) in [
@@ -360,12 +373,37 @@ pub(crate) fn seeds() -> Vec<Vec<u8>> {
         });
     }
     let mut out = Vec::new();
-    for (block, bits) in [(4096, 10), (64, 10), (64, 0), (256, 1)] {
+    let (none, lz4) = (Compression::None, Compression::Lz4);
+    // The first four as before (the corpus's seed-0 to seed-3), then lz4 tables.
+    for (block, bits, compression) in [
+        (4096, 10, none),
+        (64, 10, none),
+        (64, 0, none),
+        (256, 1, none),
+        (4096, 10, lz4),
+        (256, 0, lz4),
+    ] {
         let options = TableOptions::default()
             .block_size_bytes(block)
-            .bloom_bits_per_key(bits);
+            .bloom_bits_per_key(bits)
+            .compression(compression);
         let (image, _) = build_image(&entries, &options).expect("seed entries are sound");
         out.push(image.to_vec());
+    }
+    out
+}
+
+/// The compression bytes of a sound table image's data blocks, in order.
+#[cfg(test)]
+pub(crate) fn data_block_compression(image: &Bytes) -> Vec<u8> {
+    let table = block_on(Table::from_bytes("image", image.clone())).expect("a sound image");
+    let mut c = table.index_cursor();
+    c.seek_to_first().expect("index");
+    let mut out = Vec::new();
+    while c.valid() {
+        let h = table.handle_at(&c).expect("a handle");
+        out.push(image[(h.end() - TRAILER_LEN as u64) as usize]);
+        c.next().expect("index");
     }
     out
 }
@@ -376,14 +414,27 @@ mod tests {
 
     #[test]
     fn the_seeds_decode_and_round_trip() {
+        let mut lz4_seeds = 0;
         for seed in seeds() {
             decode_image(&seed);
             round_trip(&seed);
-            let table =
-                block_on(Table::from_bytes("seed", Bytes::from(seed))).expect("a seed opens");
+            let image = Bytes::from(seed);
+            let table = block_on(Table::from_bytes("seed", image.clone())).expect("a seed opens");
             assert_eq!(table.meta().entries, 7);
+            lz4_seeds += usize::from(data_block_compression(&image).contains(&1));
         }
+        assert_eq!(lz4_seeds, 2, "two seeds hold lz4 data blocks");
         round_trip(&[]);
         round_trip(&[3, 1, 0, 2, b'a', b'b', 5, 1, 0, 2, b'a', b'b', 4, 255]);
+        // Byte 1 = 4: a filter of 1 bit per key, lz4 blocks.
+        let mut lz4 = vec![3, 4];
+        for i in 0..40u8 {
+            lz4.extend_from_slice(&[i % 4, 3, b'a', b'b', b'c', i, 20]);
+        }
+        let (options, entries) = entries_from_bytes(&lz4);
+        assert_eq!(options.compression, Compression::Lz4);
+        let (image, _) = build_image(&entries, &options).expect("sound entries");
+        assert!(data_block_compression(&image).contains(&1));
+        round_trip(&lz4);
     }
 }

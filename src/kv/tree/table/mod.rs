@@ -7,15 +7,17 @@
 //! byte goes through the I/O executor.
 //!
 //! Data blocks are read through a [`BlockCache`] (`cache.rs`) shared by the tables opened with
-//! it, keyed by the table's id and the block's offset and kept under a budget in bytes; an open
-//! table holds its own index and filter in memory, outside the cache.
+//! it, keyed by the table's id and the block's offset and kept, decompressed, under a budget in
+//! bytes; an open table holds its own index and filter in memory, outside the cache.
 //!
 //! The file: data blocks of about `block_size_bytes` (prefix-compressed keys with restart
 //! points: `block.rs`), an optional whole-table bloom filter (`filter.rs`), an index block (a
 //! separator key and a handle per data block), a meta block (counts, key and seq ranges,
 //! buckets present) and a 64-byte footer with the format version and a magic number
-//! (`format.rs`). Every block ends with a crc32 that is checked before anything in it is
-//! decoded. Byte tables: `docs/design.md`, "Tables".
+//! (`format.rs`). Data blocks may be lz4-compressed ([`TableOptions::compression`], per level in
+//! the store), each one only where that saves 1/8; every block says how it is stored. Every
+//! block ends with a crc32, of its bytes as stored, that is checked before anything in it is
+//! decompressed or decoded. Byte tables: `docs/design.md`, "Tables".
 //!
 //! Invariants:
 //! 1. Entries are stored in internal-key order, each `(bucket, key, seq)` once; the writer
@@ -61,6 +63,7 @@ pub(crate) use writer::TableWriter;
 pub(crate) use writer::{TableBuilder, TableInfo};
 
 use crate::error::{Error, Result};
+use crate::kv::options::Compression;
 
 /// How tables are written. Readers need none of it: every table describes itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +71,7 @@ pub(crate) struct TableOptions {
     pub(crate) block_size_bytes: usize,
     pub(crate) bloom_bits_per_key: u32,
     pub(crate) write_buffer_bytes: usize,
+    pub(crate) compression: Compression,
 }
 
 impl Default for TableOptions {
@@ -76,6 +80,7 @@ impl Default for TableOptions {
             block_size_bytes: 4 << 10,
             bloom_bits_per_key: 10,
             write_buffer_bytes: 512 << 10,
+            compression: Compression::None,
         }
     }
 }
@@ -92,6 +97,13 @@ impl TableOptions {
     /// no filter).
     pub(crate) fn bloom_bits_per_key(mut self, bits: u32) -> Self {
         self.bloom_bits_per_key = bits;
+        self
+    }
+
+    /// How data blocks are stored (default: uncompressed; the store passes each level's,
+    /// `TreeOptions::table_options`).
+    pub(crate) fn compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
         self
     }
 

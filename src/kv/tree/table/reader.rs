@@ -10,8 +10,9 @@
 //!    out edge to edge: data blocks, filter, index, meta, footer;
 //! 2. the index's entries are in order, as many as the meta block's data blocks, and their
 //!    handles cover the data region from offset 0 to its end, edge to edge;
-//! 3. a data block's checksum is checked when it is read, before any entry is decoded, and
-//!    only a block that passed is cached, under the table's id and the block's offset.
+//! 3. a data block's checksum is checked when it is read, before it is decompressed or any
+//!    entry is decoded, and only a block that passed is cached (decompressed), under the
+//!    table's id and the block's offset.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use ringtide_platform::{File, IoDriver, OpenOptions};
 use super::block::{Block, Cursor, Kind, cmp_internal};
 use super::cache::BlockCache;
 use super::filter::Filter;
-use super::format::{BlockHandle, FOOTER_LEN, Footer, TRAILER_LEN, TableMeta, bad, check_block};
+use super::format::{BlockHandle, FOOTER_LEN, Footer, TRAILER_LEN, TableMeta, bad, open_block};
 use crate::error::{CorruptionKind, Error, Result};
 
 /// Where a table's bytes come from.
@@ -194,16 +195,15 @@ impl Table {
         let damaged =
             |h: BlockHandle| move |k: CorruptionKind| Error::corruption(file, h.offset, k);
         let meta_raw = slice(footer.meta);
-        let meta_len = check_block(&meta_raw).map_err(damaged(footer.meta))?;
-        let meta = TableMeta::decode(&meta_raw[..meta_len]).map_err(damaged(footer.meta))?;
+        let meta_contents = open_block(&meta_raw).map_err(damaged(footer.meta))?;
+        let meta = TableMeta::decode(&meta_contents).map_err(damaged(footer.meta))?;
         let index = Block::decode(slice(footer.index)).map_err(damaged(footer.index))?;
         let separators = check_index(&index, &footer, &meta).map_err(damaged(footer.index))?;
         let filter = if footer.filter.len == 0 {
             None
         } else {
-            let raw = slice(footer.filter);
-            let len = check_block(&raw).map_err(damaged(footer.filter))?;
-            Some(Filter::decode(raw.slice(..len)).map_err(damaged(footer.filter))?)
+            let contents = open_block(&slice(footer.filter)).map_err(damaged(footer.filter))?;
+            Some(Filter::decode(contents).map_err(damaged(footer.filter))?)
         };
         let inner = Inner {
             path,
@@ -300,13 +300,14 @@ impl Table {
             .await?;
         // The cache's key names one block (the cache's invariant 1): a handle of another length
         // at a cached offset is not one of the index's. Refused as damage, never trusted.
-        if block.len_bytes() as u64 + TRAILER_LEN as u64 != handle.len {
+        if block.stored_len() as u64 != handle.len {
             return Err(self.corrupt(handle, bad("a block handle that does not match its block")));
         }
         Ok(block)
     }
 
-    /// Reads, checks and decodes one data block from the file.
+    /// Reads, checks, decompresses (if it is compressed) and decodes one data block from the
+    /// file.
     async fn read_block_uncached(&self, handle: BlockHandle) -> Result<Block> {
         let raw = self
             .inner

@@ -3,14 +3,17 @@
 //! damage of any kind (every truncation, a bit flipped in every byte) is `Corruption` naming the
 //! damaged block, never a panic and never a value that was not written; the writer refuses what
 //! it must and writes in large writes; the block cache answers a second read without I/O, stays
-//! within its budget, keeps no damaged block and no block under another table's id.
+//! within its budget, keeps no damaged block and no block under another table's id; lz4 data
+//! blocks (`tests/compression.rs`) read back the same, are stored as they are where lz4 does not
+//! pay, and a damaged or lying compressed block is `BadTable`.
 //!
 //! Method: proptest over random entries (several buckets, several versions per key, tombstones,
 //! empty values, values larger than a block, keys sharing prefixes and holding 0x00 and 0xff
-//! bytes) and options (block sizes from 64 B, filter on and off), the file cases through one
-//! small shared block cache; the damage tests run over a small table of many blocks, in memory
-//! (every byte) and in files (a sample, through a block cache); the cache tests read that table's
-//! files and count the driver's operations and the cache's figures.
+//! bytes, values compressible and not) and options (block sizes from 64 B, filter on and off,
+//! compression none and lz4), the file cases through one small shared block cache; the damage
+//! tests run over a small table of many blocks, in memory (every byte) and in files (a sample,
+//! through a block cache); the cache tests read that table's files and count the driver's
+//! operations and the cache's figures.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -29,6 +32,7 @@ use super::{
     TableWriter, sync_table_dir,
 };
 use crate::error::{CorruptionKind, Error};
+use crate::kv::options::Compression;
 
 /// The model: internal key (bucket, user key, seq descending) → value or tombstone.
 type Model = BTreeMap<(u64, Vec<u8>, Reverse<u64>), Option<Vec<u8>>>;
@@ -39,9 +43,12 @@ fn model_strategy(max_entries: usize) -> impl Strategy<Value = Model> {
     // edges of the byte range.
     let key = prop::collection::vec(prop::sample::select(vec![b'a', b'b', 0u8, 0xff]), 0..6);
     let seq = prop_oneof![0u64..20, Just(u64::MAX), any::<u64>()];
+    // Random bytes (incompressible) and runs of two letters (compressible): lz4 tables then
+    // hold blocks of both kinds.
     let value = prop_oneof![
         6 => prop::option::of(prop::collection::vec(any::<u8>(), 0..40)),
         1 => prop::collection::vec(any::<u8>(), 300..3000).prop_map(Some),
+        3 => prop::collection::vec(prop::sample::select(vec![b'x', b'y']), 0..300).prop_map(Some),
     ];
     prop::collection::btree_map((bucket, key, seq.prop_map(Reverse)), value, 1..max_entries)
 }
@@ -50,11 +57,13 @@ fn options_strategy() -> impl Strategy<Value = TableOptions> {
     (
         prop::sample::select(vec![64usize, 100, 256, 4096]),
         prop::sample::select(vec![0u32, 1, 10]),
+        prop::sample::select(vec![Compression::None, Compression::Lz4]),
     )
-        .prop_map(|(block, bits)| {
+        .prop_map(|(block, bits, compression)| {
             TableOptions::default()
                 .block_size_bytes(block)
                 .bloom_bits_per_key(bits)
+                .compression(compression)
                 .write_buffer_bytes(4 << 10)
         })
 }
@@ -310,6 +319,11 @@ fn entries_out_of_order_are_refused() {
 
 /// A small table of many blocks, with a filter: every region of its file.
 fn small_table() -> (Model, Bytes, Vec<(u64, &'static str)>) {
+    small_table_with(Compression::None)
+}
+
+/// [`small_table`], its data blocks stored as `compression` says.
+fn small_table_with(compression: Compression) -> (Model, Bytes, Vec<(u64, &'static str)>) {
     let mut model = Model::new();
     for i in 0..24u64 {
         let key = format!("key-{:02}", i / 2).into_bytes();
@@ -318,7 +332,8 @@ fn small_table() -> (Model, Bytes, Vec<(u64, &'static str)>) {
     }
     let options = TableOptions::default()
         .block_size_bytes(128)
-        .bloom_bits_per_key(10);
+        .bloom_bits_per_key(10)
+        .compression(compression);
     let (image, info) = build_image(&entries_of(&model), &options).expect("sound");
     assert!(
         info.meta.data_blocks >= 5,
@@ -562,3 +577,4 @@ async fn write_file(driver: &IoDriver, path: &Path, bytes: Vec<u8>) {
 }
 
 mod cache;
+mod compression;

@@ -3,7 +3,9 @@
 //! I/O executor and makes it durable.
 //!
 //! Layout, in the order it is written: data blocks, the filter block (if any), the index block,
-//! the meta block, the footer (`format.rs`, `block.rs`, `filter.rs`).
+//! the meta block, the footer (`format.rs`, `block.rs`, `filter.rs`). Data blocks are stored as
+//! the options' compression says (each one compressed only where that saves 1/8); the other
+//! blocks are stored as they are (`format.rs` says why).
 
 use std::path::{Path, PathBuf};
 
@@ -15,8 +17,11 @@ use super::block::{
     BlockBuilder, DATA_RESTART_INTERVAL, INDEX_RESTART_INTERVAL, Kind, cmp_internal,
 };
 use super::filter::FilterBuilder;
-use super::format::{BlockHandle, Footer, MAX_KEY_BYTES, MAX_VALUE_BYTES, TableMeta, seal_block};
+use super::format::{
+    BlockHandle, BlockSealer, Footer, MAX_KEY_BYTES, MAX_VALUE_BYTES, TableMeta, put_raw_block,
+};
 use crate::error::{Error, Result};
+use crate::kv::options::Compression;
 use crate::kv::tree::memtable::InternalKey;
 
 /// What a finished table holds: its size and its meta block.
@@ -24,6 +29,9 @@ use crate::kv::tree::memtable::InternalKey;
 pub(crate) struct TableInfo {
     /// The file's length in bytes.
     pub(crate) file_bytes: u64,
+    /// What its length would be with every data block stored uncompressed (`file_bytes` for a
+    /// table written without compression).
+    pub(crate) uncompressed_file_bytes: u64,
     pub(crate) meta: TableMeta,
 }
 
@@ -46,6 +54,8 @@ struct Counts {
 pub(crate) struct TableBuilder {
     options: TableOptions,
     data: BlockBuilder,
+    /// Stores the data blocks, compressed as the options say.
+    data_sealer: BlockSealer,
     index: BlockBuilder,
     filter: Option<FilterBuilder>,
     /// Finished blocks not yet taken by [`TableBuilder::take_ready`].
@@ -66,6 +76,7 @@ impl TableBuilder {
         TableBuilder {
             options: options.clone(),
             data: BlockBuilder::new(DATA_RESTART_INTERVAL),
+            data_sealer: BlockSealer::new(options.compression),
             index: BlockBuilder::new(INDEX_RESTART_INTERVAL),
             filter: (options.bloom_bits_per_key > 0)
                 .then(|| FilterBuilder::new(options.bloom_bits_per_key)),
@@ -177,7 +188,7 @@ impl TableBuilder {
 
     fn finish_data_block(&mut self) {
         let offset = self.offset();
-        let len = self.data.finish_into(&mut self.out);
+        let len = self.data.finish_into(&mut self.out, &mut self.data_sealer);
         self.pending_index = Some(BlockHandle { offset, len });
         self.counts.data_blocks += 1;
     }
@@ -221,7 +232,10 @@ impl TableBuilder {
             },
         };
         let index_offset = self.offset();
-        let index_len = self.index.finish_into(&mut self.out);
+        // Stored as it is: read once, at open, and held decoded (`format.rs`).
+        let index_len = self
+            .index
+            .finish_into(&mut self.out, &mut BlockSealer::new(Compression::None));
         let index = BlockHandle {
             offset: index_offset,
             len: index_len,
@@ -237,8 +251,17 @@ impl TableBuilder {
         };
         self.out.extend_from_slice(&footer.encode());
         let file_bytes = self.offset();
+        let s = &self.data_sealer;
+        let uncompressed_file_bytes = file_bytes + s.uncompressed_bytes - s.stored_bytes;
         let rest = self.take();
-        Ok((rest, TableInfo { file_bytes, meta }))
+        Ok((
+            rest,
+            TableInfo {
+                file_bytes,
+                uncompressed_file_bytes,
+                meta,
+            },
+        ))
     }
 
     /// Where the next byte goes in the file.
@@ -246,16 +269,11 @@ impl TableBuilder {
         self.taken + self.out.len() as u64
     }
 
-    /// Appends a block of `contents` and its trailer; returns its handle.
+    /// Appends a block of `contents`, stored as it is, and its trailer; returns its handle.
     fn push_block(&mut self, contents: &[u8]) -> BlockHandle {
         let offset = self.offset();
-        let start = self.out.len();
-        self.out.extend_from_slice(contents);
-        seal_block(&mut self.out, start);
-        BlockHandle {
-            offset,
-            len: (self.out.len() - start) as u64,
-        }
+        let len = put_raw_block(&mut self.out, contents);
+        BlockHandle { offset, len }
     }
 
     fn meta(&self) -> TableMeta {
