@@ -9,29 +9,27 @@
 //! each timed row (default 3, after a 0.5 s warm-up), `KV_ENGINES` a comma-separated subset of
 //! the engines. See compare/README.md.
 //!
-//! Each engine runs in a child process of its own (this binary again, with `KV_ENGINE` set), so
-//! that its resident-set figures start from a fresh heap and no engine's background threads or
-//! caches outlive its rows. The child prints `@kv <metric> <value>` lines on stdout; the parent
-//! gathers them and prints the tables.
+//! Each engine runs in a child process of its own (this binary again; `ringtide_compare::child`),
+//! so that its resident-set figures start from a fresh heap and no engine's background threads or
+//! caches outlive its rows. The engine trait, the fjall and ringtide engines, the executors and
+//! the measurements are the library's (compare/src/), shared with `benches/ycsb.rs`.
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::future::Future;
-use std::io::{BufRead, BufReader};
 use std::ops::Range;
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// Key and value sizes, as in redb's benchmark.
-const KEY: usize = 24;
-const VALUE: usize = 150;
-type Key = [u8; KEY];
-type Val = [u8; VALUE];
+use ringtide_compare::Engine;
+use ringtide_compare::child::{Metrics, Runs, emit, emit_ops, env_count, env_secs, run_comparison};
+use ringtide_compare::exec::{Counter, Exec, WARMUP, counters, sum, window};
+use ringtide_compare::fjall::{FjallOtx, FjallSw};
+use ringtide_compare::fmt::{num, ratio, seconds};
+use ringtide_compare::kvdata::{CACHE_SIZE, KEY, VALUE, counter, incremented, key, pair};
+use ringtide_compare::measure::{disk_bytes, median, rss_kib, settle};
+#[cfg(feature = "ringtide-kv")]
+use ringtide_compare::ringtide_kv::Ringtide;
 
 /// Phase 2: single-put transactions.
 const INDIVIDUAL_WRITES: u64 = 1_000;
@@ -48,10 +46,6 @@ const SCAN_LEN: usize = 10;
 const DURABLE_WRITERS: [usize; 3] = [1, 16, 64];
 /// Writers of the contended read-modify-write row.
 const CONTENDED_WRITERS: usize = 64;
-/// Warm-up before each timed window.
-const WARMUP: Duration = Duration::from_millis(500);
-/// Block cache / page cache of the engines that take one: redb's benchmark gives each 4 GiB.
-const CACHE_SIZE: usize = 4 << 30;
 /// Keys of the timed durable rows are drawn from indexes at and above this one (the bulk load,
 /// individual and batch writes use indexes below `N + 101,000`).
 const FRESH: u64 = 1 << 48;
@@ -60,7 +54,7 @@ const FRESH: u64 = 1 << 48;
 fn engines() -> Vec<&'static str> {
     let mut v = Vec::new();
     #[cfg(feature = "ringtide-kv")]
-    v.push(ringtide_engine::Ringtide::NAME);
+    v.push(Ringtide::NAME);
     v.extend([Redb::NAME, Lmdb::NAME, FjallSw::NAME, FjallOtx::NAME]);
     #[cfg(feature = "rocksdb")]
     v.push(rocks::Rocks::NAME);
@@ -70,76 +64,6 @@ fn engines() -> Vec<&'static str> {
 /// The versions in Cargo.toml, for the report's header.
 const VERSIONS: &str = "redb 4.6.0, heed 0.23.1 (LMDB mdb.master via lmdb-master-sys 0.2.6), \
                         fjall 3.1.13, rocksdb 0.25.0 (RocksDB 11.8.1, feature `rocksdb`)";
-
-/// The key and value of index `i`: a function of the index alone, so any subset of the keys
-/// written can be read back (and checked) in any order or from any thread.
-fn pair(i: u64) -> (Key, Val) {
-    let mut rng = fastrand::Rng::with_seed(3 ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let mut k = [0u8; KEY];
-    rng.fill(&mut k);
-    let mut v = [0u8; VALUE];
-    rng.fill(&mut v);
-    (k, v)
-}
-
-fn key(i: u64) -> Key {
-    pair(i).0
-}
-
-/// The read-modify-write counter: the first 8 bytes of a value, little-endian.
-fn counter(v: &[u8]) -> u64 {
-    u64::from_le_bytes(v[..8].try_into().expect("values are 150 bytes"))
-}
-
-/// `v` with its counter incremented.
-fn incremented(v: &[u8]) -> Vec<u8> {
-    let mut out = v.to_vec();
-    out[..8].copy_from_slice(&counter(v).wrapping_add(1).to_le_bytes());
-    out
-}
-
-// ---------------------------------------------------------------------------------------------
-// The engine trait
-
-/// One engine under test. Every write transaction is durable when the future returns.
-///
-/// The methods are coarse (a whole transaction, or a whole loop of reads) and `async`, so that
-/// one set of phases drives both kinds of engine: the peers' blocking implementations never
-/// await, and their workers are OS threads polling them with a trivial executor; ringtide's
-/// (`ASYNC = true`) are tokio tasks on a multi-thread runtime.
-trait Engine: Send + Sync + Sized + 'static {
-    const NAME: &'static str;
-    /// Workers are tokio tasks on a multi-thread runtime (2 workers) instead of OS threads.
-    const ASYNC: bool = false;
-    /// What the tables say of the engine's setup.
-    const SETUP: &'static str;
-
-    fn open(dir: &Path) -> impl Future<Output = Self> + Send;
-    /// One transaction putting the pairs of `indexes`.
-    fn put(&self, indexes: Range<u64>) -> impl Future<Output = ()> + Send;
-    /// One transaction removing the keys of `indexes`.
-    fn remove(&self, indexes: Range<u64>) -> impl Future<Output = ()> + Send;
-    /// A point read of each key of `indexes`, all in one read transaction (snapshot) or each in
-    /// a transaction of its own. Returns the sum of the first byte of the values read; panics on
-    /// a missing key.
-    fn get(&self, indexes: Range<u64>, txn_per_read: bool) -> impl Future<Output = u64> + Send;
-    /// One read transaction; from each key of `indexes`, a forward range read of up to `len`
-    /// entries. Returns the sum of the first byte of the values read.
-    fn scan(&self, indexes: Range<u64>, len: usize) -> impl Future<Output = u64> + Send;
-    /// One read-modify-write transaction adding 1 to the counter of key `i`'s value. Returns the
-    /// retries it took (conflicts of an optimistic engine; 0 where writers are serialized).
-    fn increment(&self, i: u64) -> impl Future<Output = u64> + Send;
-    /// The engine also runs the contended row under snapshot isolation (a second row).
-    const SNAPSHOT_ISOLATION: bool = false;
-    /// As `increment`, under snapshot isolation where the engine offers it (`SNAPSHOT_ISOLATION`).
-    fn increment_snapshot(&self, i: u64) -> impl Future<Output = u64> + Send {
-        self.increment(i)
-    }
-    /// One read transaction: the wrapping sum of the counters of the keys of `indexes`.
-    fn counters(&self, indexes: Range<u64>) -> impl Future<Output = u64> + Send;
-    /// Closes the engine, waiting for its background work.
-    fn close(self) -> impl Future<Output = ()> + Send;
-}
 
 // ---------------------------------------------------------------------------------------------
 // redb
@@ -383,240 +307,6 @@ impl Engine for Lmdb {
 }
 
 // ---------------------------------------------------------------------------------------------
-// fjall
-
-/// fjall's single-writer transactions, as in redb's benchmark: 4 GiB cache, one keyspace; each
-/// write transaction commits to the journal (buffered) under the writer lock, then
-/// `persist(SyncData)` outside it, so concurrent writers' fsyncs may cover each other's commits.
-struct FjallSw {
-    db: fjall3::SingleWriterTxDatabase,
-    ks: fjall3::SingleWriterTxKeyspace,
-}
-
-impl FjallSw {
-    fn persist(&self) {
-        self.db
-            .persist(fjall3::PersistMode::SyncData)
-            .expect("fjall persist");
-    }
-}
-
-impl Engine for FjallSw {
-    const NAME: &'static str = "fjall";
-    const SETUP: &'static str =
-        "SingleWriterTxDatabase, 4 GiB cache; commit, then persist(SyncData)";
-
-    async fn open(dir: &Path) -> Self {
-        let db = fjall3::SingleWriterTxDatabase::builder(dir)
-            .cache_size(CACHE_SIZE as u64)
-            .open()
-            .expect("fjall open");
-        let ks = db
-            .keyspace("kv", fjall3::KeyspaceCreateOptions::default)
-            .expect("fjall keyspace");
-        Self { db, ks }
-    }
-
-    async fn put(&self, indexes: Range<u64>) {
-        let mut tx = self.db.write_tx();
-        for i in indexes {
-            let (k, v) = pair(i);
-            tx.insert(&self.ks, k.as_slice(), v.as_slice());
-        }
-        tx.commit().expect("fjall commit");
-        self.persist();
-    }
-
-    async fn remove(&self, indexes: Range<u64>) {
-        let mut tx = self.db.write_tx();
-        for i in indexes {
-            tx.remove(&self.ks, key(i).as_slice());
-        }
-        tx.commit().expect("fjall commit");
-        self.persist();
-    }
-
-    async fn get(&self, indexes: Range<u64>, txn_per_read: bool) -> u64 {
-        fjall_get(|| self.db.read_tx(), &self.ks, indexes, txn_per_read)
-    }
-
-    async fn scan(&self, indexes: Range<u64>, len: usize) -> u64 {
-        fjall_scan(&self.db.read_tx(), &self.ks, indexes, len)
-    }
-
-    async fn increment(&self, i: u64) -> u64 {
-        use fjall3::Readable;
-        let k = key(i);
-        let mut tx = self.db.write_tx();
-        let v = tx
-            .get(&self.ks, k)
-            .expect("fjall get")
-            .expect("key missing");
-        tx.insert(&self.ks, k.as_slice(), incremented(&v));
-        tx.commit().expect("fjall commit");
-        self.persist();
-        0
-    }
-
-    async fn counters(&self, indexes: Range<u64>) -> u64 {
-        fjall_counters(&self.db.read_tx(), &self.ks, indexes)
-    }
-
-    async fn close(self) {
-        drop(self.ks);
-        drop(self.db);
-    }
-}
-
-/// fjall's optimistic (serializable snapshot isolation) transactions: writers run concurrently
-/// and a commit whose reads were overwritten fails with `Conflict` and is retried. Otherwise as
-/// [`FjallSw`].
-struct FjallOtx {
-    db: fjall3::OptimisticTxDatabase,
-    ks: fjall3::OptimisticTxKeyspace,
-}
-
-impl FjallOtx {
-    fn persist(&self) {
-        self.db
-            .persist(fjall3::PersistMode::SyncData)
-            .expect("fjall persist");
-    }
-
-    /// Runs `body` in a write transaction until it commits; returns the retries.
-    fn with_retry(&self, body: impl Fn(&mut fjall3::OptimisticWriteTx)) -> u64 {
-        let mut retries = 0;
-        loop {
-            let mut tx = self.db.write_tx().expect("fjall write_tx");
-            body(&mut tx);
-            match tx.commit().expect("fjall commit") {
-                Ok(()) => break,
-                Err(fjall3::Conflict) => retries += 1,
-            }
-        }
-        self.persist();
-        retries
-    }
-}
-
-impl Engine for FjallOtx {
-    const NAME: &'static str = "fjall-otx";
-    const SETUP: &'static str =
-        "OptimisticTxDatabase, 4 GiB cache; commit (retried on conflict), then persist(SyncData)";
-
-    async fn open(dir: &Path) -> Self {
-        let db = fjall3::OptimisticTxDatabase::builder(dir)
-            .cache_size(CACHE_SIZE as u64)
-            .open()
-            .expect("fjall open");
-        let ks = db
-            .keyspace("kv", fjall3::KeyspaceCreateOptions::default)
-            .expect("fjall keyspace");
-        Self { db, ks }
-    }
-
-    async fn put(&self, indexes: Range<u64>) {
-        self.with_retry(|tx| {
-            for i in indexes.clone() {
-                let (k, v) = pair(i);
-                tx.insert(&self.ks, k.as_slice(), v.as_slice());
-            }
-        });
-    }
-
-    async fn remove(&self, indexes: Range<u64>) {
-        self.with_retry(|tx| {
-            for i in indexes.clone() {
-                tx.remove(&self.ks, key(i).as_slice());
-            }
-        });
-    }
-
-    async fn get(&self, indexes: Range<u64>, txn_per_read: bool) -> u64 {
-        fjall_get(|| self.db.read_tx(), &self.ks, indexes, txn_per_read)
-    }
-
-    async fn scan(&self, indexes: Range<u64>, len: usize) -> u64 {
-        fjall_scan(&self.db.read_tx(), &self.ks, indexes, len)
-    }
-
-    async fn increment(&self, i: u64) -> u64 {
-        use fjall3::Readable;
-        let k = key(i);
-        self.with_retry(|tx| {
-            let v = tx
-                .get(&self.ks, k)
-                .expect("fjall get")
-                .expect("key missing");
-            tx.insert(&self.ks, k.as_slice(), incremented(&v));
-        })
-    }
-
-    async fn counters(&self, indexes: Range<u64>) -> u64 {
-        fjall_counters(&self.db.read_tx(), &self.ks, indexes)
-    }
-
-    async fn close(self) {
-        drop(self.ks);
-        drop(self.db);
-    }
-}
-
-fn fjall_get<K: AsRef<fjall3::Keyspace>>(
-    snapshot: impl Fn() -> fjall3::Snapshot,
-    ks: &K,
-    indexes: Range<u64>,
-    txn_per_read: bool,
-) -> u64 {
-    use fjall3::Readable;
-    let read = |s: &fjall3::Snapshot, i: u64| -> u64 {
-        let v = s.get(ks, key(i)).expect("fjall get");
-        v.expect("key missing")[0] as u64
-    };
-    let mut sum = 0;
-    if txn_per_read {
-        for i in indexes {
-            sum += read(&snapshot(), i);
-        }
-    } else {
-        let s = snapshot();
-        for i in indexes {
-            sum += read(&s, i);
-        }
-    }
-    sum
-}
-
-fn fjall_scan<K: AsRef<fjall3::Keyspace>>(
-    s: &fjall3::Snapshot,
-    ks: &K,
-    indexes: Range<u64>,
-    len: usize,
-) -> u64 {
-    use fjall3::Readable;
-    let mut sum = 0;
-    for i in indexes {
-        let k = key(i);
-        for g in s.range(ks, k.as_slice()..).take(len) {
-            sum += g.value().expect("fjall range")[0] as u64;
-        }
-    }
-    sum
-}
-
-fn fjall_counters<K: AsRef<fjall3::Keyspace>>(
-    s: &fjall3::Snapshot,
-    ks: &K,
-    indexes: Range<u64>,
-) -> u64 {
-    use fjall3::Readable;
-    indexes.fold(0u64, |sum, i| {
-        let v = s.get(ks, key(i)).expect("fjall get");
-        sum.wrapping_add(counter(&v.expect("key missing")))
-    })
-}
-
-// ---------------------------------------------------------------------------------------------
 // RocksDB (feature `rocksdb`)
 
 #[cfg(feature = "rocksdb")]
@@ -627,6 +317,8 @@ mod rocks {
     //! its commit fails with `Busy` (a conflict).
 
     use super::*;
+    use std::thread;
+
     use rocksdb::{
         BlockBasedOptions, Cache, Direction, ErrorKind, IteratorMode, OptimisticTransactionDB,
         OptimisticTransactionOptions, Options, Transaction, WriteBufferManager, WriteOptions,
@@ -775,224 +467,7 @@ mod rocks {
 }
 
 // ---------------------------------------------------------------------------------------------
-// ringtide (feature `ringtide-kv`)
-//
-// On by default (feature `ringtide-kv`). Default `DbOptions`: every commit is durable (an
-// fdatasync covers it before `commit` returns). Part 1 of the store keeps everything in memory.
-
-#[cfg(feature = "ringtide-kv")]
-mod ringtide_engine {
-    use super::*;
-    use bytes::Bytes;
-    use futures::StreamExt;
-    use ringtide::kv::{Db, DbOptions, Isolation, TxnOptions};
-
-    pub struct Ringtide {
-        db: Db,
-    }
-
-    fn b(k: &[u8]) -> Bytes {
-        Bytes::copy_from_slice(k)
-    }
-
-    fn snapshot() -> TxnOptions {
-        TxnOptions::default()
-            .isolation(Isolation::Snapshot)
-            .read_only(true)
-    }
-
-    impl Ringtide {
-        /// One read-modify-write through `Db::update_with`, as a user would write it (it waits
-        /// for the winner of a conflict to be visible before retrying); the closure counts its
-        /// runs, so the retries are the runs but one.
-        async fn increment_with(&self, i: u64, options: TxnOptions) -> u64 {
-            let k = b(&key(i));
-            let runs = AtomicU64::new(0);
-            self.db
-                .update_with(options, |txn| {
-                    runs.fetch_add(1, Ordering::Relaxed);
-                    let k = k.clone();
-                    async move {
-                        let v = txn.get(k.clone()).await?;
-                        txn.put(k, incremented(&v.expect("key missing")))?;
-                        Ok(())
-                    }
-                })
-                .await
-                .expect("ringtide update");
-            runs.load(Ordering::Relaxed) - 1
-        }
-    }
-
-    impl Engine for Ringtide {
-        const NAME: &'static str = "ringtide";
-        const ASYNC: bool = true;
-        const SETUP: &'static str =
-            "ringtide::kv, DbOptions::default(), block cache 4 GiB (as the other engines' caches)";
-
-        async fn open(dir: &Path) -> Self {
-            // Default options (durable commits, `SyncPolicy::Immediate`); the hot-key row needs
-            // more retries than the default 32 with 64 writers on 1% of the keys.
-            let options = DbOptions::default()
-                .max_update_attempts(100_000)
-                .block_cache_bytes(CACHE_SIZE as u64);
-            let db = Db::open(dir, options)
-                .await
-                .expect("ringtide open");
-            Self { db }
-        }
-
-        async fn put(&self, indexes: Range<u64>) {
-            let txn = self
-                .db
-                .begin(TxnOptions::default())
-                .expect("ringtide begin");
-            for i in indexes {
-                let (k, v) = pair(i);
-                txn.put(b(&k), b(&v)).expect("ringtide put");
-            }
-            txn.commit().await.expect("ringtide commit");
-        }
-
-        async fn remove(&self, indexes: Range<u64>) {
-            let txn = self
-                .db
-                .begin(TxnOptions::default())
-                .expect("ringtide begin");
-            for i in indexes {
-                txn.delete(b(&key(i))).expect("ringtide delete");
-            }
-            txn.commit().await.expect("ringtide commit");
-        }
-
-        async fn get(&self, indexes: Range<u64>, txn_per_read: bool) -> u64 {
-            let mut sum = 0;
-            let mut shared = None;
-            for i in indexes {
-                if txn_per_read || shared.is_none() {
-                    shared = Some(self.db.begin(snapshot()).expect("ringtide begin"));
-                }
-                let txn = shared.as_ref().expect("a read transaction");
-                let v = txn.get(b(&key(i))).await.expect("ringtide get");
-                sum += v.expect("key missing")[0] as u64;
-            }
-            sum
-        }
-
-        async fn scan(&self, indexes: Range<u64>, len: usize) -> u64 {
-            let txn = self.db.begin(snapshot()).expect("ringtide begin");
-            // Past every 24-byte key.
-            let end = Bytes::from_static(&[0xFF; KEY + 1]);
-            let mut sum = 0;
-            for i in indexes {
-                let s = txn.scan(b(&key(i))..end.clone()).take(len);
-                let mut s = std::pin::pin!(s);
-                while let Some(e) = s.next().await {
-                    sum += e.expect("ringtide scan").1[0] as u64;
-                }
-            }
-            sum
-        }
-
-        async fn increment(&self, i: u64) -> u64 {
-            self.increment_with(i, TxnOptions::default()).await
-        }
-
-        const SNAPSHOT_ISOLATION: bool = true;
-
-        async fn increment_snapshot(&self, i: u64) -> u64 {
-            let options = TxnOptions::default().isolation(Isolation::Snapshot);
-            self.increment_with(i, options).await
-        }
-
-        async fn counters(&self, indexes: Range<u64>) -> u64 {
-            let txn = self.db.begin(snapshot()).expect("ringtide begin");
-            let mut sum = 0u64;
-            for i in indexes {
-                let v = txn.get(b(&key(i))).await.expect("ringtide get");
-                sum = sum.wrapping_add(counter(&v.expect("key missing")));
-            }
-            sum
-        }
-
-        async fn close(self) {
-            self.db.close().await.expect("ringtide close");
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Executors: OS threads for the blocking engines, tokio tasks for ringtide
-
-struct Exec {
-    rt: Option<tokio::runtime::Runtime>,
-}
-
-enum Worker<T> {
-    Thread(thread::JoinHandle<T>),
-    Task(tokio::task::JoinHandle<T>),
-}
-
-impl Exec {
-    fn new(tokio: bool) -> Self {
-        let rt = tokio.then(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("tokio runtime")
-        });
-        Self { rt }
-    }
-
-    fn block_on<F: Future>(&self, f: F) -> F::Output {
-        match &self.rt {
-            Some(rt) => rt.block_on(f),
-            None => futures::executor::block_on(f),
-        }
-    }
-
-    fn spawn<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> Worker<T> {
-        match &self.rt {
-            Some(rt) => Worker::Task(rt.spawn(f)),
-            None => Worker::Thread(thread::spawn(move || futures::executor::block_on(f))),
-        }
-    }
-
-    fn join<T>(&self, workers: Vec<Worker<T>>) -> Vec<T> {
-        workers
-            .into_iter()
-            .map(|w| match w {
-                Worker::Thread(h) => h.join().expect("worker thread panicked"),
-                Worker::Task(h) => self.block_on(h).expect("worker task panicked"),
-            })
-            .collect()
-    }
-}
-
-/// A counter on its own cache line.
-#[repr(align(64))]
-#[derive(Default)]
-struct Counter(AtomicU64);
-
-fn sum(counters: &[Counter]) -> u64 {
-    counters.iter().map(|c| c.0.load(Ordering::Relaxed)).sum()
-}
-
-fn counters(n: usize) -> Arc<Vec<Counter>> {
-    Arc::new((0..n).map(|_| Counter::default()).collect())
-}
-
-/// Lets the workers run through the warm-up, then counts their operations for `secs`.
-/// Returns (operations, seconds).
-fn window(secs: Duration, counters: &[Counter]) -> (f64, f64) {
-    thread::sleep(WARMUP);
-    let c0 = sum(counters);
-    let t0 = Instant::now();
-    thread::sleep(secs);
-    let c1 = sum(counters);
-    ((c1 - c0) as f64, t0.elapsed().as_secs_f64())
-}
+// Workers
 
 /// Durable single-put transactions of fresh keys, in a closed loop until `stop`.
 async fn durable_worker<E: Engine>(
@@ -1037,66 +512,11 @@ async fn rmw_worker<E: Engine>(
 // The phases (in the child process of one engine)
 
 fn n_keys() -> u64 {
-    std::env::var("KV_N")
-        .ok()
-        .and_then(|s| s.replace(['_', ','], "").parse::<u64>().ok())
-        .filter(|n| *n >= 1000)
-        .unwrap_or(1_000_000)
+    env_count("KV_N", 1_000_000, 1000)
 }
 
 fn secs() -> Duration {
-    let s = std::env::var("KV_SECS")
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .filter(|s| *s > 0.0)
-        .unwrap_or(3.0);
-    Duration::from_secs_f64(s)
-}
-
-/// One result line for the parent.
-fn emit(metric: &str, value: f64) {
-    println!("@kv {metric} {value}");
-}
-
-/// A timed phase: `ops` operations in `secs` seconds.
-fn emit_ops(metric: &str, ops: f64, secs: f64) {
-    emit(&format!("{metric}.ops"), ops);
-    emit(&format!("{metric}.s"), secs);
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// (VmRSS, RssAnon) of this process, KiB.
-fn rss_kib() -> (u64, u64) {
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("RssAnon:"))
-}
-
-/// Bytes allocated to the files under `dir`, recursively (blocks, not lengths: fjall's journal
-/// is a sparse file of a preset length).
-fn disk_bytes(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => disk_bytes(&e.path()),
-                    Ok(m) => m.blocks() * 512,
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
+    env_secs("KV_SECS", 3.0)
 }
 
 fn run<E: Engine>(root: &Path) {
@@ -1305,17 +725,16 @@ fn contended_phase<E: Engine>(
 }
 
 /// The child process: runs every phase on one engine.
-fn child(engine: &str) {
-    let root = PathBuf::from(std::env::var("KV_ROOT").expect("KV_ROOT"));
+fn run_engine(engine: &str, root: &Path) {
     match engine {
         #[cfg(feature = "ringtide-kv")]
-        ringtide_engine::Ringtide::NAME => run::<ringtide_engine::Ringtide>(&root),
-        Redb::NAME => run::<Redb>(&root),
-        Lmdb::NAME => run::<Lmdb>(&root),
-        FjallSw::NAME => run::<FjallSw>(&root),
-        FjallOtx::NAME => run::<FjallOtx>(&root),
+        Ringtide::NAME => run::<Ringtide>(root),
+        Redb::NAME => run::<Redb>(root),
+        Lmdb::NAME => run::<Lmdb>(root),
+        FjallSw::NAME => run::<FjallSw>(root),
+        FjallOtx::NAME => run::<FjallOtx>(root),
         #[cfg(feature = "rocksdb")]
-        rocks::Rocks::NAME => run::<rocks::Rocks>(&root),
+        rocks::Rocks::NAME => run::<rocks::Rocks>(root),
         other => panic!("unknown engine {other:?}; this build has {:?}", engines()),
     }
 }
@@ -1323,7 +742,7 @@ fn child(engine: &str) {
 fn setup(engine: &str) -> &'static str {
     match engine {
         #[cfg(feature = "ringtide-kv")]
-        ringtide_engine::Ringtide::NAME => ringtide_engine::Ringtide::SETUP,
+        Ringtide::NAME => Ringtide::SETUP,
         Redb::NAME => Redb::SETUP,
         Lmdb::NAME => Lmdb::SETUP,
         FjallSw::NAME => FjallSw::SETUP,
@@ -1337,95 +756,11 @@ fn setup(engine: &str) -> &'static str {
 // ---------------------------------------------------------------------------------------------
 // The parent: one child per engine, then the tables
 
-type Metrics = BTreeMap<String, f64>;
-
-/// Lets earlier phases' (or engines') writeback drain: `syncfs` of the file system holding
-/// `dir`, then a short pause, so that one phase's dirty pages do not slow the next one's fsyncs.
-fn settle(dir: &Path) {
-    if let Ok(d) = fs::File::open(dir) {
-        // SAFETY: `d` owns a valid open descriptor for the whole call.
-        unsafe { libc::syncfs(d.as_raw_fd()) };
-    }
-    thread::sleep(Duration::from_millis(300));
+struct Report<'a> {
+    runs: &'a Runs,
 }
 
-fn run_child(engine: &str, root: &Path) -> Result<Metrics, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = Command::new(exe)
-        .env("KV_ENGINE", engine)
-        .env("KV_ROOT", root)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let mut m = Metrics::new();
-    let out = child.stdout.take().expect("piped stdout");
-    for line in BufReader::new(out).lines() {
-        let line = line.map_err(|e| e.to_string())?;
-        let mut parts = line.split_whitespace();
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some("@kv"), Some(k), Some(v)) => {
-                m.insert(k.to_string(), v.parse().map_err(|_| line.clone())?);
-            }
-            _ => eprintln!("  {engine}: {line}"),
-        }
-    }
-    let status = child.wait().map_err(|e| e.to_string())?;
-    if status.success() {
-        Ok(m)
-    } else {
-        Err(format!("{status}"))
-    }
-}
-
-/// An integer with thousands separators.
-fn num(v: f64) -> String {
-    let s = format!("{:.0}", v);
-    let (sign, digits) = s.strip_prefix('-').map_or(("", &s[..]), |d| ("-", d));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    format!("{sign}{out}")
-}
-
-fn ratio(a: Option<f64>, b: Option<f64>) -> String {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
-        _ => "—".into(),
-    }
-}
-
-fn seconds(s: f64) -> String {
-    if s < 1.0 {
-        format!("{:.1} ms", s * 1e3)
-    } else {
-        format!("{s:.2} s")
-    }
-}
-
-struct Report {
-    /// (engine, its metrics) in table order; a failed engine has none.
-    results: Vec<(&'static str, Option<Metrics>)>,
-}
-
-impl Report {
-    fn rate(m: &Metrics, metric: &str) -> Option<f64> {
-        let ops = m.get(&format!("{metric}.ops"))?;
-        let s = m.get(&format!("{metric}.s"))?;
-        (*s > 0.0).then(|| ops / s)
-    }
-
-    fn ringtide(&self) -> Option<&Metrics> {
-        self.results
-            .iter()
-            .find(|(e, _)| *e == "ringtide")
-            .and_then(|(_, m)| m.as_ref())
-    }
-
+impl Report<'_> {
     /// One table of throughput rows: for each (variant, metric), a row per engine.
     fn table(&self, title: &str, unit: &str, variants: &[(&str, &str)]) {
         println!("## {title}\n");
@@ -1433,12 +768,13 @@ impl Report {
         println!("|---|---|---:|---:|---:|---:|---:|");
         for (variant, metric) in variants {
             let best = self
+                .runs
                 .results
                 .iter()
-                .filter_map(|(_, m)| Self::rate(m.as_ref()?, metric))
+                .filter_map(|(_, m)| Runs::rate(m.as_ref()?, metric))
                 .fold(None, |b: Option<f64>, r| Some(b.map_or(r, |b| b.max(r))));
-            let rt = self.ringtide().and_then(|m| Self::rate(m, metric));
-            for (engine, m) in &self.results {
+            let rt = self.runs.ringtide().and_then(|m| Runs::rate(m, metric));
+            for (engine, m) in &self.runs.results {
                 let Some(m) = m else {
                     println!("| {variant} | {engine} | failed | | | | |");
                     continue;
@@ -1446,7 +782,7 @@ impl Report {
                 let (Some(ops), Some(s), Some(rate)) = (
                     m.get(&format!("{metric}.ops")),
                     m.get(&format!("{metric}.s")),
-                    Self::rate(m, metric),
+                    Runs::rate(m, metric),
                 ) else {
                     println!("| {variant} | {engine} | — | | | | |");
                     continue;
@@ -1471,8 +807,8 @@ impl Report {
              | ringtide ÷ this |"
         );
         println!("|---|---:|---:|---:|---:|---:|---:|");
-        let rt = self.ringtide().and_then(|m| Self::rate(m, "rmw"));
-        for (engine, m) in &self.results {
+        let rt = self.runs.ringtide().and_then(|m| Runs::rate(m, "rmw"));
+        for (engine, m) in &self.runs.results {
             let Some(m) = m else {
                 println!("| {engine} | failed | | | | | |");
                 continue;
@@ -1486,7 +822,7 @@ impl Report {
                     continue;
                 };
                 let retries = get("retries").unwrap_or(0.0);
-                let rate = Self::rate(m, row);
+                let rate = Runs::rate(m, row);
                 println!(
                     "| {engine}{label} | {} | {} | {:.3} | {:.1}% | {} | {} |",
                     num(get("hot_keys").unwrap_or(0.0)),
@@ -1521,10 +857,11 @@ impl Report {
             Some((m.get(b)? - m.get(a)?) * per_m / 1024.0)
         };
         let rt = self
+            .runs
             .ringtide()
             .and_then(|m| delta(m, "mem.rss_before_kib", "mem.rss_after_kib"));
         let mib = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.1} MiB"));
-        for (engine, m) in &self.results {
+        for (engine, m) in &self.runs.results {
             let Some(m) = m else {
                 println!("| {engine} | failed | | | | | |");
                 continue;
@@ -1550,72 +887,27 @@ impl Report {
 }
 
 fn main() {
-    if let Ok(engine) = std::env::var("KV_ENGINE") {
-        child(&engine);
+    let Some(parent) = run_comparison("KV_ENGINES", &engines(), "kv-compare-", run_engine) else {
         return;
-    }
+    };
     let n = n_keys();
     let secs = secs();
-    let all = engines();
-    let chosen: Vec<&'static str> = match std::env::var("KV_ENGINES") {
-        Ok(list) => list
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                *all.iter()
-                    .find(|e| **e == s)
-                    .unwrap_or_else(|| panic!("KV_ENGINES: {s:?} is not one of {all:?}"))
-            })
-            .collect(),
-        Err(_) => all.clone(),
-    };
-
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-    fs::create_dir_all(&target).expect("create compare/target");
-    let tmp = tempfile::Builder::new()
-        .prefix("kv-compare-")
-        .tempdir_in(&target)
-        .expect("tempdir_in compare/target");
-
-    let started = Instant::now();
-    let mut report = Report {
-        results: Vec::new(),
-    };
-    for engine in chosen {
-        settle(tmp.path());
-        eprintln!("{engine}:");
-        let t = Instant::now();
-        match run_child(engine, tmp.path()) {
-            Ok(m) => {
-                eprintln!("  {engine}: done in {:.0} s", t.elapsed().as_secs_f64());
-                report.results.push((engine, Some(m)));
-            }
-            Err(e) => {
-                eprintln!("  {engine}: FAILED ({e})");
-                report.results.push((engine, None));
-            }
-        }
-    }
+    let report = Report { runs: &parent.runs };
 
     println!("# Key-value comparison\n");
     println!(
         "The phases of redb's benchmark; {}-byte random keys, {}-byte random values; every write \
          transaction durable (fsync'd) when its commit returns. N = {} keys bulk-loaded; timed \
-         rows {} s after a {:.1} s warm-up; each engine in a process of its own; files under {}; \
-         {} cores. Engines: {VERSIONS}.\n",
+         rows {} s after a {:.1} s warm-up; {}. Engines: {VERSIONS}.\n",
         KEY,
         VALUE,
         num(n as f64),
         secs.as_secs_f64(),
         WARMUP.as_secs_f64(),
-        target.display(),
-        thread::available_parallelism().map_or(0, |n| n.get()),
+        parent.conditions(),
     );
-    for (engine, _) in &report.results {
-        println!("- {engine}: {}", setup(engine));
-    }
-    if report.ringtide().is_none() {
+    report.runs.print_setups(setup);
+    if report.runs.ringtide().is_none() {
         println!(
             "\nringtide's key-value store is not in this run (cargo feature `ringtide-kv`): the \
              \"ringtide ÷ this\" columns are empty."
@@ -1675,5 +967,5 @@ fn main() {
     );
     report.contended();
     report.memory(n);
-    eprintln!("total {:.0} s", started.elapsed().as_secs_f64());
+    eprintln!("total {:.0} s", parent.started.elapsed().as_secs_f64());
 }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use ringtide::wal::{Lsn, SyncPolicy, Wal, WalOptions, WalStats};
+use ringtide_compare::fmt::num;
 use tokio::runtime::Runtime;
 
 /// Bytes per entry.
@@ -758,20 +759,6 @@ fn print_open_and_reads(open: &OpenTimes, reads: &[(usize, Measure, Measure)]) {
 
 // ---------------------------------------------------------------------------------------------
 // output
-
-/// An integer with thousands separators.
-fn num(v: f64) -> String {
-    let s = format!("{:.0}", v);
-    let (sign, digits) = s.strip_prefix('-').map_or(("", &s[..]), |d| ("-", d));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    format!("{sign}{out}")
-}
 
 fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 {
