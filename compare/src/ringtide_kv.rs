@@ -15,7 +15,7 @@ use futures::StreamExt;
 use ringtide::kv::{Db, DbOptions, Durability, Isolation, TxnOptions};
 use ringtide::wal::SyncPolicy;
 
-use crate::engine::{Engine, MemorySplit, Ycsb};
+use crate::engine::{Engine, Ycsb};
 use crate::kvdata::{CACHE_SIZE, KEY, counter, incremented, key, pair};
 
 pub struct Ringtide {
@@ -149,34 +149,22 @@ impl Engine for Ringtide {
     }
 }
 
-/// MEMORY BUDGET: the one place that bounds ringtide's memory in the YCSB comparison.
-///
-/// `DbOptions::memory_limit_bytes` is not on main yet. Until it is, the budget is split by hand
-/// ([`MemorySplit::of`]): memtables of `write_buffer_bytes`, one active and up to
-/// `max_immutable_memtables` waiting for their flush, plus `block_cache_bytes` of cache. Index
-/// and filter blocks (held per open table, outside the cache), the conflict history
-/// (`max_conflict_history_bytes`) and the wal's buffers are not in it. Once it lands, this
-/// becomes `DbOptions::default().memory_limit_bytes(budget)`.
+/// The one place that bounds ringtide's memory in the YCSB comparison: the store's own
+/// `memory_limit_bytes` (memtables, block cache, the tables' indexes and filters, the conflict
+/// history and the flush and compaction buffers under one bound; open transactions' write sets,
+/// the wal's buffers and the allocator's overhead are outside it).
 pub fn bounded_options(budget: u64) -> DbOptions {
-    let m = MemorySplit::of(budget);
-    DbOptions::default()
-        .write_buffer_bytes(m.write_buffer)
-        .max_immutable_memtables(m.immutables)
-        .block_cache_bytes(m.cache)
+    DbOptions::default().memory_limit_bytes(budget)
 }
 
 impl Ycsb for Ringtide {
     fn ycsb_setup(budget: u64) -> String {
-        let m = MemorySplit::of(budget);
         format!(
-            "ringtide::kv; write_buffer_bytes {} MiB, max_immutable_memtables {}, \
-             block_cache_bytes {} MiB (memtables + cache = {} MiB; `bounded_options`); \
+            "ringtide::kv; memory_limit_bytes {} MiB (memtables, block cache, tables' indexes and \
+             filters, conflict history, job buffers; `bounded_options`); \
              `SyncPolicy::None` (durable: the update's transaction asks `Durability::Durable`); \
              a transaction per operation (reads: read-only, snapshot isolation)",
-            m.write_buffer >> 20,
-            m.immutables,
-            m.cache >> 20,
-            ((1 + m.immutables as u64) * m.write_buffer + m.cache) >> 20,
+            budget >> 20,
         )
     }
 
