@@ -256,9 +256,9 @@ impl Ycsb for Ringtide {
     }
 
     const COMPACTION: &'static str =
-        "`Db::compact` (L0 into L1 whatever its size, then every level over its target)";
+        "`Db::compact_full` (every table into the last level holding data, as fjall's major compaction)";
 
     async fn compact(&self) {
-        self.db.compact().await.expect("ringtide compact");
+        self.db.compact_full().await.expect("ringtide compact_full");
     }
 }

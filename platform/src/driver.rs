@@ -435,9 +435,13 @@ impl IoDriver {
 
     /// Takes a ticket for an operation of `sqes` submissions, waiting for room (backpressure).
     pub(crate) async fn ticket(&self, sqes: u32) -> io::Result<Ticket> {
+        // One atomic step: an operation that races `clear_failures` must not arm the failure
+        // again (a load, then a decrement, then a store of 0 did, after the clear).
         let countdown = &self.shared.fail_countdown;
-        if countdown.load(Ordering::Acquire) >= 0 && countdown.fetch_sub(1, Ordering::AcqRel) <= 0 {
-            countdown.store(0, Ordering::Release);
+        let step = countdown.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+            (c > 0).then(|| c - 1)
+        });
+        if step == Err(0) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         let permit = self

@@ -214,8 +214,8 @@ impl Shared {
         }
     }
 
-    /// What `Db::flush` runs: every immutable memtable flushed, then L0 compacted if it
-    /// reached its trigger.
+    /// What `Db::flush` runs: every immutable memtable flushed, then every level due compacted
+    /// (after the compactions already running end).
     pub(crate) async fn flush_now(self: &Arc<Self>) -> Result<()> {
         let db = self.clone();
         self.detached(async move {
@@ -223,7 +223,7 @@ impl Shared {
             let result = db.flush_all().await;
             db.note_outcome(result)?;
             if db.tree.needs_compaction() {
-                let result = db.compact_all().await.map(|_| ());
+                let result = db.compact_due(false).await;
                 db.note_outcome(result)?;
             }
             Ok(())
@@ -231,25 +231,27 @@ impl Shared {
         .await
     }
 
-    /// What `Db::compact` runs: L0 into L1 whatever its size.
+    /// What `Db::compact` runs: L0 into L1 whatever its size, then every level due.
     pub(crate) async fn compact_now(self: &Arc<Self>) -> Result<()> {
         let db = self.clone();
-        self.detached(async move {
-            let _all = db.tree.all_compactions().await;
-            db.check_open()?;
-            // L0 into L1 whatever its size, then every level over its target.
-            let mut force_l0 = true;
-            while db
-                .tree
-                .compact_next(db.reach().await?.get(), &db.closed, force_l0)
-                .await?
-            {
-                force_l0 = false;
-                db.check_open()?;
-            }
-            Ok(())
-        })
-        .await
+        self.detached(async move { db.compact_due(true).await })
+            .await
+    }
+
+    /// With every compaction permit (no other compaction runs): L0 into L1 first whatever its
+    /// size if `force_l0`, then compactions while a level is due.
+    async fn compact_due(&self, mut force_l0: bool) -> Result<()> {
+        let _all = self.tree.all_compactions().await;
+        self.check_open()?;
+        while self
+            .tree
+            .compact_next(self.reach().await?.get(), &self.closed, force_l0)
+            .await?
+        {
+            force_l0 = false;
+            self.check_open()?;
+        }
+        Ok(())
     }
 
     /// What `Db::compact_range` runs: a flush, then the range down to the last level.
