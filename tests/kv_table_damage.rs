@@ -1,5 +1,5 @@
 //! Damaged tables read through the store, on both I/O backends: a store whose data is all in
-//! one table is damaged in every way a disk can — the table cut at every length, each byte
+//! one table (its data blocks uncompressed, then lz4-compressed) is damaged in every way a disk can — the table cut at every length, each byte
 //! flipped in turn, each block-sized stretch zeroed — and opened read-only and read whole
 //! (every key, both scans). Nothing panics, no wrong value is ever returned, and every failure
 //! is `Error::Corruption` naming the table file, with an offset inside it.
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use ringtide::kv::{Db, DbOptions, TxnOptions};
+use ringtide::kv::{Compression, Db, DbOptions, TxnOptions};
 use ringtide::platform::IoDriver;
 use ringtide::{Error, Result};
 
@@ -39,8 +39,12 @@ fn step() -> usize {
 }
 
 /// A store holding 60 keys (and a few deleted ones) in one table.
-async fn build(dir: &Path, driver: &IoDriver) -> Result<(BTreeMap<Bytes, Bytes>, PathBuf)> {
-    let db = Db::open(dir, options(driver)).await?;
+async fn build(
+    dir: &Path,
+    driver: &IoDriver,
+    compression: Compression,
+) -> Result<(BTreeMap<Bytes, Bytes>, PathBuf)> {
+    let db = Db::open(dir, options(driver).compression(compression)).await?;
     let mut model = BTreeMap::new();
     let txn = db.begin(TxnOptions::default())?;
     for i in 0..64u32 {
@@ -153,15 +157,24 @@ async fn read_all(
 async fn every_cut_flip_and_zeroed_block_of_a_table_is_refused_never_misread(
     driver: IoDriver,
 ) -> Result<()> {
+    // The table's data blocks stored as they are, then lz4-compressed.
+    for compression in [Compression::None, Compression::Lz4] {
+        damage_one_table(&driver, compression).await?;
+    }
+    Ok(())
+}
+
+async fn damage_one_table(driver: &IoDriver, compression: Compression) -> Result<()> {
+    let driver = driver.clone();
     let dir = tempfile::tempdir()?;
-    let (model, table) = build(dir.path(), &driver).await?;
+    let (model, table) = build(dir.path(), &driver, compression).await?;
     let original = std::fs::read(&table)?;
     let len = original.len();
     let step = step();
     let mut cuts = Outcome::default();
     for at in (0..len).step_by(step) {
         std::fs::write(&table, &original[..at])?;
-        let what = format!("cut at {at} of {len}");
+        let what = format!("{compression:?}: cut at {at} of {len}");
         read_all(
             dir.path(),
             &driver,
@@ -185,7 +198,10 @@ async fn every_cut_flip_and_zeroed_block_of_a_table_is_refused_never_misread(
         let mut damaged = original.clone();
         damaged[at] ^= 1 << (at % 8);
         std::fs::write(&table, &damaged)?;
-        let what = format!("bit {} of byte {at} of {len} flipped", at % 8);
+        let what = format!(
+            "{compression:?}: bit {} of byte {at} of {len} flipped",
+            at % 8
+        );
         read_all(
             dir.path(),
             &driver,
@@ -209,7 +225,7 @@ async fn every_cut_flip_and_zeroed_block_of_a_table_is_refused_never_misread(
             continue;
         }
         std::fs::write(&table, &damaged)?;
-        let what = format!("bytes {at}..{end} of {len} zeroed");
+        let what = format!("{compression:?}: bytes {at}..{end} of {len} zeroed");
         read_all(
             dir.path(),
             &driver,
