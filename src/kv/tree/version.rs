@@ -71,6 +71,7 @@ impl Drop for TableFile {
         if !self.obsolete.load(Ordering::Acquire) {
             return;
         }
+        self.table.evict_cached();
         let path = self.path();
         let driver = self.driver.clone();
         // Removed through the executor, off this (possibly synchronous) path; without a

@@ -151,6 +151,14 @@ impl BlockCache {
         }
     }
 
+    /// Drops the block at `(table_id, offset)` if it is cached (a table removed: its blocks
+    /// would only take room until evicted).
+    pub(crate) fn remove(&self, table_id: u64, offset: u64) {
+        if let Some(blocks) = &self.inner.blocks {
+            blocks.remove(&(table_id, offset));
+        }
+    }
+
     /// The cache's budget now.
     pub(crate) fn capacity(&self) -> u64 {
         self.inner.capacity_bytes.load(Ordering::Relaxed)

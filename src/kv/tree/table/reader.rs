@@ -241,6 +241,13 @@ impl Table {
         self.inner.file_bytes
     }
 
+    /// Drops this table's blocks from the cache (the table is gone; its id is never reused).
+    pub(crate) fn evict_cached(&self) {
+        for h in &self.inner.separators.handles {
+            self.inner.cache.remove(self.inner.id, h.offset);
+        }
+    }
+
     /// The memory this table holds while open, outside the block cache: its index block (and
     /// the separators decoded from it) and its filter.
     pub(crate) fn resident_bytes(&self) -> u64 {

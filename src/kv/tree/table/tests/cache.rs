@@ -248,3 +248,21 @@ fn tables_with_different_ids_do_not_share_entries() {
         assert_eq!(cache.figures().misses, 2 * blocks);
     });
 }
+
+#[test]
+fn a_removed_tables_blocks_are_evicted() {
+    let (_, image, _) = small_table();
+    with_files(async |driver, dir| {
+        let path = dir.join("1.table");
+        write_file(driver, &path, image.to_vec()).await;
+        let cache = BlockCache::new(1 << 20);
+        let table = Table::open(driver, &path, 1, cache.clone())
+            .await
+            .expect("opens");
+        read_every_block(driver, &table).await;
+        assert_eq!(cache.figures().entries, table.meta().data_blocks);
+        table.evict_cached();
+        let after = cache.figures();
+        assert_eq!((after.entries, after.bytes), (0, 0));
+    });
+}
