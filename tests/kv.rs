@@ -13,6 +13,7 @@ use ringtide::wal::SyncPolicy;
 use ringtide::{ConflictKind, Error, Result};
 
 both_backends!(
+    a_prepared_transactions_bucket_id_is_not_given_again_after_reopen,
     reads_see_the_snapshot_and_own_writes,
     commits_survive_reopen,
     snapshot_first_committer_wins,
@@ -873,6 +874,42 @@ async fn prepared_serializable_reads_stay_held_after_reopen(driver: IoDriver) ->
     put(&db, "read", "after").await?;
     put(&db, "n", "after").await?;
     assert_eq!(get(&db, "written").await?, Some(b("1")));
+    db.close().await
+}
+
+/// A bucket made by a transaction left prepared across a restart keeps its id: a bucket made
+/// after the reopen gets another (both committed, one id would hold both buckets' keys).
+async fn a_prepared_transactions_bucket_id_is_not_given_again_after_reopen(
+    driver: IoDriver,
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = Db::open(dir.path(), options(&driver)).await?;
+    let p = db.begin(serializable())?;
+    let pending = p.create_bucket("pending").await?;
+    let pending_id = pending.id();
+    pending.put(b("k"), b("from the prepared one"))?;
+    p.prepare().await?;
+    drop((pending, p));
+    db.close().await?;
+    drop(db);
+
+    let db = Db::open(dir.path(), options(&driver)).await?;
+    let t = db.begin(snapshot())?;
+    let other = t.create_bucket("other").await?;
+    assert_ne!(other.id(), pending_id, "a prepared bucket's id given again");
+    other.put(b("k"), b("from the new one"))?;
+    t.commit().await?;
+    let prepared = db.prepared();
+    assert_eq!(prepared.len(), 1);
+    prepared[0].commit().await?;
+    db.view(|txn| async move {
+        let pending = txn.bucket("pending").await?.expect("committed");
+        assert_eq!(pending.get("k").await?, Some(b("from the prepared one")));
+        let other = txn.bucket("other").await?.expect("committed");
+        assert_eq!(other.get("k").await?, Some(b("from the new one")));
+        Ok(())
+    })
+    .await?;
     db.close().await
 }
 

@@ -9,7 +9,7 @@
 //! |----------------------------------------|--------------------------|
 //! | `b` ‖ parent id (u64 BE) ‖ name        | the bucket's id (u64 LE) |
 //! | `s` ‖ bucket id (u64 BE)               | its last `next_sequence` (u64 LE) |
-//! | `d` ‖ bucket id (u64 BE)               | empty: a deleted bucket whose keys await reclaiming |
+//! | `d` ‖ bucket id (u64 BE)               | empty: a deleted bucket (its keys are reclaimed by compaction; the entry stays) |
 //!
 //! Deleting a bucket removes its `b` entry and adds a `d` entry: O(1) whatever it holds. Its keys
 //! and nested buckets are unreachable at once; compaction drops their keys once no snapshot from

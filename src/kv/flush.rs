@@ -97,6 +97,9 @@ impl Background {
     }
 }
 
+/// How often a compaction task's cooldown looks whether commits wait or the store closes.
+const COOLDOWN_STEP: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// See [`Shared::reach`].
 struct Reach {
     oldest: u64,
@@ -156,7 +159,13 @@ impl Shared {
                         Err(e) => (Err(e), false),
                     },
                 };
-                let result = db.note_outcome(result);
+                // A compaction task that found nothing to run says nothing of the store's
+                // health: it must not clear an error another job kept.
+                let result = if worked || result.is_err() {
+                    db.note_outcome(result)
+                } else {
+                    Ok(())
+                };
                 db.background.release(job);
                 let stop = db.closed.load(Ordering::Acquire) || result.is_err();
                 // A rotation (or a flush filling L0) after the last check must not be left
@@ -345,8 +354,14 @@ impl Shared {
             }
             worked = true;
             drop(permit);
-            if !cooldown.is_zero() && !self.tree.stalled() {
-                tokio::time::sleep(cooldown).await;
+            // The pause ends early once commits wait or the store closes.
+            let until = Instant::now() + cooldown;
+            while !self.tree.stalled() && !self.closed.load(Ordering::Acquire) {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                tokio::time::sleep(left.min(COOLDOWN_STEP)).await;
             }
         }
         Ok(worked)

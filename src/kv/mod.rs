@@ -400,8 +400,8 @@ impl Db {
 
     /// Flushes the memtables to tables (wildcat's `ForceFlush`) and waits: the active memtable
     /// is made immutable, every immutable memtable is written as an L0 table, the wal is cut
-    /// below what the tables hold, and L0 is compacted if it reached its trigger. Commits made
-    /// meanwhile go to the new memtable.
+    /// below what the tables hold, and then (once the compactions already running end) every
+    /// level due is compacted. Commits made meanwhile go to the new memtable.
     ///
     /// # Errors
     /// [`Error::ReadOnly`] on a read-only store; [`Error::Closed`]; [`Error::Poisoned`] whose
@@ -416,8 +416,9 @@ impl Db {
         self.shared.flush_now().await
     }
 
-    /// Compacts L0 (every flushed table) into L1 now, whether or not it reached its trigger:
-    /// versions no snapshot can see are dropped, and tombstones that shadow nothing.
+    /// Compacts L0 (every flushed table) into L1 now, whether or not it reached its trigger,
+    /// then every level due (after the compactions already running end): versions no snapshot
+    /// can see are dropped, tombstones that shadow nothing, and deleted buckets' keys.
     ///
     /// # Errors
     /// As [`Db::flush`].

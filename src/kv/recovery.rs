@@ -106,8 +106,18 @@ pub(crate) async fn replay(wal: &Wal, tree: &Tree, flushed: Flushed) -> Result<R
         // The wal appends a record's chunks as one atomic batch: a record cut short is damage.
         return Err(bad(wal, first, "a record's last chunk is missing"));
     }
+    // Buckets made by prepared transactions not yet resolved count too: their ids must not be
+    // given again (a commit of both would put two buckets' keys under one id).
+    let prepared_max = prepared
+        .values()
+        .filter_map(|p| p.writes.get(&bucket::CATALOG))
+        .flat_map(|catalog| catalog.iter())
+        .filter_map(|(key, value)| bucket::id_in_entry(key, value.as_deref()))
+        .max()
+        .unwrap_or(0);
     let next_bucket_id = max_bucket_id(tree, last_seq)
         .await?
+        .max(prepared_max)
         .max(FIRST_BUCKET_ID - 1)
         .saturating_add(1);
     log_holds.extend(prepared.iter().map(|(&id, p)| (id, p.log_floor, None)));

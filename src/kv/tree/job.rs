@@ -249,6 +249,12 @@ impl Tree {
     /// of the level with the highest score (at least 1) that has one whose tables no running
     /// compaction reads, or of L0 whatever its score if `force_l0` and nothing else is due.
     fn pick(&self, force_l0: bool) -> Option<(Task, Busy<'_>)> {
+        // The busy marks first, then the state: a compaction swaps its outputs in before it
+        // frees its marks, so a table found free here is in the state read after.
+        let mut busy = self
+            .busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let current = self.current();
         let version = &current.version;
         let mut due: Vec<(usize, f64)> = self
@@ -261,10 +267,6 @@ impl Tree {
         if due.is_empty() && force_l0 && !version.l0.is_empty() {
             due.push((0, 0.0));
         }
-        let mut busy = self
-            .busy
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (level, _) in due {
             let candidates: Vec<Vec<Arc<TableFile>>> = if level == 0 {
                 vec![version.l0.clone()]
@@ -331,7 +333,7 @@ impl Tree {
     /// and rewrites that level's tables in the range (dropping tombstones and versions no
     /// snapshot can see). L0 goes whole (its tables overlap in seqs, so a part of it cannot
     /// move below the rest). Tables of a level with nothing under them in the level below are
-    /// moved down as they are. The caller flushed first and holds the compaction lock.
+    /// moved down as they are. The caller flushed first and holds every compaction permit.
     ///
     /// # Errors
     /// As [`Tree::compact_next`]; the steps done before an error stay done.
@@ -385,11 +387,21 @@ impl Tree {
                 continue;
             }
             if level == last {
-                let upper: Vec<_> = upper.into_iter().filter(|t| t.id < first_new).collect();
-                if !upper.is_empty() {
+                // Runs of neighbouring tables, split at those this call wrote: a run's outputs
+                // stay within its own key range, so no output overlaps a table it skips.
+                let mut runs: Vec<Vec<Arc<TableFile>>> = vec![Vec::new()];
+                for t in upper {
+                    if t.id >= first_new {
+                        runs.push(Vec::new());
+                    } else {
+                        runs.last_mut().expect("one run at least").push(t);
+                    }
+                }
+                drop(current);
+                for run in runs.into_iter().filter(|r| !r.is_empty()) {
                     let task = Task {
                         output_level: level as u8,
-                        upper,
+                        upper: run,
                         lower: Vec::new(),
                         bottom: true,
                     };

@@ -140,6 +140,8 @@ pub(crate) struct Tree {
     l0_tables: AtomicUsize,
     /// The open tables' indexes and filters (held in memory outside the cache).
     table_meta_bytes: AtomicU64,
+    /// The warning that the memory limit leaves the cache under 1 MiB was logged.
+    warned_small_cache: std::sync::atomic::AtomicBool,
 }
 
 /// Counters of the tree's work.
@@ -269,6 +271,7 @@ impl Tree {
             immutable_count: AtomicUsize::new(0),
             l0_tables: AtomicUsize::new(0),
             table_meta_bytes: AtomicU64::new(0),
+            warned_small_cache: std::sync::atomic::AtomicBool::new(false),
         };
         tree.note_version(&tree.current().version);
         Ok(Opened {
@@ -333,7 +336,7 @@ impl Tree {
             let room = budget.tables.saturating_sub(meta);
             let capacity = self.options.block_cache_bytes.min(room);
             if capacity != self.cache.capacity() {
-                if capacity < (1 << 20) {
+                if capacity < (1 << 20) && !self.warned_small_cache.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         limit = budget.limit,
                         table_meta_bytes = meta,

@@ -139,6 +139,13 @@ impl Version {
                 let (x, y) = (a.min_key(), b.min_key());
                 (x.bucket, &x.key).cmp(&(y.bucket, &y.key))
             });
+            debug_assert!(
+                level.windows(2).all(|w| {
+                    let (end, start) = (w[0].max_key(), w[1].min_key());
+                    (end.bucket, &end.key) < (start.bucket, &start.key)
+                }),
+                "the tables of sorted level {n} overlap"
+            );
             levels.push(level);
         }
         Version { l0, levels }
