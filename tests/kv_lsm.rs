@@ -144,6 +144,20 @@ async fn reads_after_flush_and_compaction_match_a_model(driver: IoDriver) -> Res
     db.close().await
 }
 
+/// Checks `db` against `model`, closes it, opens the store again and checks it again.
+async fn check_after_reopen(
+    db: Db,
+    dir: &Path,
+    options: DbOptions,
+    model: &BTreeMap<Bytes, Bytes>,
+) -> Result<()> {
+    check(&db, model).await?;
+    db.close().await?;
+    let db = Db::open(dir, options).await?;
+    check(&db, model).await?;
+    db.close().await
+}
+
 fn tables(stats: &DbStats) -> u64 {
     stats.levels.iter().map(|l| l.tables).sum()
 }
@@ -395,11 +409,7 @@ async fn levels_below_l1_fill_and_reads_stay_right(driver: IoDriver) -> Result<(
     let deep = stats.levels.iter().skip(2).map(|l| l.tables).sum::<u64>();
     assert!(stats.compactions >= 4, "{stats}");
     assert!(deep > 0, "data reached L2 or below: {stats}");
-    check(&db, &model).await?;
-    db.close().await?;
-    let db = Db::open(dir.path(), options).await?;
-    check(&db, &model).await?;
-    db.close().await
+    check_after_reopen(db, dir.path(), options, &model).await
 }
 
 /// A byte flipped in a table's data region: the store still opens (data blocks are checked when
@@ -612,11 +622,7 @@ async fn compact_range_reclaims_space_and_keeps_what_snapshots_see(driver: IoDri
         table_bytes(&before),
         table_bytes(&after)
     );
-    check(&db, &model).await?;
-    db.close().await?;
-    let db = Db::open(dir.path(), options).await?;
-    check(&db, &model).await?;
-    db.close().await
+    check_after_reopen(db, dir.path(), options, &model).await
 }
 
 /// A bucket (with one nested in it) deleted: its keys stay while a snapshot from before the

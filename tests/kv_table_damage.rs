@@ -83,15 +83,31 @@ struct Outcome {
 
 /// Opens the store read-only and reads it whole: each value right or `Corruption` naming
 /// `table`.
-async fn read_all(
-    dir: &Path,
-    driver: &IoDriver,
-    model: &BTreeMap<Bytes, Bytes>,
-    table: &Path,
+/// The store under test: its directory, its one table (its length undamaged) and what it holds.
+struct Store<'a> {
+    dir: &'a Path,
+    driver: &'a IoDriver,
+    model: &'a BTreeMap<Bytes, Bytes>,
+    table: &'a Path,
     len: u64,
-    outcome: &mut Outcome,
-    what: &str,
-) -> Result<()> {
+}
+
+impl Store<'_> {
+    /// Writes `image` as the table, then reads the store whole (see [`read_all`]).
+    async fn read_image(&self, image: &[u8], outcome: &mut Outcome, what: &str) -> Result<()> {
+        std::fs::write(self.table, image)?;
+        read_all(self, outcome, what).await
+    }
+}
+
+async fn read_all(store: &Store<'_>, outcome: &mut Outcome, what: &str) -> Result<()> {
+    let Store {
+        dir,
+        driver,
+        model,
+        table,
+        len,
+    } = *store;
     let refused = |e: Error, outcome: &mut Outcome| -> Result<()> {
         match e {
             Error::Corruption { file, offset, .. } if file == table && offset <= len => Ok(()),
@@ -165,26 +181,22 @@ async fn every_cut_flip_and_zeroed_block_of_a_table_is_refused_never_misread(
 }
 
 async fn damage_one_table(driver: &IoDriver, compression: Compression) -> Result<()> {
-    let driver = driver.clone();
     let dir = tempfile::tempdir()?;
-    let (model, table) = build(dir.path(), &driver, compression).await?;
+    let (model, table) = build(dir.path(), driver, compression).await?;
     let original = std::fs::read(&table)?;
     let len = original.len();
+    let store = Store {
+        dir: dir.path(),
+        driver,
+        model: &model,
+        table: &table,
+        len: len as u64,
+    };
     let step = step();
     let mut cuts = Outcome::default();
     for at in (0..len).step_by(step) {
-        std::fs::write(&table, &original[..at])?;
         let what = format!("{compression:?}: cut at {at} of {len}");
-        read_all(
-            dir.path(),
-            &driver,
-            &model,
-            &table,
-            len as u64,
-            &mut cuts,
-            &what,
-        )
-        .await?;
+        store.read_image(&original[..at], &mut cuts, &what).await?;
     }
     // A table cut short is refused when the store opens (its footer is gone or wrong).
     assert_eq!(
@@ -197,21 +209,11 @@ async fn damage_one_table(driver: &IoDriver, compression: Compression) -> Result
     for at in (0..len).step_by(step) {
         let mut damaged = original.clone();
         damaged[at] ^= 1 << (at % 8);
-        std::fs::write(&table, &damaged)?;
         let what = format!(
             "{compression:?}: bit {} of byte {at} of {len} flipped",
             at % 8
         );
-        read_all(
-            dir.path(),
-            &driver,
-            &model,
-            &table,
-            len as u64,
-            &mut flips,
-            &what,
-        )
-        .await?;
+        store.read_image(&damaged, &mut flips, &what).await?;
     }
     // Every flip is caught: by the open (footer, index, filter, meta) or by a read.
     assert_eq!(flips.intact, 0, "{flips:?}");
@@ -224,34 +226,14 @@ async fn damage_one_table(driver: &IoDriver, compression: Compression) -> Result
         if damaged == original {
             continue;
         }
-        std::fs::write(&table, &damaged)?;
         let what = format!("{compression:?}: bytes {at}..{end} of {len} zeroed");
-        read_all(
-            dir.path(),
-            &driver,
-            &model,
-            &table,
-            len as u64,
-            &mut zeroed,
-            &what,
-        )
-        .await?;
+        store.read_image(&damaged, &mut zeroed, &what).await?;
     }
     assert_eq!(zeroed.intact, 0, "{zeroed:?}");
 
     // Whole again, it reads whole.
-    std::fs::write(&table, &original)?;
     let mut sound = Outcome::default();
-    read_all(
-        dir.path(),
-        &driver,
-        &model,
-        &table,
-        len as u64,
-        &mut sound,
-        "undamaged",
-    )
-    .await?;
+    store.read_image(&original, &mut sound, "undamaged").await?;
     assert_eq!(sound.intact, 1);
     Ok(())
 }

@@ -24,7 +24,8 @@ use std::time::Instant;
 
 use super::bucket::DeadBuckets;
 use super::shared::Shared;
-use super::tree::job::{FlushDone, Horizon, KeyRange};
+use super::tree::job::{FlushDone, Horizon};
+use super::tree::range::KeyRange;
 use crate::error::{Error, Result};
 use crate::types::Lsn;
 

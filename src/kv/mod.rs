@@ -470,7 +470,7 @@ impl Db {
     /// Safe, as [`Db::flush`].
     pub async fn compact_full(&self) -> Result<()> {
         self.check_writable()?;
-        let range = tree::job::KeyRange {
+        let range = tree::range::KeyRange {
             start: Bound::Unbounded,
             end: Bound::Unbounded,
         };
@@ -484,7 +484,7 @@ impl Db {
     ) -> Result<()> {
         self.check_writable()?;
         let key = |k: &K| (bucket, Bytes::copy_from_slice(k.as_ref()));
-        let range = tree::job::KeyRange {
+        let range = tree::range::KeyRange {
             start: match range.start_bound() {
                 Bound::Included(k) => Bound::Included(key(k)),
                 Bound::Excluded(k) => Bound::Excluded(key(k)),

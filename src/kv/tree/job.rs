@@ -18,7 +18,6 @@
 //! nothing below it can be shadowed.
 
 use std::cmp::{Ordering, Reverse};
-use std::ops::Bound;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -329,102 +328,6 @@ impl Tree {
         cursors[n] = Some(key);
     }
 
-    /// Compacts every table holding keys in `range` down to the last level that holds data,
-    /// and rewrites that level's tables in the range (dropping tombstones and versions no
-    /// snapshot can see). L0 goes whole (its tables overlap in seqs, so a part of it cannot
-    /// move below the rest). Tables of a level with nothing under them in the level below are
-    /// moved down as they are. The caller flushed first and holds every compaction permit.
-    ///
-    /// # Errors
-    /// As [`Tree::compact_next`]; the steps done before an error stay done.
-    pub(crate) async fn compact_range(
-        &self,
-        range: &KeyRange,
-        horizon: Horizon<'_>,
-        closed: &std::sync::atomic::AtomicBool,
-    ) -> Result<()> {
-        // Tables written from here on: at the last level, only by compactions to the bottom,
-        // which dropped what they could already.
-        let first_new = self
-            .next_table_id
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let mut level = 0;
-        loop {
-            let current = self.current();
-            let version = &current.version;
-            let Some(last) = version
-                .levels
-                .iter()
-                .rposition(|l| !l.is_empty())
-                .map(|i| i + 1)
-            else {
-                // Only L0 (or nothing): L0 into L1.
-                if !version.l0.is_empty() && version.l0.iter().any(|t| range.overlaps(t)) {
-                    let task =
-                        task_into_next(version, 0, version.l0.clone()).expect("L0 is not empty");
-                    self.compact(task, horizon, closed).await?;
-                }
-                return Ok(());
-            };
-            if level > last {
-                return Ok(());
-            }
-            let upper: Vec<Arc<TableFile>> = if level == 0 {
-                if version.l0.iter().any(|t| range.overlaps(t)) {
-                    version.l0.clone()
-                } else {
-                    Vec::new()
-                }
-            } else {
-                version.levels[level - 1]
-                    .iter()
-                    .filter(|t| range.overlaps(t))
-                    .cloned()
-                    .collect()
-            };
-            if upper.is_empty() {
-                level += 1;
-                continue;
-            }
-            if level == last {
-                // Runs of neighbouring tables, split at those this call wrote: a run's outputs
-                // stay within its own key range, so no output overlaps a table it skips.
-                let mut runs: Vec<Vec<Arc<TableFile>>> = vec![Vec::new()];
-                for t in upper {
-                    if t.id >= first_new {
-                        runs.push(Vec::new());
-                    } else {
-                        runs.last_mut().expect("one run at least").push(t);
-                    }
-                }
-                drop(current);
-                for run in runs.into_iter().filter(|r| !r.is_empty()) {
-                    let task = Task {
-                        output_level: level as u8,
-                        upper: run,
-                        lower: Vec::new(),
-                        bottom: true,
-                    };
-                    self.compact(task, horizon, closed).await?;
-                }
-                return Ok(());
-            }
-            let task = task_into_next(version, level, upper).expect("upper is not empty");
-            drop(current);
-            if task.lower.is_empty() && level > 0 {
-                for t in &task.upper {
-                    self.move_down(t, task.output_level).await?;
-                }
-            } else {
-                self.compact(task, horizon, closed).await?;
-            }
-            if closed.load(std::sync::atomic::Ordering::Acquire) {
-                return Err(crate::Error::Closed);
-            }
-            level += 1;
-        }
-    }
-
     /// Runs the next compaction (see [`Tree::pick`]); returns whether there was one.
     ///
     /// # Errors
@@ -448,7 +351,7 @@ impl Tree {
     }
 
     /// Moves a table of a sorted level one level down, as is: nothing below overlaps it.
-    async fn move_down(&self, table: &Arc<TableFile>, level: u8) -> Result<()> {
+    pub(super) async fn move_down(&self, table: &Arc<TableFile>, level: u8) -> Result<()> {
         let edit = Edit {
             removed: vec![table.id],
             added: vec![(level, table.id)],
@@ -468,7 +371,7 @@ impl Tree {
 
     /// Merges a compaction's inputs into new tables of its output level (split at
     /// `table_target_bytes`, never inside one key's versions) and records the exchange.
-    async fn compact(
+    pub(super) async fn compact(
         &self,
         task: Task,
         horizon: Horizon<'_>,
@@ -607,12 +510,12 @@ impl Tree {
 
 /// A compaction: tables of one level (all of L0, or one of a sorted level) and the tables of
 /// the level below that their key range meets, merged into that level.
-struct Task {
-    output_level: u8,
-    upper: Vec<Arc<TableFile>>,
-    lower: Vec<Arc<TableFile>>,
+pub(super) struct Task {
+    pub(super) output_level: u8,
+    pub(super) upper: Vec<Arc<TableFile>>,
+    pub(super) lower: Vec<Arc<TableFile>>,
     /// No level below the output holds data: tombstones can go.
-    bottom: bool,
+    pub(super) bottom: bool,
 }
 
 /// Tables a running compaction reads, unmarked when it ends (however it ends).
@@ -636,7 +539,11 @@ impl Drop for Busy<'_> {
 
 /// The compaction of `upper` (tables of `level`) into the next level: with the tables of that
 /// level they overlap. `None` if `upper` is empty.
-fn task_into_next(version: &Version, level: usize, upper: Vec<Arc<TableFile>>) -> Option<Task> {
+pub(super) fn task_into_next(
+    version: &Version,
+    level: usize,
+    upper: Vec<Arc<TableFile>>,
+) -> Option<Task> {
     let lo = upper.iter().map(|t| user_key(t.min_key())).min()?;
     let hi = upper.iter().map(|t| user_key(t.max_key())).max()?;
     let lower: Vec<Arc<TableFile>> = version
@@ -656,33 +563,8 @@ fn task_into_next(version: &Version, level: usize, upper: Vec<Arc<TableFile>>) -
     })
 }
 
-/// A range of user keys `(bucket, key)` to compact.
-#[derive(Debug, Clone)]
-pub(crate) struct KeyRange {
-    pub(crate) start: Bound<(u64, Bytes)>,
-    pub(crate) end: Bound<(u64, Bytes)>,
-}
-
-impl KeyRange {
-    /// Whether `table` holds a key in the range (by its first and last key).
-    fn overlaps(&self, table: &TableFile) -> bool {
-        let (min, max) = (user_key(table.min_key()), user_key(table.max_key()));
-        let after_start = match &self.start {
-            Bound::Included(s) => max >= *s,
-            Bound::Excluded(s) => max > *s,
-            Bound::Unbounded => true,
-        };
-        let before_end = match &self.end {
-            Bound::Included(e) => min <= *e,
-            Bound::Excluded(e) => min < *e,
-            Bound::Unbounded => true,
-        };
-        after_start && before_end
-    }
-}
-
 /// A table key's user part, `(bucket, key)`, for range overlaps.
-fn user_key(k: &super::memtable::InternalKey) -> (u64, Bytes) {
+pub(super) fn user_key(k: &super::memtable::InternalKey) -> (u64, Bytes) {
     (k.bucket, k.key.clone())
 }
 

@@ -19,6 +19,7 @@
 pub(crate) mod job;
 pub(crate) mod manifest;
 pub(crate) mod memtable;
+pub(crate) mod range;
 pub(crate) mod read;
 pub(crate) mod table;
 pub(crate) mod version;
