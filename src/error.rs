@@ -325,6 +325,15 @@ pub enum CorruptionKind {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A value-log file of the key-value store (values kept apart from the tables) is damaged:
+    /// its header, or a value whose checksum (held by the table's pointer to it) does not match,
+    /// or a pointer past the file's end. The error's `offset` is where the value (or the
+    /// header) starts.
+    #[error("damaged value log: {reason}")]
+    BadValueLog {
+        /// What is wrong.
+        reason: &'static str,
+    },
 }
 
 /// Why a key-value transaction's commit was refused (see [`Error::Conflict`]).

@@ -494,3 +494,31 @@ fn write_kv_manifest_seeds() {
         std::fs::write(dir.join(format!("seed-{i}")), seed).expect("write seed");
     }
 }
+
+/// The value-log target: its seeds (a file, pointers to each value, one past the end, one with
+/// a wrong checksum) and its corpus replay without a panic.
+#[test]
+fn kv_value_log_corpus_replays() {
+    let seeds = ringtide::kv::fuzz::value_log_seeds();
+    assert!(!seeds.is_empty());
+    for seed in &seeds {
+        ringtide::kv::fuzz::value_log_decoder(seed);
+    }
+    let dir = root().join("fuzz/corpus/kv_value_log");
+    let corpus = files(&dir);
+    assert!(!corpus.is_empty(), "seeds in {}", dir.display());
+    for file in corpus {
+        let data = std::fs::read(&file).expect("corpus file");
+        ringtide::kv::fuzz::value_log_decoder(&data);
+    }
+}
+
+#[test]
+#[ignore = "writes the value-log seeds into fuzz/corpus/kv_value_log: run by hand"]
+fn write_kv_value_log_seeds() {
+    let dir = root().join("fuzz/corpus/kv_value_log");
+    std::fs::create_dir_all(&dir).expect("corpus dir");
+    for (i, seed) in ringtide::kv::fuzz::value_log_seeds().iter().enumerate() {
+        std::fs::write(dir.join(format!("seed-{i}")), seed).expect("write seed");
+    }
+}

@@ -88,6 +88,11 @@ fn options(disk: &SimDisk, policy: SyncPolicy) -> DbOptions {
         .table_target_bytes(64 << 10)
         .l1_target_bytes(64 << 10)
         .level_size_multiplier(2)
+        // Values of 1 KiB and up (the slots' 1500-byte ones, the large transaction's) go to
+        // value-log files, and files 30% garbage have their live values moved: crashes land
+        // inside value-log writes and rewrites too.
+        .value_separation_threshold_bytes(1 << 10)
+        .value_log_garbage_ratio(0.3)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 //!
 //! The memtables are flushed first, so that the tables hold every commit up to a seq `F` and
 //! nothing above it; one state of the tree is then pinned (its tables cannot be removed while
-//! pinned), its tables hard-linked (copied across file systems), and a manifest holding one
+//! pinned), its tables and the value-log files they point into hard-linked (copied across file
+//! systems), and a manifest holding one
 //! snapshot edit (the tables, `F`, the next transaction id) written beside them. Commits go on
 //! meanwhile: those above `F` are not in the copy. The copy's wal starts empty (it is made, so
 //! that the copy opens read-only too). Prepared transactions not yet resolved are not in the
@@ -57,6 +58,10 @@ pub(crate) async fn checkpoint(shared: &Arc<Shared>, target: &Path) -> Result<Se
         }
         added.push((t.level, t.id));
     }
+    // The value-log files the tables point into: named by no edit, found through the tables.
+    for b in current.version.blobs.values() {
+        link_or_copy(&driver, b.path(), &tables_dir).await?;
+    }
     sync_dir(&driver, &tables_dir).await?;
     let manifest = Manifest::open(
         &target.join("manifest"),
@@ -85,6 +90,20 @@ pub(crate) async fn checkpoint(shared: &Arc<Shared>, target: &Path) -> Result<Se
     }
     tracing::info!(dir = %target.display(), seq = flushed, "checkpoint written");
     Ok(SeqNo(flushed))
+}
+
+/// Hard-links an immutable file of the store into `dir` under its name, or copies it where a
+/// link fails (e.g. across file systems).
+async fn link_or_copy(driver: &IoDriver, from: &Path, dir: &Path) -> Result<()> {
+    let name = from
+        .file_name()
+        .ok_or_else(|| Error::invalid("table path", "a file without a name (a bug)"))?;
+    let to = dir.join(name);
+    if let Err(e) = driver.hard_link(from, &to).await {
+        tracing::debug!(error = %e, path = %from.display(), "linking failed: copying");
+        copy_file(driver, from, &to).await?;
+    }
+    Ok(())
 }
 
 async fn sync_dir(driver: &IoDriver, dir: &Path) -> Result<()> {

@@ -181,3 +181,85 @@ pub fn manifest_seeds() -> Vec<Vec<u8>> {
     };
     vec![frame(&edits), frame(&edits[..1]), frame(&edits[3..])]
 }
+
+/// The `kv_value_log` target: `data` is a length byte `n`, then `n` bytes of pointers (each a
+/// length byte and that many bytes), then a value-log file image. The header check and every
+/// pointer's decode and value check answer without a panic; a decoded pointer re-encodes to
+/// bytes that decode to it again; a value is accepted only if it lies inside the image and its
+/// bytes match the pointer's checksum.
+pub fn value_log_decoder(data: &[u8]) {
+    use super::tree::blob::{
+        BLOB_HEADER_LEN, BlobPtr, MAX_POINTER_BYTES, check_header, check_value,
+    };
+    let Some((&n, rest)) = data.split_first() else {
+        return;
+    };
+    let (mut pointers, image) = rest.split_at(usize::from(n).min(rest.len()));
+    let id = image
+        .get(12..20)
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    let header_ok = check_header(image, id).is_ok();
+    assert!(!header_ok || image.len() as u64 >= BLOB_HEADER_LEN);
+    while let Some((&len, tail)) = pointers.split_first() {
+        let len = (usize::from(len) % (MAX_POINTER_BYTES + 2)).min(tail.len());
+        let (encoded, tail) = tail.split_at(len);
+        pointers = tail;
+        let Ok(ptr) = BlobPtr::decode(encoded) else {
+            continue;
+        };
+        assert!(ptr.offset >= BLOB_HEADER_LEN);
+        assert_eq!(
+            BlobPtr::decode(&ptr.to_vec()),
+            Ok(ptr),
+            "a pointer re-encodes"
+        );
+        // As `BlobFile::read`: the range checked against the file, then the checksum.
+        let Some(value) = usize::try_from(ptr.offset)
+            .ok()
+            .zip(usize::try_from(ptr.end()).ok())
+            .and_then(|(a, b)| image.get(a..b))
+        else {
+            continue;
+        };
+        if check_value(value, &ptr).is_ok() {
+            assert_eq!(crc32fast::hash(value), ptr.crc);
+            assert_eq!(value.len(), ptr.len as usize);
+        }
+    }
+}
+
+/// Seeds of the value-log target: a file of three values with pointers to each, one past its
+/// end and one with a wrong checksum.
+pub fn value_log_seeds() -> Vec<Vec<u8>> {
+    use super::tree::blob::{BlobPtr, encode_header};
+    let mut image = encode_header(9).to_vec();
+    let mut ptrs = Vec::new();
+    for v in [&b"first value"[..], &[7u8; 300][..], b""] {
+        ptrs.push(BlobPtr {
+            file: 9,
+            offset: image.len() as u64,
+            len: v.len() as u32,
+            crc: crc32fast::hash(v),
+        });
+        image.extend_from_slice(v);
+    }
+    ptrs.push(BlobPtr {
+        offset: image.len() as u64,
+        len: 5,
+        ..ptrs[0]
+    });
+    ptrs.push(BlobPtr {
+        crc: ptrs[1].crc ^ 1,
+        ..ptrs[1]
+    });
+    let mut encoded = Vec::new();
+    for p in &ptrs {
+        let b = p.to_vec();
+        encoded.push(b.len() as u8);
+        encoded.extend_from_slice(&b);
+    }
+    let mut seed = vec![encoded.len() as u8];
+    seed.extend_from_slice(&encoded);
+    seed.extend_from_slice(&image);
+    vec![seed, image]
+}

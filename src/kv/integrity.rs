@@ -1,11 +1,15 @@
 //! `Db::check_integrity`: every table read back whole — each data block's checksum, the order
 //! of its entries, its meta block's claims (entry count, first and last key, seq range,
-//! buckets) — each sorted level's tables in order and disjoint, and the wal's frames.
+//! buckets, the values it points to in each value-log file) — every value kept apart read back
+//! against its pointer's checksum, each sorted level's tables in order and disjoint, and the
+//! wal's frames.
 
 use std::sync::Arc;
 
 use super::shared::Shared;
-use super::tree::version::TableFile;
+use super::tree::resolve;
+use super::tree::table::Stored;
+use super::tree::version::{TableFile, Version};
 use crate::error::{CorruptionKind, Error, Result};
 use crate::wal::{IntegrityProblem, IntegrityReport};
 
@@ -36,6 +40,10 @@ pub struct KvIntegrityReport {
     pub entries: u64,
     /// Bytes of the tables read.
     pub table_bytes: u64,
+    /// Values read back from value-log files (key-value separation), and their bytes.
+    pub separated_values: u64,
+    /// See `separated_values`.
+    pub separated_value_bytes: u64,
     /// Every damaged table (the check goes on past one).
     pub problems: Vec<TableProblem>,
     /// The wal's check.
@@ -63,8 +71,9 @@ pub(crate) async fn check(
     };
     let mut problems = Vec::new();
     let mut table_bytes = 0;
+    let mut separated = (0u64, 0u64);
     for t in &tables {
-        match check_table(t, &mut at, &mut progress).await {
+        match check_table(version, t, &mut at, &mut separated, &mut progress).await {
             Ok(()) => {}
             Err(Error::Corruption { file, offset, kind }) => {
                 problems.push(TableProblem { file, offset, kind });
@@ -94,6 +103,8 @@ pub(crate) async fn check(
         tables: at.tables_checked,
         entries: at.entries_checked,
         table_bytes,
+        separated_values: separated.0,
+        separated_value_bytes: separated.1,
         problems,
         wal,
     })
@@ -101,8 +112,10 @@ pub(crate) async fn check(
 
 /// Reads a table from its first version to its last and checks the meta block's claims.
 async fn check_table(
+    version: &Version,
     t: &TableFile,
     at: &mut KvIntegrityProgress,
+    separated: &mut (u64, u64),
     progress: &mut impl FnMut(KvIntegrityProgress),
 ) -> Result<()> {
     let meta = t.table.meta();
@@ -118,6 +131,7 @@ async fn check_table(
     let (mut entries, mut tombstones) = (0u64, 0u64);
     let mut first = None;
     let mut last = None;
+    let mut blobs: std::collections::BTreeMap<u64, (u64, u64)> = Default::default();
     while let Some(e) = it.entry()? {
         if e.seq < meta.seq_min || e.seq > meta.seq_max {
             return wrong("a version's seq outside the table's seq range");
@@ -126,7 +140,18 @@ async fn check_table(
             return wrong("a version in a bucket the table does not list");
         }
         entries += 1;
-        tombstones += u64::from(e.value.is_none());
+        tombstones += u64::from(e.value.is_tombstone());
+        if let Stored::Blob(ptr) = &e.value {
+            // Read back and checked against the pointer's checksum (an error names the
+            // value-log file and the value's offset).
+            let value = resolve(version, &t.table, e.value.clone()).await?;
+            let len = value.map_or(0, |v| v.len() as u64);
+            let r = blobs.entry(ptr.file).or_default();
+            r.0 += 1;
+            r.1 += len;
+            separated.0 += 1;
+            separated.1 += len;
+        }
         if first.is_none() {
             first = Some((e.bucket, e.key.clone(), e.seq));
         }
@@ -139,6 +164,10 @@ async fn check_table(
     }
     if entries != meta.entries || tombstones != meta.tombstones {
         return wrong("the table holds another count of versions than its meta block says");
+    }
+    let named = meta.blobs.iter().map(|r| (r.file, (r.values, r.bytes)));
+    if !blobs.into_iter().eq(named) {
+        return wrong("the table points to other values than its meta block says");
     }
     let bound = |k: &super::tree::memtable::InternalKey| (k.bucket, k.key.clone(), k.seq);
     if first != Some(bound(&meta.min_key)) || last != Some(bound(&meta.max_key)) {

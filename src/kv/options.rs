@@ -58,6 +58,8 @@ pub struct DbOptions {
     pub(crate) block_size_bytes: usize,
     pub(crate) bloom_bits_per_key: u32,
     pub(crate) block_cache_bytes: u64,
+    pub(crate) value_separation_threshold_bytes: u64,
+    pub(crate) value_log_garbage_ratio: f64,
     pub(crate) memory_limit_bytes: Option<u64>,
     /// Every level's compression but those in `level_compression`.
     pub(crate) compression: Compression,
@@ -95,6 +97,8 @@ impl Default for DbOptions {
             block_size_bytes: 4 << 10,
             bloom_bits_per_key: 10,
             block_cache_bytes: 64 << 20,
+            value_separation_threshold_bytes: 4 << 10,
+            value_log_garbage_ratio: 0.5,
             memory_limit_bytes: None,
             compression: Compression::Lz4,
             level_compression: BTreeMap::from([(0, Compression::None)]),
@@ -290,6 +294,31 @@ impl DbOptions {
         self
     }
 
+    /// Key-value separation (WiscKey's, RocksDB's BlobDB): a value of this many bytes or more
+    /// is written by the flush that takes it into a value-log file beside the tables, and the
+    /// table holds a pointer to it; compactions then move the pointer, not the value, so a
+    /// large value is written twice in all (the wal and its value-log file) instead of once
+    /// per level. A read of such a value costs one more read from disk. Values already in
+    /// tables are moved out when a compaction rewrites them. Default: 4 KiB (a value that
+    /// fills a data block of its own gains nothing from sitting in one); 0: off (values stay
+    /// in the tables; pointers already written stay readable, and compactions that rewrite
+    /// them bring the values back into the tables).
+    pub fn value_separation_threshold_bytes(mut self, bytes: u64) -> Self {
+        self.value_separation_threshold_bytes = bytes;
+        self
+    }
+
+    /// When a value-log file's live values are rewritten: once at least this fraction of its
+    /// bytes is garbage (values no table points to: overwritten, deleted, or dropped by
+    /// compaction), every compaction that meets a pointer into it moves the value into a new
+    /// file, and when no compaction is due the tables still pointing into it are rewritten in
+    /// place, one at a time; the file is removed once nothing points into it. Default: 0.5;
+    /// accepted: above 0 up to 1 (1: only files wholly garbage go, without rewriting).
+    pub fn value_log_garbage_ratio(mut self, ratio: f64) -> Self {
+        self.value_log_garbage_ratio = ratio;
+        self
+    }
+
     /// A bound on the store's memory: memtables, block cache, the tables' indexes and filters,
     /// the conflict history and the buffers of flushes and compactions together stay under it.
     /// Writers wait (the commit's future resolves once a flush frees room) instead of memory
@@ -422,6 +451,12 @@ impl DbOptions {
         if !(2..=16).contains(&self.level_count) {
             return Err(Error::invalid("level_count", "must be 2 to 16"));
         }
+        if !(self.value_log_garbage_ratio > 0.0 && self.value_log_garbage_ratio <= 1.0) {
+            return Err(Error::invalid(
+                "value_log_garbage_ratio",
+                "must be above 0, up to 1",
+            ));
+        }
         if let Some(limit) = self.memory_limit_bytes
             && !(16 << 20..=1 << 40).contains(&limit)
         {
@@ -504,6 +539,8 @@ impl DbOptions {
             level_size_multiplier: self.level_size_multiplier,
             level_count: self.level_count,
             block_cache_bytes: self.block_cache_bytes,
+            value_separation_threshold_bytes: self.value_separation_threshold_bytes,
+            value_log_garbage_ratio: self.value_log_garbage_ratio,
             level_compression: (0..self.level_count)
                 .map(|l| self.compression_of(l))
                 .collect(),

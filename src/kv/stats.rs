@@ -74,6 +74,18 @@ pub struct DbStats {
     /// Space amplification of the tables: their bytes over the last non-empty level's (the
     /// estimate RocksDB reports; 1 when everything is in one level, 0 with no table).
     pub space_amplification: f64,
+    /// Value-log files (key-value separation, [`DbOptions::value_separation_threshold_bytes`])
+    /// and their bytes on disk.
+    pub value_log_files: u64,
+    /// See `value_log_files`.
+    pub value_log_bytes: u64,
+    /// Of `value_log_bytes`, the values no table points to any more (overwritten, deleted or
+    /// dropped by compaction): removed once their file is rewritten
+    /// ([`DbOptions::value_log_garbage_ratio`]) or wholly garbage.
+    pub value_log_garbage_bytes: u64,
+    /// Bytes written to value-log files by flushes and compactions (counted in
+    /// `bytes_flushed` and `bytes_compacted_out` too).
+    pub value_log_bytes_written: u64,
     /// Whether a flush is running now.
     pub flush_running: bool,
     /// Compaction tasks running now (at most `max_concurrent_compactions`).
@@ -134,6 +146,19 @@ pub(crate) fn collect(shared: &Shared) -> DbStats {
     let table_bytes: u64 = levels.iter().map(|l| l.bytes).sum();
     let last_level_bytes = levels.iter().rev().map(|l| l.bytes).find(|&b| b > 0);
     let (flush_running, compactions_running) = shared.background_running();
+    let blob_live = current.version.blob_live();
+    let value_log_bytes: u64 = current.version.blobs.values().map(|b| b.file_bytes()).sum();
+    let value_log_garbage_bytes: u64 = current
+        .version
+        .blobs
+        .values()
+        .map(|b| {
+            let values = b
+                .file_bytes()
+                .saturating_sub(super::tree::blob::BLOB_HEADER_LEN);
+            values.saturating_sub(blob_live.get(&b.id).map_or(0, |l| l.bytes))
+        })
+        .sum();
     let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     DbStats {
         options: shared.options.clone(),
@@ -172,6 +197,10 @@ pub(crate) fn collect(shared: &Shared) -> DbStats {
             + o.history_bytes,
         memory_limit_bytes: shared.options.memory_limit_bytes,
         space_amplification: last_level_bytes.map_or(0.0, |b| table_bytes as f64 / b as f64),
+        value_log_files: current.version.blobs.len() as u64,
+        value_log_bytes,
+        value_log_garbage_bytes,
+        value_log_bytes_written: get(&t.value_log_bytes_written),
         flush_running,
         compactions_running: compactions_running as u64,
         stall_micros: get(&t.stall_micros),
@@ -203,7 +232,7 @@ impl fmt::Display for DbStats {
             .map(|(n, l)| format!("L{n} {}/{}/{:.2}", l.tables, l.bytes, l.score))
             .collect::<Vec<_>>()
             .join(", ");
-        let rows: [(&str, String); 32] = [
+        let rows: [(&str, String); 33] = [
             ("sync policy", format!("{:?}", o.sync_policy)),
             (
                 "max key / value / txn bytes",
@@ -263,6 +292,13 @@ impl fmt::Display for DbStats {
                 format!(
                     "{:.2} / {} / {}",
                     self.space_amplification, self.flush_running, self.compactions_running
+                ),
+            ),
+            (
+                "value-log files / bytes / garbage",
+                format!(
+                    "{} / {} / {}",
+                    self.value_log_files, self.value_log_bytes, self.value_log_garbage_bytes
                 ),
             ),
             (

@@ -23,8 +23,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::Tree;
+use super::blob::{BlobFile, BlobPtr, BlobWriter};
 use super::manifest::{Edit, Flushed};
-use super::table::{Table, TableEntry, TableIter, TableWriter, sync_table_dir};
+use super::table::{Stored, Table, TableEntry, TableIter, TableWriter, sync_table_dir};
 use super::version::{TableFile, Version};
 use crate::error::Result;
 use crate::types::Lsn;
@@ -144,6 +145,7 @@ impl Tree {
             .iter()
             .filter(|(b, k, seq, v)| keep.keep(*b, k, *seq, v.is_none()));
         let mut writer = None;
+        let mut blobs = BlobOut::default();
         let mut id = 0;
         for (bucket, key, seq, value) in versions {
             if writer.is_none() {
@@ -151,25 +153,44 @@ impl Tree {
                 id = new_id;
                 // L0's compression (none by default: commits may wait for a flush).
                 let options = self.options.table_options(0);
-                writer = Some(TableWriter::create(self.driver(), path, &options).await?);
+                match TableWriter::create(self.driver(), path, &options).await {
+                    Ok(w) => writer = Some(w),
+                    Err(e) => return Err(self.abandon(None, blobs, e).await),
+                }
             }
             let w = writer.as_mut().expect("created above");
-            if let Err(e) = w.add(bucket, &key, seq, value.as_deref()).await {
-                return Err(self.abandon(writer, e).await);
+            let added = async {
+                let stored = match value {
+                    Some(v) if self.separates(&v) => Stored::Blob(blobs.add(self, &v).await?),
+                    v => Stored::from(v),
+                };
+                w.add_stored(bucket, &key, seq, &stored).await
+            }
+            .await;
+            if let Err(e) = added {
+                return Err(self.abandon(writer, blobs, e).await);
             }
         }
         let mut added = Vec::new();
         let (mut table_bytes, mut uncompressed_bytes) = (0, 0);
+        let new_blobs = match blobs.finish(self).await {
+            Ok(b) => b,
+            Err((e, blobs)) => return Err(self.abandon(writer, blobs, e).await),
+        };
         if let Some(w) = writer {
             let path = w.path().to_path_buf();
             let (table, uncompressed) = match self.finish_table(id, w).await {
                 Ok(t) => t,
-                Err(e) => return Err(self.remove_quietly(&path, e).await),
+                Err(e) => {
+                    let e = self.remove_quietly(&path, e).await;
+                    return Err(self.drop_blobs(&new_blobs, e).await);
+                }
             };
             table_bytes = table.file_bytes();
             uncompressed_bytes = uncompressed;
             added.push(TableFile::new(id, 0, table, self.driver().clone()));
         }
+        let blob_bytes: u64 = new_blobs.iter().map(|b| b.file_bytes()).sum();
         let edit = Edit {
             flushed: Some(Flushed {
                 seq: until,
@@ -183,15 +204,19 @@ impl Tree {
         self.swap(|s| {
             let mut next = s.clone();
             next.memtables.retain(|m| !Arc::ptr_eq(&m.mem, &flushed));
-            next.version = Arc::new(s.version.edit(&[], added));
+            next.version = Arc::new(s.version.edit(&[], added, new_blobs));
             next
         });
         self.figures
             .flushes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.figures.bytes_flushed.fetch_add(
+            table_bytes + blob_bytes,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.figures
-            .bytes_flushed
-            .fetch_add(table_bytes, std::sync::atomic::Ordering::Relaxed);
+            .value_log_bytes_written
+            .fetch_add(blob_bytes, std::sync::atomic::Ordering::Relaxed);
         self.figures
             .bytes_written_uncompressed
             .fetch_add(uncompressed_bytes, std::sync::atomic::Ordering::Relaxed);
@@ -239,9 +264,58 @@ impl Tree {
         scores
     }
 
-    /// Whether some level scores 1 or more.
+    /// Whether some level scores 1 or more, or a table of a sorted level points into a
+    /// value-log file whose live values are due to move (see [`Tree::value_log_task`]).
     pub(crate) fn needs_compaction(&self) -> bool {
-        self.scores().iter().any(|&s| s >= 1.0)
+        let current = self.current();
+        self.scores_of(&current.version).iter().any(|&s| s >= 1.0)
+            || self
+                .value_log_task(&current.version, &Default::default())
+                .is_some()
+    }
+
+    /// When no level is due: the rewrite in place of the sorted-level table, not in `busy`,
+    /// that points to the most bytes in value-log files due to have their live values moved
+    /// (see [`Tree::blobs_to_rewrite`]). Each such rewrite leaves one table fewer pointing into
+    /// them; once none does, a file is removed. (L0's tables are compacted soon anyway.)
+    fn value_log_task(
+        &self,
+        version: &Version,
+        busy: &std::collections::HashSet<u64>,
+    ) -> Option<Task> {
+        if version.blobs.is_empty() {
+            return None;
+        }
+        let rewrite = self.blobs_to_rewrite(version);
+        if rewrite.is_empty() {
+            return None;
+        }
+        let (n, table, _) = version
+            .levels
+            .iter()
+            .enumerate()
+            .flat_map(|(i, level)| level.iter().map(move |t| (i + 1, t)))
+            .filter(|(_, t)| !busy.contains(&t.id))
+            .map(|(n, t)| {
+                let bytes: u64 = t
+                    .table
+                    .meta()
+                    .blobs
+                    .iter()
+                    .filter(|r| rewrite.contains(&r.file))
+                    .map(|r| r.bytes)
+                    .sum();
+                (n, t, bytes)
+            })
+            .filter(|(_, _, bytes)| *bytes > 0)
+            .max_by_key(|(_, _, bytes)| *bytes)?;
+        Some(Task {
+            output_level: n as u8,
+            upper: vec![table.clone()],
+            lower: Vec::new(),
+            bottom: version.levels.iter().skip(n).all(|l| l.is_empty()),
+            in_place: true,
+        })
     }
 
     /// The compaction to run next, with its tables marked busy until the guard is dropped:
@@ -290,7 +364,10 @@ impl Tree {
                 return Some((task, Busy { tree: self, ids }));
             }
         }
-        None
+        let task = self.value_log_task(version, &busy)?;
+        let ids = vec![task.upper[0].id];
+        busy.extend(&ids);
+        Some((task, Busy { tree: self, ids }))
     }
 
     /// The tables of sorted level `n` in the order compaction takes them: round robin by key,
@@ -342,7 +419,8 @@ impl Tree {
         let Some((task, _busy)) = self.pick(force_l0) else {
             return Ok(false);
         };
-        if task.upper.len() == 1 && task.lower.is_empty() && task.output_level > 1 {
+        if !task.in_place && task.upper.len() == 1 && task.lower.is_empty() && task.output_level > 1
+        {
             self.move_down(&task.upper[0], task.output_level).await?;
         } else {
             self.compact(task, horizon, closed).await?;
@@ -362,7 +440,7 @@ impl Tree {
         let moved = TableFile::new(table.id, level, table.table.clone(), self.driver().clone());
         self.swap(|s| {
             let mut next = s.clone();
-            next.version = Arc::new(s.version.edit(&[table.id], vec![moved]));
+            next.version = Arc::new(s.version.edit(&[table.id], vec![moved], Vec::new()));
             next
         });
         tracing::debug!(table = table.id, level, "table moved down");
@@ -380,6 +458,10 @@ impl Tree {
         let level = task.output_level;
         let inputs: Vec<Arc<TableFile>> = task.upper.into_iter().chain(task.lower).collect();
         let bytes_in: u64 = inputs.iter().map(|t| t.table.file_bytes()).sum();
+        // Held for the job: the value-log files its inputs point into stay open.
+        let current = self.current();
+        let rewrite = self.blobs_to_rewrite(&current.version);
+        let mut blobs = BlobOut::default();
         let mut merge = Merge::new(inputs.iter().map(|t| t.table.clone()).collect()).await?;
         let mut keep = Keep::new(horizon, task.bottom);
         // The output level's compression.
@@ -390,7 +472,7 @@ impl Tree {
         let mut uncompressed_out = 0;
         let result: Result<()> = async {
             while let Some(e) = merge.next().await? {
-                if !keep.keep(e.bucket, &e.key, e.seq, e.value.is_none()) {
+                if !keep.keep(e.bucket, &e.key, e.seq, e.value.is_tombstone()) {
                     continue;
                 }
                 let new_key = last_key
@@ -416,8 +498,11 @@ impl Tree {
                         TableWriter::create(self.driver(), path, &table_options).await?,
                     ));
                 }
+                let stored = self
+                    .place(e.value, &current.version, &rewrite, &mut blobs)
+                    .await?;
                 let (_, w) = writer.as_mut().expect("created above");
-                w.add(e.bucket, &e.key, e.seq, e.value.as_deref()).await?;
+                w.add_stored(e.bucket, &e.key, e.seq, &stored).await?;
                 if new_key {
                     last_key = Some((e.bucket, e.key));
                 }
@@ -430,12 +515,27 @@ impl Tree {
             Ok(())
         }
         .await;
-        if let Err(e) = result {
-            for t in &outputs {
-                t.retire();
+        let new_blobs = match result {
+            Ok(()) => match std::mem::take(&mut blobs).finish(self).await {
+                // The value-log file's name made durable before the edit names it.
+                Ok(b) => match sync_table_dir(self.driver(), self.tables_dir()).await {
+                    Ok(()) => Ok(b),
+                    Err(e) => Err(self.drop_blobs(&b, e).await),
+                },
+                Err((e, rest)) => Err(self.abandon(None, rest, e).await),
+            },
+            Err(e) => Err(self.abandon(None, blobs, e).await),
+        };
+        let new_blobs = match new_blobs {
+            Ok(b) => b,
+            Err(e) => {
+                for t in &outputs {
+                    t.retire();
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
+        let blob_bytes: u64 = new_blobs.iter().map(|b| b.file_bytes()).sum();
         let removed: Vec<u64> = inputs.iter().map(|t| t.id).collect();
         let edit = Edit {
             removed: removed.clone(),
@@ -449,7 +549,7 @@ impl Tree {
         let bytes_out: u64 = outputs.iter().map(|t| t.table.file_bytes()).sum();
         self.swap(|s| {
             let mut next = s.clone();
-            next.version = Arc::new(s.version.edit(&removed, outputs));
+            next.version = Arc::new(s.version.edit(&removed, outputs, new_blobs));
             next
         });
         for t in &inputs {
@@ -460,7 +560,10 @@ impl Tree {
         self.figures.bytes_compacted_in.fetch_add(bytes_in, Relaxed);
         self.figures
             .bytes_compacted_out
-            .fetch_add(bytes_out, Relaxed);
+            .fetch_add(bytes_out + blob_bytes, Relaxed);
+        self.figures
+            .value_log_bytes_written
+            .fetch_add(blob_bytes, Relaxed);
         self.figures
             .bytes_written_uncompressed
             .fetch_add(uncompressed_out, Relaxed);
@@ -477,6 +580,59 @@ impl Tree {
         Ok(())
     }
 
+    /// Where a compaction puts a version's value: a value at or above the separation threshold
+    /// goes to the job's value-log file; a pointer into a file in `rewrite` (mostly garbage), or
+    /// any pointer once separation is off, has its value read and placed again; the rest stays
+    /// as it is (a pointer is copied, not its value).
+    async fn place(
+        &self,
+        stored: Stored,
+        version: &Version,
+        rewrite: &std::collections::HashSet<u64>,
+        blobs: &mut BlobOut,
+    ) -> Result<Stored> {
+        let off = self.options.value_separation_threshold_bytes == 0;
+        let value = match stored {
+            Stored::Blob(ptr) if off || rewrite.contains(&ptr.file) => {
+                let Some(file) = version.blob(ptr.file) else {
+                    return Err(crate::Error::corruption(
+                        self.tables_dir(),
+                        0,
+                        crate::error::CorruptionKind::BadTable {
+                            reason: "a value-log pointer to a file the tree does not hold",
+                        },
+                    ));
+                };
+                file.read(&ptr).await?
+            }
+            Stored::Value(v) => v,
+            other => return Ok(other),
+        };
+        Ok(if self.separates(&value) {
+            Stored::Blob(blobs.add(self, &value).await?)
+        } else {
+            Stored::Value(value)
+        })
+    }
+
+    /// The value-log files whose live values compactions move out: at least
+    /// `value_log_garbage_ratio` of their values' bytes no table points to.
+    pub(crate) fn blobs_to_rewrite(&self, version: &Version) -> std::collections::HashSet<u64> {
+        let live = version.blob_live();
+        version
+            .blobs
+            .values()
+            .filter(|f| {
+                let total = f.file_bytes().saturating_sub(super::blob::BLOB_HEADER_LEN);
+                let live = live.get(&f.id).map_or(0, |l| l.bytes);
+                total > 0
+                    && total.saturating_sub(live) as f64
+                        >= total as f64 * self.options.value_log_garbage_ratio
+            })
+            .map(|f| f.id)
+            .collect()
+    }
+
     /// Finishes a table, makes its name durable and opens it for reading; returns it and what
     /// its size would be with its data blocks uncompressed.
     async fn finish_table(&self, id: u64, writer: TableWriter) -> Result<(Table, u64)> {
@@ -487,15 +643,35 @@ impl Tree {
         Ok((table, info.uncompressed_file_bytes))
     }
 
-    async fn abandon(&self, writer: Option<TableWriter>, error: crate::Error) -> crate::Error {
-        match writer {
-            Some(w) => {
-                let path = w.path().to_path_buf();
-                drop(w);
-                self.remove_quietly(&path, error).await
-            }
-            None => error,
+    /// Removes the files of a job that failed before its edit: its table being written and its
+    /// value-log file.
+    async fn abandon(
+        &self,
+        writer: Option<TableWriter>,
+        blobs: BlobOut,
+        error: crate::Error,
+    ) -> crate::Error {
+        let mut error = error;
+        if let Some(w) = writer {
+            let path = w.path().to_path_buf();
+            drop(w);
+            error = self.remove_quietly(&path, error).await;
         }
+        if let Some(w) = blobs.writer {
+            let path = w.path().to_path_buf();
+            drop(w);
+            error = self.remove_quietly(&path, error).await;
+        }
+        error
+    }
+
+    /// Removes finished value-log files no edit will name (their job failed).
+    async fn drop_blobs(&self, blobs: &[Arc<BlobFile>], error: crate::Error) -> crate::Error {
+        let mut error = error;
+        for b in blobs {
+            error = self.remove_quietly(b.path(), error).await;
+        }
+        error
     }
 
     async fn remove_quietly(&self, path: &std::path::Path, error: crate::Error) -> crate::Error {
@@ -508,6 +684,54 @@ impl Tree {
     }
 }
 
+/// The value-log file a job writes (at most one: a flush writes the values it separates, a
+/// compaction those it separates or moves out of files mostly garbage), created on its first
+/// value.
+#[derive(Default)]
+pub(super) struct BlobOut {
+    writer: Option<BlobWriter>,
+}
+
+impl BlobOut {
+    /// Appends a value to the job's value-log file (created on the first).
+    async fn add(&mut self, tree: &Tree, value: &[u8]) -> Result<BlobPtr> {
+        if self.writer.is_none() {
+            let (id, path) = tree.new_blob_path();
+            let buffer = tree.options.table.write_buffer_bytes;
+            self.writer = Some(BlobWriter::create(tree.driver(), path, id, buffer).await?);
+        }
+        self.writer
+            .as_mut()
+            .expect("created above")
+            .add(value)
+            .await
+    }
+
+    /// Finishes the file (fdatasync; its name is made durable with the tables') and opens it
+    /// for reading; on an error, hands itself back for the caller to remove.
+    async fn finish(
+        mut self,
+        tree: &Tree,
+    ) -> std::result::Result<Vec<Arc<BlobFile>>, (crate::Error, BlobOut)> {
+        let Some(w) = self.writer.take() else {
+            return Ok(Vec::new());
+        };
+        let (id, path) = (w.id(), w.path().to_path_buf());
+        let finished = async {
+            w.finish().await?;
+            BlobFile::open(tree.driver(), path.clone(), id).await
+        }
+        .await;
+        match finished {
+            Ok(f) => Ok(vec![f]),
+            Err(e) => {
+                let _ = tree.driver().remove_file(&path).await;
+                Err((e, self))
+            }
+        }
+    }
+}
+
 /// A compaction: tables of one level (all of L0, or one of a sorted level) and the tables of
 /// the level below that their key range meets, merged into that level.
 pub(super) struct Task {
@@ -516,6 +740,9 @@ pub(super) struct Task {
     pub(super) lower: Vec<Arc<TableFile>>,
     /// No level below the output holds data: tombstones can go.
     pub(super) bottom: bool,
+    /// The inputs' level is the output's: a table rewritten where it is (its value-log
+    /// pointers moved), never moved down as it is.
+    pub(super) in_place: bool,
 }
 
 /// Tables a running compaction reads, unmarked when it ends (however it ends).
@@ -560,6 +787,7 @@ pub(super) fn task_into_next(
         upper,
         lower,
         bottom,
+        in_place: false,
     })
 }
 

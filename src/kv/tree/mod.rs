@@ -16,6 +16,7 @@
 //! The store (one level up) decides when to flush and what the oldest snapshot is; the tree
 //! does the work and keeps its state consistent.
 
+pub(crate) mod blob;
 pub(crate) mod job;
 pub(crate) mod manifest;
 pub(crate) mod memtable;
@@ -59,6 +60,10 @@ pub(crate) struct TreeOptions {
     /// Levels, L0 included.
     pub(crate) level_count: usize,
     pub(crate) block_cache_bytes: u64,
+    /// Values of this many bytes or more go to value-log files (0: none).
+    pub(crate) value_separation_threshold_bytes: u64,
+    /// A value-log file this much garbage or more has its live values rewritten.
+    pub(crate) value_log_garbage_ratio: f64,
     /// The split of `memory_limit_bytes`, if the store has one.
     pub(crate) memory: Option<MemoryBudget>,
     /// Per level (L0 first, `level_count` of them): the compression its new tables are written
@@ -155,6 +160,9 @@ pub(crate) struct Figures {
     pub(crate) bytes_compacted_out: AtomicU64,
     /// What flushes and compactions would have written with every data block uncompressed.
     pub(crate) bytes_written_uncompressed: AtomicU64,
+    /// Value-log files' bytes written by flushes and compactions (counted in
+    /// `bytes_flushed` and `bytes_compacted_out` too).
+    pub(crate) value_log_bytes_written: AtomicU64,
     pub(crate) stall_micros: AtomicU64,
 }
 
@@ -201,8 +209,14 @@ impl Tree {
         }
         let manifest = Manifest::open(&dir.join("manifest"), wal_options, read_only).await?;
         let state = manifest.state().await;
-        let present = list_tables(&driver, &tables_dir).await?;
-        let mut max_id = present.iter().map(|(id, _)| *id).max().unwrap_or(0);
+        let present = list_files(&driver, &tables_dir, ".sst").await?;
+        let present_blobs = list_files(&driver, &tables_dir, ".blob").await?;
+        let mut max_id = present
+            .iter()
+            .chain(&present_blobs)
+            .map(|(id, _)| *id)
+            .max()
+            .unwrap_or(0);
         let cache = BlockCache::new(options.block_cache_bytes);
         let mut files = Vec::new();
         for (&id, &level) in &state.tables {
@@ -221,15 +235,44 @@ impl Tree {
             let table = Table::open(&driver, &path, id, cache.clone()).await?;
             files.push(TableFile::new(id, level, table, driver.clone()));
         }
+        // The value-log files the live tables name: each must be there; the others are left
+        // by a job that never recorded its edit, or no longer reached.
+        let named: BTreeSet<u64> = files
+            .iter()
+            .flat_map(|t| t.table.meta().blobs.iter().map(|r| r.file))
+            .collect();
+        let mut blobs = Vec::new();
+        for &id in &named {
+            let path = blob::blob_path(&tables_dir, id);
+            if !present_blobs.iter().any(|(p, _)| *p == id) {
+                return Err(Error::corruption(
+                    path,
+                    0,
+                    CorruptionKind::BadManifest {
+                        lsn: Lsn(0),
+                        reason: "a value-log file a table names is missing",
+                    },
+                ));
+            }
+            blobs.push(blob::BlobFile::open(&driver, path, id).await?);
+        }
         if !read_only {
-            for (id, path) in &present {
-                if !state.tables.contains_key(id) {
-                    tracing::info!(path = %path.display(), "removing a table no edit names");
-                    driver
-                        .remove_file(path)
-                        .await
-                        .map_err(|e| Error::io(path, e))?;
-                }
+            let orphans = present
+                .iter()
+                .filter(|(id, _)| !state.tables.contains_key(id))
+                .map(|(_, p)| ("a table no edit names", p))
+                .chain(
+                    present_blobs
+                        .iter()
+                        .filter(|(id, _)| !named.contains(id))
+                        .map(|(_, p)| ("a value-log file no table names", p)),
+                );
+            for (what, path) in orphans {
+                tracing::info!(path = %path.display(), "removing {what}");
+                driver
+                    .remove_file(path)
+                    .await
+                    .map_err(|e| Error::io(path, e))?;
             }
         }
         let next_id = max_id.checked_add(1).ok_or_else(|| {
@@ -244,7 +287,7 @@ impl Tree {
         })?;
         // L0 newest first: a later flush has a larger id.
         files.sort_by_key(|t| std::cmp::Reverse(t.id));
-        let version = Version::default().edit(&[], files);
+        let version = Version::default().edit(&[], files, blobs);
         let slot = Slot {
             mem: Arc::new(Memtable::new()),
             after_seq: state.flushed.seq,
@@ -392,14 +435,14 @@ impl Tree {
         let version = &current.version;
         for t in &version.l0 {
             if let Some(v) = t.table.get(bucket, key, snapshot).await? {
-                return Ok(v);
+                return resolve(version, &t.table, v).await;
             }
         }
         for level in &version.levels {
             if let Some(t) = Version::find_in_level(level, bucket, key)
                 && let Some(v) = t.table.get(bucket, key, snapshot).await?
             {
-                return Ok(v);
+                return resolve(version, &t.table, v).await;
             }
         }
         Ok(None)
@@ -461,6 +504,18 @@ impl Tree {
         (id, table_path(&self.tables_dir, id))
     }
 
+    /// A new value-log file's id and path (ids shared with the tables: never reused).
+    pub(crate) fn new_blob_path(&self) -> (u64, PathBuf) {
+        let id = self.next_table_id.fetch_add(1, Ordering::Relaxed);
+        (id, blob::blob_path(&self.tables_dir, id))
+    }
+
+    /// Whether a value goes to a value-log file.
+    pub(crate) fn separates(&self, value: &[u8]) -> bool {
+        let t = self.options.value_separation_threshold_bytes;
+        t > 0 && value.len() as u64 >= t
+    }
+
     pub(crate) fn tables_dir(&self) -> &Path {
         &self.tables_dir
     }
@@ -470,12 +525,40 @@ impl Tree {
     }
 }
 
+/// The value a table holds for a version (`None`: a tombstone), read from its value-log file
+/// if the table holds a pointer.
+///
+/// # Errors
+/// [`Error::Corruption`] for a damaged value, or a pointer into a file `version` does not hold
+/// (the table's meta block names every file its pointers reach; each is opened with it); I/O
+/// errors.
+pub(crate) async fn resolve(
+    version: &Version,
+    table: &Table,
+    stored: table::Stored,
+) -> Result<Option<Bytes>> {
+    match stored {
+        table::Stored::Value(v) => Ok(Some(v)),
+        table::Stored::Tombstone => Ok(None),
+        table::Stored::Blob(ptr) => match version.blob(ptr.file) {
+            Some(f) => f.read(&ptr).await.map(Some),
+            None => Err(Error::corruption(
+                table.path(),
+                0,
+                CorruptionKind::BadTable {
+                    reason: "a value-log pointer to a file the tree does not hold",
+                },
+            )),
+        },
+    }
+}
+
 fn table_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:012}.sst"))
 }
 
-/// The table files in `dir` (by id), and files that look like unfinished tables.
-async fn list_tables(driver: &IoDriver, dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+/// The files in `dir` named `<id><suffix>` (tables, value-log files), by id.
+async fn list_files(driver: &IoDriver, dir: &Path, suffix: &str) -> Result<Vec<(u64, PathBuf)>> {
     let entries = match driver.read_dir(dir).await {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -491,7 +574,7 @@ async fn list_tables(driver: &IoDriver, dir: &Path) -> Result<Vec<(u64, PathBuf)
             .path
             .file_name()
             .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".sst"))
+            .and_then(|n| n.strip_suffix(suffix))
             .and_then(|n| n.parse::<u64>().ok());
         if let Some(id) = id
             && seen.insert(id)

@@ -113,6 +113,7 @@ impl Tree {
                         upper: run,
                         lower: Vec::new(),
                         bottom: true,
+                        in_place: true,
                     };
                     self.compact(task, horizon, closed).await?;
                 }

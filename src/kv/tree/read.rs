@@ -11,10 +11,10 @@ use std::ops::Bound;
 
 use bytes::Bytes;
 
-use super::Tree;
 use super::memtable::{KeyValue, Value, above, below, live};
-use super::table::Table;
-use super::version::TableFile;
+use super::table::{Stored, Table};
+use super::version::{TableFile, Version};
+use super::{Tree, resolve};
 use crate::error::Result;
 
 /// Versions of one source: `(key, value or tombstone)` in scan order, and whether it stopped
@@ -83,11 +83,11 @@ impl Tree {
             }
             for t in &version.l0 {
                 if overlaps(t, r) {
-                    batches.push(table_versions(&t.table, r, snapshot, limit).await?);
+                    batches.push(table_versions(version, &t.table, r, snapshot, limit).await?);
                 }
             }
             for level in &version.levels {
-                batches.push(level_versions(level, r, snapshot, limit).await?);
+                batches.push(level_versions(version, level, r, snapshot, limit).await?);
             }
             let (out, resume) = merge(batches, r.reverse);
             match resume {
@@ -182,6 +182,7 @@ fn overlaps(t: &TableFile, r: Range<'_>) -> bool {
 
 /// A sorted level read as one source: its tables in scan order, each continuing the last.
 async fn level_versions(
+    version: &Version,
     level: &[std::sync::Arc<TableFile>],
     r: Range<'_>,
     snapshot: u64,
@@ -194,7 +195,8 @@ async fn level_versions(
         level.iter().filter(|t| overlaps(t, r)).collect()
     };
     for t in order {
-        let (mut versions, more) = table_versions(&t.table, r, snapshot, limit - out.len()).await?;
+        let (mut versions, more) =
+            table_versions(version, &t.table, r, snapshot, limit - out.len()).await?;
         out.append(&mut versions);
         if more {
             return Ok((out, true));
@@ -207,16 +209,37 @@ async fn level_versions(
     Ok((out, false))
 }
 
-/// The newest version the snapshot sees of each key of one table in `r`, up to `limit` keys.
-async fn table_versions(table: &Table, r: Range<'_>, snapshot: u64, limit: usize) -> Result<Batch> {
-    if r.reverse {
-        table_backward(table, r, snapshot, limit).await
+/// The newest version the snapshot sees of each key of one table in `r`, up to `limit` keys;
+/// values kept apart (value-log pointers) are read.
+async fn table_versions(
+    version: &Version,
+    table: &Table,
+    r: Range<'_>,
+    snapshot: u64,
+    limit: usize,
+) -> Result<Batch> {
+    let (stored, more) = if r.reverse {
+        table_backward(table, r, snapshot, limit).await?
     } else {
-        table_forward(table, r, snapshot, limit).await
+        table_forward(table, r, snapshot, limit).await?
+    };
+    let mut out = Vec::with_capacity(stored.len());
+    for (k, v) in stored {
+        out.push((k, resolve(version, table, v).await?));
     }
+    Ok((out, more))
 }
 
-async fn table_forward(table: &Table, r: Range<'_>, snapshot: u64, limit: usize) -> Result<Batch> {
+/// Versions of one table as stored: `(key, value, tombstone or pointer)` in scan order, and
+/// whether it stopped at its limit.
+type StoredBatch = (Vec<(Bytes, Stored)>, bool);
+
+async fn table_forward(
+    table: &Table,
+    r: Range<'_>,
+    snapshot: u64,
+    limit: usize,
+) -> Result<StoredBatch> {
     let mut it = table.iter();
     let mut skip: Option<Bytes> = None;
     match r.from {
@@ -227,7 +250,7 @@ async fn table_forward(table: &Table, r: Range<'_>, snapshot: u64, limit: usize)
         }
         Bound::Unbounded => it.seek(r.bucket, &[], u64::MAX).await?,
     }
-    let mut out: Vec<(Bytes, Value)> = Vec::new();
+    let mut out: Vec<(Bytes, Stored)> = Vec::new();
     while let Some(e) = it.entry()? {
         if e.bucket != r.bucket || !below(&e.key, r.to) {
             break;
@@ -246,7 +269,12 @@ async fn table_forward(table: &Table, r: Range<'_>, snapshot: u64, limit: usize)
     Ok((out, false))
 }
 
-async fn table_backward(table: &Table, r: Range<'_>, snapshot: u64, limit: usize) -> Result<Batch> {
+async fn table_backward(
+    table: &Table,
+    r: Range<'_>,
+    snapshot: u64,
+    limit: usize,
+) -> Result<StoredBatch> {
     let mut it = table.iter();
     match r.from {
         // The oldest version of `k` sorts last among its versions.
@@ -261,10 +289,10 @@ async fn table_backward(table: &Table, r: Range<'_>, snapshot: u64, limit: usize
         Bound::Excluded(k) => Some(k),
         _ => None,
     };
-    let mut out: Vec<(Bytes, Value)> = Vec::new();
+    let mut out: Vec<(Bytes, Stored)> = Vec::new();
     // The key being read and the newest version of it seen so far (versions come oldest
     // first moving back).
-    let mut current: Option<(Bytes, Option<Value>)> = None;
+    let mut current: Option<(Bytes, Option<Stored>)> = None;
     while let Some(e) = it.entry()? {
         if e.bucket != r.bucket || !above(&e.key, r.to) {
             break;

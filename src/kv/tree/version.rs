@@ -7,8 +7,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::collections::BTreeMap;
+
 use ringtide_platform::IoDriver;
 
+use super::blob::BlobFile;
 use super::memtable::InternalKey;
 use super::table::Table;
 
@@ -86,13 +89,22 @@ impl Drop for TableFile {
     }
 }
 
-/// The tables of the tree at one moment.
+/// The tables of the tree at one moment, and the value-log files they point into.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Version {
     /// Level 0: flushed memtables, newest first; their key ranges overlap.
     pub(crate) l0: Vec<Arc<TableFile>>,
     /// Levels 1 and up: each sorted by key, the tables' ranges disjoint.
     pub(crate) levels: Vec<Vec<Arc<TableFile>>>,
+    /// The value-log files some table names, by id: exactly those (see `blob.rs`).
+    pub(crate) blobs: BTreeMap<u64, Arc<BlobFile>>,
+}
+
+/// What the live tables' pointers reach in one value-log file.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlobLive {
+    pub(crate) values: u64,
+    pub(crate) bytes: u64,
 }
 
 impl Version {
@@ -114,9 +126,51 @@ impl Version {
         level.get(i).filter(|t| t.covers(bucket, key))
     }
 
+    /// Per value-log file, the values and bytes the tables' pointers reach (their meta blocks'
+    /// counts): what is not reached is garbage.
+    pub(crate) fn blob_live(&self) -> BTreeMap<u64, BlobLive> {
+        let mut live: BTreeMap<u64, BlobLive> = BTreeMap::new();
+        for t in self.tables() {
+            for r in &t.table.meta().blobs {
+                let l = live.entry(r.file).or_default();
+                l.values += r.values;
+                l.bytes += r.bytes;
+            }
+        }
+        live
+    }
+
+    /// The value-log file `id`, if a table of this version names it.
+    pub(crate) fn blob(&self, id: u64) -> Option<&Arc<BlobFile>> {
+        self.blobs.get(&id)
+    }
+
     /// The version with the tables of `removed` gone and `added` in place (L0 tables added are
-    /// newer than every L0 table present).
-    pub(crate) fn edit(&self, removed: &[u64], added: Vec<Arc<TableFile>>) -> Version {
+    /// newer than every L0 table present), and the value-log files its tables name: those of
+    /// this version and `new_blobs`. A file no table names any more is *retired* (removed once
+    /// the last version naming it is dropped): call this only once the edit is durable.
+    pub(crate) fn edit(
+        &self,
+        removed: &[u64],
+        added: Vec<Arc<TableFile>>,
+        new_blobs: Vec<Arc<BlobFile>>,
+    ) -> Version {
+        let mut next = self.edit_tables(removed, added);
+        let named: std::collections::BTreeSet<u64> = next
+            .tables()
+            .flat_map(|t| t.table.meta().blobs.iter().map(|r| r.file))
+            .collect();
+        for b in self.blobs.values().chain(&new_blobs) {
+            if named.contains(&b.id) {
+                next.blobs.insert(b.id, b.clone());
+            } else {
+                b.retire();
+            }
+        }
+        next
+    }
+
+    fn edit_tables(&self, removed: &[u64], added: Vec<Arc<TableFile>>) -> Version {
         let keep = |t: &&Arc<TableFile>| !removed.contains(&t.id);
         let mut l0: Vec<_> = added.iter().filter(|t| t.level == 0).cloned().collect();
         l0.extend(self.l0.iter().filter(keep).cloned());
@@ -148,6 +202,10 @@ impl Version {
             );
             levels.push(level);
         }
-        Version { l0, levels }
+        Version {
+            l0,
+            levels,
+            blobs: BTreeMap::new(),
+        }
     }
 }

@@ -43,8 +43,10 @@ pub(crate) enum Kind {
     Value,
     /// A tombstone: no value. Byte 1.
     Tombstone,
-    // Byte 2 is reserved for a pointer into a value log (key-value separation); a table that
-    // holds one will carry a newer format version, and this one refuses the byte.
+    /// A pointer into a value-log file (key-value separation): the value is the pointer's
+    /// encoding (`BlobPtr`). Byte 2; only in tables of format version 2, whose meta block names
+    /// the value-log files their pointers reach.
+    Blob,
 }
 
 impl Kind {
@@ -52,6 +54,7 @@ impl Kind {
         match self {
             Kind::Value => 0,
             Kind::Tombstone => 1,
+            Kind::Blob => 2,
         }
     }
 
@@ -59,7 +62,7 @@ impl Kind {
         match b {
             0 => Ok(Kind::Value),
             1 => Ok(Kind::Tombstone),
-            2 => Err(bad("value-log pointer (reserved, not in format version 1)")),
+            2 => Ok(Kind::Blob),
             _ => Err(bad("unknown entry kind")),
         }
     }

@@ -31,7 +31,10 @@ use crate::kv::options::Compression;
 use crate::kv::tree::memtable::InternalKey;
 
 /// The table format this build writes and reads.
-pub(crate) const FORMAT_VERSION: u16 = 1;
+pub(crate) const FORMAT_VERSION: u16 = 2;
+/// The version of a table that holds no value-log pointer: written so, such a table is byte for
+/// byte what the first format wrote (and read by a build that knows only that one).
+pub(crate) const FORMAT_VERSION_INLINE: u16 = 1;
 /// The last 8 bytes of every table file.
 pub(crate) const MAGIC: &[u8; 8] = b"RTDTABLE";
 /// The footer's size: fixed for every format version (a later one that needs more puts it in
@@ -300,6 +303,19 @@ pub(crate) struct TableMeta {
     pub(crate) max_key: InternalKey,
     /// The bucket ids that have a version in the table, ascending, each once.
     pub(crate) buckets: Vec<u64>,
+    /// The value-log files the table's pointers reach, by file id ascending (format version 2;
+    /// empty in version 1).
+    pub(crate) blobs: Vec<BlobRef>,
+}
+
+/// What a table's pointers reach in one value-log file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlobRef {
+    pub(crate) file: u64,
+    /// Pointers into the file.
+    pub(crate) values: u64,
+    /// The bytes of the values they point to.
+    pub(crate) bytes: u64,
 }
 
 impl TableMeta {
@@ -317,7 +333,12 @@ impl TableMeta {
     /// 56       …    min key: bucket u64, seq u64, user key length u32, user key
     ///  …       …    max key: the same
     ///  …       4    bucket count, u32 LE; then each bucket id, u64, ascending
+    /// version 2 only:
+    ///  …       4    value-log file count, u32 LE; then each: file id, values, value bytes
+    ///               (u64 each), by file id ascending
     /// ```
+    ///
+    /// A table with no pointer is written as version 1 (no count at all).
     pub(crate) fn encode(&self, out: &mut BytesMut) {
         for v in [
             self.entries,
@@ -341,10 +362,28 @@ impl TableMeta {
         for b in &self.buckets {
             out.put_u64_le(*b);
         }
+        if self.format_version() >= 2 {
+            out.put_u32_le(self.blobs.len() as u32);
+            for r in &self.blobs {
+                out.put_u64_le(r.file);
+                out.put_u64_le(r.values);
+                out.put_u64_le(r.bytes);
+            }
+        }
     }
 
-    /// Decodes the meta block's contents, refusing what no writer produces.
-    pub(crate) fn decode(b: &[u8]) -> Result<TableMeta, CorruptionKind> {
+    /// The format version a table with this meta block is written as.
+    pub(crate) fn format_version(&self) -> u16 {
+        if self.blobs.is_empty() {
+            FORMAT_VERSION_INLINE
+        } else {
+            FORMAT_VERSION
+        }
+    }
+
+    /// Decodes the meta block's contents of a table of format `version`, refusing what no
+    /// writer produces.
+    pub(crate) fn decode(b: &[u8], version: u16) -> Result<TableMeta, CorruptionKind> {
         let f = |i: usize| u64_at(b, i * 8);
         let mut at = 56;
         let key = |at: &mut usize| -> Result<InternalKey, CorruptionKind> {
@@ -366,12 +405,35 @@ impl TableMeta {
         let max_key = key(&mut at)?;
         let count = u32_at(b, at)? as usize;
         at += 4;
-        if b.len().checked_sub(at) != count.checked_mul(8) {
+        let rest = b.len().checked_sub(at).ok_or(bad("meta block length"))?;
+        let fits = if version >= 2 {
+            count.checked_mul(8).is_some_and(|n| n <= rest)
+        } else {
+            count.checked_mul(8) == Some(rest)
+        };
+        if !fits {
             return Err(bad("meta block length"));
         }
         let buckets = (0..count)
             .map(|i| u64_at(b, at + i * 8))
             .collect::<Result<Vec<_>, _>>()?;
+        at += count * 8;
+        let mut blobs = Vec::new();
+        if version >= 2 {
+            let n = u32_at(b, at)? as usize;
+            at += 4;
+            if b.len().checked_sub(at) != n.checked_mul(24) || n == 0 {
+                return Err(bad("meta block length"));
+            }
+            for i in 0..n {
+                let f = |j: usize| u64_at(b, at + i * 24 + j * 8);
+                blobs.push(BlobRef {
+                    file: f(0)?,
+                    values: f(1)?,
+                    bytes: f(2)?,
+                });
+            }
+        }
         let meta = TableMeta {
             entries: f(0)?,
             tombstones: f(1)?,
@@ -383,6 +445,7 @@ impl TableMeta {
             min_key,
             max_key,
             buckets,
+            blobs,
         };
         meta.check()?;
         Ok(meta)
@@ -402,7 +465,10 @@ impl TableMeta {
             && self.buckets.len() as u64 <= self.entries
             && self.buckets.windows(2).all(|w| w[0] < w[1])
             && self.buckets.first() == Some(&self.min_key.bucket)
-            && self.buckets.last() == Some(&self.max_key.bucket);
+            && self.buckets.last() == Some(&self.max_key.bucket)
+            && self.blobs.windows(2).all(|w| w[0].file < w[1].file)
+            && self.blobs.iter().all(|r| r.values >= 1)
+            && self.blobs.iter().map(|r| r.values).sum::<u64>() <= self.entries - self.tombstones;
         if sound {
             Ok(())
         } else {
@@ -429,6 +495,8 @@ pub(crate) struct Footer {
     pub(crate) filter: BlockHandle,
     pub(crate) index: BlockHandle,
     pub(crate) meta: BlockHandle,
+    /// [`FORMAT_VERSION_INLINE`] or [`FORMAT_VERSION`] (a table with value-log pointers).
+    pub(crate) version: u16,
 }
 
 impl Footer {
@@ -445,7 +513,7 @@ impl Footer {
         for (i, v) in fields.iter().enumerate() {
             b[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
         }
-        b[50..52].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[50..52].copy_from_slice(&self.version.to_le_bytes());
         let crc = crc32fast::hash(&b[..52]);
         b[52..56].copy_from_slice(&crc.to_le_bytes());
         b[56..64].copy_from_slice(MAGIC);
@@ -467,7 +535,7 @@ impl Footer {
             return Err(bad("footer checksum mismatch"));
         }
         let version = u16::from_le_bytes([b[50], b[51]]);
-        if version != FORMAT_VERSION {
+        if !(FORMAT_VERSION_INLINE..=FORMAT_VERSION).contains(&version) {
             return Err(CorruptionKind::UnsupportedVersion {
                 found: version,
                 supported: FORMAT_VERSION,
@@ -483,6 +551,7 @@ impl Footer {
             filter: handle(0)?,
             index: handle(1)?,
             meta: handle(2)?,
+            version,
         };
         let min = (TRAILER_LEN + 4) as u64;
         let laid_out = footer.filter.offset >= min
@@ -652,24 +721,27 @@ mod tests {
                 offset: 150,
                 len: 90,
             },
+            version: 1,
         };
         let len = 240 + FOOTER_LEN as u64;
         let b = f.encode();
         assert_eq!(Footer::decode(&b, len), Ok(f));
         assert!(Footer::decode(&b, len + 1).is_err());
-        let mut v2 = b;
-        v2[50] = 2;
+        let two = Footer { version: 2, ..f };
+        assert_eq!(Footer::decode(&two.encode(), len), Ok(two));
+        let mut v3 = b;
+        v3[50] = 3;
         assert!(matches!(
-            Footer::decode(&v2, len),
+            Footer::decode(&v3, len),
             Err(CorruptionKind::BadTable { .. })
         ));
-        let crc = crc32fast::hash(&v2[..52]);
-        v2[52..56].copy_from_slice(&crc.to_le_bytes());
+        let crc = crc32fast::hash(&v3[..52]);
+        v3[52..56].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(
-            Footer::decode(&v2, len),
+            Footer::decode(&v3, len),
             Err(CorruptionKind::UnsupportedVersion {
-                found: 2,
-                supported: 1
+                found: 3,
+                supported: 2
             })
         );
         let mut magic = b;

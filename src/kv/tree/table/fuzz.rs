@@ -21,9 +21,10 @@ use futures::executor::block_on;
 
 use super::block::{Block, cmp_internal};
 use super::format::{BlockHandle, FOOTER_LEN, TRAILER_LEN};
-use super::{Table, TableBuilder, TableEntry, TableInfo, TableOptions};
+use super::{Stored, Table, TableBuilder, TableEntry, TableInfo, TableOptions};
 use crate::error::{Error, Result};
 use crate::kv::options::Compression;
+use crate::kv::tree::blob::BlobPtr;
 
 /// Writes `entries` (in order) with the builder; returns the file's bytes and what it holds.
 pub(crate) fn build_image(
@@ -33,7 +34,7 @@ pub(crate) fn build_image(
     let mut b = TableBuilder::new(options);
     let mut image = Vec::new();
     for e in entries {
-        b.add(e.bucket, &e.key, e.seq, e.value.as_deref())?;
+        b.add_stored(e.bucket, &e.key, e.seq, &e.value)?;
         if let Some(chunk) = b.take_ready() {
             image.extend_from_slice(&chunk);
         }
@@ -59,7 +60,7 @@ pub(crate) fn model_get(
     bucket: u64,
     key: &[u8],
     snapshot: u64,
-) -> Option<Option<Bytes>> {
+) -> Option<super::Stored> {
     let e = entries.get(model_seek(entries, bucket, key, snapshot))?;
     (e.bucket == bucket && e.key.as_ref() == key).then(|| e.value.clone())
 }
@@ -128,7 +129,7 @@ pub(crate) async fn check_against(
     assert_eq!(meta.entries, entries.len() as u64);
     assert_eq!(
         meta.tombstones,
-        entries.iter().filter(|e| e.value.is_none()).count() as u64
+        entries.iter().filter(|e| e.value.is_tombstone()).count() as u64
     );
     let (forward, backward) = scan_both_ways(table).await;
     assert!(
@@ -215,9 +216,16 @@ pub(crate) fn entries_from_bytes(data: &[u8]) -> (TableOptions, Vec<TableEntry>)
             u64::from(s)
         };
         let value = match v {
-            255 => None,
-            254 => Some(Bytes::from(vec![v; block + 100])),
-            _ => Some(Bytes::from(vec![v; usize::from(v % 24)])),
+            255 => Stored::Tombstone,
+            254 => Stored::Value(Bytes::from(vec![v; block + 100])),
+            // A pointer into one of three value-log files.
+            253 => Stored::Blob(BlobPtr {
+                file: bucket % 3 + 1,
+                offset: 24 + seq % 1000,
+                len: (len as u32) << 8,
+                crc: seq as u32,
+            }),
+            _ => Stored::Value(Bytes::from(vec![v; usize::from(v % 24)])),
         };
         entries.push(TableEntry {
             bucket,
@@ -369,7 +377,7 @@ pub(crate) fn seeds() -> Vec<Vec<u8>> {
             bucket,
             key: Bytes::copy_from_slice(key),
             seq,
-            value: value.map(Bytes::copy_from_slice),
+            value: value.map(Bytes::copy_from_slice).into(),
         });
     }
     let mut out = Vec::new();
@@ -390,6 +398,15 @@ pub(crate) fn seeds() -> Vec<Vec<u8>> {
         let (image, _) = build_image(&entries, &options).expect("seed entries are sound");
         out.push(image.to_vec());
     }
+    // Format version 2: the same entries with bucket 17's value moved to a value-log file.
+    entries[4].value = Stored::Blob(BlobPtr {
+        file: 5,
+        offset: 24,
+        len: 300,
+        crc: 0x1234_5678,
+    });
+    let (image, _) = build_image(&entries, &TableOptions::default()).expect("sound entries");
+    out.push(image.to_vec());
     out
 }
 
@@ -415,6 +432,7 @@ mod tests {
     #[test]
     fn the_seeds_decode_and_round_trip() {
         let mut lz4_seeds = 0;
+        let mut pointer_seeds = 0;
         for seed in seeds() {
             decode_image(&seed);
             round_trip(&seed);
@@ -422,8 +440,10 @@ mod tests {
             let table = block_on(Table::from_bytes("seed", image.clone())).expect("a seed opens");
             assert_eq!(table.meta().entries, 7);
             lz4_seeds += usize::from(data_block_compression(&image).contains(&1));
+            pointer_seeds += usize::from(!table.meta().blobs.is_empty());
         }
         assert_eq!(lz4_seeds, 2, "two seeds hold lz4 data blocks");
+        assert_eq!(pointer_seeds, 1, "one seed points into a value-log file");
         round_trip(&[]);
         round_trip(&[3, 1, 0, 2, b'a', b'b', 5, 1, 0, 2, b'a', b'b', 4, 255]);
         // Byte 1 = 4: a filter of 1 bit per key, lz4 blocks.

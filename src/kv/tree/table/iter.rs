@@ -57,7 +57,7 @@ impl TableIter {
     /// [`crate::Error::Corruption`] for a data block key too short to hold a bucket id.
     pub(crate) fn entry(&self) -> Result<Option<TableEntry>> {
         match &self.data {
-            Some((c, h)) if c.valid() => TableEntry::from_cursor(c)
+            Some((c, h)) if c.valid() => TableEntry::from_cursor(c, &self.table)
                 .map(Some)
                 .map_err(|k| self.table.corrupt(*h, k)),
             _ => Ok(None),

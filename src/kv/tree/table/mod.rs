@@ -38,7 +38,7 @@
 mod block;
 mod cache;
 mod filter;
-mod format;
+pub(crate) mod format;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod fuzz;
 mod iter;
@@ -57,7 +57,7 @@ pub(crate) use cache::CacheFigures;
 #[cfg(test)]
 pub(crate) use format::{BlockHandle, TableMeta};
 pub(crate) use iter::TableIter;
-pub(crate) use reader::{Table, TableEntry};
+pub(crate) use reader::{Stored, Table, TableEntry};
 pub(crate) use writer::TableWriter;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use writer::{TableBuilder, TableInfo};

@@ -25,6 +25,7 @@ use super::cache::BlockCache;
 use super::filter::Filter;
 use super::format::{BlockHandle, FOOTER_LEN, Footer, TRAILER_LEN, TableMeta, bad, open_block};
 use crate::error::{CorruptionKind, Error, Result};
+use crate::kv::tree::blob::BlobPtr;
 
 /// Where a table's bytes come from.
 enum Source {
@@ -93,19 +94,43 @@ impl std::fmt::Debug for Table {
     }
 }
 
+/// What a table holds for one version: a value, a tombstone, or a pointer to a value in a
+/// value-log file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Stored {
+    Value(Bytes),
+    Tombstone,
+    Blob(BlobPtr),
+}
+
+impl Stored {
+    pub(crate) fn is_tombstone(&self) -> bool {
+        matches!(self, Stored::Tombstone)
+    }
+}
+
+impl From<Option<Bytes>> for Stored {
+    fn from(v: Option<Bytes>) -> Stored {
+        v.map_or(Stored::Tombstone, Stored::Value)
+    }
+}
+
 /// An entry of a table: one version of a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TableEntry {
     pub(crate) bucket: u64,
     pub(crate) key: Bytes,
     pub(crate) seq: u64,
-    /// `None`: a tombstone.
-    pub(crate) value: Option<Bytes>,
+    pub(crate) value: Stored,
 }
 
 impl TableEntry {
-    /// The entry under a data block cursor.
-    pub(super) fn from_cursor(c: &Cursor) -> std::result::Result<TableEntry, CorruptionKind> {
+    /// The entry under a data block cursor of `table` (a pointer must reach a value-log file
+    /// the table's meta block names).
+    pub(super) fn from_cursor(
+        c: &Cursor,
+        table: &Table,
+    ) -> std::result::Result<TableEntry, CorruptionKind> {
         let key = c.key();
         let Some((bucket, user)) = key.split_first_chunk::<8>() else {
             return Err(bad("data block key shorter than a bucket id"));
@@ -114,10 +139,7 @@ impl TableEntry {
             bucket: u64::from_be_bytes(*bucket),
             key: Bytes::copy_from_slice(user),
             seq: c.seq(),
-            value: match c.kind() {
-                Kind::Value => Some(c.value()),
-                Kind::Tombstone => None,
-            },
+            value: table.stored(c)?,
         })
     }
 }
@@ -196,7 +218,8 @@ impl Table {
             |h: BlockHandle| move |k: CorruptionKind| Error::corruption(file, h.offset, k);
         let meta_raw = slice(footer.meta);
         let meta_contents = open_block(&meta_raw).map_err(damaged(footer.meta))?;
-        let meta = TableMeta::decode(&meta_contents).map_err(damaged(footer.meta))?;
+        let meta =
+            TableMeta::decode(&meta_contents, footer.version).map_err(damaged(footer.meta))?;
         let index = Block::decode(slice(footer.index)).map_err(damaged(footer.index))?;
         let separators = check_index(&index, &footer, &meta).map_err(damaged(footer.index))?;
         let filter = if footer.filter.len == 0 {
@@ -350,8 +373,32 @@ impl Table {
                 .is_none_or(|f| f.may_contain(block_key))
     }
 
+    /// What the entry under a data block cursor holds; a pointer is checked against the value-log
+    /// files the meta block names (with the values' bytes it counts for each).
+    fn stored(&self, c: &Cursor) -> std::result::Result<Stored, CorruptionKind> {
+        Ok(match c.kind() {
+            Kind::Value => Stored::Value(c.value()),
+            Kind::Tombstone => Stored::Tombstone,
+            Kind::Blob => {
+                let ptr = BlobPtr::decode(c.value_slice())?;
+                let named = self
+                    .inner
+                    .meta
+                    .blobs
+                    .binary_search_by_key(&ptr.file, |r| r.file)
+                    .is_ok_and(|i| u64::from(ptr.len) <= self.inner.meta.blobs[i].bytes);
+                if !named {
+                    return Err(bad(
+                        "a value-log pointer to a file the meta block does not name",
+                    ));
+                }
+                Stored::Blob(ptr)
+            }
+        })
+    }
+
     /// The newest version of `key` in `bucket` at or below `snapshot`: `None` if the table has
-    /// none, `Some(None)` for a tombstone. Reads at most one data block.
+    /// none. Reads at most one data block.
     ///
     /// # Errors
     /// [`Error::Corruption`] naming the damaged block; I/O errors.
@@ -363,7 +410,7 @@ impl Table {
         bucket: u64,
         key: &[u8],
         snapshot: u64,
-    ) -> Result<Option<Option<Bytes>>> {
+    ) -> Result<Option<Stored>> {
         let target = block_key(bucket, key);
         if !self.may_contain(&target) {
             return Ok(None);
@@ -380,10 +427,8 @@ impl Table {
             return Ok(None);
         }
         // The value alone: the key is the one asked for (no copy of it).
-        Ok(Some(match data.kind() {
-            Kind::Value => Some(data.value()),
-            Kind::Tombstone => None,
-        }))
+        let stored = self.stored(&data).map_err(|k| self.corrupt(handle, k))?;
+        Ok(Some(stored))
     }
 }
 

@@ -25,6 +25,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use ringtide_platform::{Backend, DriverOptions, IoDriver, OpenOptions};
 
+use super::Stored;
 use super::format::FOOTER_LEN;
 use super::fuzz::{build_image, check_against, probes_of, scan_both_ways};
 use super::{
@@ -81,7 +82,7 @@ fn entries_of(model: &Model) -> Vec<TableEntry> {
             bucket: *bucket,
             key: Bytes::copy_from_slice(key),
             seq: *seq,
-            value: value.as_deref().map(Bytes::copy_from_slice),
+            value: value.as_deref().map(Bytes::copy_from_slice).into(),
         })
         .collect()
 }
@@ -108,7 +109,7 @@ async fn check_model(table: &Table, model: &Model, random: &[(u64, Vec<u8>, u64)
         let got = table.get(*bucket, key, *seq).await.expect("get");
         assert_eq!(
             got,
-            model_get(model, *bucket, key, *seq),
+            model_get(model, *bucket, key, *seq).map(Stored::from),
             "get({bucket}, {key:?}, {seq})"
         );
     }
@@ -171,7 +172,7 @@ async fn write_table(
 ) -> crate::Result<super::TableInfo> {
     let mut w = TableWriter::create(driver, path, options).await?;
     for e in entries {
-        w.add(e.bucket, &e.key, e.seq, e.value.as_deref()).await?;
+        w.add_stored(e.bucket, &e.key, e.seq, &e.value).await?;
     }
     let info = w.finish().await?;
     sync_table_dir(driver, path.parent().expect("a directory")).await?;
@@ -248,7 +249,7 @@ fn a_table_is_written_in_large_writes() {
                 .expect("opens");
             assert_eq!(
                 table.get(16, &1999u32.to_be_bytes(), 1).await.expect("get"),
-                Some(Some(Bytes::from(value.clone())))
+                Some(Stored::Value(Bytes::from(value.clone())))
             );
         });
     }
@@ -388,7 +389,7 @@ async fn check_damaged(
         match table.get(bucket, &key, seq).await {
             Ok(v) => assert_eq!(
                 v,
-                model_get(model, bucket, &key, seq),
+                model_get(model, bucket, &key, seq).map(Stored::from),
                 "{what}: a damaged table answered wrongly"
             ),
             Err(e) => assert!(is_expected(&e), "{what}: {e}"),
@@ -513,11 +514,26 @@ fn a_newer_format_version_or_a_foreign_file_is_a_clear_error() {
     let (_, image, _) = small_table();
     let footer_at = image.len() - FOOTER_LEN;
     let mut newer = image.to_vec();
-    newer[footer_at + 50] = 2;
+    newer[footer_at + 50] = 3;
     let newer = super::fuzz::reseal(&newer);
     let e = block_on(Table::from_bytes("newer", Bytes::from(newer))).expect_err("refused");
     assert!(
-        matches!(e, Error::Corruption { offset, kind: CorruptionKind::UnsupportedVersion { found: 2, supported: 1 }, .. } if offset == footer_at as u64),
+        matches!(e, Error::Corruption { offset, kind: CorruptionKind::UnsupportedVersion { found: 3, supported: 2 }, .. } if offset == footer_at as u64),
+        "{e}"
+    );
+    // Version 2 over a version-1 meta block (no value-log count): the meta block is refused.
+    let mut two = image.to_vec();
+    two[footer_at + 50] = 2;
+    let two = super::fuzz::reseal(&two);
+    let e = block_on(Table::from_bytes("two", Bytes::from(two))).expect_err("refused");
+    assert!(
+        matches!(
+            e,
+            Error::Corruption {
+                kind: CorruptionKind::BadTable { .. },
+                ..
+            }
+        ),
         "{e}"
     );
     let foreign = Bytes::from(vec![0x5a; 4096]);

@@ -18,10 +18,13 @@ use super::block::{
 };
 use super::filter::FilterBuilder;
 use super::format::{
-    BlockHandle, BlockSealer, Footer, MAX_KEY_BYTES, MAX_VALUE_BYTES, TableMeta, put_raw_block,
+    BlobRef, BlockHandle, BlockSealer, Footer, MAX_KEY_BYTES, MAX_VALUE_BYTES, TableMeta,
+    put_raw_block,
 };
+use super::reader::Stored;
 use crate::error::{Error, Result};
 use crate::kv::options::Compression;
+use crate::kv::tree::blob::BlobPtr;
 use crate::kv::tree::memtable::InternalKey;
 
 /// What a finished table holds: its size and its meta block.
@@ -47,6 +50,8 @@ struct Counts {
     data_blocks: u64,
     min_key: Option<InternalKey>,
     buckets: Vec<u64>,
+    /// Per value-log file: pointers and their values' bytes.
+    blobs: std::collections::BTreeMap<u64, (u64, u64)>,
 }
 
 /// Encodes a table in memory. Entries must come in internal-key order (bucket, key ascending,
@@ -114,7 +119,43 @@ impl TableBuilder {
         seq: u64,
         value: Option<&[u8]>,
     ) -> Result<()> {
-        let value_bytes = value.unwrap_or_default();
+        match value {
+            Some(v) => self.add_kind(bucket, key, seq, Kind::Value, v, None),
+            None => self.add_kind(bucket, key, seq, Kind::Tombstone, &[], None),
+        }
+    }
+
+    /// Adds one version as a table stores it: a value, a tombstone or a value-log pointer
+    /// (counted in the meta block's value-log files).
+    ///
+    /// # Errors
+    /// As [`TableBuilder::add`].
+    pub(crate) fn add_stored(
+        &mut self,
+        bucket: u64,
+        key: &[u8],
+        seq: u64,
+        stored: &Stored,
+    ) -> Result<()> {
+        match stored {
+            Stored::Value(v) => self.add(bucket, key, seq, Some(v)),
+            Stored::Tombstone => self.add(bucket, key, seq, None),
+            Stored::Blob(ptr) => {
+                let encoded = ptr.to_vec();
+                self.add_kind(bucket, key, seq, Kind::Blob, &encoded, Some(ptr))
+            }
+        }
+    }
+
+    fn add_kind(
+        &mut self,
+        bucket: u64,
+        key: &[u8],
+        seq: u64,
+        kind: Kind,
+        value_bytes: &[u8],
+        blob: Option<&BlobPtr>,
+    ) -> Result<()> {
         let block_key_len = 8 + key.len();
         if block_key_len > MAX_KEY_BYTES {
             return Err(Error::TooLarge {
@@ -157,13 +198,13 @@ impl TableBuilder {
                 self.counts.buckets.push(bucket);
             }
         }
-        let kind = if value.is_some() {
-            Kind::Value
-        } else {
-            Kind::Tombstone
-        };
         self.data.add(&block_key, seq, kind, value_bytes);
-        self.count(bucket, key, seq, value);
+        self.count(bucket, key, seq, kind, value_bytes.len());
+        if let Some(ptr) = blob {
+            let r = self.counts.blobs.entry(ptr.file).or_default();
+            r.0 += 1;
+            r.1 += u64::from(ptr.len);
+        }
         self.key_buf = std::mem::replace(&mut self.last_key, block_key);
         self.last_seq = seq;
         if self.data.size_estimate() >= self.options.block_size_bytes {
@@ -172,18 +213,18 @@ impl TableBuilder {
         Ok(())
     }
 
-    fn count(&mut self, bucket: u64, key: &[u8], seq: u64, value: Option<&[u8]>) {
+    fn count(&mut self, bucket: u64, key: &[u8], seq: u64, kind: Kind, value_len: usize) {
         let c = &mut self.counts;
         if c.entries == 0 {
             c.min_key = Some(InternalKey::new(bucket, Bytes::copy_from_slice(key), seq));
             (c.seq_min, c.seq_max) = (seq, seq);
         }
         c.entries += 1;
-        c.tombstones += u64::from(value.is_none());
+        c.tombstones += u64::from(kind == Kind::Tombstone);
         c.seq_min = c.seq_min.min(seq);
         c.seq_max = c.seq_max.max(seq);
         c.key_bytes += key.len() as u64;
-        c.value_bytes += value.map_or(0, |v| v.len() as u64);
+        c.value_bytes += value_len as u64;
     }
 
     fn finish_data_block(&mut self) {
@@ -248,6 +289,7 @@ impl TableBuilder {
             filter,
             index,
             meta: meta_handle,
+            version: meta.format_version(),
         };
         self.out.extend_from_slice(&footer.encode());
         let file_bytes = self.offset();
@@ -295,6 +337,15 @@ impl TableBuilder {
             min_key: c.min_key.clone().unwrap_or_else(|| max_key.clone()),
             max_key,
             buckets: c.buckets.clone(),
+            blobs: c
+                .blobs
+                .iter()
+                .map(|(&file, &(values, bytes))| BlobRef {
+                    file,
+                    values,
+                    bytes,
+                })
+                .collect(),
         }
     }
 }
@@ -376,6 +427,7 @@ impl TableWriter {
         self.builder.estimated_file_bytes()
     }
 
+    #[cfg(test)]
     /// Adds one version (see [`TableBuilder::add`]); writes the finished blocks once they fill
     /// the write buffer, in one write.
     ///
@@ -390,6 +442,25 @@ impl TableWriter {
     ) -> Result<()> {
         self.check_usable()?;
         self.builder.add(bucket, key, seq, value)?;
+        if let Some(chunk) = self.builder.take_ready() {
+            self.write(chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds one version as a table stores it (see [`TableBuilder::add_stored`]).
+    ///
+    /// # Cancel safety
+    /// See the type's.
+    pub(crate) async fn add_stored(
+        &mut self,
+        bucket: u64,
+        key: &[u8],
+        seq: u64,
+        stored: &Stored,
+    ) -> Result<()> {
+        self.check_usable()?;
+        self.builder.add_stored(bucket, key, seq, stored)?;
         if let Some(chunk) = self.builder.take_ready() {
             self.write(chunk).await?;
         }
