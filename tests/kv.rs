@@ -34,6 +34,7 @@ both_backends!(
     concurrent_commits_are_all_visible_and_dense,
     prepared_transactions_hold_keys_and_survive_reopen,
     prepared_serializable_reads_stay_held_after_reopen,
+    a_prepared_transactions_buckets_cannot_be_deleted_until_it_is_resolved,
     second_opener_waits_then_gets_locked,
     read_only_open_refuses_writes,
     large_transactions_span_several_records_and_recover,
@@ -962,5 +963,80 @@ async fn large_transactions_span_several_records_and_recover(driver: IoDriver) -
     assert!(all.iter().all(|(_, v)| *v == value));
     db.close().await?;
     let _ = SyncPolicy::Immediate;
+    Ok(())
+}
+
+/// A prepared transaction (snapshot isolation as serializable) holds the catalog keys of the
+/// buckets it writes into, nested ones' parents too: deleting one before its commit is a
+/// `Prepared` conflict, before and after a restart, so its commit never lands in a deleted
+/// bucket (whose keys compaction reclaims). Once it is committed the delete goes through.
+async fn a_prepared_transactions_buckets_cannot_be_deleted_until_it_is_resolved(
+    driver: IoDriver,
+) -> Result<()> {
+    for serializable_txn in [false, true] {
+        let dir = tempfile::tempdir()?;
+        let db = Db::open(dir.path(), options(&driver)).await?;
+        db.update(|txn| async move {
+            txn.create_bucket("outer")
+                .await?
+                .create_bucket("inner")
+                .await?;
+            Ok(())
+        })
+        .await?;
+        let p = db.begin(if serializable_txn {
+            serializable()
+        } else {
+            snapshot()
+        })?;
+        let outer = p.bucket("outer").await?.expect("outer");
+        outer
+            .bucket("inner")
+            .await?
+            .expect("inner")
+            .put(b("k"), b("v"))?;
+        p.prepare().await?;
+        for nested in [false, true] {
+            let t = db.begin(snapshot())?;
+            if nested {
+                let outer = t.bucket("outer").await?.expect("outer");
+                outer.delete_bucket("inner").await?;
+            } else {
+                t.delete_bucket("outer").await?;
+            }
+            let err = t.commit().await.unwrap_err();
+            assert_eq!(
+                conflict_kind(&err),
+                Some(ConflictKind::Prepared),
+                "nested {nested}: {err}"
+            );
+        }
+        drop((p, outer));
+        db.close().await?;
+        drop(db);
+        let db = Db::open(dir.path(), options(&driver)).await?;
+        let t = db.begin(snapshot())?;
+        t.delete_bucket("outer").await?;
+        let err = t.commit().await.unwrap_err();
+        assert_eq!(
+            conflict_kind(&err),
+            Some(ConflictKind::Prepared),
+            "after a restart: {err}"
+        );
+        let prepared = db.prepared();
+        assert_eq!(prepared.len(), 1);
+        prepared[0].commit().await?;
+        let got = db
+            .view(|txn| async move {
+                let outer = txn.bucket("outer").await?.expect("outer");
+                let inner = outer.bucket("inner").await?.expect("inner");
+                inner.get(b("k")).await
+            })
+            .await?;
+        assert_eq!(got, Some(b("v")));
+        db.update(|txn| async move { txn.delete_bucket("outer").await })
+            .await?;
+        db.close().await?;
+    }
     Ok(())
 }

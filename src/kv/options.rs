@@ -497,11 +497,13 @@ impl DbOptions {
             .max_conflict_history_bytes
             .min(limit / 16)
             .max(64 << 10);
-        // A flush and `max_concurrent_compactions` compactions at once: each a write buffer and
-        // its table's index and filter builders (about an eighth of the table it writes).
+        // A flush and `max_concurrent_compactions` compactions at once: each two write buffers
+        // (a table's, a value-log file's) and its table's index and filter builders (about an
+        // eighth of the table it writes).
         let table = super::tree::table::TableOptions::default();
         let compactions = self.max_concurrent_compactions as u64;
-        let jobs = (1 + compactions) * table.write_buffer_bytes as u64
+        // Each job's write buffers: its table's and its value-log file's.
+        let jobs = (1 + compactions) * 2 * table.write_buffer_bytes as u64
             + write_buffer_bytes / 8
             + compactions * self.table_target_bytes / 8;
         Some(MemoryBudget {

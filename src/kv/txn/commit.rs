@@ -157,10 +157,15 @@ impl Txn {
             let left = d.saturating_duration_since(Instant::now());
             unix_ms(SystemTime::now() + left)
         });
-        let (held_reads, held_ranges) = if self.inner.isolation == Isolation::Serializable {
-            (taken.reads.as_slice(), taken.ranges.as_slice())
+        // Held until it is resolved: what a serializable transaction read and scanned, and under
+        // either level the catalog keys of the buckets it writes into (`take` adds them to
+        // `reads`; a snapshot transaction's `reads` hold nothing else), so that no bucket it
+        // writes into can be deleted between its prepare and its commit.
+        let held_reads = taken.reads.as_slice();
+        let held_ranges = if self.inner.isolation == Isolation::Serializable {
+            taken.ranges.as_slice()
         } else {
-            (&[][..], &[][..])
+            &[][..]
         };
         // What it read stays held after a restart too: recorded with its writes.
         let held: Vec<Held> = held_reads
