@@ -139,6 +139,10 @@ async fn reads_after_flush_and_compaction_match_a_model(driver: IoDriver) -> Res
     db.flush().await?;
     db.compact().await?;
     check(&db, &model).await?;
+    // L1 is tiered: the deletes are a run of their own over the older ones, until the level
+    // is merged whole, which a full compaction does at once.
+    db.compact_full().await?;
+    check(&db, &model).await?;
     let stats = db.stats();
     assert_eq!(tables(&stats), 0, "nothing left to keep: {stats}");
     db.close().await
@@ -388,28 +392,42 @@ async fn eio_at_every_step_of_a_flush_and_compaction_loses_nothing(driver: IoDri
     }
 }
 
-/// Small level targets: compactions move data through L1 into L2 and below (merges and moves
-/// of whole tables), under overwrites and deletes, and every read matches the model, before
-/// and after reopen.
+/// Small level targets: compactions move data through L1 into L2 and below, under overwrites
+/// and deletes, every read matching the model, before and after reopen; once with every level
+/// leveled (merges and moves of whole tables, round robin), once with L1–L2 size-tiered (runs
+/// added whole, levels merged whole into the next, L3 leveled), where the check also reads
+/// every table back and checks the runs' seq ranges.
 async fn levels_below_l1_fill_and_reads_stay_right(driver: IoDriver) -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let options = options(&driver)
-        .l0_compaction_trigger(2)
-        .l1_target_bytes(64 << 10)
-        .level_size_multiplier(2)
-        .level_count(5);
-    let db = Db::open(dir.path(), options.clone()).await?;
-    let mut model = BTreeMap::new();
-    for round in 0..12u32 {
-        write_round(&db, &mut model, round).await?;
-        db.flush().await?;
+    for tiered in [0, 2] {
+        let dir = tempfile::tempdir()?;
+        let options = options(&driver)
+            .l0_compaction_trigger(2)
+            .l1_target_bytes(64 << 10)
+            .level_size_multiplier(2)
+            .level_count(5)
+            .tiered_levels(tiered);
+        let db = Db::open(dir.path(), options.clone()).await?;
+        let mut model = BTreeMap::new();
+        for round in 0..12u32 {
+            write_round(&db, &mut model, round).await?;
+            db.flush().await?;
+            if round % 4 == 3 {
+                check(&db, &model).await?;
+            }
+        }
+        db.compact().await?;
+        let stats = db.stats();
+        let deep = stats.levels.iter().skip(if tiered == 0 { 2 } else { 3 });
+        assert!(stats.compactions >= 4, "{stats}");
+        assert!(
+            deep.map(|l| l.tables).sum::<u64>() > 0,
+            "data reached the levels below: {stats}"
+        );
+        let report = db.check_integrity(|_| {}).await?;
+        assert!(report.is_sound(), "{report:?}");
+        check_after_reopen(db, dir.path(), options, &model).await?;
     }
-    db.compact().await?;
-    let stats = db.stats();
-    let deep = stats.levels.iter().skip(2).map(|l| l.tables).sum::<u64>();
-    assert!(stats.compactions >= 4, "{stats}");
-    assert!(deep > 0, "data reached L2 or below: {stats}");
-    check_after_reopen(db, dir.path(), options, &model).await
+    Ok(())
 }
 
 /// A byte flipped in a table's data region: the store still opens (data blocks are checked when

@@ -84,7 +84,22 @@ pub(crate) async fn check(
         at.tables_checked += 1;
         progress(at);
     }
-    for level in &version.levels {
+    for (i, level) in version.levels.iter().enumerate() {
+        if version.is_tiered(i + 1) {
+            // Runs newest first, their seq ranges disjoint.
+            for pair in level.windows(2) {
+                if pair[0].table.meta().seq_min <= pair[1].table.meta().seq_max {
+                    problems.push(TableProblem {
+                        file: pair[1].path(),
+                        offset: 0,
+                        kind: CorruptionKind::BadTable {
+                            reason: "a run of a tiered level overlaps the newer one in seqs",
+                        },
+                    });
+                }
+            }
+            continue;
+        }
         for pair in level.windows(2) {
             let (a, b) = (pair[0].max_key(), pair[1].min_key());
             if (a.bucket, &a.key) >= (b.bucket, &b.key) {

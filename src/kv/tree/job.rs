@@ -254,6 +254,14 @@ impl Tree {
             let level = version.levels.get(n - 1).map_or(&[][..], |l| &l[..]);
             let bytes: u64 = level.iter().map(|t| t.table.file_bytes()).sum();
             let target = self.level_target(n);
+            if version.is_tiered(n) {
+                // Merged whole once it holds as many runs as L0 may, or its size.
+                scores.push(
+                    (level.len() as f64 / o.l0_compaction_trigger as f64)
+                        .max(bytes as f64 / target as f64),
+                );
+                continue;
+            }
             let tables_at_target = (target / o.table_target_bytes).max(1);
             scores.push(
                 bytes as f64 / target as f64 * o.compaction_score_size_weight
@@ -309,11 +317,14 @@ impl Tree {
             })
             .filter(|(_, _, bytes)| *bytes > 0)
             .max_by_key(|(_, _, bytes)| *bytes)?;
+        // Tombstones can go if nothing below the table holds data: no level below, and no
+        // older run beside it in a tiered level.
+        let alone = !version.is_tiered(n) || version.levels[n - 1].len() == 1;
         Some(Task {
             output_level: n as u8,
             upper: vec![table.clone()],
             lower: Vec::new(),
-            bottom: version.levels.iter().skip(n).all(|l| l.is_empty()),
+            bottom: alone && version.levels.iter().skip(n).all(|l| l.is_empty()),
             in_place: true,
         })
     }
@@ -343,6 +354,9 @@ impl Tree {
         for (level, _) in due {
             let candidates: Vec<Vec<Arc<TableFile>>> = if level == 0 {
                 vec![version.l0.clone()]
+            } else if version.is_tiered(level) {
+                // A tiered level goes whole: its runs overlap.
+                vec![version.levels[level - 1].clone()]
             } else {
                 self.round_robin(version, level)
                     .into_iter()
@@ -358,7 +372,7 @@ impl Tree {
                     continue;
                 }
                 busy.extend(&ids);
-                if level > 0 {
+                if level > 0 && !version.is_tiered(level) {
                     self.set_cursor(level, user_key(task.upper[0].max_key()));
                 }
                 return Some((task, Busy { tree: self, ids }));
@@ -456,6 +470,8 @@ impl Tree {
         closed: &std::sync::atomic::AtomicBool,
     ) -> Result<()> {
         let level = task.output_level;
+        // A run of a tiered level is one table, however large.
+        let one_run = self.options.tiered_levels >= usize::from(level) && level >= 1;
         let inputs: Vec<Arc<TableFile>> = task.upper.into_iter().chain(task.lower).collect();
         let bytes_in: u64 = inputs.iter().map(|t| t.table.file_bytes()).sum();
         // Held for the job: the value-log files its inputs point into stay open.
@@ -479,6 +495,7 @@ impl Tree {
                     .as_ref()
                     .is_none_or(|(b, k)| *b != e.bucket || *k != e.key);
                 if new_key
+                    && !one_run
                     && let Some((_, w)) = &writer
                     && w.estimated_file_bytes() >= self.options.table_target_bytes
                 {
@@ -773,6 +790,20 @@ pub(super) fn task_into_next(
 ) -> Option<Task> {
     let lo = upper.iter().map(|t| user_key(t.min_key())).min()?;
     let hi = upper.iter().map(|t| user_key(t.max_key())).max()?;
+    let output = level + 1;
+    let below_empty = version.levels.iter().skip(output).all(|l| l.is_empty());
+    if version.is_tiered(output) {
+        // A new run of the tiered level below: its runs stay as they are. Tombstones can go
+        // only if it is the level's first run and nothing is below.
+        let empty = version.levels.get(level).is_none_or(|l| l.is_empty());
+        return Some(Task {
+            output_level: output as u8,
+            upper,
+            lower: Vec::new(),
+            bottom: empty && below_empty,
+            in_place: false,
+        });
+    }
     let lower: Vec<Arc<TableFile>> = version
         .levels
         .get(level)
@@ -781,7 +812,7 @@ pub(super) fn task_into_next(
         .filter(|t| user_key(t.max_key()) >= lo && user_key(t.min_key()) <= hi)
         .cloned()
         .collect();
-    let bottom = version.levels.iter().skip(level + 1).all(|l| l.is_empty());
+    let bottom = below_empty;
     Some(Task {
         output_level: level as u8 + 1,
         upper,
@@ -931,6 +962,92 @@ mod tests {
         drop(picks);
         assert!(tree.busy.lock().unwrap().is_empty());
         assert!(tree.pick(false).is_some());
+        Ok(())
+    }
+
+    /// A tiered L1 takes each L0 compaction as a new run (one table, however large) without
+    /// rewriting the runs already there; at `l0_compaction_trigger` runs it is merged whole
+    /// into one run of L2; reads see the newest version throughout.
+    #[tokio::test]
+    async fn a_tiered_level_takes_runs_whole_and_is_merged_whole() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let driver = ringtide_platform::IoDriver::new(Default::default())?;
+        let options = crate::kv::DbOptions::default()
+            .write_buffer_bytes(64 << 10)
+            .table_target_bytes(64 << 10)
+            .l1_target_bytes(16 << 20)
+            .l0_compaction_trigger(2)
+            .level_count(5)
+            .tiered_levels(2)
+            .tree_options();
+        let tree = Tree::open(
+            dir.path(),
+            driver,
+            options,
+            crate::wal::WalOptions::default(),
+            false,
+            Lsn(1),
+        )
+        .await?
+        .tree;
+        let mut seq = 0;
+        let mut flush = async |keys: std::ops::Range<u32>| -> Result<()> {
+            seq += 1;
+            let value: super::super::memtable::Value = Some(Bytes::from(seq.to_string()));
+            let keys: Vec<Bytes> = keys.map(|i| Bytes::from(format!("k{i:06}"))).collect();
+            tree.apply(seq, keys.iter().map(|k| (0, k, &value)));
+            let last = seq;
+            tree.rotate(Lsn(1), true, || last);
+            tree.flush_oldest(0, 1).await?;
+            Ok(())
+        };
+        let closed = std::sync::atomic::AtomicBool::new(false);
+        let level = |n: usize| -> Vec<u64> {
+            let v = tree.current().version.clone();
+            v.levels
+                .get(n - 1)
+                .map_or(Vec::new(), |l| l.iter().map(|t| t.id).collect())
+        };
+        flush(0..3000).await?;
+        flush(1000..4000).await?;
+        assert!(tree.compact_next(Horizon::at(0), &closed, false).await?);
+        let first = level(1);
+        assert_eq!(
+            first.len(),
+            1,
+            "one run, one table (larger than the table target)"
+        );
+        flush(2000..2500).await?;
+        flush(3500..5000).await?;
+        assert!(tree.compact_next(Horizon::at(0), &closed, false).await?);
+        let two = level(1);
+        assert_eq!(two.len(), 2, "a second run");
+        assert_eq!(two[1], first[0], "the older run untouched, after the newer");
+        assert_eq!(
+            tree.get(0, b"k002100", u64::MAX).await?,
+            Some(Bytes::from("3"))
+        );
+        assert_eq!(
+            tree.get(0, b"k001100", u64::MAX).await?,
+            Some(Bytes::from("2"))
+        );
+        // Two runs: L1 is due, merged whole into one run of L2.
+        assert!(tree.scores()[1] >= 1.0, "{:?}", tree.scores());
+        assert!(tree.compact_next(Horizon::at(0), &closed, false).await?);
+        assert!(level(1).is_empty());
+        assert_eq!(level(2).len(), 1);
+        for (k, v) in [
+            ("k000100", "1"),
+            ("k001100", "2"),
+            ("k002100", "3"),
+            ("k004500", "4"),
+        ] {
+            assert_eq!(
+                tree.get(0, k.as_bytes(), u64::MAX).await?,
+                Some(Bytes::from(v)),
+                "{k}"
+            );
+        }
         Ok(())
     }
 }

@@ -6,8 +6,10 @@
 //!   range of seqs: a commit goes to the memtable of its seq, chosen by seq, not by the moment
 //!   it inserts, so that when memtable *n* is flushed every seq up to its end is in it or
 //!   older ones.
-//! - **Tables** (`table/`): a flushed memtable becomes an L0 table; compaction merges L0 into
-//!   L1, and a table of a level over its size target into the level below (`job.rs`). The set of tables is a [`Version`], swapped whole; the manifest
+//! - **Tables** (`table/`): a flushed memtable becomes an L0 table; compaction takes L0 whole
+//!   into L1 — a new run of a size-tiered level (L1–L2 by default), or merged with the tables
+//!   it overlaps in a leveled one — a tiered level whole into the next, and a table of a
+//!   leveled level over its size target into the level below (`job.rs`). The set of tables is a [`Version`], swapped whole; the manifest
 //!   (`manifest.rs`) records each change durably before it is swapped in.
 //! - **Reads** see memtables newest first, then L0 newest first, then L1, L2…: for one key the
 //!   first source holding a version at or below the snapshot has the newest such version (the
@@ -59,6 +61,8 @@ pub(crate) struct TreeOptions {
     pub(crate) level_size_multiplier: u64,
     /// Levels, L0 included.
     pub(crate) level_count: usize,
+    /// Levels L1 to this one are size-tiered (`Version::is_tiered`).
+    pub(crate) tiered_levels: usize,
     pub(crate) block_cache_bytes: u64,
     /// Values of this many bytes or more go to value-log files (0: none).
     pub(crate) value_separation_threshold_bytes: u64,
@@ -287,7 +291,7 @@ impl Tree {
         })?;
         // L0 newest first: a later flush has a larger id.
         files.sort_by_key(|t| std::cmp::Reverse(t.id));
-        let version = Version::default().edit(&[], files, blobs);
+        let version = Version::new(options.tiered_levels).edit(&[], files, blobs);
         let slot = Slot {
             mem: Arc::new(Memtable::new()),
             after_seq: state.flushed.seq,
@@ -438,8 +442,15 @@ impl Tree {
                 return resolve(version, &t.table, v).await;
             }
         }
-        for level in &version.levels {
-            if let Some(t) = Version::find_in_level(level, bucket, key)
+        for (i, level) in version.levels.iter().enumerate() {
+            if version.is_tiered(i + 1) {
+                // Runs newest first, as L0.
+                for t in level {
+                    if let Some(v) = t.table.get(bucket, key, snapshot).await? {
+                        return resolve(version, &t.table, v).await;
+                    }
+                }
+            } else if let Some(t) = Version::find_in_level(level, bucket, key)
                 && let Some(v) = t.table.get(bucket, key, snapshot).await?
             {
                 return resolve(version, &t.table, v).await;

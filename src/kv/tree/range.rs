@@ -84,6 +84,14 @@ impl Tree {
                 } else {
                     Vec::new()
                 }
+            } else if version.is_tiered(level) {
+                // A tiered level goes whole, as L0: its runs overlap in keys.
+                let runs = &version.levels[level - 1];
+                if runs.iter().any(|t| range.overlaps(t)) {
+                    runs.clone()
+                } else {
+                    Vec::new()
+                }
             } else {
                 version.levels[level - 1]
                     .iter()
@@ -94,6 +102,22 @@ impl Tree {
             if upper.is_empty() {
                 level += 1;
                 continue;
+            }
+            if level == last && version.is_tiered(level) {
+                // The runs merged into one, in place (unless that one run is this call's).
+                let done = upper.len() == 1 && upper[0].id >= first_new;
+                drop(current);
+                if !done {
+                    let task = Task {
+                        output_level: level as u8,
+                        upper,
+                        lower: Vec::new(),
+                        bottom: true,
+                        in_place: true,
+                    };
+                    self.compact(task, horizon, closed).await?;
+                }
+                return Ok(());
             }
             if level == last {
                 // Runs of neighbouring tables, split at those this call wrote: a run's outputs
@@ -120,8 +144,11 @@ impl Tree {
                 return Ok(());
             }
             let task = task_into_next(version, level, upper).expect("upper is not empty");
+            // Tables moved down as they are must not overlap each other: a sorted level's, or
+            // a tiered level's one run.
+            let movable = !version.is_tiered(level) || task.upper.len() == 1;
             drop(current);
-            if task.lower.is_empty() && level > 0 {
+            if task.lower.is_empty() && level > 0 && movable {
                 for t in &task.upper {
                     self.move_down(t, task.output_level).await?;
                 }

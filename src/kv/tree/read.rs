@@ -86,8 +86,18 @@ impl Tree {
                     batches.push(table_versions(version, &t.table, r, snapshot, limit).await?);
                 }
             }
-            for level in &version.levels {
-                batches.push(level_versions(version, level, r, snapshot, limit).await?);
+            for (i, level) in version.levels.iter().enumerate() {
+                if version.is_tiered(i + 1) {
+                    // Runs newest first, each a source of its own, as L0's tables.
+                    for t in level {
+                        if overlaps(t, r) {
+                            batches
+                                .push(table_versions(version, &t.table, r, snapshot, limit).await?);
+                        }
+                    }
+                } else {
+                    batches.push(level_versions(version, level, r, snapshot, limit).await?);
+                }
             }
             let (out, resume) = merge(batches, r.reverse);
             match resume {

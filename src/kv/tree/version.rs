@@ -94,8 +94,12 @@ impl Drop for TableFile {
 pub(crate) struct Version {
     /// Level 0: flushed memtables, newest first; their key ranges overlap.
     pub(crate) l0: Vec<Arc<TableFile>>,
-    /// Levels 1 and up: each sorted by key, the tables' ranges disjoint.
+    /// Levels 1 and up. A *tiered* level (1 to `tiered`): sorted runs of one table each, newest
+    /// first (by seq: the runs of a level hold disjoint seq ranges), their key ranges
+    /// overlapping, as L0's. A *sorted* level (below): tables sorted by key, ranges disjoint.
     pub(crate) levels: Vec<Vec<Arc<TableFile>>>,
+    /// Levels 1 to `tiered` are tiered.
+    pub(crate) tiered: usize,
     /// The value-log files some table names, by id: exactly those (see `blob.rs`).
     pub(crate) blobs: BTreeMap<u64, Arc<BlobFile>>,
 }
@@ -108,6 +112,20 @@ pub(crate) struct BlobLive {
 }
 
 impl Version {
+    /// An empty version whose levels 1 to `tiered` are tiered.
+    pub(crate) fn new(tiered: usize) -> Version {
+        Version {
+            tiered,
+            ..Version::default()
+        }
+    }
+
+    /// Whether level `n` (1 and up) holds sorted runs that overlap (size-tiered), not one
+    /// sorted run (leveled).
+    pub(crate) fn is_tiered(&self, n: usize) -> bool {
+        (1..=self.tiered).contains(&n)
+    }
+
     /// Every table, L0 first.
     pub(crate) fn tables(&self) -> impl Iterator<Item = &Arc<TableFile>> {
         self.l0.iter().chain(self.levels.iter().flatten())
@@ -189,22 +207,36 @@ impl Version {
                 .cloned()
                 .collect();
             level.extend(added.iter().filter(|t| t.level as usize == n).cloned());
-            level.sort_by(|a, b| {
-                let (x, y) = (a.min_key(), b.min_key());
-                (x.bucket, &x.key).cmp(&(y.bucket, &y.key))
-            });
-            debug_assert!(
-                level.windows(2).all(|w| {
-                    let (end, start) = (w[0].max_key(), w[1].min_key());
-                    (end.bucket, &end.key) < (start.bucket, &start.key)
-                }),
-                "the tables of sorted level {n} overlap"
-            );
+            if self.is_tiered(n) {
+                // Newest run first. Runs hold disjoint seq ranges (each was made of data newer
+                // than every run already in the level), which ids do not order: two
+                // compactions may allocate their outputs' ids in either order.
+                level.sort_by_key(|t| std::cmp::Reverse(t.table.meta().seq_max));
+                debug_assert!(
+                    level
+                        .windows(2)
+                        .all(|w| w[0].table.meta().seq_min > w[1].table.meta().seq_max),
+                    "the runs of tiered level {n} overlap in seqs"
+                );
+            } else {
+                level.sort_by(|a, b| {
+                    let (x, y) = (a.min_key(), b.min_key());
+                    (x.bucket, &x.key).cmp(&(y.bucket, &y.key))
+                });
+                debug_assert!(
+                    level.windows(2).all(|w| {
+                        let (end, start) = (w[0].max_key(), w[1].min_key());
+                        (end.bucket, &end.key) < (start.bucket, &start.key)
+                    }),
+                    "the tables of sorted level {n} overlap"
+                );
+            }
             levels.push(level);
         }
         Version {
             l0,
             levels,
+            tiered: self.tiered,
             blobs: BTreeMap::new(),
         }
     }
