@@ -35,6 +35,7 @@ both_backends!(
     prepared_transactions_hold_keys_and_survive_reopen,
     prepared_serializable_reads_stay_held_after_reopen,
     a_prepared_transactions_buckets_cannot_be_deleted_until_it_is_resolved,
+    prepared_transactions_sharing_a_bucket_each_hold_it,
     second_opener_waits_then_gets_locked,
     read_only_open_refuses_writes,
     large_transactions_span_several_records_and_recover,
@@ -1039,4 +1040,47 @@ async fn a_prepared_transactions_buckets_cannot_be_deleted_until_it_is_resolved(
         db.close().await?;
     }
     Ok(())
+}
+
+/// Two prepared transactions write into one bucket: each holds its catalog key, so the
+/// bucket cannot be deleted until both are resolved (one resolving releases only its own
+/// hold); and a transaction writing into a bucket whose delete is prepared is refused at its
+/// prepare (its commit would not be validated again, and would land after the delete).
+async fn prepared_transactions_sharing_a_bucket_each_hold_it(driver: IoDriver) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = Db::open(dir.path(), options(&driver)).await?;
+    db.update(|t| async move { t.create_bucket("B").await.map(drop) })
+        .await?;
+    let t1 = db.begin(snapshot())?;
+    t1.bucket("B").await?.expect("B").put(b("k1"), b("v1"))?;
+    t1.prepare().await?;
+    let t2 = db.begin(snapshot())?;
+    t2.bucket("B").await?.expect("B").put(b("k2"), b("v2"))?;
+    t2.prepare().await?;
+    t2.rollback().await?;
+    let delete = async || -> Result<()> {
+        let d = db.begin(snapshot())?;
+        d.delete_bucket("B").await?;
+        d.commit().await.map(drop)
+    };
+    let err = delete().await.unwrap_err();
+    assert_eq!(conflict_kind(&err), Some(ConflictKind::Prepared), "{err}");
+    t1.commit().await?;
+    let got = db
+        .view(|t| async move { t.bucket("B").await?.expect("B").get(b("k1")).await })
+        .await?;
+    assert_eq!(got, Some(b("v1")));
+    delete().await?;
+
+    db.update(|t| async move { t.create_bucket("C").await.map(drop) })
+        .await?;
+    let d = db.begin(snapshot())?;
+    d.delete_bucket("C").await?;
+    d.prepare().await?;
+    let t = db.begin(snapshot())?;
+    t.bucket("C").await?.expect("C").put(b("k"), b("v"))?;
+    let err = t.prepare().await.unwrap_err();
+    assert_eq!(conflict_kind(&err), Some(ConflictKind::Prepared), "{err}");
+    d.commit().await?;
+    db.close().await
 }

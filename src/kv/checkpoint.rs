@@ -77,6 +77,8 @@ pub(crate) async fn checkpoint(shared: &Arc<Shared>, target: &Path) -> Result<Se
         snapshot: true,
         removed: Vec::new(),
         added,
+        // Read with the shape its tables were written with.
+        shape: Some(shared.tree.options.tiered_levels as u8),
     };
     let recorded = manifest.record(&edit).await;
     let closed = manifest.close().await;

@@ -167,6 +167,7 @@ pub fn manifest_seeds() -> Vec<Vec<u8>> {
             }),
             snapshot: true,
             added: vec![(1, 2), (2, 3)],
+            shape: Some(2),
             ..Edit::default()
         },
     ];

@@ -184,16 +184,17 @@ impl Db {
             let oracle =
                 txn::oracle::Oracle::new(replayed.last_seq, options.conflict_history_bytes());
             for (&id, p) in &replayed.prepared {
-                // Its writes, and what it read (serializable): held as before the restart.
-                let mut keys = txn::commit::written_keys(&p.writes);
-                let mut ranges = Vec::new();
+                // Its writes, and what it read (its buckets' catalog keys; serializable: every
+                // read and range): held as before the restart.
+                let written = txn::commit::written_keys(&p.writes);
+                let (mut read, mut ranges) = (Vec::new(), Vec::new());
                 for held in &p.held {
                     match held {
-                        record::Held::Key(key) => keys.push(key.clone()),
+                        record::Held::Key(key) => read.push(key.clone()),
                         record::Held::Range(range) => ranges.push(range.clone()),
                     }
                 }
-                oracle.hold(id, keys, ranges);
+                oracle.hold(id, written, read, ranges);
             }
             let expired: Vec<u64> = replayed
                 .prepared

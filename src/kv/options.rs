@@ -574,6 +574,7 @@ impl DbOptions {
             level_size_multiplier: self.level_size_multiplier,
             level_count: self.level_count,
             tiered_levels: self.tiered(),
+            tiered_levels_explicit: self.tiered_levels.is_some(),
             block_cache_bytes: self.block_cache_bytes,
             value_separation_threshold_bytes: self.value_separation_threshold_bytes,
             value_log_garbage_ratio: self.value_log_garbage_ratio,

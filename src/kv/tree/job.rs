@@ -541,7 +541,11 @@ impl Tree {
                 },
                 Err((e, rest)) => Err(self.abandon(None, rest, e).await),
             },
-            Err(e) => Err(self.abandon(None, blobs, e).await),
+            // The table being written (if any) and the value-log file go with the job.
+            Err(e) => {
+                let unfinished = writer.take().map(|(_, w)| w);
+                Err(self.abandon(unfinished, blobs, e).await)
+            }
         };
         let new_blobs = match new_blobs {
             Ok(b) => b,

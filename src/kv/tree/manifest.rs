@@ -13,15 +13,23 @@
 //! offset  size  field
 //!  0       1    version (1)
 //!  1       1    flags: bit 0 = flushed (the two fields below follow), bit 1 = snapshot
-//!                      (the state is replaced: every live table is in `added`); others 0
+//!                      (the state is replaced: every live table is in `added`), bit 2 =
+//!                      shape (the byte below follows); others 0
 //! [2       8    flushed seq, u64 LE: every commit at or below it is in the tables]
 //! [10      8    next transaction id, u64 LE]
+//! […       1    shape: the tree's tiered levels (L1 to this one are size-tiered), < 16]
 //!  …       4    removed count n, u32 LE; then n table ids, u64 LE
 //!  …       4    added count m, u32 LE; then m × (level u8, table id u64 LE)
 //! ```
 //!
 //! Nothing may follow. Replay refuses an edit that removes a table that is not live, adds one
-//! that is, lowers the flushed seq or names a level beyond [`MAX_LEVELS`].
+//! that is, lowers the flushed seq, names a level beyond [`MAX_LEVELS`] or changes the shape.
+//!
+//! The shape is recorded once, by the first open of a store (and in every snapshot edit): how
+//! the tables of a level are ordered and read depends on it (a tiered level's runs overlap in
+//! keys, a leveled level's tables do not), so a store is always read with the shape it was
+//! written with. A manifest that never recorded one is of a store written before shapes
+//! existed: every level leveled.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -35,6 +43,7 @@ use crate::wal::{Ack, Record, SyncPolicy, Wal, WalOptions};
 const VERSION: u8 = 1;
 const FLAG_FLUSHED: u8 = 1;
 const FLAG_SNAPSHOT: u8 = 2;
+const FLAG_SHAPE: u8 = 4;
 /// Levels a table may be at (L0 and up).
 pub(crate) const MAX_LEVELS: u8 = 16;
 /// Edits between two snapshots of the whole state.
@@ -57,6 +66,8 @@ pub(crate) struct Edit {
     pub(crate) removed: Vec<u64>,
     /// `(level, table id)`.
     pub(crate) added: Vec<(u8, u64)>,
+    /// The tree's tiered levels (recorded once, and in snapshots).
+    pub(crate) shape: Option<u8>,
 }
 
 impl Edit {
@@ -71,10 +82,16 @@ impl Edit {
         if self.snapshot {
             flags |= FLAG_SNAPSHOT;
         }
+        if self.shape.is_some() {
+            flags |= FLAG_SHAPE;
+        }
         out.push(flags);
         if let Some(f) = self.flushed {
             out.extend_from_slice(&f.seq.to_le_bytes());
             out.extend_from_slice(&f.next_txn_id.to_le_bytes());
+        }
+        if let Some(tiered) = self.shape {
+            out.push(tiered);
         }
         out.extend_from_slice(&(self.removed.len() as u32).to_le_bytes());
         for id in &self.removed {
@@ -95,7 +112,7 @@ impl Edit {
             return Err("unknown edit version");
         }
         let flags = r.u8()?;
-        if flags & !(FLAG_FLUSHED | FLAG_SNAPSHOT) != 0 {
+        if flags & !(FLAG_FLUSHED | FLAG_SNAPSHOT | FLAG_SHAPE) != 0 {
             return Err("unknown edit flags");
         }
         let flushed = if flags & FLAG_FLUSHED != 0 {
@@ -103,6 +120,15 @@ impl Edit {
                 seq: r.u64()?,
                 next_txn_id: r.u64()?,
             })
+        } else {
+            None
+        };
+        let shape = if flags & FLAG_SHAPE != 0 {
+            let tiered = r.u8()?;
+            if tiered >= MAX_LEVELS {
+                return Err("tiered levels out of range");
+            }
+            Some(tiered)
         } else {
             None
         };
@@ -125,6 +151,7 @@ impl Edit {
             snapshot: flags & FLAG_SNAPSHOT != 0,
             removed,
             added,
+            shape,
         })
     }
 }
@@ -168,6 +195,8 @@ pub(crate) struct State {
     pub(crate) flushed: Flushed,
     /// Live tables: id → level.
     pub(crate) tables: BTreeMap<u64, u8>,
+    /// The tree's tiered levels, once recorded.
+    pub(crate) shape: Option<u8>,
 }
 
 impl Default for Flushed {
@@ -187,6 +216,12 @@ impl State {
                 return Err("a snapshot edit removes tables");
             }
             self.tables.clear();
+        }
+        if let Some(tiered) = edit.shape {
+            if self.shape.is_some_and(|s| s != tiered) {
+                return Err("the tree's shape changed");
+            }
+            self.shape = Some(tiered);
         }
         if let Some(f) = edit.flushed {
             if f.seq < self.flushed.seq {
@@ -218,6 +253,7 @@ impl State {
                 .iter()
                 .map(|(&id, &level)| (level, id))
                 .collect(),
+            shape: self.shape,
         }
     }
 }
@@ -346,9 +382,18 @@ mod tests {
             snapshot: false,
             removed: vec![1, 2],
             added: vec![(0, 9), (1, 10)],
+            shape: Some(2),
         };
         let bytes = edit.encode();
         assert_eq!(Edit::decode(&bytes), Ok(edit.clone()));
+        let bad_shape = Edit {
+            shape: Some(MAX_LEVELS),
+            ..Edit::default()
+        };
+        assert_eq!(
+            Edit::decode(&bad_shape.encode()),
+            Err("tiered levels out of range")
+        );
         for cut in 0..bytes.len() {
             assert!(Edit::decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
@@ -368,6 +413,14 @@ mod tests {
     #[test]
     fn state_refuses_edits_that_do_not_fit() {
         let mut s = State::default();
+        let shape = |tiered| Edit {
+            shape: Some(tiered),
+            ..Edit::default()
+        };
+        s.apply(&shape(2)).unwrap();
+        s.apply(&shape(2)).unwrap();
+        assert_eq!(s.apply(&shape(0)), Err("the tree's shape changed"));
+        assert_eq!(s.snapshot().shape, Some(2));
         let add = |id| Edit {
             added: vec![(0, id)],
             ..Edit::default()

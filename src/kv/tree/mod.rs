@@ -61,8 +61,12 @@ pub(crate) struct TreeOptions {
     pub(crate) level_size_multiplier: u64,
     /// Levels, L0 included.
     pub(crate) level_count: usize,
-    /// Levels L1 to this one are size-tiered (`Version::is_tiered`).
+    /// Levels L1 to this one are size-tiered (`Version::is_tiered`); at open, the shape the
+    /// store recorded replaces it.
     pub(crate) tiered_levels: usize,
+    /// `tiered_levels` was asked for (not a default): a store recorded with another shape is
+    /// refused instead of read with its own.
+    pub(crate) tiered_levels_explicit: bool,
     pub(crate) block_cache_bytes: u64,
     /// Values of this many bytes or more go to value-log files (0: none).
     pub(crate) value_separation_threshold_bytes: u64,
@@ -213,6 +217,8 @@ impl Tree {
         }
         let manifest = Manifest::open(&dir.join("manifest"), wal_options, read_only).await?;
         let state = manifest.state().await;
+        let mut options = options;
+        options.tiered_levels = shape(&options, &state, &manifest, read_only).await?;
         let present = list_files(&driver, &tables_dir, ".sst").await?;
         let present_blobs = list_files(&driver, &tables_dir, ".blob").await?;
         let mut max_id = present
@@ -292,6 +298,16 @@ impl Tree {
         // L0 newest first: a later flush has a larger id.
         files.sort_by_key(|t| std::cmp::Reverse(t.id));
         let version = Version::new(options.tiered_levels).edit(&[], files, blobs);
+        if let Some(reason) = version.misshapen() {
+            return Err(Error::corruption(
+                dir.join("manifest"),
+                0,
+                CorruptionKind::BadManifest {
+                    lsn: Lsn(0),
+                    reason,
+                },
+            ));
+        }
         let slot = Slot {
             mem: Arc::new(Memtable::new()),
             after_seq: state.flushed.seq,
@@ -358,6 +374,9 @@ impl Tree {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let next = f(&guard);
+        // A job's edit keeps every level in order (the state read at open is checked apart,
+        // as damage, not a bug).
+        debug_assert_eq!(next.version.misshapen(), None, "a version out of order");
         self.immutable_count
             .store(next.memtables.len() - 1, Ordering::Release);
         let flushed: u64 = guard
@@ -534,6 +553,59 @@ impl Tree {
     pub(crate) fn driver(&self) -> &IoDriver {
         &self.driver
     }
+}
+
+/// The tree's tiered levels: the shape the store recorded (a store with tables and no record
+/// was written before shapes existed: every level leveled), or else the options' (recorded now
+/// unless read-only). A shape asked for explicitly that differs from the store's is refused:
+/// the tables of a level are laid out for the shape they were written with.
+async fn shape(
+    options: &TreeOptions,
+    state: &manifest::State,
+    manifest: &Manifest,
+    read_only: bool,
+) -> Result<usize> {
+    let recorded = state
+        .shape
+        .map(usize::from)
+        .or_else(|| (!state.tables.is_empty()).then_some(0));
+    let Some(recorded) = recorded else {
+        if !read_only {
+            let edit = manifest::Edit {
+                shape: Some(options.tiered_levels as u8),
+                ..manifest::Edit::default()
+            };
+            manifest.record(&edit).await?;
+        }
+        return Ok(options.tiered_levels);
+    };
+    if options.tiered_levels_explicit && options.tiered_levels != recorded {
+        return Err(Error::invalid(
+            "tiered_levels",
+            format!(
+                "this store's levels are shaped with {recorded} tiered levels (asked: {}); \
+                 changing the shape of an existing store is not supported",
+                options.tiered_levels
+            ),
+        ));
+    }
+    if recorded + 2 > options.level_count {
+        return Err(Error::invalid(
+            "level_count",
+            format!(
+                "this store has {recorded} tiered levels: level_count must be at least {}",
+                recorded + 2
+            ),
+        ));
+    }
+    if state.shape.is_none() && !read_only {
+        let edit = manifest::Edit {
+            shape: Some(recorded as u8),
+            ..manifest::Edit::default()
+        };
+        manifest.record(&edit).await?;
+    }
+    Ok(recorded)
 }
 
 /// The value a table holds for a version (`None`: a tombstone), read from its value-log file

@@ -126,6 +126,32 @@ impl Version {
         (1..=self.tiered).contains(&n)
     }
 
+    /// What is wrong with the order of the levels' tables, if anything: a tiered level's runs
+    /// must hold disjoint seq ranges, a leveled level's tables disjoint key ranges (checked at
+    /// open, in release builds too: a version that breaks either would answer reads wrongly).
+    pub(crate) fn misshapen(&self) -> Option<&'static str> {
+        for (i, level) in self.levels.iter().enumerate() {
+            let sound = if self.is_tiered(i + 1) {
+                level
+                    .windows(2)
+                    .all(|w| w[0].table.meta().seq_min > w[1].table.meta().seq_max)
+            } else {
+                level.windows(2).all(|w| {
+                    let (end, start) = (w[0].max_key(), w[1].min_key());
+                    (end.bucket, &end.key) < (start.bucket, &start.key)
+                })
+            };
+            if !sound {
+                return Some(if self.is_tiered(i + 1) {
+                    "the runs of a tiered level overlap in seqs"
+                } else {
+                    "the tables of a leveled level overlap in keys"
+                });
+            }
+        }
+        None
+    }
+
     /// Every table, L0 first.
     pub(crate) fn tables(&self) -> impl Iterator<Item = &Arc<TableFile>> {
         self.l0.iter().chain(self.levels.iter().flatten())
@@ -151,8 +177,8 @@ impl Version {
         for t in self.tables() {
             for r in &t.table.meta().blobs {
                 let l = live.entry(r.file).or_default();
-                l.values += r.values;
-                l.bytes += r.bytes;
+                l.values = l.values.saturating_add(r.values);
+                l.bytes = l.bytes.saturating_add(r.bytes);
             }
         }
         live
@@ -212,24 +238,11 @@ impl Version {
                 // than every run already in the level), which ids do not order: two
                 // compactions may allocate their outputs' ids in either order.
                 level.sort_by_key(|t| std::cmp::Reverse(t.table.meta().seq_max));
-                debug_assert!(
-                    level
-                        .windows(2)
-                        .all(|w| w[0].table.meta().seq_min > w[1].table.meta().seq_max),
-                    "the runs of tiered level {n} overlap in seqs"
-                );
             } else {
                 level.sort_by(|a, b| {
                     let (x, y) = (a.min_key(), b.min_key());
                     (x.bucket, &x.key).cmp(&(y.bucket, &y.key))
                 });
-                debug_assert!(
-                    level.windows(2).all(|w| {
-                        let (end, start) = (w[0].max_key(), w[1].min_key());
-                        (end.bucket, &end.key) < (start.bucket, &start.key)
-                    }),
-                    "the tables of sorted level {n} overlap"
-                );
             }
             levels.push(level);
         }

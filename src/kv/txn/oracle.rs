@@ -122,8 +122,37 @@ pub(crate) type Refusal = (ConflictKind, BucketKey);
 /// Keys and ranges a prepared transaction holds until it commits or rolls back.
 #[derive(Debug, Default)]
 struct Hold {
+    /// Keys it holds (written or read), each once.
     keys: Vec<BucketKey>,
     ranges: Vec<ScannedRange>,
+}
+
+/// The prepared transactions holding one key: those that write it and those that read it.
+/// Several may hold a key (two prepared writers of one bucket both read its catalog key), and
+/// each releases only its own hold.
+#[derive(Default, Debug)]
+struct Holders {
+    writers: Vec<u64>,
+    readers: Vec<u64>,
+}
+
+impl Holders {
+    fn is_empty(&self) -> bool {
+        self.writers.is_empty() && self.readers.is_empty()
+    }
+
+    /// Whether a transaction other than `own` holds the key at all.
+    fn other_than(&self, own: Option<u64>) -> bool {
+        self.writers
+            .iter()
+            .chain(&self.readers)
+            .any(|&id| Some(id) != own)
+    }
+
+    /// Whether a transaction other than `own` writes the key.
+    fn other_writer_than(&self, own: Option<u64>) -> bool {
+        self.writers.iter().any(|&id| Some(id) != own)
+    }
 }
 
 #[derive(Default)]
@@ -145,8 +174,8 @@ struct State {
     floor: u64,
     /// Active snapshots: (snapshot, txn id) → deadline.
     snapshots: BTreeMap<(u64, u64), Option<Instant>>,
-    /// Keys held by prepared transactions: key → txn id.
-    held: HashMap<BucketKey, u64>,
+    /// Keys held by prepared transactions: key → the transactions holding it.
+    held: HashMap<BucketKey, Holders>,
     /// Every prepared transaction's holds, by txn id.
     holds: HashMap<u64, Hold>,
     /// Tasks waiting for the watermark to reach a seq: woken once, when it does.
@@ -291,33 +320,81 @@ impl Oracle {
     ) -> Result<(), Refusal> {
         let mut s = self.lock();
         Self::validate(&s, check, &written)?;
-        written.extend_from_slice(held_reads);
-        Self::hold_locked(&mut s, txn_id, written, held_ranges.to_vec());
+        // What it holds as read must not be written by another prepared transaction either:
+        // its commit is not validated again, so a prepared delete of a bucket it writes into
+        // (the bucket's catalog key) committed first would leave its writes in a dead bucket.
+        for key in held_reads {
+            if s.held
+                .get(key)
+                .is_some_and(|h| h.other_writer_than(Some(txn_id)))
+            {
+                return Err((ConflictKind::Prepared, key.clone()));
+            }
+        }
+        Self::hold_locked(
+            &mut s,
+            txn_id,
+            std::mem::take(&mut written),
+            held_reads.to_vec(),
+            held_ranges.to_vec(),
+        );
         Ok(())
     }
 
-    /// Holds keys and ranges for a prepared transaction restored by recovery.
-    pub(crate) fn hold(&self, txn_id: u64, keys: Vec<BucketKey>, ranges: Vec<ScannedRange>) {
+    /// Holds keys and ranges for a prepared transaction restored by recovery: the keys it
+    /// writes and those it read.
+    pub(crate) fn hold(
+        &self,
+        txn_id: u64,
+        written: Vec<BucketKey>,
+        read: Vec<BucketKey>,
+        ranges: Vec<ScannedRange>,
+    ) {
         let mut s = self.lock();
-        Self::hold_locked(&mut s, txn_id, keys, ranges);
+        Self::hold_locked(&mut s, txn_id, written, read, ranges);
     }
 
-    fn hold_locked(s: &mut State, txn_id: u64, keys: Vec<BucketKey>, ranges: Vec<ScannedRange>) {
-        for k in &keys {
-            s.held.insert(k.clone(), txn_id);
+    fn hold_locked(
+        s: &mut State,
+        txn_id: u64,
+        written: Vec<BucketKey>,
+        read: Vec<BucketKey>,
+        ranges: Vec<ScannedRange>,
+    ) {
+        let mut keys = Vec::with_capacity(written.len() + read.len());
+        for (k, writes) in written
+            .into_iter()
+            .map(|k| (k, true))
+            .chain(read.into_iter().map(|k| (k, false)))
+        {
+            let holders = s.held.entry(k.clone()).or_default();
+            let list = if writes {
+                &mut holders.writers
+            } else {
+                &mut holders.readers
+            };
+            if !list.contains(&txn_id) {
+                list.push(txn_id);
+                keys.push(k);
+            }
         }
         let hold = s.holds.entry(txn_id).or_default();
         hold.keys.extend(keys);
         hold.ranges.extend(ranges);
     }
 
-    /// Releases a prepared transaction's holds (after its commit was assigned, or rollback).
+    /// Releases a prepared transaction's holds (after its commit was assigned, or rollback):
+    /// its own, not another's on the same keys.
     pub(crate) fn unhold(&self, txn_id: u64) {
         let mut s = self.lock();
         if let Some(hold) = s.holds.remove(&txn_id) {
             for k in hold.keys {
-                if s.held.get(&k) == Some(&txn_id) {
-                    s.held.remove(&k);
+                if let Some(h) = s.held.get_mut(&k) {
+                    h.writers.retain(|&id| id != txn_id);
+                    h.readers.retain(|&id| id != txn_id);
+                    if h.is_empty() {
+                        s.held.remove(&k);
+                    }
                 }
             }
         }
@@ -356,8 +433,9 @@ impl Oracle {
             }
         }
         for key in written {
-            if let Some(&holder) = s.held.get(key)
-                && Some(holder) != check.own_hold
+            if s.held
+                .get(key)
+                .is_some_and(|h| h.other_than(check.own_hold))
             {
                 return Err((ConflictKind::Prepared, key.clone()));
             }

@@ -467,8 +467,16 @@ impl TableMeta {
             && self.buckets.first() == Some(&self.min_key.bucket)
             && self.buckets.last() == Some(&self.max_key.bucket)
             && self.blobs.windows(2).all(|w| w[0].file < w[1].file)
-            && self.blobs.iter().all(|r| r.values >= 1)
-            && self.blobs.iter().map(|r| r.values).sum::<u64>() <= self.entries - self.tombstones;
+            // Each pointer reaches at most a u32 of bytes; no sum may overflow.
+            && self
+                .blobs
+                .iter()
+                .all(|r| r.values >= 1 && r.bytes <= r.values.saturating_mul(u64::from(u32::MAX)))
+            && self
+                .blobs
+                .iter()
+                .try_fold(0u64, |n, r| n.checked_add(r.values))
+                .is_some_and(|n| n <= self.entries - self.tombstones);
         if sound {
             Ok(())
         } else {
@@ -704,6 +712,45 @@ mod tests {
             reason(open_block(&Bytes::from(flipped))),
             "block checksum mismatch"
         );
+    }
+
+    /// Value-log counts no writer makes (sums past u64, bytes past what the pointers can
+    /// reach) are refused, never a panic (a reviewer's case: values u64::MAX and 2).
+    #[test]
+    fn meta_value_log_counts_that_overflow_are_refused() {
+        let key = |seq| InternalKey::new(1, Bytes::from_static(b"k"), seq);
+        let meta = |blobs: Vec<BlobRef>| TableMeta {
+            entries: u64::MAX,
+            tombstones: 0,
+            seq_min: 1,
+            seq_max: 2,
+            key_bytes: 1,
+            value_bytes: 1,
+            data_blocks: 1,
+            min_key: key(2),
+            max_key: key(1),
+            buckets: vec![1],
+            blobs,
+        };
+        let r = |file, values, bytes| BlobRef {
+            file,
+            values,
+            bytes,
+        };
+        let sound = meta(vec![r(1, 2, 100)]);
+        let mut b = BytesMut::new();
+        sound.encode(&mut b);
+        assert_eq!(TableMeta::decode(&b, 2), Ok(sound));
+        for blobs in [
+            vec![r(1, u64::MAX, 1), r(2, 2, 1)],
+            vec![r(1, 1, u64::MAX)],
+            vec![r(1, 0, 0)],
+            vec![r(2, 1, 1), r(1, 1, 1)],
+        ] {
+            let mut b = BytesMut::new();
+            meta(blobs.clone()).encode(&mut b);
+            assert!(TableMeta::decode(&b, 2).is_err(), "{blobs:?}");
+        }
     }
 
     #[test]
