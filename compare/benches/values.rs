@@ -470,6 +470,19 @@ fn row(name: &'static str, unit: Unit, metric: &'static str) -> Row {
     }
 }
 
+/// Bytes of separated values no table points to any more, after `phase`: ringtide's
+/// `value_log_garbage_bytes`, fjall's `fragmented_blob_bytes` (only where it separates).
+fn garbage_row(name: &'static str, phase: &'static str) -> Row {
+    Row {
+        name,
+        unit: Unit::Bytes,
+        value: Box::new(move |m| {
+            let fig = |f: &str| m.get(&format!("{phase}.fig.{f}")).copied();
+            fig("value_log_garbage_bytes").or_else(|| fig("blob_stale_bytes"))
+        }),
+    }
+}
+
 fn rate_row(name: &'static str, metric: &'static str) -> Row {
     Row {
         name,
@@ -514,6 +527,10 @@ fn rows() -> Vec<Row> {
             Unit::Factor,
             "overwrite.space_amp",
         ),
+        garbage_row(
+            "2. … garbage in value-log / blob files after it",
+            "overwrite",
+        ),
         rate_row("3. point reads (16 workers, uniform), reads/s", "reads"),
         row("3. … read p50", Unit::Nanos, "reads.p50_ns"),
         row("3. … read p99", Unit::Nanos, "reads.p99_ns"),
@@ -531,6 +548,10 @@ fn rows() -> Vec<Row> {
             "4. space amplification after it (files ÷ live logical)",
             Unit::Factor,
             "compaction.space_amp",
+        ),
+        garbage_row(
+            "4. … garbage in value-log / blob files after it",
+            "compaction",
         ),
         row("5. peak RSS over the run", Unit::Bytes, "peak"),
         row("5. … during the load", Unit::Bytes, "peak.load"),
@@ -615,8 +636,10 @@ fn main() {
          `write_bytes`: wal or journal, tables, value-log or blob files, manifests) over the \
          phase, until the engine was quiet (memtables flushed, compactions done), ÷ the \
          phase's logical bytes (N × (16 + value)); space amplification is the files' allocated \
-         bytes ÷ the live logical bytes (N × (16 + value)). Peak RSS is VmHWM, reset between \
-         phases. An engine not run leaves its column and ratios empty.\n"
+         bytes ÷ the live logical bytes (N × (16 + value)). The garbage rows are ringtide's \
+         `value_log_garbage_bytes` and fjall's `fragmented_blob_bytes` (values in value-log or \
+         blob files that no table points to, not yet reclaimed). Peak RSS is VmHWM, reset \
+         between phases. An engine not run leaves its column and ratios empty.\n"
     );
     eprintln!("total {:.0} s", parent.started.elapsed().as_secs_f64());
 }
