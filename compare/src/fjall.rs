@@ -243,6 +243,29 @@ fn fjall_counters<K: AsRef<fjall3::Keyspace>>(
     })
 }
 
+impl FjallSw {
+    /// [`Ycsb::open_bounded`], with key-value separation if `separated`: the keyspace created
+    /// with `with_kv_separation(Some(KvSeparationOptions::default()))` (fjall 3.1.13 / lsm-tree
+    /// 3.1.10: values of 1 KiB or more go to blob files of 64 MiB, lz4; a compaction relocates
+    /// the live values of the oldest quarter of the blob files its tables point into that are
+    /// at least 25% stale). Without, as `open_bounded`.
+    pub fn open_bounded_separated(dir: &Path, budget: u64, separated: bool) -> Self {
+        let m = MemorySplit::of(budget);
+        let db = fjall3::SingleWriterTxDatabase::builder(dir)
+            .cache_size(m.cache)
+            .open()
+            .expect("fjall open");
+        let ks = db
+            .keyspace("kv", || {
+                fjall3::KeyspaceCreateOptions::default()
+                    .max_memtable_size(m.write_buffer)
+                    .with_kv_separation(separated.then(fjall3::KvSeparationOptions::default))
+            })
+            .expect("fjall keyspace");
+        Self { db, ks }
+    }
+}
+
 /// fjall's memtables and cache under a budget: the same sizes as ringtide's
 /// ([`MemorySplit::of`]): memtables of `write_buffer` bytes (`max_memtable_size`), a block
 /// cache of `cache` bytes. fjall lets up to 4 sealed memtables wait for their flush before it
@@ -263,17 +286,7 @@ impl Ycsb for FjallSw {
     }
 
     async fn open_bounded(dir: &Path, budget: u64) -> Self {
-        let m = MemorySplit::of(budget);
-        let db = fjall3::SingleWriterTxDatabase::builder(dir)
-            .cache_size(m.cache)
-            .open()
-            .expect("fjall open");
-        let ks = db
-            .keyspace("kv", || {
-                fjall3::KeyspaceCreateOptions::default().max_memtable_size(m.write_buffer)
-            })
-            .expect("fjall keyspace");
-        Self { db, ks }
+        Self::open_bounded_separated(dir, budget, false)
     }
 
     async fn read(&self, key: &[u8]) -> Option<u64> {
@@ -315,14 +328,21 @@ impl Ycsb for FjallSw {
 
     fn figures(&self) -> Vec<(&'static str, f64)> {
         let (db, ks) = (self.db.inner(), self.ks.inner());
-        vec![
+        let mut figures = vec![
             ("cache_bytes", db.cache_size() as f64),
             ("write_buffer_bytes", db.write_buffer_size() as f64),
             ("tables", ks.table_count() as f64),
             ("l0_tables", ks.l0_table_count() as f64),
             ("journals", db.journal_count() as f64),
             ("compactions", db.compactions_completed() as f64),
-        ]
+        ];
+        if ks.is_kv_separated() {
+            figures.extend([
+                ("blob_files", ks.blob_file_count() as f64),
+                ("blob_stale_bytes", ks.fragmented_blob_bytes() as f64),
+            ]);
+        }
+        figures
     }
 
     /// The active memtable rotated and flushed (`rotate_memtable_and_wait`), then polled until

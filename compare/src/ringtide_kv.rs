@@ -149,6 +149,22 @@ impl Engine for Ringtide {
     }
 }
 
+impl Ringtide {
+    /// [`Ycsb::open_bounded`] with key-value separation's threshold set
+    /// (`DbOptions::value_separation_threshold_bytes`: values of this many bytes or more go to
+    /// value-log files; 0 turns it off); `None` keeps the store's default (4 KiB).
+    pub async fn open_bounded_with(dir: &Path, budget: u64, threshold: Option<u64>) -> Self {
+        let mut options = bounded_options(budget)
+            .sync_policy(SyncPolicy::None)
+            .max_update_attempts(100_000);
+        if let Some(t) = threshold {
+            options = options.value_separation_threshold_bytes(t);
+        }
+        let db = Db::open(dir, options).await.expect("ringtide open");
+        Self { db }
+    }
+}
+
 /// The one place that bounds ringtide's memory in the YCSB comparison: the store's own
 /// `memory_limit_bytes` (memtables, block cache, the tables' indexes and filters, the conflict
 /// history and the flush and compaction buffers under one bound; open transactions' write sets,
@@ -169,11 +185,7 @@ impl Ycsb for Ringtide {
     }
 
     async fn open_bounded(dir: &Path, budget: u64) -> Self {
-        let options = bounded_options(budget)
-            .sync_policy(SyncPolicy::None)
-            .max_update_attempts(100_000);
-        let db = Db::open(dir, options).await.expect("ringtide open");
-        Self { db }
+        Self::open_bounded_with(dir, budget, None).await
     }
 
     async fn read(&self, key: &[u8]) -> Option<u64> {
@@ -247,6 +259,10 @@ impl Ycsb for Ringtide {
             ("flushes", s.flushes as f64),
             ("compactions", s.compactions as f64),
             ("tree_write_amp", s.write_amplification),
+            ("value_log_files", s.value_log_files as f64),
+            ("value_log_bytes", s.value_log_bytes as f64),
+            ("value_log_garbage_bytes", s.value_log_garbage_bytes as f64),
+            ("value_log_bytes_written", s.value_log_bytes_written as f64),
         ]
     }
 
@@ -255,8 +271,7 @@ impl Ycsb for Ringtide {
         self.db.flush().await.expect("ringtide flush");
     }
 
-    const COMPACTION: &'static str =
-        "`Db::compact_full` (every table into the last level holding data, as fjall's major compaction)";
+    const COMPACTION: &'static str = "`Db::compact_full` (every table into the last level holding data, as fjall's major compaction)";
 
     async fn compact(&self) {
         self.db.compact_full().await.expect("ringtide compact_full");
