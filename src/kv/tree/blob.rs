@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::{Bytes, BytesMut};
 use ringtide_platform::{File, IoDriver, OpenOptions};
 
+use super::table::BlockCache;
 use super::table::format::{get_uvarint, put_uvarint};
 use crate::error::{CorruptionKind, Error, Result};
 
@@ -303,6 +304,8 @@ pub(crate) struct BlobFile {
     pub(crate) id: u64,
     path: PathBuf,
     file: File,
+    /// The tree's block cache: values read are kept there under `(id, offset)`.
+    cache: BlockCache,
     file_bytes: u64,
     /// Set once no table of the current version names it (that edit durable): the file goes
     /// when the last reference does.
@@ -327,7 +330,12 @@ impl BlobFile {
     ///
     /// # Cancel safety
     /// Dropping the future leaves nothing behind.
-    pub(crate) async fn open(driver: &IoDriver, path: PathBuf, id: u64) -> Result<Arc<BlobFile>> {
+    pub(crate) async fn open(
+        driver: &IoDriver,
+        path: PathBuf,
+        id: u64,
+        cache: BlockCache,
+    ) -> Result<Arc<BlobFile>> {
         let file = driver
             .open(&path, &OpenOptions::new().read(true))
             .await
@@ -343,6 +351,7 @@ impl BlobFile {
             id,
             path,
             file,
+            cache,
             file_bytes,
             obsolete: AtomicBool::new(false),
             driver: driver.clone(),
@@ -358,15 +367,35 @@ impl BlobFile {
         self.file_bytes
     }
 
-    /// The value `ptr` points to, checked against its checksum.
+    /// The value `ptr` points to, checked against its checksum: from the block cache, or read
+    /// from the file and kept there.
     ///
     /// # Errors
     /// [`Error::Corruption`] at the value's offset for a pointer past the file's end or a value
-    /// whose checksum does not match; I/O errors.
+    /// whose checksum does not match (or a cached value of another length: two pointers that
+    /// disagree); I/O errors.
     ///
     /// # Cancel safety
     /// Dropping the future loses nothing but the read.
     pub(crate) async fn read(&self, ptr: &BlobPtr) -> Result<Bytes> {
+        let value = self
+            .cache
+            .get_or_read_value(self.id, ptr.offset, self.read_uncached(ptr))
+            .await?;
+        // A cached value passed its pointer's checksum when read; one pointer of another length
+        // at its offset is damage (a pointer of another checksum and the same length would be
+        // too, and is not looked for: each hit would pay a crc of the value).
+        if value.len() != ptr.len as usize {
+            return Err(Error::corruption(
+                &self.path,
+                ptr.offset,
+                bad("a pointer that disagrees with the value cached at its offset"),
+            ));
+        }
+        Ok(value)
+    }
+
+    async fn read_uncached(&self, ptr: &BlobPtr) -> Result<Bytes> {
         if ptr.file != self.id || ptr.end() > self.file_bytes {
             return Err(Error::corruption(
                 &self.path,
@@ -469,22 +498,41 @@ mod tests {
         }
         let info = w.finish().await?;
         assert_eq!(info.values, 50);
-        let f = BlobFile::open(&driver, path.clone(), 7).await?;
+        let cache = BlockCache::new(1 << 20);
+        let f = BlobFile::open(&driver, path.clone(), 7, cache.clone()).await?;
         assert_eq!(f.file_bytes(), info.file_bytes);
         for (v, p) in values.iter().zip(&ptrs) {
             assert_eq!(&f.read(p).await?[..], &v[..]);
         }
+        // Read again: from the cache.
+        let misses = cache.figures().misses;
+        for (v, p) in values.iter().zip(&ptrs) {
+            assert_eq!(&f.read(p).await?[..], &v[..]);
+        }
+        assert_eq!(cache.figures().misses, misses);
+        assert!(cache.figures().hits >= 50);
+        // A pointer of another length at a cached offset is damage.
+        let longer = BlobPtr {
+            len: ptrs[5].len + 1,
+            ..ptrs[5]
+        };
+        assert!(matches!(
+            f.read(&longer).await,
+            Err(Error::Corruption { .. })
+        ));
         // Past the end, and a checksum that does not match.
         let past = BlobPtr {
             offset: info.file_bytes - 10,
             ..ptrs[0]
         };
         assert!(matches!(f.read(&past).await, Err(Error::Corruption { .. })));
+        // Read through a file without a cache: its checksum is checked.
         let wrong = BlobPtr {
             crc: ptrs[3].crc ^ 1,
             ..ptrs[3]
         };
-        match f.read(&wrong).await {
+        let uncached = BlobFile::open(&driver, path.clone(), 7, BlockCache::new(0)).await?;
+        match uncached.read(&wrong).await {
             Err(Error::Corruption { file, offset, kind }) => {
                 assert_eq!(file, path);
                 assert_eq!(offset, ptrs[3].offset);
@@ -494,7 +542,7 @@ mod tests {
         }
         // Opened as another file: its header names file 7.
         assert!(matches!(
-            BlobFile::open(&driver, path, 8).await,
+            BlobFile::open(&driver, path, 8, BlockCache::new(0)).await,
             Err(Error::Corruption { .. })
         ));
         Ok(())

@@ -740,7 +740,7 @@ impl BlobOut {
         let (id, path) = (w.id(), w.path().to_path_buf());
         let finished = async {
             w.finish().await?;
-            BlobFile::open(tree.driver(), path.clone(), id).await
+            BlobFile::open(tree.driver(), path.clone(), id, tree.cache.clone()).await
         }
         .await;
         match finished {

@@ -264,7 +264,7 @@ impl Tree {
                     },
                 ));
             }
-            blobs.push(blob::BlobFile::open(&driver, path, id).await?);
+            blobs.push(blob::BlobFile::open(&driver, path, id, cache.clone()).await?);
         }
         if !read_only {
             let orphans = present

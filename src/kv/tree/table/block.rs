@@ -160,6 +160,23 @@ pub(crate) struct Block {
 }
 
 impl Block {
+    /// A value kept apart (a value-log file's), held in the block cache as a block of raw bytes
+    /// without entries: only [`Block::raw_value`] reads it back. Cached under its file's id,
+    /// which no table shares, so no table ever reads it as a data block.
+    pub(crate) fn of_value(value: Bytes) -> Block {
+        Block {
+            stored_len: value.len(),
+            restarts_at: value.len(),
+            restart_count: 0,
+            contents: value,
+        }
+    }
+
+    /// The bytes of a block made by [`Block::of_value`].
+    pub(crate) fn raw_value(&self) -> Bytes {
+        self.contents.clone()
+    }
+
     /// Its restart points.
     pub(crate) fn restart_count(&self) -> usize {
         self.restart_count

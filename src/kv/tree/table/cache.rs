@@ -216,4 +216,26 @@ impl BlockCache {
             }
         }
     }
+
+    /// A value of a value-log file, at `offset` in file `file_id` (an id no table shares): from
+    /// the cache, or else from `read`, kept if it succeeded, as [`BlockCache::get_or_read`]
+    /// does for blocks. The caller checks the length against its pointer (a cached value is
+    /// the one that passed its checksum when read).
+    ///
+    /// # Errors
+    /// `read`'s error, not cached.
+    ///
+    /// # Cancel safety
+    /// As [`BlockCache::get_or_read`].
+    pub(crate) async fn get_or_read_value(
+        &self,
+        file_id: u64,
+        offset: u64,
+        read: impl Future<Output = Result<bytes::Bytes>>,
+    ) -> Result<bytes::Bytes> {
+        let block = self
+            .get_or_read(file_id, offset, async { read.await.map(Block::of_value) })
+            .await?;
+        Ok(block.raw_value())
+    }
 }
