@@ -11,7 +11,9 @@
 
 use std::cmp::Ordering;
 
-use super::block::{Cursor, cmp_internal};
+use bytes::Bytes;
+
+use super::block::{Cursor, Kind, cmp_internal};
 use super::format::{BlockHandle, bad};
 use super::reader::{Table, TableEntry, block_key};
 use crate::error::Result;
@@ -22,6 +24,25 @@ pub(crate) struct TableIter {
     index: Cursor,
     /// The data block under the index entry, and its handle.
     data: Option<(Cursor, BlockHandle)>,
+}
+
+/// The current entry of a [`TableIter`], borrowed: what a merge compares without copying the
+/// key (see [`TableIter::peek`]).
+pub(crate) struct EntryRef<'a> {
+    pub(crate) bucket: u64,
+    pub(crate) key: &'a [u8],
+    pub(crate) seq: u64,
+    cursor: &'a Cursor,
+}
+
+impl EntryRef<'_> {
+    /// The entry's value (`None`: a tombstone), shared with its block, not copied.
+    pub(crate) fn value(&self) -> Option<Bytes> {
+        match self.cursor.kind() {
+            Kind::Value => Some(self.cursor.value()),
+            Kind::Tombstone => None,
+        }
+    }
 }
 
 enum Direction {
@@ -60,6 +81,30 @@ impl TableIter {
             Some((c, h)) if c.valid() => TableEntry::from_cursor(c)
                 .map(Some)
                 .map_err(|k| self.table.corrupt(*h, k)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The current entry borrowed (`None` on no entry): [`TableIter::entry`] without copying
+    /// the key.
+    ///
+    /// # Errors
+    /// As [`TableIter::entry`].
+    pub(crate) fn peek(&self) -> Result<Option<EntryRef<'_>>> {
+        match &self.data {
+            Some((c, h)) if c.valid() => {
+                let Some((bucket, key)) = c.key().split_first_chunk::<8>() else {
+                    return Err(self
+                        .table
+                        .corrupt(*h, bad("data block key shorter than a bucket id")));
+                };
+                Ok(Some(EntryRef {
+                    bucket: u64::from_be_bytes(*bucket),
+                    key,
+                    seq: c.seq(),
+                    cursor: c,
+                }))
+            }
             _ => Ok(None),
         }
     }
