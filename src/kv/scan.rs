@@ -25,7 +25,7 @@ type Fetched = (TreeIter, Batch);
 /// Entries read from the tree by a scan's first poll that reads; each such poll doubles it, up
 /// to [`MAX_BATCH`]. The tree's iterator stays positioned between batches, so a batch costs a
 /// future, not a seek: small batches keep a short scan from reading entries it will not yield.
-const FIRST_BATCH: usize = 2;
+const FIRST_BATCH: usize = 4;
 const MAX_BATCH: usize = 64;
 
 /// Entries a cursor's held iterator may step over to reach a move's start before a new
