@@ -349,7 +349,7 @@ impl Cursor {
     /// deleted.
     ///
     /// # Cancel safety
-    /// Safe: a move reads only.
+    /// Safe: a move reads only, and one dropped midway leaves the cursor where it was.
     pub async fn first(&mut self) -> Result<Option<(Bytes, Bytes)>> {
         self.step(Bound::Unbounded, false).await
     }
@@ -360,7 +360,7 @@ impl Cursor {
     /// As [`Cursor::first`].
     ///
     /// # Cancel safety
-    /// Safe: a move reads only.
+    /// Safe: a move reads only, and one dropped midway leaves the cursor where it was.
     pub async fn last(&mut self) -> Result<Option<(Bytes, Bytes)>> {
         self.step(Bound::Unbounded, true).await
     }
@@ -371,7 +371,7 @@ impl Cursor {
     /// As [`Cursor::first`].
     ///
     /// # Cancel safety
-    /// Safe: a move reads only.
+    /// Safe: a move reads only, and one dropped midway leaves the cursor where it was.
     pub async fn seek(&mut self, key: impl AsRef<[u8]>) -> Result<Option<(Bytes, Bytes)>> {
         let key = Bytes::copy_from_slice(key.as_ref());
         self.step(Bound::Included(key), false).await
@@ -383,7 +383,7 @@ impl Cursor {
     /// As [`Cursor::first`].
     ///
     /// # Cancel safety
-    /// Safe: a move reads only.
+    /// Safe: a move reads only, and one dropped midway leaves the cursor where it was.
     pub async fn next(&mut self) -> Result<Option<(Bytes, Bytes)>> {
         let from = self
             .current
@@ -398,7 +398,7 @@ impl Cursor {
     /// As [`Cursor::first`].
     ///
     /// # Cancel safety
-    /// Safe: a move reads only.
+    /// Safe: a move reads only, and one dropped midway leaves the cursor where it was.
     pub async fn prev(&mut self) -> Result<Option<(Bytes, Bytes)>> {
         let from = self
             .current
