@@ -1,7 +1,9 @@
 //! Criterion benches of the key-value store's paths, one task at a time: a point read in a
 //! read-only transaction, a range read of 10, a single-put commit with `SyncPolicy::None` (the
 //! CPU cost of the commit path, no fsync) and with the default `Immediate` (one fdatasync each),
-//! over 100k keys of 24 bytes with 150-byte values (the redb benchmark's shapes).
+//! over 100k keys of 24 bytes with 150-byte values (the redb benchmark's shapes); and range
+//! reads of 1 and 50 over the same keys laid out in sorted levels, three L0 tables and the
+//! memtable (the merge of every kind of source a scan reads).
 //!
 //! Run: `cargo bench --bench kv`. The comparison against other engines is in `compare/`.
 
@@ -99,6 +101,22 @@ fn bench_kv(c: &mut Criterion) {
             })
         });
     });
+    let layered = runtime.block_on(layered(dir.path(), &value));
+    let layered_ref = &layered;
+    for len in [1, 50] {
+        let name = format!("range of {len} over levels, L0 and memtable (read-only txn per range)");
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                timed(&runtime, iters, move || async move {
+                    let i = next.fetch_add(7919, Ordering::Relaxed) % KEYS;
+                    let txn = layered_ref
+                        .begin(TxnOptions::default().read_only(true))
+                        .expect("begin");
+                    black_box(txn.scan(key(i)..).take(len).count().await);
+                })
+            });
+        });
+    }
     group.bench_function("single-put commit, SyncPolicy::None", |b| {
         b.iter_custom(|iters| {
             timed(&runtime, iters, move || async move {
@@ -125,8 +143,50 @@ fn bench_kv(c: &mut Criterion) {
     group.finish();
     runtime.block_on(async {
         db.close().await.expect("close");
+        layered.close().await.expect("close");
         durable.close().await.expect("close");
     });
+}
+
+/// The keys with `value` in sorted levels (L1 to L3), every 10th key overwritten in an L0 table,
+/// every 7th in two more, and every 13th in the memtable.
+async fn layered(dir: &std::path::Path, value: &Bytes) -> Db {
+    let options = DbOptions::default()
+        .sync_policy(SyncPolicy::None)
+        .write_buffer_bytes(4 << 20)
+        .table_target_bytes(256 << 10)
+        .l1_target_bytes(1 << 20)
+        .level_size_multiplier(4)
+        .l0_compaction_trigger(64)
+        .l0_stop_writes_trigger(128);
+    let db = Db::open(dir.join("layered"), options).await.expect("open");
+    let put_every = |every: u64| {
+        let db = &db;
+        async move {
+            for chunk in (0..KEYS)
+                .step_by(every as usize)
+                .collect::<Vec<_>>()
+                .chunks(10_000)
+            {
+                let txn = db.begin(TxnOptions::default()).expect("begin");
+                for &i in chunk {
+                    txn.put(key(i), value.clone()).expect("put");
+                }
+                txn.commit().await.expect("commit");
+                db.flush().await.expect("flush");
+            }
+        }
+    };
+    put_every(1).await;
+    db.compact().await.expect("compact");
+    put_every(10).await;
+    put_every(7).await;
+    let txn = db.begin(TxnOptions::default()).expect("begin");
+    for i in (0..KEYS).step_by(13) {
+        txn.put(key(i), value.clone()).expect("put");
+    }
+    txn.commit().await.expect("commit");
+    db
 }
 
 criterion_group!(benches, bench_kv);

@@ -237,7 +237,7 @@ fn moves() -> impl Strategy<Value = Vec<Move>> {
             2 => (0..POINTS.len() as u8).prop_map(Move::Seek),
             1 => (key(), prop::option::of(0u8..4)).prop_map(|(k, v)| Move::Write(k, v)),
         ],
-        1..7,
+        1..12,
     )
 }
 

@@ -16,7 +16,7 @@
 //! before the delete is held ([`DeadBuckets`]). Their catalog entries stay.
 
 use std::collections::BTreeSet;
-use std::ops::{Bound, RangeBounds};
+use std::ops::RangeBounds;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -218,25 +218,18 @@ pub(crate) async fn scan_catalog(
     snapshot: u64,
 ) -> Result<Vec<(Bytes, Bytes)>> {
     let (from, to) = prefix_bounds(prefix);
+    let range = Range {
+        bucket: CATALOG,
+        from,
+        to,
+        reverse: false,
+    };
+    let mut iter = tree.iter(range, snapshot);
     let mut out = Vec::new();
-    let mut resume: Option<Bytes> = None;
-    loop {
-        let range = Range {
-            bucket: CATALOG,
-            from: match &resume {
-                Some(k) => Bound::Excluded(&k[..]),
-                None => from.as_ref().map(|k| &k[..]),
-            },
-            to: to.as_ref().map(|k| &k[..]),
-            reverse: false,
-        };
-        let (batch, next) = tree.scan(range, snapshot, 256).await?;
-        out.extend(batch);
-        match next {
-            Some(k) => resume = Some(k),
-            None => return Ok(out),
-        }
+    while let Some(entry) = iter.next().await? {
+        out.push(entry);
     }
+    Ok(out)
 }
 
 pub(crate) async fn open(

@@ -10,19 +10,27 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream};
 
-use super::tree::memtable::KeyValue;
-use super::tree::read::Range;
+use super::tree::memtable::{KeyValue, above, below};
+use super::tree::read::{Range, TreeIter, as_ref};
 use super::txn::oracle::ScannedRange;
 use super::txn::{KeyBounds, Txn, check_not_deleted};
 use crate::error::Result;
 
 /// A batch read from the tree: live entries, and the key it is complete up to if more follow.
-type Fetched = Result<(Vec<KeyValue>, Option<Bytes>)>;
+type Batch = Result<(Vec<KeyValue>, Option<Bytes>)>;
 
-/// Entries read from the tree by a scan's first step; each step doubles it, up to
-/// [`MAX_BATCH`]: a short range read does not pay for a long one.
-const FIRST_BATCH: usize = 16;
-const MAX_BATCH: usize = 256;
+/// The tree's iterator, handed back with the batch it read.
+type Fetched = (TreeIter, Batch);
+
+/// Entries read from the tree by a scan's first poll that reads; each such poll doubles it, up
+/// to [`MAX_BATCH`]. The tree's iterator stays positioned between batches, so a batch costs a
+/// future, not a seek: small batches keep a short scan from reading entries it will not yield.
+const FIRST_BATCH: usize = 4;
+const MAX_BATCH: usize = 64;
+
+/// Entries a cursor's held iterator may step over to reach a move's start before a new
+/// iterator (a seek) is cheaper.
+const CURSOR_WALK_MAX: usize = 8;
 
 /// A transaction's own write in a scanned range: a value or a tombstone.
 type OwnWrite = (Bytes, Option<Bytes>);
@@ -33,9 +41,12 @@ type OwnWrite = (Bytes, Option<Bytes>);
 ///
 /// It sees the transaction's snapshot plus the transaction's own writes made before its first
 /// poll. Values are `Bytes` shared with the memtable or a table's block, not copied. It reads
-/// the tree a batch at a time (the first small, then doubling), through the I/O executor for
-/// what is in tables. It holds no lock between
-/// polls; dropping it releases everything it holds. In a serializable transaction the whole
+/// the tree through one merging iterator that stays positioned from poll to poll (no seek after
+/// the first), a batch at a time (the first small, then doubling), through the I/O executor for
+/// what is in tables. From its first poll it holds the tree's memtables and tables as they were
+/// then (a flush or compaction meanwhile removes no table it reads), and no lock between polls;
+/// dropping it releases everything it holds, at any point (mid-batch too: the batch and the
+/// iterator reading it go together). In a serializable transaction the whole
 /// range counts as read (a write committed into it after the snapshot is a conflict at commit),
 /// however much of it is consumed. After the transaction's timeout it yields
 /// [`Error::TxnExpired`](crate::Error::TxnExpired), then ends; over a bucket the transaction
@@ -46,8 +57,8 @@ pub struct Scan {
     bounds: KeyBounds,
     reverse: bool,
     started: bool,
-    /// The last key passed: the next batch starts after it.
-    position: Option<Bytes>,
+    /// The tree's iterator between batches (`None` before the first, or while one is read).
+    iter: Option<TreeIter>,
     buffer: VecDeque<KeyValue>,
     own: Vec<OwnWrite>,
     own_next: usize,
@@ -75,7 +86,7 @@ impl Scan {
             bounds,
             reverse: false,
             started: false,
-            position: None,
+            iter: None,
             buffer: VecDeque::new(),
             own: Vec::new(),
             own_next: 0,
@@ -90,7 +101,7 @@ impl Scan {
     pub fn rev(mut self) -> Scan {
         self.reverse = !self.reverse;
         self.started = false;
-        self.position = None;
+        self.iter = None;
         self.buffer.clear();
         self.batch = FIRST_BATCH;
         self.done = false;
@@ -117,11 +128,12 @@ impl Scan {
                     }
                 }
             }
-            let fetched = match self.pending.as_mut().map(|f| f.poll_unpin(cx)) {
+            let (iter, fetched) = match self.pending.as_mut().map(|f| f.poll_unpin(cx)) {
                 Some(Poll::Ready(fetched)) => fetched,
                 _ => return Poll::Pending,
             };
             self.pending = None;
+            self.iter = Some(iter);
             match fetched {
                 Ok((batch, resume)) => self.merge_own(batch, resume),
                 Err(e) => {
@@ -182,29 +194,30 @@ impl Scan {
         } else {
             drop(self.txn.live()?);
         }
-        let (start, end) = if self.reverse {
-            (&self.bounds.1, &self.bounds.0)
-        } else {
-            (&self.bounds.0, &self.bounds.1)
+        let mut iter = match self.iter.take() {
+            Some(iter) => iter,
+            None => {
+                let (from, to) = if self.reverse {
+                    (self.bounds.1.clone(), self.bounds.0.clone())
+                } else {
+                    (self.bounds.0.clone(), self.bounds.1.clone())
+                };
+                let range = Range {
+                    bucket: self.bucket,
+                    from,
+                    to,
+                    reverse: self.reverse,
+                };
+                let inner = &self.txn.inner;
+                inner.db.tree.iter(range, inner.snapshot)
+            }
         };
-        let from = match &self.position {
-            Some(p) => Bound::Excluded(p.clone()),
-            None => start.clone(),
-        };
-        let to = end.clone();
         let limit = self.batch;
         self.batch = (self.batch * 2).min(MAX_BATCH);
-        let db = self.txn.inner.db.clone();
-        let (bucket, snapshot, reverse) = (self.bucket, self.txn.inner.snapshot, self.reverse);
         Ok(Some(
             async move {
-                let range = Range {
-                    bucket,
-                    from: as_ref(&from),
-                    to: as_ref(&to),
-                    reverse,
-                };
-                db.tree.scan(range, snapshot, limit).await
+                let batch = read_batch(&mut iter, limit).await;
+                (iter, batch)
             }
             .boxed(),
         ))
@@ -246,11 +259,23 @@ impl Scan {
                 }
             }
         }
-        match limit {
-            Some(l) => self.position = Some(l),
-            None => self.done = true,
+        if limit.is_none() {
+            self.done = true;
         }
     }
+}
+
+/// Up to `limit` entries from the tree's iterator, and the last one's key if it may have more.
+async fn read_batch(iter: &mut TreeIter, limit: usize) -> Batch {
+    let mut batch = Vec::with_capacity(limit);
+    while batch.len() < limit {
+        match iter.next().await? {
+            Some(entry) => batch.push(entry),
+            None => return Ok((batch, None)),
+        }
+    }
+    let resume = batch.last().map(|(k, _)| k.clone());
+    Ok((batch, resume))
 }
 
 impl Stream for Scan {
@@ -272,14 +297,6 @@ fn holds_no_key((lower, upper): &KeyBounds) -> bool {
     }
 }
 
-fn as_ref(b: &Bound<Bytes>) -> Bound<&[u8]> {
-    match b {
-        Bound::Included(k) => Bound::Included(&k[..]),
-        Bound::Excluded(k) => Bound::Excluded(&k[..]),
-        Bound::Unbounded => Bound::Unbounded,
-    }
-}
-
 /// A cursor over the keys of one bucket (or of the root keyspace), as in BoltDB: move to the
 /// `first`, `last` or a `seek`ed key, then `next` or `prev`. Each move returns the entry it
 /// lands on, or `None` past either end.
@@ -288,11 +305,29 @@ fn as_ref(b: &Bound<Bytes>) -> Bound<&[u8]> {
 /// move. In a serializable transaction each move counts the keys it passed over as read.
 /// Nested buckets are not entries of this cursor: [`EntryCursor`](crate::kv::EntryCursor)
 /// (`entry_cursor()`) walks keys and nested buckets together.
+///
+/// Moves in one direction go on with the tree's merging iterator of the move before (no seek);
+/// a change of direction, or a seek away from where it stands, starts a new one. Between moves
+/// the cursor holds that iterator, and with it the tree's memtables and tables as they were
+/// when it started (a flush or compaction meanwhile removes none of them until the cursor moves
+/// away or is dropped).
 #[derive(Debug)]
 pub struct Cursor {
     txn: Txn,
     bucket: u64,
     current: Option<Bytes>,
+    /// The tree's iterator of the last moves.
+    held: Option<Held>,
+}
+
+/// A cursor's tree iterator, and where it stands: `head` is the tree's first entry within
+/// `low` in the iterator's direction (`None`: none up to the bucket's end).
+#[derive(Debug)]
+struct Held {
+    iter: TreeIter,
+    reverse: bool,
+    low: Bound<Bytes>,
+    head: Option<KeyValue>,
 }
 
 impl Cursor {
@@ -301,6 +336,7 @@ impl Cursor {
             txn,
             bucket,
             current: None,
+            held: None,
         }
     }
 
@@ -313,7 +349,7 @@ impl Cursor {
     /// deleted.
     ///
     /// # Cancel safety
-    /// Safe: a move reads only.
+    /// Safe: a move reads only, and one dropped midway leaves the cursor where it was.
     pub async fn first(&mut self) -> Result<Option<(Bytes, Bytes)>> {
         self.step(Bound::Unbounded, false).await
     }
@@ -324,7 +360,7 @@ impl Cursor {
     /// As [`Cursor::first`].
     ///
     /// # Cancel safety
-    /// Safe: a move reads only.
+    /// Safe: a move reads only, and one dropped midway leaves the cursor where it was.
     pub async fn last(&mut self) -> Result<Option<(Bytes, Bytes)>> {
         self.step(Bound::Unbounded, true).await
     }
@@ -335,7 +371,7 @@ impl Cursor {
     /// As [`Cursor::first`].
     ///
     /// # Cancel safety
-    /// Safe: a move reads only.
+    /// Safe: a move reads only, and one dropped midway leaves the cursor where it was.
     pub async fn seek(&mut self, key: impl AsRef<[u8]>) -> Result<Option<(Bytes, Bytes)>> {
         let key = Bytes::copy_from_slice(key.as_ref());
         self.step(Bound::Included(key), false).await
@@ -347,7 +383,7 @@ impl Cursor {
     /// As [`Cursor::first`].
     ///
     /// # Cancel safety
-    /// Safe: a move reads only.
+    /// Safe: a move reads only, and one dropped midway leaves the cursor where it was.
     pub async fn next(&mut self) -> Result<Option<(Bytes, Bytes)>> {
         let from = self
             .current
@@ -362,7 +398,7 @@ impl Cursor {
     /// As [`Cursor::first`].
     ///
     /// # Cancel safety
-    /// Safe: a move reads only.
+    /// Safe: a move reads only, and one dropped midway leaves the cursor where it was.
     pub async fn prev(&mut self) -> Result<Option<(Bytes, Bytes)>> {
         let from = self
             .current
@@ -393,8 +429,7 @@ impl Cursor {
         Ok(found)
     }
 
-    async fn find(&self, mut from: Bound<Bytes>, reverse: bool) -> Result<Option<KeyValue>> {
-        let inner = &self.txn.inner;
+    async fn find(&mut self, mut from: Bound<Bytes>, reverse: bool) -> Result<Option<KeyValue>> {
         loop {
             let own = {
                 let state = self.txn.live()?;
@@ -413,14 +448,7 @@ impl Cursor {
                     next.map(|(k, v)| (k.clone(), v.clone()))
                 })
             };
-            let range = Range {
-                bucket: self.bucket,
-                from: as_ref(&from),
-                to: Bound::Unbounded,
-                reverse,
-            };
-            let (mem, _) = inner.db.tree.scan(range, inner.snapshot, 1).await?;
-            let mem = mem.into_iter().next();
+            let mem = self.tree_next(&from, reverse).await?;
             let own_first = match (&mem, &own) {
                 (_, None) => return Ok(mem),
                 (None, Some(_)) => true,
@@ -436,5 +464,69 @@ impl Cursor {
                 None => from = Bound::Excluded(key),
             }
         }
+    }
+
+    /// The tree's first entry within `from` in the direction: the held iterator's if it stands
+    /// there or a few entries before, else a new iterator's.
+    async fn tree_next(&mut self, from: &Bound<Bytes>, reverse: bool) -> Result<Option<KeyValue>> {
+        // Taken out for the move: a move dropped midway leaves no iterator (one it had moved
+        // halfway is unusable), and the next move starts a new one.
+        let reusable = self
+            .held
+            .take()
+            .filter(|h| h.reverse == reverse && covers(&h.low, from, reverse));
+        if let Some(mut held) = reusable {
+            for _ in 0..=CURSOR_WALK_MAX {
+                match &held.head {
+                    Some((k, _)) if !within(k, from, reverse) => {
+                        held.low = Bound::Excluded(k.clone());
+                        held.head = held.iter.next().await?;
+                    }
+                    _ => {
+                        let head = held.head.clone();
+                        self.held = Some(held);
+                        return Ok(head);
+                    }
+                }
+            }
+        }
+        let range = Range {
+            bucket: self.bucket,
+            from: from.clone(),
+            to: Bound::Unbounded,
+            reverse,
+        };
+        let inner = &self.txn.inner;
+        let mut iter = inner.db.tree.iter(range, inner.snapshot);
+        let head = iter.next().await?;
+        self.held = Some(Held {
+            iter,
+            reverse,
+            low: from.clone(),
+            head: head.clone(),
+        });
+        Ok(head)
+    }
+}
+
+/// Whether `key` is within `from` in the direction.
+fn within(key: &[u8], from: &Bound<Bytes>, reverse: bool) -> bool {
+    if reverse {
+        below(key, as_ref(from))
+    } else {
+        above(key, as_ref(from))
+    }
+}
+
+/// Whether every key within `from` is within `low` (in the direction).
+fn covers(low: &Bound<Bytes>, from: &Bound<Bytes>, reverse: bool) -> bool {
+    // `a` is at or past `b` in the direction.
+    let past = |a: &Bytes, b: &Bytes| if reverse { a <= b } else { a >= b };
+    match (low, from) {
+        (Bound::Unbounded, _) => true,
+        (_, Bound::Unbounded) => false,
+        (Bound::Included(l), Bound::Included(f) | Bound::Excluded(f))
+        | (Bound::Excluded(l), Bound::Excluded(f)) => past(f, l),
+        (Bound::Excluded(l), Bound::Included(f)) => f != l && past(f, l),
     }
 }

@@ -193,6 +193,7 @@ impl Memtable {
     /// Up to `limit` live entries of `bucket` visible at `snapshot`, in key order from `from`
     /// (ascending) and below `to`; `None` bounds are the bucket's ends. Returns the entries and
     /// whether the range may hold more.
+    #[cfg(test)]
     pub(crate) fn scan_forward(
         &self,
         bucket: u64,
@@ -205,8 +206,9 @@ impl Memtable {
         (live(versions), more)
     }
 
-    /// Like [`Memtable::scan_forward`], with the newest visible version of each key whether a
-    /// value or a tombstone (`tombstones`), or values only; `limit` counts what is returned.
+    /// Up to `limit` keys of `bucket` in key order from `from` (ascending) and below `to` (`None`
+    /// bounds are the bucket's ends), each with its newest version visible at `snapshot`: a
+    /// value, or a tombstone too if `tombstones`; and whether the range may hold more.
     pub(crate) fn versions_forward(
         &self,
         bucket: u64,
@@ -244,6 +246,7 @@ impl Memtable {
     }
 
     /// Like [`Memtable::scan_forward`], in descending key order from `from` down to `to`.
+    #[cfg(test)]
     pub(crate) fn scan_backward(
         &self,
         bucket: u64,
@@ -368,7 +371,8 @@ fn push_visible(
 }
 
 /// The values of `versions`, tombstones dropped.
-pub(crate) fn live(versions: Vec<(Bytes, Value)>) -> Vec<KeyValue> {
+#[cfg(test)]
+fn live(versions: Vec<(Bytes, Value)>) -> Vec<KeyValue> {
     versions
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))

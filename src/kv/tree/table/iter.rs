@@ -13,7 +13,7 @@ use std::cmp::Ordering;
 
 use super::block::{Cursor, cmp_internal};
 use super::format::{BlockHandle, bad};
-use super::reader::{Table, TableEntry, block_key};
+use super::reader::{Stored, Table, TableEntry, block_key};
 use crate::error::Result;
 
 /// A cursor over one table (see the module's docs).
@@ -22,6 +22,31 @@ pub(crate) struct TableIter {
     index: Cursor,
     /// The data block under the index entry, and its handle.
     data: Option<(Cursor, BlockHandle)>,
+}
+
+/// The current entry of a [`TableIter`], borrowed: what a merge compares without copying the
+/// key (see [`TableIter::peek`]).
+pub(crate) struct EntryRef<'a> {
+    pub(crate) bucket: u64,
+    pub(crate) key: &'a [u8],
+    pub(crate) seq: u64,
+    cursor: &'a Cursor,
+    table: &'a Table,
+    handle: BlockHandle,
+}
+
+impl EntryRef<'_> {
+    /// What the table stores for the entry: a value (shared with its block, not copied), a
+    /// tombstone or a value-log pointer (checked against the files the table names).
+    ///
+    /// # Errors
+    /// [`crate::Error::Corruption`] for a pointer that does not decode or names a file the
+    /// table does not.
+    pub(crate) fn value(&self) -> Result<Stored> {
+        self.table
+            .stored(self.cursor)
+            .map_err(|k| self.table.corrupt(self.handle, k))
+    }
 }
 
 enum Direction {
@@ -60,6 +85,37 @@ impl TableIter {
             Some((c, h)) if c.valid() => TableEntry::from_cursor(c, &self.table)
                 .map(Some)
                 .map_err(|k| self.table.corrupt(*h, k)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The table it reads.
+    pub(crate) fn table(&self) -> &Table {
+        &self.table
+    }
+
+    /// The current entry borrowed (`None` on no entry): [`TableIter::entry`] without copying
+    /// the key.
+    ///
+    /// # Errors
+    /// As [`TableIter::entry`].
+    pub(crate) fn peek(&self) -> Result<Option<EntryRef<'_>>> {
+        match &self.data {
+            Some((c, h)) if c.valid() => {
+                let Some((bucket, key)) = c.key().split_first_chunk::<8>() else {
+                    return Err(self
+                        .table
+                        .corrupt(*h, bad("data block key shorter than a bucket id")));
+                };
+                Ok(Some(EntryRef {
+                    bucket: u64::from_be_bytes(*bucket),
+                    key,
+                    seq: c.seq(),
+                    cursor: c,
+                    table: &self.table,
+                    handle: *h,
+                }))
+            }
             _ => Ok(None),
         }
     }

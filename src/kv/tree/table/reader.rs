@@ -375,7 +375,7 @@ impl Table {
 
     /// What the entry under a data block cursor holds; a pointer is checked against the value-log
     /// files the meta block names (with the values' bytes it counts for each).
-    fn stored(&self, c: &Cursor) -> std::result::Result<Stored, CorruptionKind> {
+    pub(super) fn stored(&self, c: &Cursor) -> std::result::Result<Stored, CorruptionKind> {
         Ok(match c.kind() {
             Kind::Value => Stored::Value(c.value()),
             Kind::Tombstone => Stored::Tombstone,
