@@ -281,8 +281,14 @@ impl DbOptions {
     /// target size. Fewer rewrites (lower write amplification, faster loads) for more runs to
     /// look in on a read (each run has a bloom filter; a scan merges them). A leveled level is
     /// one sorted run kept at its target by compacting one table at a time into the next.
-    /// Default: 2, or `level_count − 2` if less (0: every level leveled, as RocksDB's default);
-    /// accepted: 0 to `level_count − 2` (the last level and the one above it are leveled).
+    /// Default: 2, or `level_count − 2` if less; 0 (every level leveled, as RocksDB's default)
+    /// under [`DbOptions::memory_limit_bytes`]: a tiered level keeps the older versions of its
+    /// runs until it is merged, so the tables hold more (1.84× the data after a 10M-record load
+    /// against 1.24× leveled), and their indexes and filters, which a limit must hold, grow
+    /// with them (the YCSB comparison's peak RSS went from 290 to 500 MiB under a 256 MiB
+    /// limit). Accepted: 0 to `level_count − 2` (the last level and the one above it are
+    /// leveled). A store keeps the shape it was created with: asked for another, its open is
+    /// refused; left to the default, the store's own is used.
     pub fn tiered_levels(mut self, levels: usize) -> Self {
         self.tiered_levels = Some(levels);
         self
@@ -508,10 +514,16 @@ impl DbOptions {
         self.tree_options().table.validate()
     }
 
-    /// `tiered_levels`, or its default: 2, or `level_count − 2` if less.
+    /// `tiered_levels`, or its default: 0 under a memory limit, else 2 (or `level_count − 2`
+    /// if less).
     fn tiered(&self) -> usize {
-        self.tiered_levels
-            .unwrap_or_else(|| self.level_count.saturating_sub(2).min(2))
+        self.tiered_levels.unwrap_or_else(|| {
+            if self.memory_limit_bytes.is_some() {
+                0
+            } else {
+                self.level_count.saturating_sub(2).min(2)
+            }
+        })
     }
 
     /// `l0_stop_writes_trigger`, or its default: 12, or 3 × `l0_compaction_trigger` if more.
