@@ -474,9 +474,11 @@ impl Tree {
         let one_run = self.options.tiered_levels >= usize::from(level) && level >= 1;
         let inputs: Vec<Arc<TableFile>> = task.upper.into_iter().chain(task.lower).collect();
         let bytes_in: u64 = inputs.iter().map(|t| t.table.file_bytes()).sum();
-        // Held for the job: the value-log files its inputs point into stay open.
-        let current = self.current();
-        let rewrite = self.blobs_to_rewrite(&current.version);
+        // Held for the job: the value-log files its inputs point into stay open. The version
+        // only, not the state: a state would keep every memtable of the job's start alive (and
+        // its memory) until the job ended, however many flushes came meanwhile.
+        let version = self.current().version.clone();
+        let rewrite = self.blobs_to_rewrite(&version);
         let mut blobs = BlobOut::default();
         let mut merge = Merge::new(inputs.iter().map(|t| t.table.clone()).collect()).await?;
         let mut keep = Keep::new(horizon, task.bottom);
@@ -516,7 +518,7 @@ impl Tree {
                     ));
                 }
                 let stored = self
-                    .place(e.value, &current.version, &rewrite, &mut blobs)
+                    .place(e.value, &version, &rewrite, &mut blobs)
                     .await?;
                 let (_, w) = writer.as_mut().expect("created above");
                 w.add_stored(e.bucket, &e.key, e.seq, &stored).await?;
