@@ -10,7 +10,10 @@
 //! `RINGTIDE_KV_FAULT_SEEDS` runs more seeds (default 6 per fault kind).
 
 #![cfg(feature = "sim")]
-#![allow(clippy::print_stderr, reason = "the test reports how many commits the faults failed")]
+#![allow(
+    clippy::print_stderr,
+    reason = "the test reports how many commits the faults failed"
+)]
 
 use std::collections::BTreeMap;
 use std::time::Duration;

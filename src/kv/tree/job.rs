@@ -23,7 +23,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::Tree;
-use super::blob::{BlobFile, BlobPtr, BlobWriter};
+use super::blob::BlobFile;
+use super::blob_jobs::BlobOut;
 use super::manifest::{Edit, Flushed};
 use super::table::{Stored, Table, TableEntry, TableIter, TableWriter, sync_table_dir};
 use super::version::{TableFile, Version};
@@ -282,53 +283,6 @@ impl Tree {
                 .is_some()
     }
 
-    /// When no level is due: the rewrite in place of the sorted-level table, not in `busy`,
-    /// that points to the most bytes in value-log files due to have their live values moved
-    /// (see [`Tree::blobs_to_rewrite`]). Each such rewrite leaves one table fewer pointing into
-    /// them; once none does, a file is removed. (L0's tables are compacted soon anyway.)
-    fn value_log_task(
-        &self,
-        version: &Version,
-        busy: &std::collections::HashSet<u64>,
-    ) -> Option<Task> {
-        if version.blobs.is_empty() {
-            return None;
-        }
-        let rewrite = self.blobs_to_rewrite(version);
-        if rewrite.is_empty() {
-            return None;
-        }
-        let (n, table, _) = version
-            .levels
-            .iter()
-            .enumerate()
-            .flat_map(|(i, level)| level.iter().map(move |t| (i + 1, t)))
-            .filter(|(_, t)| !busy.contains(&t.id))
-            .map(|(n, t)| {
-                let bytes: u64 = t
-                    .table
-                    .meta()
-                    .blobs
-                    .iter()
-                    .filter(|r| rewrite.contains(&r.file))
-                    .map(|r| r.bytes)
-                    .sum();
-                (n, t, bytes)
-            })
-            .filter(|(_, _, bytes)| *bytes > 0)
-            .max_by_key(|(_, _, bytes)| *bytes)?;
-        // Tombstones can go if nothing below the table holds data: no level below, and no
-        // older run beside it in a tiered level.
-        let alone = !version.is_tiered(n) || version.levels[n - 1].len() == 1;
-        Some(Task {
-            output_level: n as u8,
-            upper: vec![table.clone()],
-            lower: Vec::new(),
-            bottom: alone && version.levels.iter().skip(n).all(|l| l.is_empty()),
-            in_place: true,
-        })
-    }
-
     /// The compaction to run next, with its tables marked busy until the guard is dropped:
     /// of the level with the highest score (at least 1) that has one whose tables no running
     /// compaction reads, or of L0 whatever its score if `force_l0` and nothing else is due.
@@ -517,9 +471,7 @@ impl Tree {
                         TableWriter::create(self.driver(), path, &table_options).await?,
                     ));
                 }
-                let stored = self
-                    .place(e.value, &version, &rewrite, &mut blobs)
-                    .await?;
+                let stored = self.place(e.value, &version, &rewrite, &mut blobs).await?;
                 let (_, w) = writer.as_mut().expect("created above");
                 w.add_stored(e.bucket, &e.key, e.seq, &stored).await?;
                 if new_key {
@@ -603,59 +555,6 @@ impl Tree {
         Ok(())
     }
 
-    /// Where a compaction puts a version's value: a value at or above the separation threshold
-    /// goes to the job's value-log file; a pointer into a file in `rewrite` (mostly garbage), or
-    /// any pointer once separation is off, has its value read and placed again; the rest stays
-    /// as it is (a pointer is copied, not its value).
-    async fn place(
-        &self,
-        stored: Stored,
-        version: &Version,
-        rewrite: &std::collections::HashSet<u64>,
-        blobs: &mut BlobOut,
-    ) -> Result<Stored> {
-        let off = self.options.value_separation_threshold_bytes == 0;
-        let value = match stored {
-            Stored::Blob(ptr) if off || rewrite.contains(&ptr.file) => {
-                let Some(file) = version.blob(ptr.file) else {
-                    return Err(crate::Error::corruption(
-                        self.tables_dir(),
-                        0,
-                        crate::error::CorruptionKind::BadTable {
-                            reason: "a value-log pointer to a file the tree does not hold",
-                        },
-                    ));
-                };
-                file.read(&ptr).await?
-            }
-            Stored::Value(v) => v,
-            other => return Ok(other),
-        };
-        Ok(if self.separates(&value) {
-            Stored::Blob(blobs.add(self, &value).await?)
-        } else {
-            Stored::Value(value)
-        })
-    }
-
-    /// The value-log files whose live values compactions move out: at least
-    /// `value_log_garbage_ratio` of their values' bytes no table points to.
-    pub(crate) fn blobs_to_rewrite(&self, version: &Version) -> std::collections::HashSet<u64> {
-        let live = version.blob_live();
-        version
-            .blobs
-            .values()
-            .filter(|f| {
-                let total = f.file_bytes().saturating_sub(super::blob::BLOB_HEADER_LEN);
-                let live = live.get(&f.id).map_or(0, |l| l.bytes);
-                total > 0
-                    && total.saturating_sub(live) as f64
-                        >= total as f64 * self.options.value_log_garbage_ratio
-            })
-            .map(|f| f.id)
-            .collect()
-    }
-
     /// Finishes a table, makes its name durable and opens it for reading; returns it and what
     /// its size would be with its data blocks uncompressed.
     async fn finish_table(&self, id: u64, writer: TableWriter) -> Result<(Table, u64)> {
@@ -704,54 +603,6 @@ impl Tree {
             tracing::warn!(path = %path.display(), error = %e, "removing an unfinished table failed");
         }
         error
-    }
-}
-
-/// The value-log file a job writes (at most one: a flush writes the values it separates, a
-/// compaction those it separates or moves out of files mostly garbage), created on its first
-/// value.
-#[derive(Default)]
-pub(super) struct BlobOut {
-    writer: Option<BlobWriter>,
-}
-
-impl BlobOut {
-    /// Appends a value to the job's value-log file (created on the first).
-    async fn add(&mut self, tree: &Tree, value: &[u8]) -> Result<BlobPtr> {
-        if self.writer.is_none() {
-            let (id, path) = tree.new_blob_path();
-            let buffer = tree.options.table.write_buffer_bytes;
-            self.writer = Some(BlobWriter::create(tree.driver(), path, id, buffer).await?);
-        }
-        self.writer
-            .as_mut()
-            .expect("created above")
-            .add(value)
-            .await
-    }
-
-    /// Finishes the file (fdatasync; its name is made durable with the tables') and opens it
-    /// for reading; on an error, hands itself back for the caller to remove.
-    async fn finish(
-        mut self,
-        tree: &Tree,
-    ) -> std::result::Result<Vec<Arc<BlobFile>>, (crate::Error, BlobOut)> {
-        let Some(w) = self.writer.take() else {
-            return Ok(Vec::new());
-        };
-        let (id, path) = (w.id(), w.path().to_path_buf());
-        let finished = async {
-            w.finish().await?;
-            BlobFile::open(tree.driver(), path.clone(), id, tree.cache.clone()).await
-        }
-        .await;
-        match finished {
-            Ok(f) => Ok(vec![f]),
-            Err(e) => {
-                let _ = tree.driver().remove_file(&path).await;
-                Err((e, self))
-            }
-        }
     }
 }
 
@@ -876,184 +727,5 @@ fn order(a: &TableEntry, b: &TableEntry) -> Ordering {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn b(s: &str) -> Bytes {
-        Bytes::copy_from_slice(s.as_bytes())
-    }
-
-    #[test]
-    fn keep_drops_versions_below_the_oldest_snapshot_but_the_newest() {
-        let mut k = Keep::new(Horizon::at(10), false);
-        // key a: 15 (above), 9 (newest at or below 10), 5 (hidden)
-        assert!(k.keep(1, &b("a"), 15, false));
-        assert!(k.keep(1, &b("a"), 9, false));
-        assert!(!k.keep(1, &b("a"), 5, false));
-        // key b: a tombstone at 8 kept above the bottom
-        assert!(k.keep(1, &b("b"), 8, true));
-        assert!(!k.keep(1, &b("b"), 3, false));
-        // the same key in another bucket is another key
-        assert!(k.keep(2, &b("b"), 2, false));
-        let mut bottom = Keep::new(Horizon::at(10), true);
-        assert!(!bottom.keep(1, &b("b"), 8, true));
-        assert!(!bottom.keep(1, &b("b"), 3, false));
-        assert!(bottom.keep(1, &b("b2"), 3, false));
-        assert!(bottom.keep(1, &b("c"), 12, true));
-        // a reader at 10 sees the value under the newer tombstone
-        assert!(bottom.keep(1, &b("c"), 4, false));
-    }
-
-    /// Compactions picked while others hold their tables take other tables, never one a
-    /// running compaction reads; the tables are free again once each ends.
-    #[tokio::test]
-    async fn concurrent_picks_take_disjoint_tables() -> Result<()> {
-        let dir = tempfile::tempdir()?;
-        let driver = ringtide_platform::IoDriver::new(Default::default())?;
-        let options = crate::kv::DbOptions::default()
-            .write_buffer_bytes(64 << 10)
-            .table_target_bytes(64 << 10)
-            .l1_target_bytes(64 << 10)
-            .l0_compaction_trigger(2)
-            .max_concurrent_compactions(4)
-            // Sizes as written: the level scores below count file bytes.
-            .compression(crate::kv::Compression::None)
-            .tree_options();
-        let tree = Tree::open(
-            dir.path(),
-            driver,
-            options,
-            crate::wal::WalOptions::default(),
-            false,
-            Lsn(1),
-        )
-        .await?
-        .tree;
-        let mut seq = 0;
-        let mut flush = async |keys: std::ops::Range<u32>| -> Result<()> {
-            seq += 1;
-            let value: super::super::memtable::Value = Some(Bytes::from(vec![7u8; 200]));
-            let keys: Vec<Bytes> = keys.map(|i| Bytes::from(format!("k{i:06}"))).collect();
-            tree.apply(seq, keys.iter().map(|k| (0, k, &value)));
-            let last = seq;
-            tree.rotate(Lsn(1), true, || last);
-            tree.flush_oldest(0, 1).await?;
-            Ok(())
-        };
-        // L1 of ~6 tables (6 times its target), then two L0 tables over the first of them.
-        flush(0..1500).await?;
-        let closed = std::sync::atomic::AtomicBool::new(false);
-        assert!(tree.compact_next(Horizon::at(0), &closed, true).await?);
-        flush(0..50).await?;
-        flush(10..60).await?;
-        let scores = tree.scores();
-        assert!(scores[0] >= 1.0 && scores[1] >= 1.0, "{scores:?}");
-
-        let mut picks = Vec::new();
-        while let Some(pick) = tree.pick(false) {
-            picks.push(pick);
-            assert!(picks.len() < 64);
-        }
-        assert!(
-            picks.len() >= 2,
-            "compactions run side by side: {}",
-            picks.len()
-        );
-        let mut seen = std::collections::HashSet::new();
-        for (task, _) in &picks {
-            for t in task.upper.iter().chain(&task.lower) {
-                assert!(seen.insert(t.id), "table {} in two compactions", t.id);
-            }
-        }
-        drop(picks);
-        assert!(tree.busy.lock().unwrap().is_empty());
-        assert!(tree.pick(false).is_some());
-        Ok(())
-    }
-
-    /// A tiered L1 takes each L0 compaction as a new run (one table, however large) without
-    /// rewriting the runs already there; at `l0_compaction_trigger` runs it is merged whole
-    /// into one run of L2; reads see the newest version throughout.
-    #[tokio::test]
-    async fn a_tiered_level_takes_runs_whole_and_is_merged_whole() -> Result<()> {
-        let dir = tempfile::tempdir()?;
-        let driver = ringtide_platform::IoDriver::new(Default::default())?;
-        let options = crate::kv::DbOptions::default()
-            .write_buffer_bytes(64 << 10)
-            .table_target_bytes(64 << 10)
-            .l1_target_bytes(16 << 20)
-            .l0_compaction_trigger(2)
-            .level_count(5)
-            .tiered_levels(2)
-            .tree_options();
-        let tree = Tree::open(
-            dir.path(),
-            driver,
-            options,
-            crate::wal::WalOptions::default(),
-            false,
-            Lsn(1),
-        )
-        .await?
-        .tree;
-        let mut seq = 0;
-        let mut flush = async |keys: std::ops::Range<u32>| -> Result<()> {
-            seq += 1;
-            let value: super::super::memtable::Value = Some(Bytes::from(seq.to_string()));
-            let keys: Vec<Bytes> = keys.map(|i| Bytes::from(format!("k{i:06}"))).collect();
-            tree.apply(seq, keys.iter().map(|k| (0, k, &value)));
-            let last = seq;
-            tree.rotate(Lsn(1), true, || last);
-            tree.flush_oldest(0, 1).await?;
-            Ok(())
-        };
-        let closed = std::sync::atomic::AtomicBool::new(false);
-        let level = |n: usize| -> Vec<u64> {
-            let v = tree.current().version.clone();
-            v.levels
-                .get(n - 1)
-                .map_or(Vec::new(), |l| l.iter().map(|t| t.id).collect())
-        };
-        flush(0..3000).await?;
-        flush(1000..4000).await?;
-        assert!(tree.compact_next(Horizon::at(0), &closed, false).await?);
-        let first = level(1);
-        assert_eq!(
-            first.len(),
-            1,
-            "one run, one table (larger than the table target)"
-        );
-        flush(2000..2500).await?;
-        flush(3500..5000).await?;
-        assert!(tree.compact_next(Horizon::at(0), &closed, false).await?);
-        let two = level(1);
-        assert_eq!(two.len(), 2, "a second run");
-        assert_eq!(two[1], first[0], "the older run untouched, after the newer");
-        assert_eq!(
-            tree.get(0, b"k002100", u64::MAX).await?,
-            Some(Bytes::from("3"))
-        );
-        assert_eq!(
-            tree.get(0, b"k001100", u64::MAX).await?,
-            Some(Bytes::from("2"))
-        );
-        // Two runs: L1 is due, merged whole into one run of L2.
-        assert!(tree.scores()[1] >= 1.0, "{:?}", tree.scores());
-        assert!(tree.compact_next(Horizon::at(0), &closed, false).await?);
-        assert!(level(1).is_empty());
-        assert_eq!(level(2).len(), 1);
-        for (k, v) in [
-            ("k000100", "1"),
-            ("k001100", "2"),
-            ("k002100", "3"),
-            ("k004500", "4"),
-        ] {
-            assert_eq!(
-                tree.get(0, k.as_bytes(), u64::MAX).await?,
-                Some(Bytes::from(v)),
-                "{k}"
-            );
-        }
-        Ok(())
-    }
-}
+#[path = "job_tests.rs"]
+mod tests;

@@ -19,6 +19,7 @@
 //! does the work and keeps its state consistent.
 
 pub(crate) mod blob;
+mod blob_jobs;
 pub(crate) mod job;
 pub(crate) mod manifest;
 pub(crate) mod memtable;
