@@ -284,9 +284,8 @@ impl DbOptions {
     /// Default: 2, or `level_count − 2` if less; 0 (every level leveled, as RocksDB's default)
     /// under [`DbOptions::memory_limit_bytes`]: a tiered level keeps the older versions of its
     /// runs until it is merged, so the tables hold more (1.84× the data after a 10M-record load
-    /// against 1.24× leveled), and their indexes and filters, which a limit must hold, grow
-    /// with them (the YCSB comparison's peak RSS went from 290 to 500 MiB under a 256 MiB
-    /// limit). Accepted: 0 to `level_count − 2` (the last level and the one above it are
+    /// against 1.21× leveled), and their indexes and filters, which a limit must hold, grow
+    /// with them. Accepted: 0 to `level_count − 2` (the last level and the one above it are
     /// leveled). A store keeps the shape it was created with: asked for another, its open is
     /// refused; left to the default, the store's own is used.
     pub fn tiered_levels(mut self, levels: usize) -> Self {
