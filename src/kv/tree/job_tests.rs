@@ -33,7 +33,6 @@ fn keep_drops_versions_below_the_oldest_snapshot_but_the_newest() {
 #[tokio::test]
 async fn concurrent_picks_take_disjoint_tables() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let driver = ringtide_platform::IoDriver::new(Default::default())?;
     let options = crate::kv::DbOptions::default()
         .write_buffer_bytes(64 << 10)
         .table_target_bytes(64 << 10)
@@ -43,26 +42,11 @@ async fn concurrent_picks_take_disjoint_tables() -> Result<()> {
         // Sizes as written: the level scores below count file bytes.
         .compression(crate::kv::Compression::None)
         .tree_options();
-    let tree = Tree::open(
-        dir.path(),
-        driver,
-        options,
-        crate::wal::WalOptions::default(),
-        false,
-        Lsn(1),
-    )
-    .await?
-    .tree;
+    let tree = open_tree(dir.path(), options).await?;
     let mut seq = 0;
     let mut flush = async |keys: std::ops::Range<u32>| -> Result<()> {
         seq += 1;
-        let value: super::super::memtable::Value = Some(Bytes::from(vec![7u8; 200]));
-        let keys: Vec<Bytes> = keys.map(|i| Bytes::from(format!("k{i:06}"))).collect();
-        tree.apply(seq, keys.iter().map(|k| (0, k, &value)));
-        let last = seq;
-        tree.rotate(Lsn(1), true, || last);
-        tree.flush_oldest(0, 1).await?;
-        Ok(())
+        flush_keys(&tree, seq, keys, Bytes::from(vec![7u8; 200])).await
     };
     // L1 of ~6 tables (6 times its target), then two L0 tables over the first of them.
     flush(0..1500).await?;
@@ -101,7 +85,6 @@ async fn concurrent_picks_take_disjoint_tables() -> Result<()> {
 #[tokio::test]
 async fn a_tiered_level_takes_runs_whole_and_is_merged_whole() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let driver = ringtide_platform::IoDriver::new(Default::default())?;
     let options = crate::kv::DbOptions::default()
         .write_buffer_bytes(64 << 10)
         .table_target_bytes(64 << 10)
@@ -110,26 +93,11 @@ async fn a_tiered_level_takes_runs_whole_and_is_merged_whole() -> Result<()> {
         .level_count(5)
         .tiered_levels(2)
         .tree_options();
-    let tree = Tree::open(
-        dir.path(),
-        driver,
-        options,
-        crate::wal::WalOptions::default(),
-        false,
-        Lsn(1),
-    )
-    .await?
-    .tree;
+    let tree = open_tree(dir.path(), options).await?;
     let mut seq = 0;
     let mut flush = async |keys: std::ops::Range<u32>| -> Result<()> {
         seq += 1;
-        let value: super::super::memtable::Value = Some(Bytes::from(seq.to_string()));
-        let keys: Vec<Bytes> = keys.map(|i| Bytes::from(format!("k{i:06}"))).collect();
-        tree.apply(seq, keys.iter().map(|k| (0, k, &value)));
-        let last = seq;
-        tree.rotate(Lsn(1), true, || last);
-        tree.flush_oldest(0, 1).await?;
-        Ok(())
+        flush_keys(&tree, seq, keys, Bytes::from(seq.to_string())).await
     };
     let closed = std::sync::atomic::AtomicBool::new(false);
     let level = |n: usize| -> Vec<u64> {
@@ -178,5 +146,24 @@ async fn a_tiered_level_takes_runs_whole_and_is_merged_whole() -> Result<()> {
             "{k}"
         );
     }
+    Ok(())
+}
+
+/// A tree of `options` in `dir`, without a store.
+async fn open_tree(dir: &std::path::Path, options: super::super::TreeOptions) -> Result<Tree> {
+    let driver = ringtide_platform::IoDriver::new(Default::default())?;
+    let wal = crate::wal::WalOptions::default();
+    Ok(Tree::open(dir, driver, options, wal, false, Lsn(1))
+        .await?
+        .tree)
+}
+
+/// Keys `k000000…` of `keys` put at `seq` with `value`, then flushed into an L0 table.
+async fn flush_keys(tree: &Tree, seq: u64, keys: std::ops::Range<u32>, value: Bytes) -> Result<()> {
+    let value: super::super::memtable::Value = Some(value);
+    let keys: Vec<Bytes> = keys.map(|i| Bytes::from(format!("k{i:06}"))).collect();
+    tree.apply(seq, keys.iter().map(|k| (0, k, &value)));
+    tree.rotate(Lsn(1), true, || seq);
+    tree.flush_oldest(0, 1).await?;
     Ok(())
 }

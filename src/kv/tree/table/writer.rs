@@ -440,12 +440,8 @@ impl TableWriter {
         seq: u64,
         value: Option<&[u8]>,
     ) -> Result<()> {
-        self.check_usable()?;
-        self.builder.add(bucket, key, seq, value)?;
-        if let Some(chunk) = self.builder.take_ready() {
-            self.write(chunk).await?;
-        }
-        Ok(())
+        let stored = Stored::from(value.map(Bytes::copy_from_slice));
+        self.add_stored(bucket, key, seq, &stored).await
     }
 
     /// Adds one version as a table stores it (see [`TableBuilder::add_stored`]).
