@@ -1,0 +1,7 @@
+//! placeholder
+/// placeholder
+#[derive(Debug)]
+pub struct StateMachine {}
+/// placeholder
+#[derive(Debug)]
+pub struct StateMachineReader {}
