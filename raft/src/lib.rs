@@ -29,16 +29,19 @@ mod snapshot_file;
 mod state_file;
 mod state_machine;
 
-use std::io::Cursor;
 use std::path::Path;
+
+use ringtide::kv::DbOptions;
+use ringtide::platform::{DriverOptions, IoDriver};
+use ringtide::wal::{SyncPolicy, WalOptions};
 
 use serde::{Deserialize, Serialize};
 
-pub use log_store::LogStore;
+pub use log_store::{LogReader, LogStore};
 pub use openraft;
 pub use ringtide;
 pub use snapshot_file::SnapshotFile;
-pub use state_machine::{StateMachine, StateMachineReader};
+pub use state_machine::{SnapshotBuilder, StateMachine, StateMachineReader};
 
 /// A node's id.
 pub type NodeId = u64;
@@ -79,8 +82,75 @@ openraft::declare_raft_types!(
 /// The openraft handle of a node of the service.
 pub type Raft = openraft::Raft<TypeConfig>;
 
-#[allow(dead_code, reason = "placeholder until the stores land")]
-type Unused = Cursor<Vec<u8>>;
+/// How a node's storage is opened: the I/O driver its log, state machine and snapshot files
+/// share, and the options of the wal and of the key-value store.
+#[derive(Debug, Clone, Default)]
+pub struct StorageOptions {
+    driver: Option<IoDriver>,
+    wal: Option<WalOptions>,
+    db: Option<DbOptions>,
+}
 
-#[allow(dead_code, reason = "placeholder until the stores land")]
-fn unused(_: &Path) {}
+impl StorageOptions {
+    /// The I/O driver (default: a new one, io_uring where available).
+    pub fn driver(mut self, driver: IoDriver) -> Self {
+        self.driver = Some(driver);
+        self
+    }
+
+    /// The Raft log's wal options (default: `WalOptions::default()` with a grouped commit
+    /// without a window: appends queued while a sync runs share the next one). Appends are
+    /// acknowledged to openraft once durable whatever the policy.
+    pub fn wal_options(mut self, options: WalOptions) -> Self {
+        self.wal = Some(options);
+        self
+    }
+
+    /// The state machine's store options (default: `DbOptions::default()` with
+    /// `SyncPolicy::None`: the Raft log is the durable record, so the state machine's commits
+    /// need not each be synced; after a power loss it comes back at an earlier applied log id
+    /// and openraft applies the rest again from the log. Building a snapshot and installing
+    /// one commit durably, since the log may then be purged up to them).
+    pub fn db_options(mut self, options: DbOptions) -> Self {
+        self.db = Some(options);
+        self
+    }
+}
+
+/// Opens (creating if needed) a node's storage in `dir`: the Raft log in `dir/log` with its
+/// state file `dir/raft-state`, the state machine's store in `dir/kv` and its snapshots in
+/// `dir/snapshots`.
+///
+/// # Errors
+///
+/// As [`ringtide::wal::Wal::open`] and [`ringtide::kv::Db::open`]; [`ringtide::Error::Io`] if
+/// the state file cannot be read, or holds a vote whose two copies are both damaged;
+/// [`ringtide::Error::InvalidArgument`] if the store is not a state machine's or its snapshot
+/// file is damaged.
+///
+/// # Cancel safety
+///
+/// Not cancel safe in the sense of leaving nothing behind: dropped part way, the files are
+/// whole and the next open recovers them, but a wal or store opened so far is closed by its
+/// drop (its lock released when its tasks end).
+pub async fn open_storage(
+    dir: impl AsRef<Path>,
+    options: StorageOptions,
+) -> ringtide::Result<(LogStore, StateMachine)> {
+    let dir = dir.as_ref();
+    let driver = match options.driver {
+        Some(driver) => driver,
+        None => IoDriver::new(DriverOptions::default())?,
+    };
+    let wal = options.wal.unwrap_or_else(|| {
+        WalOptions::default().sync_policy(SyncPolicy::Grouped {
+            window: std::time::Duration::ZERO,
+        })
+    });
+    let db = options
+        .db
+        .unwrap_or_else(|| DbOptions::default().sync_policy(SyncPolicy::None));
+    let log = LogStore::open(dir, &driver, wal).await?;
+    let sm = StateMachine::open(dir, &driver, db).await?;
+    Ok((log, sm))
+}

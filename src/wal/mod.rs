@@ -74,6 +74,7 @@ pub use integrity::{IntegrityProblem, IntegrityProgress, IntegrityReport};
 use options::MAX_CALL_BYTES;
 pub use options::{ChecksumKind, LengthEncoding, RecoveryMode, SyncPolicy, Timestamps, WalOptions};
 use shared::{Index, SegmentIndex, Shared, zero_fill};
+pub use submit::PendingAppend;
 pub use txn::LogTxn;
 
 /// The on-disk format version this build writes, and the only one it reads (recorded in every
