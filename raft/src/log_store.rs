@@ -47,12 +47,24 @@ pub struct LogReader {
 
 impl LogStore {
     /// Opens the log in `dir` (the wal in `dir/log`, the state file at `dir/raft-state`),
-    /// creating it if there is none, and finishes a purge a crash interrupted.
-    pub(crate) async fn open(
-        dir: &Path,
+    /// creating it if there is none, and finishes a purge a crash interrupted. `options` are
+    /// the wal's, with `driver` as its driver. [`open_storage`](crate::open_storage) opens
+    /// this and the state machine together.
+    ///
+    /// # Errors
+    ///
+    /// As [`Wal::open`]; [`ringtide::Error::Io`] if the state file cannot be read or both
+    /// copies of its vote are damaged.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped part way, nothing is lost: the next open recovers the files.
+    pub async fn open(
+        dir: impl AsRef<Path>,
         driver: &IoDriver,
         options: WalOptions,
     ) -> ringtide::Result<LogStore> {
+        let dir = dir.as_ref();
         driver.create_dir_all(dir).await?;
         let wal = Wal::open(dir.join("log"), options.driver(driver.clone())).await?;
         let state = StateFile::open(driver, &dir.join("raft-state")).await?;
@@ -261,10 +273,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 next = lsn_of(log_id.index);
             }
             if lsn_of(log_id.index) != next {
+                // openraft's contract: "there must not be a hole in logs". Refused whole,
+                // before anything is queued.
                 return Err(log_error(
                     ErrorVerb::Write,
                     format!(
-                        "append of raft index {} where the log expects index {}",
+                        "append of raft index {} where the log expects index {}: a log must \
+                         not have holes or overlaps (truncate first)",
                         log_id.index,
                         next.0 - 1
                     ),

@@ -149,12 +149,22 @@ async fn generation_of(meta: &Bucket) -> ringtide::Result<u64> {
 impl StateMachine {
     /// Opens the state machine in `dir` (the store in `dir/kv`, snapshots in
     /// `dir/snapshots`), creating it if there is none; removes what a crash left of an
-    /// install or a snapshot build.
-    pub(crate) async fn open(
-        dir: &Path,
+    /// install or a snapshot build. `options` are the store's, with `driver` as its driver.
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::open`]; [`ringtide::Error::InvalidArgument`] if the store is not a state
+    /// machine's or its current snapshot's file is damaged.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped part way, nothing is lost: the next open recovers the files.
+    pub async fn open(
+        dir: impl AsRef<Path>,
         driver: &IoDriver,
         options: DbOptions,
     ) -> ringtide::Result<StateMachine> {
+        let dir = dir.as_ref();
         let db = Db::open(dir.join("kv"), options.driver(driver.clone())).await?;
         let snap_dir = dir.join("snapshots");
         driver.create_dir_all(&snap_dir).await?;
