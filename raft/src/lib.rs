@@ -22,6 +22,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 mod codec;
 mod log_store;
 pub mod router;

@@ -146,9 +146,15 @@ async fn append(
     Ok(())
 }
 
-async fn save_vote(log: &mut LogStore, obs: &Mutex<Observed>, vote: Vote<u64>) -> Result<(), String> {
+async fn save_vote(
+    log: &mut LogStore,
+    obs: &Mutex<Observed>,
+    vote: Vote<u64>,
+) -> Result<(), String> {
     obs.lock().unwrap().vote_running = Some(vote);
-    log.save_vote(&vote).await.map_err(|e| format!("vote: {e}"))?;
+    log.save_vote(&vote)
+        .await
+        .map_err(|e| format!("vote: {e}"))?;
     let mut o = obs.lock().unwrap();
     o.vote = Some(vote);
     o.vote_running = None;
@@ -178,7 +184,9 @@ async fn truncate(log: &mut LogStore, obs: &Mutex<Observed>, from: u64) -> Resul
 
 async fn purge(log: &mut LogStore, obs: &Mutex<Observed>, to: LogId<u64>) -> Result<(), String> {
     obs.lock().unwrap().purging = Some(to);
-    log.purge(to).await.map_err(|e| format!("purge {to}: {e}"))?;
+    log.purge(to)
+        .await
+        .map_err(|e| format!("purge {to}: {e}"))?;
     let mut o = obs.lock().unwrap();
     o.purged = Some(to);
     o.purging = None;
@@ -210,7 +218,10 @@ async fn workload(disk: &SimDisk, obs: Arc<Mutex<Observed>>) -> Result<(), Strin
 
 async fn check(disk: &SimDisk, obs: &Observed) -> Result<(), String> {
     let mut log = open(disk).await?;
-    let vote = log.read_vote().await.map_err(|e| format!("read_vote: {e}"))?;
+    let vote = log
+        .read_vote()
+        .await
+        .map_err(|e| format!("read_vote: {e}"))?;
     if vote != obs.vote && (obs.vote_running.is_none() || vote != obs.vote_running) {
         return Err(format!(
             "vote {vote:?}, saved {:?} (running {:?})",
@@ -233,19 +244,19 @@ async fn check(disk: &SimDisk, obs: &Observed) -> Result<(), String> {
         .await
         .map_err(|e| format!("read: {e}"))?;
     let first = purged.map_or(0, |p| p.index + 1);
-    let mut expect = first;
     let mut present = BTreeMap::new();
-    for e in &entries {
+    for (expect, e) in (first..).zip(entries.iter()) {
         if e.log_id.index != expect {
             return Err(format!(
                 "entries not dense: {} where {expect} was due (purged {purged:?})",
                 e.log_id
             ));
         }
-        expect += 1;
         let (index, term, variant) = named(e)?;
         if obs.truncated.contains(&(index, term, variant)) {
-            return Err(format!("truncated entry {index}/{term}/{variant} came back"));
+            return Err(format!(
+                "truncated entry {index}/{term}/{variant} came back"
+            ));
         }
         if !obs.appended.contains(&(index, term, variant)) {
             return Err(format!("entry {index}/{term}/{variant} was never appended"));
@@ -294,7 +305,9 @@ async fn check(disk: &SimDisk, obs: &Observed) -> Result<(), String> {
         .await
         .map_err(|e| format!("read after reopen: {e}"))?;
     if back.len() != 1 || named(&back[0])? != (next, 9, 9) {
-        return Err(format!("the entry appended after recovery is not kept: {back:?}"));
+        return Err(format!(
+            "the entry appended after recovery is not kept: {back:?}"
+        ));
     }
     Ok(())
 }

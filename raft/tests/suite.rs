@@ -125,7 +125,11 @@ fn run_suite(backend: Backend) {
     if let Err(e) = run_fut(S::transfer_snapshot(&builder)) {
         failures.push(format!("transfer_snapshot: {e}"));
     }
-    assert!(failures.is_empty(), "openraft's storage suite failed:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "openraft's storage suite failed:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
