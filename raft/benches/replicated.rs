@@ -10,7 +10,9 @@
 //! rate.
 //!
 //! Run: `cargo bench -p ringtide-raft --bench replicated`. `RAFT_CLIENTS` (default `1,16,64`),
-//! `RAFT_SECS`, `RAFT_RUNS` (default 1: runs of the whole table, each printed).
+//! `RAFT_SECS`, `RAFT_RUNS` (default 1: runs of the whole table, each printed), `RAFT_ONLY`
+//! (`ringtide` or `memory`: run one side only, for profiling), `RAFT_IN_FLIGHT` (batches in
+//! flight, default 1: measured best at 64 clients, 1 > 2 > 4 > 8).
 
 #![allow(clippy::print_stdout, reason = "a bench reports its figures")]
 
@@ -21,7 +23,9 @@ use std::time::Duration;
 
 use common::mem_store::{MemConfig, MemLogStore, MemStateMachine};
 use openraft::{Config, SnapshotPolicy};
-use ringtide_raft::cluster::{LocalCluster, NodeStorage, Opened, OpenedOf, RingtideStorage, WriteLoad};
+use ringtide_raft::cluster::{
+    LocalCluster, NodeStorage, Opened, OpenedOf, RingtideStorage, WriteLoad,
+};
 use ringtide_raft::{NodeId, StorageOptions, TypeConfig};
 
 /// The in-memory baseline: each node a fresh in-memory store (no restarts in this bench).
@@ -56,12 +60,20 @@ fn config() -> Config {
 
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn measure_ringtide(clients: u64, secs: f64) -> WriteLoad {
+/// Batching of the clients' writes into one Raft entry: up to this many requests, this many
+/// batches in flight (`None`: one entry per write).
+type Batching = Option<(usize, usize)>;
+
+async fn measure_ringtide(clients: u64, secs: f64, batching: Batching) -> WriteLoad {
     let dir = tempfile::tempdir().expect("temp dir");
     let storage = RingtideStorage::new(dir.path(), StorageOptions::default());
     let cluster = LocalCluster::<TypeConfig, _>::start(storage, config(), &[1, 2, 3], WAIT)
         .await
         .expect("cluster starts");
+    let cluster = match batching {
+        Some((max, in_flight)) => cluster.with_batching(max, in_flight),
+        None => cluster,
+    };
     let warm = cluster
         .write_load(clients, Duration::from_millis(500), &BTreeMap::new())
         .await;
@@ -72,10 +84,14 @@ async fn measure_ringtide(clients: u64, secs: f64) -> WriteLoad {
     load
 }
 
-async fn measure_memory(clients: u64, secs: f64) -> WriteLoad {
+async fn measure_memory(clients: u64, secs: f64, batching: Batching) -> WriteLoad {
     let cluster = LocalCluster::<MemConfig, _>::start(MemStorage, config(), &[1, 2, 3], WAIT)
         .await
         .expect("cluster starts");
+    let cluster = match batching {
+        Some((max, in_flight)) => cluster.with_batching(max, in_flight),
+        None => cluster,
+    };
     let warm = cluster
         .write_load(clients, Duration::from_millis(500), &BTreeMap::new())
         .await;
@@ -106,26 +122,42 @@ fn main() {
         .collect();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     for run in 1..=runs {
+        println!("replicated durable writes, 3 nodes, {secs} s per cell (run {run} of {runs})");
         println!(
-            "replicated durable writes, 3 nodes, {secs} s per cell (run {run} of {runs})"
+            "| clients | writes | ringtide writes/s | p50 ms | p99 ms | in-memory writes/s | p50 ms | p99 ms | ringtide ÷ in-memory |"
         );
-        println!(
-            "| clients | ringtide writes/s | p50 ms | p99 ms | in-memory writes/s | p50 ms | p99 ms | ringtide ÷ in-memory |"
-        );
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-        for &c in &clients {
-            let mem = rt.block_on(measure_memory(c, secs));
-            let rt_load = rt.block_on(measure_ringtide(c, secs));
-            println!(
-                "| {c} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} |",
-                rt_load.rate(),
-                ms(rt_load.latency(0.5)),
-                ms(rt_load.latency(0.99)),
-                mem.rate(),
-                ms(mem.latency(0.5)),
-                ms(mem.latency(0.99)),
-                rt_load.rate() / mem.rate().max(1e-9)
-            );
+        println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+        let in_flight: usize = std::env::var("RAFT_IN_FLIGHT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        for (mode, batching) in [
+            ("batched", Some((1024, in_flight))),
+            ("one entry each", None),
+        ] {
+            for &c in &clients {
+                let only = std::env::var("RAFT_ONLY").unwrap_or_default();
+                let mem = if only == "ringtide" {
+                    WriteLoad::default()
+                } else {
+                    rt.block_on(measure_memory(c, secs, batching))
+                };
+                let rt_load = if only == "memory" {
+                    WriteLoad::default()
+                } else {
+                    rt.block_on(measure_ringtide(c, secs, batching))
+                };
+                println!(
+                    "| {c} | {mode} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} |",
+                    rt_load.rate(),
+                    ms(rt_load.latency(0.5)),
+                    ms(rt_load.latency(0.99)),
+                    mem.rate(),
+                    ms(mem.latency(0.5)),
+                    ms(mem.latency(0.99)),
+                    rt_load.rate() / mem.rate().max(1e-9)
+                );
+            }
         }
     }
 }

@@ -75,7 +75,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let storage = RingtideStorage::new(&dir, StorageOptions::default());
     let t = Instant::now();
-    let cluster = Cluster::start(storage.clone(), config, &[1, 2, 3], WAIT).await?;
+    // Clients' writes are batched into Raft entries (see `LocalCluster::with_batching`).
+    let cluster = Cluster::start(storage.clone(), config, &[1, 2, 3], WAIT)
+        .await?
+        .with_batching(1024, 1);
     let leader = cluster.leader(WAIT).await?;
     println!(
         "3 nodes started in {}; node {leader} leads after {:.0} ms",

@@ -14,6 +14,7 @@ use futures::future::BoxFuture;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::{BasicNode, Config, LogId, Raft, RaftTypeConfig, ServerState};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::router::Router;
@@ -121,6 +122,14 @@ struct Inner<C: RaftTypeConfig, S: NodeStorage<C>> {
     nodes: Mutex<Nodes<C, S>>,
     /// The last node seen leading (0: none known).
     leader: AtomicU64,
+    /// Where [`LocalCluster::write`] queues requests when batching is on.
+    batcher: std::sync::OnceLock<mpsc::UnboundedSender<Queued>>,
+}
+
+/// A write waiting in the batcher.
+struct Queued {
+    request: Request,
+    reply: oneshot::Sender<Result<LogId<NodeId>, String>>,
 }
 
 /// Raft nodes in one process on a [`Router`]. Cheap to clone; clones share the cluster.
@@ -207,6 +216,7 @@ where
                 router: Router::new(),
                 nodes: Mutex::new(BTreeMap::new()),
                 leader: AtomicU64::new(0),
+                batcher: std::sync::OnceLock::new(),
             }),
         };
         for &id in ids {
@@ -256,8 +266,62 @@ where
         }
     }
 
-    /// Writes `request` through the leader, following redirections and retrying across leader
-    /// changes until `timeout`; returns the log id it was committed at.
+    /// Turns batching on: from now on [`write`](Self::write) queues each request, and
+    /// `in_flight` tasks each take what is queued (up to `max_requests`) and write it as one
+    /// [`Request::Batch`] entry. openraft 0.9's leader waits for each entry's log flush before
+    /// it takes the next, so unbatched writes run one fdatasync each; batched, the writes that
+    /// queue during one flush share the next. Each write's caller still gets its answer only
+    /// once its batch is committed. Calling it again changes nothing.
+    pub fn with_batching(self, max_requests: usize, in_flight: usize) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel::<Queued>();
+        if self.inner.batcher.set(tx).is_err() {
+            return self;
+        }
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..in_flight.max(1) {
+            let (rx, weak) = (Arc::clone(&rx), Arc::downgrade(&self.inner));
+            let max = max_requests.max(1);
+            tokio::spawn(async move {
+                loop {
+                    let batch = {
+                        let mut rx = rx.lock().await;
+                        let Some(first) = rx.recv().await else {
+                            return;
+                        };
+                        let mut batch = vec![first];
+                        while batch.len() < max {
+                            match rx.try_recv() {
+                                Ok(q) => batch.push(q),
+                                Err(_) => break,
+                            }
+                        }
+                        batch
+                    };
+                    let Some(inner) = weak.upgrade() else {
+                        return;
+                    };
+                    let cluster = LocalCluster { inner };
+                    let (requests, replies): (Vec<_>, Vec<_>) =
+                        batch.into_iter().map(|q| (q.request, q.reply)).unzip();
+                    let request = if requests.len() == 1 {
+                        requests.into_iter().next().expect("one")
+                    } else {
+                        Request::Batch(requests)
+                    };
+                    let res = cluster.write_direct(request, Duration::from_secs(10)).await;
+                    drop(cluster);
+                    for reply in replies {
+                        let _ = reply.send(res.clone());
+                    }
+                }
+            });
+        }
+        self
+    }
+
+    /// Writes `request` through the leader (batched with others if
+    /// [`with_batching`](Self::with_batching) is on), following redirections and retrying
+    /// across leader changes until `timeout`; returns the log id it was committed at.
     ///
     /// A write that fails may still be committed (its leader may have replicated it before
     /// failing): callers that retry should write idempotent requests.
@@ -270,6 +334,26 @@ where
     ///
     /// Dropped, the write may or may not be committed.
     pub async fn write(
+        &self,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<LogId<NodeId>, String> {
+        let Some(batcher) = self.inner.batcher.get() else {
+            return self.write_direct(request, timeout).await;
+        };
+        let (reply, answer) = oneshot::channel();
+        batcher
+            .send(Queued { request, reply })
+            .map_err(|_| "the batcher stopped".to_string())?;
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(res)) => res,
+            Ok(Err(_)) => Err("the batcher dropped the write".into()),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+
+    /// [`write`](Self::write) without the batcher: one entry for this request.
+    async fn write_direct(
         &self,
         request: Request,
         timeout: Duration,

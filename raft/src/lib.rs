@@ -62,6 +62,33 @@ pub enum Request {
         /// The key.
         key: Vec<u8>,
     },
+    /// Several requests in one Raft entry, applied in order and atomically (one transaction).
+    /// A service batches its clients' writes this way: openraft 0.9 waits for each entry's
+    /// log flush on the leader before it takes the next, so one entry per write would cap the
+    /// leader at one write per fdatasync (see [`cluster::LocalCluster::with_batching`]).
+    Batch(Vec<Request>),
+}
+
+impl Request {
+    /// The puts (`Some(value)`) and deletes (`None`) this request makes, in order, a batch's
+    /// flattened.
+    pub fn into_ops(self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let mut out = Vec::new();
+        self.collect_ops(&mut out);
+        out
+    }
+
+    fn collect_ops(self, out: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>) {
+        match self {
+            Request::Put { key, value } => out.push((key, Some(value))),
+            Request::Delete { key } => out.push((key, None)),
+            Request::Batch(requests) => {
+                for r in requests {
+                    r.collect_ops(out);
+                }
+            }
+        }
+    }
 }
 
 /// What applying a [`Request`] returns.

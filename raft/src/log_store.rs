@@ -239,10 +239,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        self.state
-            .save_committed(committed)
-            .await
-            .map_err(|e| log_error(ErrorVerb::Write, e))
+        self.state.save_committed(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {

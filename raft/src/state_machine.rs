@@ -27,7 +27,7 @@ use ringtide::platform::IoDriver;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader};
 
 use crate::codec::{decode, encode, sm_error, snapshot_error};
-use crate::{NodeId, Request, Response, SnapshotFile, TypeConfig};
+use crate::{NodeId, Response, SnapshotFile, TypeConfig};
 
 const META: &str = "raft";
 const APPLIED: &[u8] = b"applied";
@@ -602,11 +602,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let txn = self
             .shared
             .db
-            .begin(
-                TxnOptions::default()
-                    .isolation(Isolation::Snapshot)
-                    .durability(Durability::Buffered),
-            )
+            // The store's own sync policy: none by default (see `StorageOptions::db_options`),
+            // so a commit returns once queued for the store's wal; the Raft log is the
+            // durable record and openraft applies again what a crash took.
+            .begin(TxnOptions::default().isolation(Isolation::Snapshot))
             .map_err(kv_err(ErrorVerb::Write))?;
         let mut applied = self.applied;
         let mut membership = None;
@@ -621,8 +620,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 applied = Some(log_id);
                 match entry.payload {
                     EntryPayload::Blank => {}
-                    EntryPayload::Normal(Request::Put { key, value }) => data.put(key, value)?,
-                    EntryPayload::Normal(Request::Delete { key }) => data.delete(key)?,
+                    EntryPayload::Normal(request) => {
+                        for (key, value) in request.into_ops() {
+                            match value {
+                                Some(value) => data.put(key, value)?,
+                                None => data.delete(key)?,
+                            }
+                        }
+                    }
                     EntryPayload::Membership(m) => {
                         membership = Some(StoredMembership::new(Some(log_id), m));
                     }

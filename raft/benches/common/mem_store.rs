@@ -431,11 +431,13 @@ impl RaftStateMachine<MemConfig> for MemStateMachine {
             inner.last_applied = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(Request::Put { key, value }) => {
-                    inner.data.insert(key, value);
-                }
-                EntryPayload::Normal(Request::Delete { key }) => {
-                    inner.data.remove(&key);
+                EntryPayload::Normal(request) => {
+                    for (key, value) in request.into_ops() {
+                        match value {
+                            Some(value) => inner.data.insert(key, value),
+                            None => inner.data.remove(&key),
+                        };
+                    }
                 }
                 EntryPayload::Membership(membership) => {
                     inner.last_membership = StoredMembership::new(Some(entry.log_id), membership);
