@@ -27,6 +27,7 @@ mod codec;
 mod log_store;
 pub mod router;
 mod snapshot_file;
+mod snapshot_format;
 mod state_file;
 mod state_machine;
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures::TryStreamExt;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -24,9 +24,10 @@ use openraft::{
 };
 use ringtide::kv::{Bucket, Db, DbOptions, Durability, Isolation, Txn, TxnOptions};
 use ringtide::platform::IoDriver;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufReader};
 
 use crate::codec::{decode, encode, sm_error, snapshot_error};
+use crate::snapshot_format::{SnapshotReader, SnapshotWriter, read_header};
 use crate::{NodeId, Response, SnapshotFile, TypeConfig};
 
 const META: &str = "raft";
@@ -34,16 +35,10 @@ const APPLIED: &[u8] = b"applied";
 const MEMBERSHIP: &[u8] = b"membership";
 const DATA: &[u8] = b"data";
 const SNAPSHOT: &[u8] = b"snapshot";
-const SNAPSHOT_MAGIC: &[u8; 8] = b"RTSNAP01";
-/// The end of a snapshot's records: a key length no record has.
-const END: u32 = u32::MAX;
-const MAX_KEY: u32 = 1 << 20;
-const MAX_VALUE: u32 = 1 << 30;
-const MAX_META: u32 = 1 << 24;
 /// An install commits the snapshot's records in transactions of about this many bytes.
 const INSTALL_TXN_BYTES: usize = 4 << 20;
 
-type Meta = SnapshotMeta<NodeId, BasicNode>;
+pub(crate) type Meta = SnapshotMeta<NodeId, BasicNode>;
 type Membership = StoredMembership<NodeId, BasicNode>;
 
 fn data_bucket(generation: u64) -> String {
@@ -298,154 +293,6 @@ impl StateMachineReader {
             })
             .await
     }
-}
-
-/// Writes a snapshot's stream: header, records, trailer, with a running crc32.
-struct SnapshotWriter {
-    file: SnapshotFile,
-    crc: crc32fast::Hasher,
-    buf: BytesMut,
-    count: u64,
-}
-
-impl SnapshotWriter {
-    async fn new(file: SnapshotFile, meta: &Meta) -> io::Result<SnapshotWriter> {
-        let meta = encode(meta).map_err(io::Error::other)?;
-        let mut w = SnapshotWriter {
-            file,
-            crc: crc32fast::Hasher::new(),
-            buf: BytesMut::with_capacity(256 << 10),
-            count: 0,
-        };
-        w.buf.put_slice(SNAPSHOT_MAGIC);
-        w.buf.put_u32_le(meta.len() as u32);
-        w.buf.put_slice(&meta);
-        Ok(w)
-    }
-
-    async fn record(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
-        self.buf.put_u32_le(key.len() as u32);
-        self.buf.put_u32_le(value.len() as u32);
-        self.buf.put_slice(key);
-        self.buf.put_slice(value);
-        self.count += 1;
-        if self.buf.len() >= 256 << 10 {
-            self.drain().await?;
-        }
-        Ok(())
-    }
-
-    async fn drain(&mut self) -> io::Result<()> {
-        self.crc.update(&self.buf);
-        self.file.write_all(&self.buf).await?;
-        self.buf.clear();
-        Ok(())
-    }
-
-    /// Writes the trailer and makes the file durable.
-    async fn finish(mut self) -> io::Result<SnapshotFile> {
-        self.buf.put_u32_le(END);
-        self.buf.put_u64_le(self.count);
-        self.drain().await?;
-        let crc = self.crc.clone().finalize();
-        self.file.write_all(&crc.to_le_bytes()).await?;
-        self.file.shutdown().await?;
-        Ok(self.file)
-    }
-}
-
-fn damaged(what: impl std::fmt::Display) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("damaged snapshot: {what}"),
-    )
-}
-
-/// A snapshot's stream being read: counts the crc of what it reads.
-struct SnapshotReader<R> {
-    inner: R,
-    crc: crc32fast::Hasher,
-}
-
-impl<R: tokio::io::AsyncRead + Unpin> SnapshotReader<R> {
-    async fn bytes(&mut self, n: usize) -> io::Result<Vec<u8>> {
-        let mut v = vec![0u8; n];
-        self.inner.read_exact(&mut v).await.map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                damaged("it ends early")
-            } else {
-                e
-            }
-        })?;
-        self.crc.update(&v);
-        Ok(v)
-    }
-
-    async fn u32(&mut self) -> io::Result<u32> {
-        let b = self.bytes(4).await?;
-        Ok(u32::from_le_bytes(
-            b.try_into().map_err(|_| damaged("short"))?,
-        ))
-    }
-
-    async fn u64(&mut self) -> io::Result<u64> {
-        let b = self.bytes(8).await?;
-        Ok(u64::from_le_bytes(
-            b.try_into().map_err(|_| damaged("short"))?,
-        ))
-    }
-
-    async fn meta(&mut self) -> io::Result<Meta> {
-        if self.bytes(8).await? != SNAPSHOT_MAGIC {
-            return Err(damaged("not a ringtide snapshot (bad magic)"));
-        }
-        let len = self.u32().await?;
-        if len > MAX_META {
-            return Err(damaged(format!("a meta block of {len} bytes")));
-        }
-        let raw = self.bytes(len as usize).await?;
-        decode(&raw).map_err(|e| damaged(format!("its meta does not decode: {e}")))
-    }
-
-    /// The next record, or `None` at the end (after checking the count and the crc).
-    async fn next(&mut self, seen: u64) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
-        let key_len = self.u32().await?;
-        if key_len == END {
-            let count = self.u64().await?;
-            let expected = self.crc.clone().finalize();
-            let mut raw = [0u8; 4];
-            self.inner
-                .read_exact(&mut raw)
-                .await
-                .map_err(|_| damaged("its checksum is missing"))?;
-            if u32::from_le_bytes(raw) != expected {
-                return Err(damaged("its checksum does not match"));
-            }
-            if count != seen {
-                return Err(damaged(format!("{seen} records where it says {count}")));
-            }
-            return Ok(None);
-        }
-        let value_len = self.u32().await?;
-        if key_len > MAX_KEY || value_len > MAX_VALUE {
-            return Err(damaged(format!(
-                "a record of {key_len} + {value_len} bytes"
-            )));
-        }
-        let key = self.bytes(key_len as usize).await?;
-        let value = self.bytes(value_len as usize).await?;
-        Ok(Some((key, value)))
-    }
-}
-
-/// Reads a snapshot file's meta (its header only).
-async fn read_header<R: tokio::io::AsyncRead + Unpin>(reader: R) -> io::Result<Meta> {
-    SnapshotReader {
-        inner: reader,
-        crc: crc32fast::Hasher::new(),
-    }
-    .meta()
-    .await
 }
 
 impl Shared {
@@ -772,10 +619,7 @@ impl StateMachine {
         file.seek(SeekFrom::Start(0))
             .await
             .map_err(snap_err(ErrorVerb::Read))?;
-        let mut reader = SnapshotReader {
-            inner: BufReader::with_capacity(256 << 10, &mut *file),
-            crc: crc32fast::Hasher::new(),
-        };
+        let mut reader = SnapshotReader::new(BufReader::with_capacity(256 << 10, &mut *file));
         let stored = reader.meta().await.map_err(snap_err(ErrorVerb::Read))?;
         if stored.last_log_id != meta.last_log_id || stored.last_membership != meta.last_membership
         {
