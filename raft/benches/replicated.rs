@@ -24,7 +24,7 @@ use std::time::Duration;
 use common::mem_store::{MemConfig, MemLogStore, MemStateMachine};
 use openraft::{Config, SnapshotPolicy};
 use ringtide_raft::cluster::{
-    LocalCluster, NodeStorage, Opened, OpenedOf, RingtideStorage, WriteLoad,
+    LocalCluster, NodeStorage, Opened, OpenedOf, RingtideStorage, ServiceConfig, WriteLoad,
 };
 use ringtide_raft::{NodeId, StorageOptions, TypeConfig};
 
@@ -64,10 +64,14 @@ const WAIT: Duration = Duration::from_secs(10);
 /// batches in flight (`None`: one entry per write).
 type Batching = Option<(usize, usize)>;
 
-async fn measure_ringtide(clients: u64, secs: f64, batching: Batching) -> WriteLoad {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let storage = RingtideStorage::new(dir.path(), StorageOptions::default());
-    let cluster = LocalCluster::<TypeConfig, _>::start(storage, config(), &[1, 2, 3], WAIT)
+/// Starts a fresh 3-node cluster on `storage`, warms it up for half a second, then measures
+/// `clients` writing for `secs`.
+async fn measure<C, S>(storage: S, clients: u64, secs: f64, batching: Batching) -> WriteLoad
+where
+    C: ServiceConfig,
+    S: NodeStorage<C>,
+{
+    let cluster = LocalCluster::<C, S>::start(storage, config(), &[1, 2, 3], WAIT)
         .await
         .expect("cluster starts");
     let cluster = match batching {
@@ -84,22 +88,14 @@ async fn measure_ringtide(clients: u64, secs: f64, batching: Batching) -> WriteL
     load
 }
 
+async fn measure_ringtide(clients: u64, secs: f64, batching: Batching) -> WriteLoad {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let storage = RingtideStorage::new(dir.path(), StorageOptions::default());
+    measure::<TypeConfig, _>(storage, clients, secs, batching).await
+}
+
 async fn measure_memory(clients: u64, secs: f64, batching: Batching) -> WriteLoad {
-    let cluster = LocalCluster::<MemConfig, _>::start(MemStorage, config(), &[1, 2, 3], WAIT)
-        .await
-        .expect("cluster starts");
-    let cluster = match batching {
-        Some((max, in_flight)) => cluster.with_batching(max, in_flight),
-        None => cluster,
-    };
-    let warm = cluster
-        .write_load(clients, Duration::from_millis(500), &BTreeMap::new())
-        .await;
-    let load = cluster
-        .write_load(clients, Duration::from_secs_f64(secs), &warm.acked)
-        .await;
-    cluster.shutdown().await;
-    load
+    measure::<MemConfig, _>(MemStorage, clients, secs, batching).await
 }
 
 fn ms(d: Duration) -> f64 {

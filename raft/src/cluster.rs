@@ -36,6 +36,33 @@ pub struct Opened<L, S, R> {
     pub close: BoxFuture<'static, ()>,
 }
 
+/// The Raft type configs a [`LocalCluster`] runs: the service's requests and responses, u64
+/// node ids, `BasicNode`, tokio, openraft's one-shot responder (ringtide's [`TypeConfig`], or
+/// a bench's in-memory config). Implemented for every such config.
+pub trait ServiceConfig:
+    RaftTypeConfig<
+        NodeId = NodeId,
+        Node = BasicNode,
+        D = Request,
+        R = Response,
+        AsyncRuntime = openraft::TokioRuntime,
+        Responder = openraft::impls::OneshotResponder<Self>,
+    >
+{
+}
+
+impl<C> ServiceConfig for C where
+    C: RaftTypeConfig<
+            NodeId = NodeId,
+            Node = BasicNode,
+            D = Request,
+            R = Response,
+            AsyncRuntime = openraft::TokioRuntime,
+            Responder = openraft::impls::OneshotResponder<C>,
+        >
+{
+}
+
 /// What [`NodeStorage::open`] gives.
 pub type OpenedOf<C, S> =
     Opened<<S as NodeStorage<C>>::Log, <S as NodeStorage<C>>::Sm, <S as NodeStorage<C>>::Reader>;
@@ -179,18 +206,7 @@ impl<C: RaftTypeConfig, S: NodeStorage<C>> LocalCluster<C, S> {
     }
 }
 
-impl<C, S> LocalCluster<C, S>
-where
-    C: RaftTypeConfig<
-            NodeId = NodeId,
-            Node = BasicNode,
-            D = Request,
-            R = Response,
-            AsyncRuntime = openraft::TokioRuntime,
-            Responder = openraft::impls::OneshotResponder<C>,
-        >,
-    S: NodeStorage<C>,
-{
+impl<C: ServiceConfig, S: NodeStorage<C>> LocalCluster<C, S> {
     /// Starts nodes `ids` with `config` (validated here), the first initializing the cluster
     /// with all of them as voters, and waits until one leads.
     ///
@@ -582,18 +598,7 @@ impl WriteLoad {
     }
 }
 
-impl<C, S> LocalCluster<C, S>
-where
-    C: RaftTypeConfig<
-            NodeId = NodeId,
-            Node = BasicNode,
-            D = Request,
-            R = Response,
-            AsyncRuntime = openraft::TokioRuntime,
-            Responder = openraft::impls::OneshotResponder<C>,
-        >,
-    S: NodeStorage<C>,
-{
+impl<C: ServiceConfig, S: NodeStorage<C>> LocalCluster<C, S> {
     /// Runs `clients` tasks for `duration`, each writing [`load_key`]/[`load_value`] pairs one
     /// after another through [`write`](Self::write), client `c` starting at its write
     /// `start[c]` (0 if absent). A write that fails is retried (writing it twice is harmless).

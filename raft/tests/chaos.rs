@@ -19,6 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use openraft::{Config, SnapshotPolicy};
+mod common;
+
+use common::covers;
 use ringtide::platform::{Backend, DriverOptions, IoDriver};
 use ringtide_raft::cluster::{LocalCluster, RingtideStorage, WriteLoad, load_key, load_value};
 use ringtide_raft::{Request, StorageOptions, TypeConfig};
@@ -49,16 +52,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn covers(backend: Backend) -> bool {
-    match std::env::var(ringtide::platform::BACKEND_ENV) {
-        Ok(only) => {
-            let only: Backend = only.parse().expect("RINGTIDE_IO_BACKEND names a backend");
-            only == Backend::Auto || only == backend
-        }
-        Err(_) => true,
-    }
 }
 
 fn config() -> Config {

@@ -5,6 +5,9 @@
 
 use openraft::StorageError;
 use openraft::testing::{StoreBuilder, Suite};
+mod common;
+
+use common::covers;
 use ringtide::platform::{Backend, DriverOptions, IoDriver};
 use ringtide_raft::{LogStore, NodeId, StateMachine, StorageOptions, TypeConfig, open_storage};
 
@@ -35,17 +38,6 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
             .await
             .map_err(|e| io(std::io::Error::other(e.to_string())))?;
         Ok((dir, log, sm))
-    }
-}
-
-/// Whether `RINGTIDE_IO_BACKEND` lets this run cover `backend`.
-fn covers(backend: Backend) -> bool {
-    match std::env::var(ringtide::platform::BACKEND_ENV) {
-        Ok(only) => {
-            let only: Backend = only.parse().expect("RINGTIDE_IO_BACKEND names a backend");
-            only == Backend::Auto || only == backend
-        }
-        Err(_) => true,
     }
 }
 
