@@ -26,6 +26,7 @@ use ringtide::{CorruptionKind, Error, Result};
 
 both_backends!(
     appends_are_dense_and_read_back,
+    enqueued_batches_keep_call_order_and_share_syncs,
     every_length_encoding_and_checksum_round_trips,
     caller_timestamps_are_kept_and_the_log_stamps_the_rest,
     entries_too_large_are_refused_and_nothing_is_lost,
@@ -88,6 +89,60 @@ async fn check_all(wal: &Wal, expect: impl Fn(u64) -> Bytes) -> Result<()> {
         assert_eq!(e.data, expect(e.lsn.0), "lsn {}", e.lsn);
     }
     Ok(())
+}
+
+/// `enqueue_batch`: lsns fixed in call order before anything is waited for; every pending
+/// append resolves once durable; the batches queued behind a sync share the next ones; an empty
+/// batch and a closed log behave as `append_batch` does.
+async fn enqueued_batches_keep_call_order_and_share_syncs(driver: IoDriver) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let options = opts(&driver).sync_policy(SyncPolicy::Grouped {
+        window: Duration::ZERO,
+    });
+    let wal = Wal::open(tmp.path(), options.clone()).await?;
+    let mut pending = Vec::new();
+    let mut next = 1;
+    for i in 0..200u64 {
+        let n = 1 + i % 3;
+        let p = wal
+            .enqueue_batch((next..next + n).map(payload), Ack::Durable)
+            .await?;
+        assert_eq!(p.lsns(), Lsn(next)..Lsn(next + n), "lsns in call order");
+        pending.push(p);
+        next += n;
+    }
+    let empty = wal.enqueue_batch(Vec::<Bytes>::new(), Ack::Durable).await?;
+    assert_eq!(empty.lsns(), Lsn(next)..Lsn(next));
+    assert_eq!(empty.wait().await?, Lsn(next)..Lsn(next));
+    for p in pending {
+        let lsns = p.lsns();
+        assert_eq!(p.wait().await?, lsns.clone());
+        assert!(
+            wal.durable_lsn() >= Lsn(lsns.end.0 - 1),
+            "acknowledged once durable"
+        );
+    }
+    let stats = wal.stats();
+    assert!(
+        stats.syncs < 200,
+        "200 batches queued without waiting share syncs: {} syncs",
+        stats.syncs
+    );
+    for e in wal.range(Lsn(1)..Lsn(next)).await? {
+        assert_eq!(e.data, payload(e.lsn.0), "entry {}", e.lsn.0);
+    }
+    wal.close().await?;
+    assert!(matches!(
+        wal.enqueue_batch([payload(1)], Ack::Durable).await,
+        Err(Error::Closed)
+    ));
+    let wal = Wal::open(tmp.path(), options).await?;
+    assert_eq!(
+        wal.last_lsn(),
+        Lsn(next - 1),
+        "every entry survives a reopen"
+    );
+    wal.close().await
 }
 
 async fn appends_are_dense_and_read_back(driver: IoDriver) -> Result<()> {
