@@ -77,6 +77,14 @@ pub trait NodeStorage<C: RaftTypeConfig>: Send + Sync + 'static {
     type Reader: Clone + Send + Sync + 'static;
 
     /// Opens (or creates) node `id`'s storage.
+    ///
+    /// # Errors
+    ///
+    /// A message naming what failed.
+    ///
+    /// # Cancel safety
+    ///
+    /// As the storage's own open.
     fn open(&self, id: NodeId) -> impl Future<Output = Result<OpenedOf<C, Self>, String>> + Send
     where
         Self: Sized;
@@ -152,6 +160,11 @@ struct Inner<C: RaftTypeConfig, S: NodeStorage<C>> {
     /// Where [`LocalCluster::write`] queues requests when batching is on.
     batcher: std::sync::OnceLock<mpsc::UnboundedSender<Queued>>,
 }
+
+/// The most payload bytes of one request through [`LocalCluster::write`].
+pub const MAX_REQUEST_BYTES: usize = 8 << 20;
+/// A batch stops taking requests once it holds this many payload bytes.
+const MAX_BATCH_BYTES: usize = 4 << 20;
 
 /// A write waiting in the batcher.
 struct Queued {
@@ -304,10 +317,14 @@ impl<C: ServiceConfig, S: NodeStorage<C>> LocalCluster<C, S> {
                         let Some(first) = rx.recv().await else {
                             return;
                         };
+                        let mut bytes = first.request.payload_bytes();
                         let mut batch = vec![first];
-                        while batch.len() < max {
+                        while batch.len() < max && bytes < MAX_BATCH_BYTES {
                             match rx.try_recv() {
-                                Ok(q) => batch.push(q),
+                                Ok(q) => {
+                                    bytes += q.request.payload_bytes();
+                                    batch.push(q);
+                                }
                                 Err(_) => break,
                             }
                         }
@@ -354,6 +371,14 @@ impl<C: ServiceConfig, S: NodeStorage<C>> LocalCluster<C, S> {
         request: Request,
         timeout: Duration,
     ) -> Result<LogId<NodeId>, String> {
+        // A Raft entry is one wal entry (16 MiB at most by default): refuse what cannot be one
+        // here, before it reaches a leader, whose append would fail.
+        if request.payload_bytes() > MAX_REQUEST_BYTES {
+            return Err(format!(
+                "a request of {} bytes: at most {MAX_REQUEST_BYTES} fit one Raft entry",
+                request.payload_bytes()
+            ));
+        }
         let Some(batcher) = self.inner.batcher.get() else {
             return self.write_direct(request, timeout).await;
         };

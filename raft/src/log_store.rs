@@ -27,7 +27,7 @@ use crate::{NodeId, TypeConfig};
 pub struct LogStore {
     wal: Wal,
     state: StateFile,
-    acks: mpsc::UnboundedSender<(PendingAppend, LogFlushed<TypeConfig>)>,
+    acks: mpsc::UnboundedSender<(Vec<PendingAppend>, LogFlushed<TypeConfig>)>,
 }
 
 impl Debug for LogStore {
@@ -91,16 +91,23 @@ impl LogStore {
 }
 
 /// Calls each append's flush callback once its entries are durable, in order.
-async fn acknowledge(mut queue: mpsc::UnboundedReceiver<(PendingAppend, LogFlushed<TypeConfig>)>) {
+async fn acknowledge(
+    mut queue: mpsc::UnboundedReceiver<(Vec<PendingAppend>, LogFlushed<TypeConfig>)>,
+) {
     while let Some((pending, callback)) = queue.recv().await {
-        let res = pending
-            .wait()
-            .await
-            .map(|_| ())
-            .map_err(|e| io::Error::other(e.to_string()));
+        let mut res = Ok(());
+        for p in pending {
+            if let Err(e) = p.wait().await {
+                res = Err(io::Error::other(e.to_string()));
+                break;
+            }
+        }
         callback.log_io_completed(res);
     }
 }
+
+/// The most payload bytes one append puts in one wal call.
+const MAX_CALL_BYTES: usize = 16 << 20;
 
 /// The lsn of the entry at Raft index `index`.
 fn lsn_of(index: u64) -> Lsn {
@@ -262,6 +269,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             let log_id = *entry.get_log_id();
             if records.is_empty() && empty && lsn_of(log_id.index) != next {
+                if let Some(purged) = self.state.hard().purged
+                    && log_id.index <= purged.index
+                {
+                    return Err(log_error(
+                        ErrorVerb::Write,
+                        format!(
+                            "append of raft index {} at or below the purged {purged}",
+                            log_id.index
+                        ),
+                    ));
+                }
                 // An empty log starts where its first entry says (openraft's own tests append
                 // to an empty log at any index; a live node does after a purge, which sets it).
                 self.wal
@@ -287,11 +305,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let data = encode(&entry).map_err(|e| log_error(ErrorVerb::Write, e))?;
             records.push(Record::with_term(log_id.leader_id.term, data));
         }
-        let pending = self
-            .wal
-            .enqueue_batch(records, Ack::Durable)
-            .await
-            .map_err(|e| log_error(ErrorVerb::Write, e))?;
+        // One wal call holds at most MAX_CALL_BYTES (the wal refuses calls over its bound, 64
+        // MiB by default): a large append (a lagging follower's catch-up) goes in several, in
+        // order; the callback waits for the last, and durability is in order.
+        let mut pending = Vec::new();
+        let mut chunk = Vec::new();
+        let mut chunk_bytes = 0usize;
+        let total = records.len();
+        for (i, record) in records.into_iter().enumerate() {
+            chunk_bytes += record.data.len();
+            chunk.push(record);
+            if chunk_bytes >= MAX_CALL_BYTES || i + 1 == total {
+                let p = self
+                    .wal
+                    .enqueue_batch(std::mem::take(&mut chunk), Ack::Durable)
+                    .await
+                    .map_err(|e| log_error(ErrorVerb::Write, e))?;
+                pending.push(p);
+                chunk_bytes = 0;
+            }
+        }
         // The receiver lives as long as the store (its task ends when this sender drops).
         let _ = self.acks.send((pending, callback));
         Ok(())

@@ -1,7 +1,9 @@
 //! A snapshot's byte stream: `magic "RTSNAP01" | meta length u32 | meta (postcard
 //! SnapshotMeta) | records | trailer`, each record `key length u32 | value length u32 | key |
 //! value`, the trailer `u32::MAX | record count u64 | crc32 u32` (the crc covering every byte
-//! before it). Lengths are checked against bounds before anything is allocated for them.
+//! before it). A length is checked against the bytes left in the stream before anything is
+//! allocated for it (and a meta block against 16 MiB), so a damaged file costs no more memory
+//! than its own size.
 
 use std::io;
 
@@ -15,8 +17,6 @@ use crate::state_machine::Meta;
 const SNAPSHOT_MAGIC: &[u8; 8] = b"RTSNAP01";
 /// The end of a snapshot's records: a key length no record has.
 const END: u32 = u32::MAX;
-const MAX_KEY: u32 = 1 << 20;
-const MAX_VALUE: u32 = 1 << 30;
 const MAX_META: u32 = 1 << 24;
 
 /// Writes a snapshot's stream: header, records, trailer, with a running crc32.
@@ -43,6 +43,17 @@ impl SnapshotWriter {
     }
 
     pub(crate) async fn record(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        let fits = |n: usize| u32::try_from(n).is_ok_and(|n| n != END);
+        if !fits(key.len()) || !fits(value.len()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a record of {} + {} bytes does not fit a snapshot's u32 lengths",
+                    key.len(),
+                    value.len()
+                ),
+            ));
+        }
         self.buf.put_u32_le(key.len() as u32);
         self.buf.put_u32_le(value.len() as u32);
         self.buf.put_slice(key);
@@ -84,18 +95,29 @@ fn damaged(what: impl std::fmt::Display) -> io::Error {
 pub(crate) struct SnapshotReader<R> {
     inner: R,
     crc: crc32fast::Hasher,
+    /// Bytes of the stream not read yet.
+    left: u64,
 }
 
 impl<R: tokio::io::AsyncRead + Unpin> SnapshotReader<R> {
-    /// A reader of the stream `inner`, from its start.
-    pub(crate) fn new(inner: R) -> SnapshotReader<R> {
+    /// A reader of the stream `inner` of `len` bytes, from its start.
+    pub(crate) fn new(inner: R, len: u64) -> SnapshotReader<R> {
         SnapshotReader {
             inner,
             crc: crc32fast::Hasher::new(),
+            left: len,
         }
     }
 
     async fn bytes(&mut self, n: usize) -> io::Result<Vec<u8>> {
+        // Never allocate for more than the stream still holds.
+        if n as u64 > self.left {
+            return Err(damaged(format!(
+                "it claims {n} bytes where {} are left",
+                self.left
+            )));
+        }
+        self.left -= n as u64;
         let mut v = vec![0u8; n];
         self.inner.read_exact(&mut v).await.map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
@@ -154,23 +176,16 @@ impl<R: tokio::io::AsyncRead + Unpin> SnapshotReader<R> {
             return Ok(None);
         }
         let value_len = self.u32().await?;
-        if key_len > MAX_KEY || value_len > MAX_VALUE {
-            return Err(damaged(format!(
-                "a record of {key_len} + {value_len} bytes"
-            )));
-        }
         let key = self.bytes(key_len as usize).await?;
         let value = self.bytes(value_len as usize).await?;
         Ok(Some((key, value)))
     }
 }
 
-/// Reads a snapshot file's meta (its header only).
-pub(crate) async fn read_header<R: tokio::io::AsyncRead + Unpin>(reader: R) -> io::Result<Meta> {
-    SnapshotReader {
-        inner: reader,
-        crc: crc32fast::Hasher::new(),
-    }
-    .meta()
-    .await
+/// Reads the meta of a snapshot file of `len` bytes (its header only).
+pub(crate) async fn read_header<R: tokio::io::AsyncRead + Unpin>(
+    reader: R,
+    len: u64,
+) -> io::Result<Meta> {
+    SnapshotReader::new(reader, len).meta().await
 }

@@ -1,5 +1,6 @@
 //! The log store's small durable state: the vote, the last purged log id and the committed log
-//! id, in one file of four 512-byte slots (one sector each).
+//! id, in one file of four 4 KiB slots (each its own page, and its own sector on 4 KiB-sector
+//! drives, so a sector lost at power loss takes at most one slot).
 //!
 //! Slots 0 and 1 hold the vote and the last purged log id. Each save writes the slot the last
 //! save did not (a counter one higher) and syncs it before returning, so the slot holding the
@@ -32,7 +33,7 @@ use tokio::sync::Notify;
 use crate::NodeId;
 use crate::codec::{decode, encode};
 
-const SLOT: usize = 512;
+const SLOT: usize = 4096;
 const SLOTS: usize = 4;
 const MAGIC: u32 = 0x5354_5452; // "RTTS"
 const HEADER: usize = 4 + 1 + 2 + 8 + 4;

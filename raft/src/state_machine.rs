@@ -35,6 +35,8 @@ const APPLIED: &[u8] = b"applied";
 const MEMBERSHIP: &[u8] = b"membership";
 const DATA: &[u8] = b"data";
 const SNAPSHOT: &[u8] = b"snapshot";
+/// An apply commits its entries in transactions of at most about this many bytes.
+const APPLY_TXN_BYTES: usize = 32 << 20;
 /// An install commits the snapshot's records in transactions of about this many bytes.
 const INSTALL_TXN_BYTES: usize = 4 << 20;
 
@@ -204,11 +206,18 @@ impl StateMachine {
             let path = snap_dir.join(&name);
             match SnapshotFile::open(driver, &path).await {
                 Ok(file) => {
+                    let len = file.len().await?;
                     let mut reader = BufReader::new(file);
-                    let meta = read_header(&mut reader)
-                        .await
-                        .map_err(|e| bad(format!("{}: {e}", path.display())))?;
-                    current = Some(Current { meta, path });
+                    match read_header(&mut reader, len).await {
+                        Ok(meta) => current = Some(Current { meta, path }),
+                        // A damaged snapshot is not served: removed, and openraft builds a new
+                        // one from the state machine, which holds everything it held.
+                        Err(e) => {
+                            tracing::warn!(file = %path.display(), error = %e, "the current snapshot is damaged; removed, the next one is built anew");
+                            drop(reader);
+                            driver.remove_file(&path).await?;
+                        }
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     tracing::warn!(file = %path.display(), "the current snapshot's file is missing; the next snapshot is built anew");
@@ -303,19 +312,42 @@ impl Shared {
         nanos.wrapping_add(self.counter.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Makes `tmp` (complete and synced) the current snapshot under its final name: renamed,
-    /// recorded in the store durably, the previous file removed. A snapshot older than the
-    /// current one is dropped instead.
-    async fn record(&self, meta: Meta, tmp: &Path) -> Result<(), StorageError<NodeId>> {
+    /// A new snapshot file name. Names are made here, never from a snapshot id (which comes
+    /// from the leader).
+    fn file_name(&self) -> String {
+        format!("snap-{:x}.snap", self.unique())
+    }
+
+    /// Opens `current`'s file for openraft (called under the `current` lock, so no build or
+    /// install removes it in between).
+    async fn serve(&self, current: &Current) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let file = SnapshotFile::open(&self.driver, &current.path)
+            .await
+            .map_err(snap_err(ErrorVerb::Read))?;
+        Ok(Snapshot {
+            meta: current.meta.clone(),
+            snapshot: Box::new(file),
+        })
+    }
+
+    /// Makes the built snapshot in `tmp` (complete and synced) the current one: renamed,
+    /// recorded in the store durably, the previous file removed; returns it, open. If a newer
+    /// snapshot became current meanwhile (an install while this one was built), `tmp` is
+    /// dropped and the current one returned.
+    async fn record(
+        &self,
+        meta: Meta,
+        tmp: &Path,
+    ) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let mut current = self.current.lock().await;
-        if current
+        if let Some(newer) = current
             .as_ref()
-            .is_some_and(|c| c.meta.last_log_id > meta.last_log_id)
+            .filter(|c| c.meta.last_log_id > meta.last_log_id)
         {
             let _ = self.driver.remove_file(tmp).await;
-            return Ok(());
+            return self.serve(newer).await;
         }
-        let name = format!("{}.snap", meta.snapshot_id);
+        let name = self.file_name();
         let path = self.snap_dir.join(&name);
         self.driver
             .rename(tmp, &path)
@@ -339,16 +371,12 @@ impl Shared {
         }
         .await;
         res.map_err(kv_err(ErrorVerb::Write))?;
-        let old = current.replace(Current {
-            meta,
-            path: path.clone(),
-        });
-        if let Some(old) = old
-            && old.path != path
-        {
+        let new = Current { meta, path };
+        let snapshot = self.serve(&new).await;
+        if let Some(old) = current.replace(new) {
             let _ = self.driver.remove_file(&old.path).await;
         }
-        Ok(())
+        snapshot
     }
 }
 
@@ -416,15 +444,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             return Err(snapshot_error(ErrorVerb::Write, e));
         }
         tracing::debug!(id = %meta.snapshot_id, "snapshot built");
-        shared.record(meta.clone(), &tmp).await?;
-        let path = shared.snap_dir.join(format!("{}.snap", meta.snapshot_id));
-        let file = SnapshotFile::open(&shared.driver, &path)
-            .await
-            .map_err(snap_err(ErrorVerb::Read))?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(file),
-        })
+        shared.record(meta, &tmp).await
     }
 }
 
@@ -442,10 +462,151 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut entries = entries.into_iter().peekable();
-        if entries.peek().is_none() {
-            return Ok(Vec::new());
+        // One transaction per group of entries of at most APPLY_TXN_BYTES (a store bounds a
+        // transaction's bytes; a follower catching up applies many entries at once).
+        let mut replies = Vec::new();
+        let mut group = Vec::new();
+        let mut group_bytes = 0usize;
+        for entry in entries {
+            group_bytes += match &entry.payload {
+                EntryPayload::Normal(request) => request.payload_bytes(),
+                _ => 0,
+            };
+            group.push(entry);
+            if group_bytes >= APPLY_TXN_BYTES {
+                replies.extend(self.apply_group(std::mem::take(&mut group)).await?);
+                group_bytes = 0;
+            }
         }
+        if !group.is_empty() {
+            replies.extend(self.apply_group(group).await?);
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<SnapshotFile>, StorageError<NodeId>> {
+        // openraft receives one snapshot at a time: a stream begun before and never installed
+        // (abandoned, or skipped as not newer) leaves its file; remove those.
+        let dir = &self.shared.snap_dir;
+        for entry in self
+            .shared
+            .driver
+            .read_dir(dir)
+            .await
+            .map_err(snap_err(ErrorVerb::Write))?
+        {
+            let abandoned = entry
+                .path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("recv-"));
+            if abandoned {
+                let _ = self.shared.driver.remove_file(&entry.path).await;
+            }
+        }
+        let path = dir.join(format!("recv-{:x}.tmp", self.shared.unique()));
+        let file = SnapshotFile::create(&self.shared.driver, &path)
+            .await
+            .map_err(snap_err(ErrorVerb::Write))?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<SnapshotFile>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let shared = Arc::clone(&self.shared);
+        let mut file = *snapshot;
+        let tmp = file.path().to_path_buf();
+        let generation = self.generation + 1;
+        let fresh = data_bucket(generation);
+        let res = self.fill(&mut file, meta, &fresh).await;
+        if let Err(e) = res {
+            // Leave the old state: drop what was filled, and the received file.
+            drop(file);
+            let _ = shared.driver.remove_file(&tmp).await;
+            let _ = async {
+                let t = shared.db.begin(TxnOptions::default())?;
+                if t.bucket(&fresh).await?.is_some() {
+                    t.delete_bucket(&fresh).await?;
+                }
+                t.commit().await
+            }
+            .await;
+            return Err(e);
+        }
+        drop(file);
+        // The switch: one durable transaction.
+        let name = shared.file_name();
+        let path = shared.snap_dir.join(&name);
+        shared
+            .driver
+            .rename(&tmp, &path)
+            .await
+            .map_err(snap_err(ErrorVerb::Write))?;
+        shared
+            .driver
+            .sync_dir(&shared.snap_dir)
+            .await
+            .map_err(snap_err(ErrorVerb::Write))?;
+        let mut current = shared.current.lock().await;
+        let switch = async {
+            let t = shared.db.begin(
+                TxnOptions::default()
+                    .isolation(Isolation::Snapshot)
+                    .durability(Durability::Durable),
+            )?;
+            let m = meta_bucket(&t).await?;
+            m.put(DATA, generation.to_be_bytes().to_vec())?;
+            m.put(APPLIED, encoded(&meta.last_log_id)?)?;
+            m.put(MEMBERSHIP, encoded(&meta.last_membership)?)?;
+            m.put(SNAPSHOT, encoded(&name)?)?;
+            t.delete_bucket(data_bucket(self.generation)).await?;
+            t.commit().await
+        };
+        switch.await.map_err(kv_err(ErrorVerb::Write))?;
+        self.generation = generation;
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        let old = current.replace(Current {
+            meta: meta.clone(),
+            path: path.clone(),
+        });
+        if let Some(old) = old
+            && old.path != path
+        {
+            let _ = shared.driver.remove_file(&old.path).await;
+        }
+        tracing::info!(id = %meta.snapshot_id, last = ?meta.last_log_id, "snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let current = self.shared.current.lock().await;
+        match current.as_ref() {
+            Some(c) => self.shared.serve(c).await.map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl StateMachine {
+    /// Applies `entries` in one transaction: their puts and deletes, the last applied log id
+    /// and the membership they set.
+    async fn apply_group(
+        &mut self,
+        entries: Vec<Entry<TypeConfig>>,
+    ) -> Result<Vec<Response>, StorageError<NodeId>> {
         let txn = self
             .shared
             .db
@@ -500,112 +661,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(replies)
     }
 
-    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        SnapshotBuilder {
-            shared: Arc::clone(&self.shared),
-        }
-    }
-
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> Result<Box<SnapshotFile>, StorageError<NodeId>> {
-        let path = self
-            .shared
-            .snap_dir
-            .join(format!("recv-{:x}.tmp", self.shared.unique()));
-        let file = SnapshotFile::create(&self.shared.driver, &path)
-            .await
-            .map_err(snap_err(ErrorVerb::Write))?;
-        Ok(Box::new(file))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &Meta,
-        snapshot: Box<SnapshotFile>,
-    ) -> Result<(), StorageError<NodeId>> {
-        let shared = Arc::clone(&self.shared);
-        let mut file = *snapshot;
-        let tmp = file.path().to_path_buf();
-        let generation = self.generation + 1;
-        let fresh = data_bucket(generation);
-        let res = self.fill(&mut file, meta, &fresh).await;
-        if let Err(e) = res {
-            // Leave the old state: drop what was filled.
-            let _ = async {
-                let t = shared.db.begin(TxnOptions::default())?;
-                if t.bucket(&fresh).await?.is_some() {
-                    t.delete_bucket(&fresh).await?;
-                }
-                t.commit().await
-            }
-            .await;
-            return Err(e);
-        }
-        drop(file);
-        // The switch: one durable transaction.
-        let name = format!("{}.snap", meta.snapshot_id);
-        let path = shared.snap_dir.join(&name);
-        shared
-            .driver
-            .rename(&tmp, &path)
-            .await
-            .map_err(snap_err(ErrorVerb::Write))?;
-        shared
-            .driver
-            .sync_dir(&shared.snap_dir)
-            .await
-            .map_err(snap_err(ErrorVerb::Write))?;
-        let mut current = shared.current.lock().await;
-        let switch = async {
-            let t = shared.db.begin(
-                TxnOptions::default()
-                    .isolation(Isolation::Snapshot)
-                    .durability(Durability::Durable),
-            )?;
-            let m = meta_bucket(&t).await?;
-            m.put(DATA, generation.to_be_bytes().to_vec())?;
-            m.put(APPLIED, encoded(&meta.last_log_id)?)?;
-            m.put(MEMBERSHIP, encoded(&meta.last_membership)?)?;
-            m.put(SNAPSHOT, encoded(&name)?)?;
-            t.delete_bucket(data_bucket(self.generation)).await?;
-            t.commit().await
-        };
-        switch.await.map_err(kv_err(ErrorVerb::Write))?;
-        self.generation = generation;
-        self.applied = meta.last_log_id;
-        self.membership = meta.last_membership.clone();
-        let old = current.replace(Current {
-            meta: meta.clone(),
-            path: path.clone(),
-        });
-        if let Some(old) = old
-            && old.path != path
-        {
-            let _ = shared.driver.remove_file(&old.path).await;
-        }
-        tracing::info!(id = %meta.snapshot_id, last = ?meta.last_log_id, "snapshot installed");
-        Ok(())
-    }
-
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let current = self.shared.current.lock().await.clone();
-        let Some(current) = current else {
-            return Ok(None);
-        };
-        let file = SnapshotFile::open(&self.shared.driver, &current.path)
-            .await
-            .map_err(snap_err(ErrorVerb::Read))?;
-        Ok(Some(Snapshot {
-            meta: current.meta,
-            snapshot: Box::new(file),
-        }))
-    }
-}
-
-impl StateMachine {
     /// Checks the received snapshot in `file` against `meta` and writes its records into the
     /// fresh bucket `fresh`, in bounded transactions.
     async fn fill(
@@ -619,7 +674,8 @@ impl StateMachine {
         file.seek(SeekFrom::Start(0))
             .await
             .map_err(snap_err(ErrorVerb::Read))?;
-        let mut reader = SnapshotReader::new(BufReader::with_capacity(256 << 10, &mut *file));
+        let len = file.len().await.map_err(snap_err(ErrorVerb::Read))?;
+        let mut reader = SnapshotReader::new(BufReader::with_capacity(256 << 10, &mut *file), len);
         let stored = reader.meta().await.map_err(snap_err(ErrorVerb::Read))?;
         if stored.last_log_id != meta.last_log_id || stored.last_membership != meta.last_membership
         {

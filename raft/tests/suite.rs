@@ -100,16 +100,18 @@ fn run_suite(backend: Backend) {
         apply_single,
         apply_multiple,
     );
-    // This case appends index 3 right after index 1: a hole, which openraft's own contract
-    // for `append` forbids ("there must not be a hole in logs"). A map keyed by index takes
-    // it; a log on a wal is dense and refuses the append, whole and with a clear error, rather
-    // than drop or invent entries. That refusal is checked here instead.
+    // This case applies entries 1–2 to the state machine, so `get_initial_state` purges the
+    // log up to index 2; then it appends index 1 (below the purge) and later index 3 after it
+    // (a hole). openraft's contract for `append` forbids both ("there must not be a hole in
+    // logs"); a map keyed by index takes them, a log on a wal is dense and refuses the append,
+    // whole and with a clear error, rather than drop or invent entries. That refusal is
+    // checked here instead.
     let res = run_fut(async {
         let (_dir, log, sm) = builder.build().await?;
         S::get_initial_state_membership_from_log_and_sm(log, sm).await
     });
     match res {
-        Err(e) if e.contains("append of raft index 3 where the log expects index 2") => {}
+        Err(e) if e.contains("append of raft index 1 at or below the purged") => {}
         other => failures.push(format!(
             "get_initial_state_membership_from_log_and_sm: expected the hole to be refused, got {other:?}"
         )),
