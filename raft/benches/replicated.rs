@@ -127,12 +127,12 @@ fn main() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(1);
+        let only = std::env::var("RAFT_ONLY").unwrap_or_default();
         for (mode, batching) in [
             ("batched", Some((1024, in_flight))),
             ("one entry each", None),
         ] {
             for &c in &clients {
-                let only = std::env::var("RAFT_ONLY").unwrap_or_default();
                 let mem = if only == "ringtide" {
                     WriteLoad::default()
                 } else {

@@ -21,7 +21,7 @@ use std::time::Duration;
 use openraft::{Config, SnapshotPolicy};
 mod common;
 
-use common::covers;
+use common::{covers, env_u64};
 use ringtide::platform::{Backend, DriverOptions, IoDriver};
 use ringtide_raft::cluster::{LocalCluster, RingtideStorage, WriteLoad, load_key, load_value};
 use ringtide_raft::{Request, StorageOptions, TypeConfig};
@@ -29,30 +29,6 @@ use ringtide_raft::{Request, StorageOptions, TypeConfig};
 type Cluster = LocalCluster<TypeConfig, RingtideStorage>;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A small deterministic generator (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn config() -> Config {
     Config {
@@ -75,12 +51,12 @@ fn config() -> Config {
 
 /// Runs the chaos steps until done; returns what it did.
 async fn chaos(cluster: &Cluster, seed: u64, steps: u64) -> Result<Vec<String>, String> {
-    let mut rng = Rng(seed);
+    let mut rng = fastrand::Rng::with_seed(seed);
     let mut log = Vec::new();
     let mut stopped: Vec<u64> = Vec::new();
     for _ in 0..steps {
-        let pause = Duration::from_millis(150 + rng.below(450));
-        match rng.below(5) {
+        let pause = Duration::from_millis(150 + rng.u64(..450));
+        match rng.u64(..5) {
             0 if stopped.is_empty() => {
                 let leader = cluster.leader(WAIT).await?;
                 cluster.stop(leader).await?;
@@ -90,7 +66,7 @@ async fn chaos(cluster: &Cluster, seed: u64, steps: u64) -> Result<Vec<String>, 
             1 if stopped.is_empty() => {
                 let leader = cluster.leader(WAIT).await?;
                 let running = cluster.running();
-                let follower = running[rng.below(running.len() as u64) as usize];
+                let follower = running[rng.usize(..running.len())];
                 if follower != leader {
                     cluster.stop(follower).await?;
                     stopped.push(follower);
@@ -98,15 +74,15 @@ async fn chaos(cluster: &Cluster, seed: u64, steps: u64) -> Result<Vec<String>, 
                 }
             }
             2 => {
-                let a = 1 + rng.below(3);
-                let b = 1 + (a + rng.below(2)) % 3;
+                let a = 1 + rng.u64(..3);
+                let b = 1 + (a + rng.u64(..2)) % 3;
                 cluster.router().cut(a, b);
                 log.push(format!("cut {a}-{b}"));
                 tokio::time::sleep(pause).await;
                 cluster.router().heal(a, b);
             }
             3 => {
-                let id = 1 + rng.below(3);
+                let id = 1 + rng.u64(..3);
                 cluster.router().isolate(id);
                 log.push(format!("isolate {id}"));
                 tokio::time::sleep(pause).await;

@@ -33,14 +33,11 @@ use ringtide::platform::sim::SimDisk;
 use ringtide::wal::{SyncPolicy, WalOptions};
 use ringtide_raft::{LogStore, Request, TypeConfig};
 
-const DIR: &str = "/node";
+mod common;
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use common::env_u64;
+
+const DIR: &str = "/node";
 
 fn log_id(term: u64, index: u64) -> LogId<u64> {
     LogId::new(CommittedLeaderId::new(term, 1), index)

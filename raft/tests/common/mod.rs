@@ -18,3 +18,11 @@ pub fn covers(backend: Backend) -> bool {
         Err(_) => true,
     }
 }
+
+/// A number from the environment, or `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
